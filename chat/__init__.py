@@ -1,0 +1,1 @@
+"""Loupe's chat application: Chainlit handlers (app.py) and the plain modules they call."""

@@ -1,0 +1,117 @@
+"""A chat's history as LangChain messages, turned into a Qwen2-VL prompt that fits the context.
+
+The history is plain LangChain messages: a user turn is one HumanMessage holding its images and
+its text together, so trimming (whole messages, oldest first) can never split an image from the
+question about it. Token counts come from Qwen's real tokenizer and chat template, with each
+image counted at the number of visual tokens it will expand to.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, trim_messages
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from PIL import Image
+from transformers import ProcessorMixin
+
+from models.images import visual_tokens
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_PROMPT = "engineering"
+
+
+class PromptTooLong(ValueError):
+    """The newest user turn alone does not fit the context budget."""
+
+    def __init__(self, needed: int, budget: int) -> None:
+        super().__init__(f"the message needs {needed} tokens but only {budget} fit")
+        self.needed, self.budget = needed, budget
+
+
+@cache
+def system_prompts() -> dict[str, str]:
+    """Prompt name (file stem) -> text, from prompts/*.txt."""
+    return {path.stem: path.read_text(encoding="utf-8").strip() for path in sorted(PROMPTS_DIR.glob("*.txt"))}
+
+
+def user_turn(text: str, images: list[Image.Image]) -> HumanMessage:
+    """One user message: images first, then the text, as in Qwen's model card."""
+    content: list[str | dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+    content.append({"type": "text", "text": text})
+    return HumanMessage(content=content)
+
+
+def turn_text(message: BaseMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(block["text"] for block in message.content if block.get("type") == "text")
+
+
+def turn_images(message: BaseMessage) -> list[Image.Image]:
+    if isinstance(message.content, str):
+        return []
+    return [block["image"] for block in message.content if block.get("type") == "image"]
+
+
+def to_qwen(message: BaseMessage) -> dict[str, Any]:
+    """A LangChain message in the message format of Qwen2-VL's chat template and qwen-vl-utils."""
+    role = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}[type(message)]
+    content = [{"type": "image", "image": image} for image in turn_images(message)]
+    content.append({"type": "text", "text": turn_text(message)})
+    return {"role": role, "content": content}
+
+
+class PromptBuilder:
+    """Builds the prompt for the next answer and keeps it within the token budget."""
+
+    def __init__(self, processor: ProcessorMixin, min_pixels: int, max_pixels: int) -> None:
+        self.processor = processor
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        # The template adds a default system prompt before a conversation without one, so a
+        # lone message is rendered behind an empty system turn whose tokens are then taken off.
+        self._empty_system = {"role": "system", "content": [{"type": "text", "text": ""}]}
+        self._empty_system_tokens = self._template_tokens([self._empty_system])
+        self.generation_prompt_tokens = (
+            self._template_tokens([self._empty_system], add_generation_prompt=True) - self._empty_system_tokens
+        )
+
+    def count_tokens(self, message: BaseMessage) -> int:
+        """Exact prompt tokens of one message, each image counted as its visual tokens."""
+        qwen = to_qwen(message)
+        if qwen["role"] == "system":
+            tokens = self._template_tokens([qwen])
+        else:
+            tokens = self._template_tokens([self._empty_system, qwen]) - self._empty_system_tokens
+        for image in turn_images(message):
+            # The template writes one <|image_pad|> per image; the processor expands it.
+            tokens += visual_tokens(image.width, image.height, self.min_pixels, self.max_pixels) - 1
+        return tokens
+
+    def build(self, system_prompt: str, history: list[BaseMessage], budget: int) -> list[dict[str, Any]]:
+        """Qwen-format messages: the system prompt and as many of the newest turns as fit `budget`.
+
+        `history` ends with the user turn to answer. Raises PromptTooLong if even that turn
+        and the system prompt do not fit.
+        """
+        template = ChatPromptTemplate.from_messages([("system", system_prompt), MessagesPlaceholder("history")])
+        messages = template.invoke({"history": history}).to_messages()
+        available = budget - self.generation_prompt_tokens
+        kept = trim_messages(
+            messages,
+            max_tokens=available,
+            token_counter=lambda some: sum(map(self.count_tokens, some)),
+            strategy="last",
+            include_system=True,
+            start_on="human",
+        )
+        if not kept or kept[-1] is not messages[-1] or not isinstance(kept[0], SystemMessage):
+            needed = self.count_tokens(messages[0]) + self.count_tokens(messages[-1])
+            raise PromptTooLong(needed, available)
+        return [to_qwen(message) for message in kept]
+
+    def _template_tokens(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> int:
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return len(self.processor.tokenizer(text)["input_ids"])

@@ -1,0 +1,93 @@
+"""Everything Loupe says to users, in English and Korean.
+
+Chainlit translates its own interface (.chainlit/translations); these are our messages. The
+language is the browser's (Accept-Language), as Chainlit picks it.
+"""
+
+from __future__ import annotations
+
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "demo_notice": (
+            "**Demo model.** Answers come from a tiny Qwen2-VL with random weights, so they are noise. "
+            "Why: {reason}. For real answers, set `LOUPE_MODEL` to a Qwen2-VL checkpoint "
+            "(a local folder or a hub id such as `Qwen/Qwen2-VL-2B-Instruct`) and restart."
+        ),
+        "queued": "⏳ Waiting for the model: {ahead} request(s) ahead of you.",
+        "stopped": "⏹ *Stopped.*",
+        "empty_message": "Your message is empty. Type a question, attach an image, or both.",
+        "rejected_files": (
+            "I could not use your message because of its attachments:\n{problems}\n\nPlease fix them and send it again."
+        ),
+        "too_many_files": "you attached {count} files; at most {limit} can go in one message",
+        "prompt_too_long": (
+            "Your message is too long for the model's context: it needs {needed} tokens and {budget} fit. "
+            "Shorten the text, attach fewer images, or lower *Max new tokens*."
+        ),
+        "model_error": "The model failed while answering: {error}. Please try again.",
+        "out_of_memory": (
+            "The model ran out of memory while answering. Try fewer or smaller images, a shorter "
+            "conversation (start a new chat), or lower *Max new tokens*."
+        ),
+        "setting_prompt": "Assistant style",
+        "setting_temperature": "Temperature",
+        "setting_top_p": "Top-p",
+        "setting_max_new_tokens": "Max new tokens",
+        "setting_repetition_penalty": "Repetition penalty",
+        # Reasons an attachment is refused; `name` is the file's name.
+        "file_too_big": "the file is {size_mb:.1f} MB; the limit is {limit_mb:g} MB",
+        "empty": "the file is empty",
+        "not_an_image": "it is not an image that can be read (PNG, JPEG, WebP, BMP, GIF or TIFF expected)",
+        "unsupported_format": "{format} images are not supported; use PNG, JPEG, WebP, BMP, GIF or TIFF",
+        "too_large": "the image has {megapixels:g} megapixels; the limit is {limit:g}",
+        "bomb": "the image has far too many pixels to open safely; the limit is {limit:g} megapixels",
+        "elongated": "its shape ({width}x{height}) is too elongated; one side may be at most {limit} times the other",
+        "corrupt": "the file is truncated or corrupt",
+    },
+    "ko": {
+        "demo_notice": (
+            "**데모 모델입니다.** 답변은 무작위 가중치를 가진 작은 Qwen2-VL이 만든 것이라 의미가 없습니다. "
+            "이유: {reason}. 실제 답변을 받으려면 `LOUPE_MODEL`을 Qwen2-VL 체크포인트(로컬 폴더 또는 "
+            "`Qwen/Qwen2-VL-2B-Instruct` 같은 허브 ID)로 설정하고 다시 시작하세요."
+        ),
+        "queued": "⏳ 모델을 기다리는 중: 앞에 요청 {ahead}개가 있습니다.",
+        "stopped": "⏹ *중지됨.*",
+        "empty_message": "메시지가 비어 있습니다. 질문을 입력하거나 이미지를 첨부하세요.",
+        "rejected_files": (
+            "첨부 파일 때문에 메시지를 사용할 수 없습니다:\n{problems}\n\n문제를 고친 뒤 다시 보내 주세요."
+        ),
+        "too_many_files": "파일 {count}개를 첨부했습니다. 한 메시지에는 최대 {limit}개까지 보낼 수 있습니다",
+        "prompt_too_long": (
+            "메시지가 모델의 컨텍스트보다 깁니다: {needed} 토큰이 필요하지만 {budget} 토큰만 들어갑니다. "
+            "글을 줄이거나 이미지를 줄이거나 *최대 생성 토큰*을 낮추세요."
+        ),
+        "model_error": "답변 중 모델에 오류가 났습니다: {error}. 다시 시도해 주세요.",
+        "out_of_memory": (
+            "답변 중 모델의 메모리가 부족했습니다. 이미지를 줄이거나 작게 하거나, 새 대화를 시작하거나, "
+            "*최대 생성 토큰*을 낮춰 보세요."
+        ),
+        "setting_prompt": "어시스턴트 스타일",
+        "setting_temperature": "온도 (Temperature)",
+        "setting_top_p": "Top-p",
+        "setting_max_new_tokens": "최대 생성 토큰",
+        "setting_repetition_penalty": "반복 페널티",
+        "file_too_big": "파일 크기가 {size_mb:.1f} MB입니다. 최대 {limit_mb:g} MB까지 가능합니다",
+        "empty": "빈 파일입니다",
+        "not_an_image": "읽을 수 있는 이미지가 아닙니다 (PNG, JPEG, WebP, BMP, GIF, TIFF 가능)",
+        "unsupported_format": "{format} 이미지는 지원하지 않습니다. PNG, JPEG, WebP, BMP, GIF, TIFF를 쓰세요",
+        "too_large": "이미지가 {megapixels:g} 메가픽셀입니다. 최대 {limit:g} 메가픽셀까지 가능합니다",
+        "bomb": "픽셀 수가 너무 많아 안전하게 열 수 없습니다. 최대 {limit:g} 메가픽셀까지 가능합니다",
+        "elongated": "이미지 모양({width}x{height})이 너무 길쭉합니다. 한 변이 다른 변의 {limit}배를 넘을 수 없습니다",
+        "corrupt": "파일이 잘렸거나 손상되었습니다",
+    },
+}
+
+
+def language_of(locale: str | None) -> str:
+    """'ko-KR' -> 'ko'; anything we have no texts for -> 'en'."""
+    code = (locale or "en").split("-")[0].lower()
+    return code if code in TEXTS else "en"
+
+
+def text(key: str, language: str, **values: object) -> str:
+    return TEXTS[language][key].format(**values)

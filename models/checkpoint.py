@@ -1,0 +1,201 @@
+"""Load Qwen2-VL (optionally with a LoRA adapter), or the built-in demo model when no weights exist.
+
+The demo model is Qwen2-VL's real architecture at a tiny size with deterministic random weights,
+driven by Qwen2-VL-2B-Instruct's genuine processor files vendored in `qwen2_vl_2b_instruct/`.
+It lets the whole product run, and be tested, on a machine that cannot download weights.
+Its answers are noise, and the app says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import model_info
+from huggingface_hub.errors import HfHubHTTPError
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    GenerationConfig,
+    ProcessorMixin,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+log = logging.getLogger(__name__)
+
+QWEN2_VL_FILES = Path(__file__).parent / "qwen2_vl_2b_instruct"
+DEMO = "demo"
+DEMO_SEED = 0
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model exists but cannot be used; the message says what to fix."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: ProcessorMixin
+    name: str
+    adapter: str | None
+    is_demo: bool
+    # Why the demo model is serving, when it is: shown in the UI and the log.
+    demo_reason: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
+
+def pick_device(device: str) -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (what Qwen2-VL was trained in), fp16 on Apple GPUs, fp32 on CPU."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
+
+
+def load_model(
+    model: str,
+    adapter: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> LoadedModel:
+    """Load `model` (hub id, local folder, or "demo") and optionally a peft adapter folder.
+
+    Falls back to the demo model only when the model is not on disk, not in the local hub
+    cache, and the hub cannot be reached. Every other failure raises ModelLoadError.
+    """
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+
+    demo_reason = None
+    if model == DEMO:
+        demo_reason = "LOUPE_MODEL is set to 'demo'"
+    elif not Path(model).is_dir() and not _in_hub_cache(model):
+        demo_reason = _hub_unreachable(model)
+
+    if demo_reason:
+        log.warning(
+            "Serving the DEMO model (random weights, answers are noise) because %s. "
+            "Point LOUPE_MODEL at a Qwen2-VL checkpoint folder or hub id for real answers.",
+            demo_reason,
+        )
+        qwen, processor = build_demo_model(), load_processor(QWEN2_VL_FILES, **pixels)
+        name = "demo"
+    else:
+        log.info("Loading %s on %s (%s)...", model, torch_device, str(torch_dtype).removeprefix("torch."))
+        try:
+            model_type = AutoConfig.from_pretrained(model).model_type
+            if model_type != "qwen2_vl":
+                raise ValueError(f"it is a '{model_type}' model, not Qwen2-VL")
+            processor = load_processor(model, **pixels)
+            qwen = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ModelLoadError(
+                f"Could not load the Qwen2-VL model '{model}': {error}. Check that LOUPE_MODEL names a "
+                "complete Qwen2-VL checkpoint (config.json, weights, tokenizer and processor files), "
+                "or set LOUPE_MODEL=demo to try the app without weights."
+            ) from error
+        name = model
+
+    qwen = qwen.to(device=torch_device, dtype=torch_dtype)
+    if adapter is not None:
+        qwen = attach_adapter(qwen, adapter)
+    qwen.eval()
+    return LoadedModel(
+        model=qwen,
+        processor=processor,
+        name=name,
+        adapter=adapter.name if adapter else None,
+        is_demo=demo_reason is not None,
+        demo_reason=demo_reason,
+    )
+
+
+def load_processor(source: str | Path, **pixels: int) -> ProcessorMixin:
+    return AutoProcessor.from_pretrained(source, **pixels)
+
+
+def build_demo_model() -> Qwen2VLForConditionalGeneration:
+    """Qwen2-VL with the real vocabulary, special tokens and rope layout, shrunk to ~10M parameters."""
+    config = Qwen2VLConfig.from_pretrained(QWEN2_VL_FILES)
+    text = config.text_config
+    text.hidden_size, text.intermediate_size = 64, 128
+    text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads = 2, 4, 2
+    text.layer_types = text.layer_types[:2]
+    # mrope splits each head's rotary half (head_dim 16 -> 8) over time, height and width.
+    text.rope_parameters["mrope_section"] = [2, 3, 3]
+    vision = config.vision_config
+    vision.depth, vision.embed_dim, vision.num_heads, vision.hidden_size = 2, 32, 2, 64
+    config.dtype = "float32"
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMO_SEED)
+        demo = Qwen2VLForConditionalGeneration(config)
+    demo.generation_config = GenerationConfig(
+        bos_token_id=151643,
+        eos_token_id=[151645, 151643],
+        pad_token_id=151643,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        repetition_penalty=1.05,
+        max_new_tokens=1024,
+    )
+    return demo
+
+
+def attach_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelLoadError(f"LOUPE_ADAPTER={adapter} is not a LoRA adapter folder (no adapter_config.json there).")
+    log.info("Attaching LoRA adapter %s", adapter)
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(
+            f"Could not attach the LoRA adapter at {adapter}: {error}. Was it trained for this base model?"
+        ) from error
+
+
+def _in_hub_cache(model: str) -> bool:
+    try:
+        AutoProcessor.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _hub_unreachable(model: str) -> str | None:
+    """The reason to fall back to the demo model, or None when the hub answers for `model`.
+
+    One quick request decides it: transformers' own download path retries for minutes.
+    """
+    try:
+        model_info(model, timeout=10)
+    except HfHubHTTPError as error:  # the hub answered: no such repo, gated, ...
+        raise ModelLoadError(f"The model hub refused '{model}': {error}") from error
+    except Exception as error:  # noqa: BLE001 - DNS, TLS, proxy, timeout: all mean "no hub here"
+        return f"'{model}' is not on this machine and the model hub is unreachable ({error})"
+    return None

@@ -1,0 +1,94 @@
+"""Decode, check and size user images before they reach the vision tower.
+
+Every image is decoded in full here, so a file that is not really an image, is cut short, or
+would blow up memory is refused with a reason (a code the chat puts into words) before any
+model work.
+The visual-token budget is Qwen2-VL's own: an image of W x H pixels costs
+(W/28) x (H/28) tokens after `smart_resize`, so bounding pixels bounds tokens.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize
+
+# One visual token covers a 28 x 28 pixel square (14-pixel patches, merged 2 x 2).
+PIXELS_PER_TOKEN_SIDE = 28
+
+# Pillow format names we accept; MPO is how Pillow names the JPEGs many phones write.
+SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"}
+
+
+class ImageRejected(ValueError):
+    """The file cannot be used as an image. `reason` is a stable code, `details` its numbers;
+    the chat turns both into a sentence in the user's language."""
+
+    def __init__(self, reason: str, **details: object) -> None:
+        super().__init__(f"{reason} {details}" if details else reason)
+        self.reason, self.details = reason, details
+
+
+def open_image(path: Path, max_megapixels: float) -> Image.Image:
+    """Decode the image at `path` fully and return it upright, in RGB.
+
+    Raises ImageRejected for empty, unreadable, unsupported, truncated, oversized or
+    extremely elongated files. GIFs and multi-page TIFFs use their first frame.
+    """
+    if path.stat().st_size == 0:
+        raise ImageRejected("empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns, then errors, on huge images; our own limit below is lower.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageRejected("bomb", limit=max_megapixels) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ImageRejected("not_an_image") from None
+
+    with image:
+        if image.format not in SUPPORTED_FORMATS:
+            raise ImageRejected("unsupported_format", format=image.format)
+        width, height = image.size
+        if width * height > max_megapixels * 1_000_000:
+            raise ImageRejected("too_large", megapixels=round(width * height / 1e6, 1), limit=max_megapixels)
+        if max(width, height) / min(width, height) > MAX_RATIO:
+            raise ImageRejected("elongated", width=width, height=height, limit=MAX_RATIO)
+        try:
+            image.seek(0)
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise ImageRejected("corrupt") from None
+        return to_rgb(upright)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten transparency onto white (diagrams are drawn for white paper) and drop alpha."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def fit_to_budget(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Resize to the size Qwen2-VL would use, so the stored image costs what it will cost."""
+    height, width = smart_resize(
+        image.height, image.width, PIXELS_PER_TOKEN_SIDE, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    if (width, height) == image.size:
+        return image
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def visual_tokens(width: int, height: int, min_pixels: int, max_pixels: int) -> int:
+    """Tokens the language model sees for an image of this size under the given budget."""
+    fitted_height, fitted_width = smart_resize(
+        height, width, PIXELS_PER_TOKEN_SIDE, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    return (fitted_height // PIXELS_PER_TOKEN_SIDE) * (fitted_width // PIXELS_PER_TOKEN_SIDE)
