@@ -1,0 +1,125 @@
+"""A socket.io client that talks to Loupe the way Chainlit's web page does.
+
+Used by the integration tests: upload files over HTTP, send a message over the socket, and
+collect everything the server emits until the run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import socketio
+
+
+@dataclass
+class Reply:
+    """What the server emitted for one user message, in order."""
+
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+    def of(self, name: str) -> list[Any]:
+        return [payload for event, payload in self.events if event == name]
+
+    @property
+    def tokens(self) -> list[str]:
+        """Streamed pieces; the first travels inside stream_start."""
+        return [start["output"] for start in self.of("stream_start")] + [
+            payload["token"] for payload in self.of("stream_token")
+        ]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Final state of each assistant message, by id, in the order they first appeared."""
+        final: dict[str, dict[str, Any]] = {}
+        for event, payload in self.events:
+            if event in ("new_message", "update_message") and payload.get("type") == "assistant_message":
+                final[payload["id"]] = payload
+        return list(final.values())
+
+
+class ChatClient:
+    def __init__(self, url: str, language: str = "en-US") -> None:
+        self.url = url
+        self.session_id = str(uuid.uuid4())
+        self.language = language
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.sio.on("*", self._record)
+
+    async def _record(self, event: str, payload: Any = None) -> None:
+        await self._events.put((event, payload))
+
+    async def __aenter__(self) -> ChatClient:
+        await self.sio.connect(
+            self.url,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            headers={"Accept-Language": self.language},
+            auth={
+                "sessionId": self.session_id,
+                "clientType": "webapp",
+                "userEnv": "{}",
+                "chatProfile": None,
+                "threadId": None,
+            },
+        )
+        await self.sio.emit("connection_successful")
+        await self.wait_for("chat_settings")  # on_chat_start has begun
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sio.disconnect()
+
+    async def wait_for(self, name: str, timeout: float = 60) -> Any:
+        """Skip events until `name` arrives, and return its payload."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event, payload = await self._events.get()
+                if event == name:
+                    return payload
+
+    async def upload(self, name: str, content: bytes, mime: str = "application/octet-stream") -> str:
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            response = await http.post(
+                "/project/file", params={"session_id": self.session_id}, files={"file": (name, content, mime)}
+            )
+        response.raise_for_status()
+        return response.json()["id"]
+
+    async def send(self, text: str, file_ids: list[str] | None = None) -> None:
+        await self.sio.emit(
+            "client_message",
+            {
+                "message": {
+                    "id": str(uuid.uuid4()),
+                    "output": text,
+                    "name": "User",
+                    "type": "user_message",
+                    "createdAt": datetime.now(UTC).isoformat(),
+                },
+                "fileReferences": [{"id": file_id} for file_id in file_ids or []],
+            },
+        )
+
+    async def stop(self) -> None:
+        await self.sio.emit("stop")
+
+    async def collect(self, timeout: float = 120) -> Reply:
+        """Everything emitted from the run's task_start to its task_end."""
+        reply = Reply()
+        async with asyncio.timeout(timeout):
+            await self.wait_for("task_start", timeout)
+            while True:
+                event, payload = await self._events.get()
+                reply.events.append((event, payload))
+                if event == "task_end":
+                    return reply
+
+    async def ask(self, text: str, file_ids: list[str] | None = None, timeout: float = 120) -> Reply:
+        await self.send(text, file_ids)
+        return await self.collect(timeout)
