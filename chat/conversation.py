@@ -56,10 +56,13 @@ def turn_images(message: BaseMessage) -> list[Image.Image]:
     return [block["image"] for block in message.content if block.get("type") == "image"]
 
 
-def to_qwen(message: BaseMessage) -> dict[str, Any]:
-    """A LangChain message in the message format of Qwen2-VL's chat template and qwen-vl-utils."""
+def to_qwen(message: BaseMessage, **pixel_budget: int) -> dict[str, Any]:
+    """A LangChain message in the message format of Qwen2-VL's chat template and qwen-vl-utils.
+
+    `pixel_budget` (min_pixels, max_pixels) goes on each image, where qwen-vl-utils reads it.
+    """
     role = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}[type(message)]
-    content = [{"type": "image", "image": image} for image in turn_images(message)]
+    content = [{"type": "image", "image": image, **pixel_budget} for image in turn_images(message)]
     content.append({"type": "text", "text": turn_text(message)})
     return {"role": role, "content": content}
 
@@ -110,7 +113,7 @@ class PromptBuilder:
         if not kept or kept[-1] is not messages[-1] or not isinstance(kept[0], SystemMessage):
             needed = self.count_tokens(messages[0]) + self.count_tokens(messages[-1])
             raise PromptTooLong(needed, available)
-        return [to_qwen(message) for message in kept]
+        return [to_qwen(message, min_pixels=self.min_pixels, max_pixels=self.max_pixels) for message in kept]
 
     def _template_tokens(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> int:
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

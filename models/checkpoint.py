@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import model_info
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import (
     AutoConfig,
@@ -193,7 +193,7 @@ def _hub_unreachable(model: str) -> str | None:
     One quick request decides it: transformers' own download path retries for minutes.
     """
     try:
-        model_info(model, timeout=10)
+        HfApi().model_info(model, timeout=10)
     except HfHubHTTPError as error:  # the hub answered: no such repo, gated, ...
         raise ModelLoadError(f"The model hub refused '{model}': {error}") from error
     except Exception as error:  # noqa: BLE001 - DNS, TLS, proxy, timeout: all mean "no hub here"

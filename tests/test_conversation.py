@@ -1,0 +1,85 @@
+"""Prompt building and trimming with Qwen2-VL's real tokenizer, chat template and image processor."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, SystemMessage
+from PIL import Image
+from qwen_vl_utils import process_vision_info
+
+from chat.conversation import DEFAULT_PROMPT, PromptBuilder, PromptTooLong, system_prompts, user_turn
+from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
+SYSTEM = system_prompts()[DEFAULT_PROMPT]
+
+
+@pytest.fixture(scope="module")
+def builder(processor) -> PromptBuilder:
+    return PromptBuilder(processor, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+
+
+def chart(width: int = 640, height: int = 480) -> Image.Image:
+    return Image.new("RGB", (width, height), (250, 250, 250))
+
+
+def conversation() -> list:
+    return [
+        user_turn("What is the cutoff frequency of this RC filter?", [chart()]),
+        AIMessage(content="f = 1 / (2 pi R C) = 1 / (2 pi x 1 kOhm x 100 nF) = 1.59 kHz"),
+        user_turn("이 그래프의 최대값은 얼마입니까?", [chart(1024, 768)]),
+        AIMessage(content="최대값은 약 3.3 V입니다."),
+        user_turn("And if C doubles?", []),
+    ]
+
+
+def real_prompt_length(processor, messages: list[dict]) -> int:
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    images, _ = process_vision_info(messages)
+    return processor(text=[text], images=images, return_tensors="pt")["input_ids"].shape[1]
+
+
+def test_token_count_matches_the_processor_exactly(builder, processor) -> None:
+    history = conversation()
+    prompt = builder.build(SYSTEM, history, budget=100_000)
+    counted = sum(map(builder.count_tokens, [SystemMessage(SYSTEM), *history])) + builder.generation_prompt_tokens
+    assert counted == real_prompt_length(processor, prompt)
+
+
+def test_prompt_follows_qwen_format_with_images_before_text(builder) -> None:
+    prompt = builder.build(SYSTEM, conversation(), budget=100_000)
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [part["type"] for part in prompt[1]["content"]] == ["image", "text"]
+    assert prompt[3]["content"][1]["text"] == "이 그래프의 최대값은 얼마입니까?"
+    assert prompt[0]["content"][0]["text"] == SYSTEM
+
+
+def test_trimming_drops_the_oldest_turns_first_and_keeps_images_with_their_text(builder, processor) -> None:
+    history = conversation()
+    full = builder.build(SYSTEM, history, budget=100_000)
+    without_first_turn = builder.build(SYSTEM, history[2:], budget=100_000)
+    budget = real_prompt_length(processor, without_first_turn)  # room for all but the first exchange
+    prompt = builder.build(SYSTEM, history, budget=budget)
+    assert len(full) == 6
+    assert prompt == without_first_turn
+    assert [part["type"] for part in prompt[1]["content"]] == ["image", "text"]
+    assert real_prompt_length(processor, prompt) <= budget
+
+
+def test_trimmed_prompt_starts_with_a_user_turn(builder, processor) -> None:
+    """One token short of two exchanges: the orphaned answer must go too, not lead the history."""
+    history = conversation()
+    budget = real_prompt_length(processor, builder.build(SYSTEM, history[2:], budget=100_000)) - 1
+    prompt = builder.build(SYSTEM, history, budget=budget)
+    assert [m["role"] for m in prompt] == ["system", "user"]
+
+
+def test_a_turn_too_long_on_its_own_is_refused(builder) -> None:
+    with pytest.raises(PromptTooLong) as too_long:
+        builder.build(SYSTEM, [user_turn("word " * 500, [chart()])], budget=300)
+    assert too_long.value.needed > too_long.value.budget
+
+
+@pytest.mark.parametrize("name", sorted(system_prompts()))
+def test_every_system_prompt_is_a_valid_template(builder, name: str) -> None:
+    prompt = builder.build(system_prompts()[name], [user_turn("hi", [])], budget=100_000)
+    assert prompt[0]["content"][0]["text"] == system_prompts()[name]

@@ -1,0 +1,23 @@
+"""Every message exists in every language, with the same placeholders."""
+
+from __future__ import annotations
+
+import string
+
+from chat.texts import TEXTS, language_of
+
+
+def placeholders(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+def test_all_languages_have_the_same_keys_and_placeholders() -> None:
+    english = TEXTS["en"]
+    for language, texts in TEXTS.items():
+        assert texts.keys() == english.keys(), language
+        for key, template in texts.items():
+            assert placeholders(template) == placeholders(english[key]), (language, key)
+
+
+def test_browser_locales_map_to_our_languages() -> None:
+    assert [language_of(x) for x in ("ko-KR", "ko", "en-US", "de-DE", None)] == ["ko", "ko", "en", "en", "en"]

@@ -1,0 +1,56 @@
+"""A message's attachments: limits, and a refusal that names every bad file in the user's language."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from chat.uploads import ImageLimits, Upload, UploadsRejected, read_images
+
+LIMITS = ImageLimits(
+    max_files=3, max_file_mb=1, max_megapixels=50, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=CPU_MAX_PIXELS
+)
+
+
+def upload(tmp_path: Path, name: str, content: bytes | None = None) -> Upload:
+    path = tmp_path / name
+    if content is None:
+        Image.new("RGB", (1600, 1200), (200, 50, 50)).save(path)
+    else:
+        path.write_bytes(content)
+    return Upload(name, path)
+
+
+def test_good_images_come_back_in_order_within_budget(tmp_path: Path) -> None:
+    images = read_images([upload(tmp_path, "a.png"), upload(tmp_path, "b.jpg")], LIMITS, "en")
+    assert len(images) == 2
+    assert all(image.width * image.height <= CPU_MAX_PIXELS for image in images)
+
+
+def test_every_bad_file_is_named_with_its_reason(tmp_path: Path) -> None:
+    files = [upload(tmp_path, "fine.png"), upload(tmp_path, "empty.png", b""), upload(tmp_path, "x.svg", b"<svg/>")]
+    with pytest.raises(UploadsRejected) as rejected:
+        read_images(files, LIMITS, "en")
+    message = str(rejected.value)
+    assert "**empty.png**: the file is empty" in message
+    assert "**x.svg**: it is not an image" in message
+    assert "fine.png" not in message
+
+
+def test_file_over_the_size_limit(tmp_path: Path) -> None:
+    with pytest.raises(UploadsRejected, match=r"big\.png\*\*: the file is 2\.0 MB; the limit is 1 MB"):
+        read_images([upload(tmp_path, "big.png", b"\0" * 2 * 1024 * 1024)], LIMITS, "en")
+
+
+def test_more_files_than_allowed(tmp_path: Path) -> None:
+    files = [upload(tmp_path, f"{n}.png") for n in range(4)]
+    with pytest.raises(UploadsRejected, match="you attached 4 files; at most 3"):
+        read_images(files, LIMITS, "en")
+
+
+def test_refusal_in_korean(tmp_path: Path) -> None:
+    with pytest.raises(UploadsRejected, match="빈 파일입니다"):
+        read_images([upload(tmp_path, "빈.png", b"")], LIMITS, "ko")
