@@ -18,6 +18,7 @@ from chainlit.input_widget import Select, Slider
 from chainlit.server import app as server
 from langchain_core.messages import AIMessage
 
+from chat.chainlit_fixes import accept_empty_uploads
 from chat.conversation import DEFAULT_PROMPT, PromptBuilder, PromptTooLong, system_prompts, user_turn
 from chat.settings import get_settings
 from chat.texts import language_of, text
@@ -47,6 +48,7 @@ image_limits = ImageLimits(
 uploads_config = chainlit_config.features.spontaneous_file_upload
 uploads_config.max_files = settings.max_images_per_message
 uploads_config.max_size_mb = int(settings.max_upload_mb * 4)
+accept_empty_uploads()
 
 
 @server.get("/loupe/model")

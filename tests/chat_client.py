@@ -83,6 +83,13 @@ class ChatClient:
                 if event == name:
                     return payload
 
+    async def wait_for_message(self, starting_with: str, timeout: float = 60) -> dict[str, Any]:
+        """Skip events until a new message whose text starts with `starting_with` arrives."""
+        async with asyncio.timeout(timeout):
+            while not (message := await self.wait_for("new_message"))["output"].startswith(starting_with):
+                pass
+        return message
+
     async def upload(self, name: str, content: bytes, mime: str = "application/octet-stream") -> str:
         async with httpx.AsyncClient(base_url=self.url) as http:
             response = await http.post(
@@ -110,10 +117,9 @@ class ChatClient:
         await self.sio.emit("stop")
 
     async def collect(self, timeout: float = 120) -> Reply:
-        """Everything emitted from the run's task_start to its task_end."""
+        """Everything emitted from now until the run's task_end."""
         reply = Reply()
         async with asyncio.timeout(timeout):
-            await self.wait_for("task_start", timeout)
             while True:
                 event, payload = await self._events.get()
                 reply.events.append((event, payload))
@@ -122,4 +128,5 @@ class ChatClient:
 
     async def ask(self, text: str, file_ids: list[str] | None = None, timeout: float = 120) -> Reply:
         await self.send(text, file_ids)
+        await self.wait_for("task_start", timeout)  # events before it belong to earlier runs
         return await self.collect(timeout)

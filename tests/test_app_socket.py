@@ -17,7 +17,7 @@ def png(width: int = 320, height: int = 240) -> bytes:
 
 async def test_message_with_image_streams_an_answer(server):
     async with ChatClient(server.url) as client:
-        await client.wait_for("new_message")  # the demo-model notice
+        await client.wait_for_message("**Demo model.**")
         image = await client.upload("diagram.png", png(), "image/png")
         reply = await client.ask("What does this diagram show?", [image])
     assert reply.of("stream_start"), "the answer was not streamed"
@@ -25,3 +25,72 @@ async def test_message_with_image_streams_an_answer(server):
     [answer] = reply.messages
     assert answer["output"] == "".join(reply.tokens)
     assert answer["metadata"]["ended"] == "finished"
+
+
+def texts(reply) -> list[str]:
+    return [message["output"] for message in reply.messages]
+
+
+BAD_UPLOADS = {
+    "empty.png": (b"", "the file is empty"),
+    "notes.png": (b"not a picture at all\n" * 50, "it is not an image that can be read"),
+    "schematic.svg": (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "it is not an image that can be read"),
+    "cut.png": (png()[:200], "the file is truncated or corrupt"),
+    "bomb.png": (None, "the image has far too many pixels to open safely"),
+    "huge.tif": (b"\0" * (21 * 1024 * 1024), "the file is 21.0 MB; the limit is 20 MB"),
+}
+
+
+async def test_bad_uploads_get_a_clear_message_and_the_app_keeps_serving(server):
+    from tests.test_images import png_header_only
+
+    async with ChatClient(server.url) as client:
+        for name, (content, reason) in BAD_UPLOADS.items():
+            data = png_header_only(30000, 30000) if content is None else content
+            file_id = await client.upload(name, data, "image/png")
+            reply = await client.ask("What is in this picture?", [file_id])
+            [refusal] = texts(reply)
+            assert f"**{name}**: {reason}" in refusal, refusal
+
+        too_many = [await client.upload(f"{n}.png", png(), "image/png") for n in range(5)]
+        [refusal] = texts(await client.ask("Compare these", too_many))
+        assert "you attached 5 files; at most 4" in refusal
+
+        [refusal] = texts(await client.ask("   "))
+        assert refusal.startswith("Your message is empty")
+
+        reply = await client.ask("Still there?", [await client.upload("ok.png", png(), "image/png")])
+        assert reply.tokens and reply.messages[-1]["metadata"]["ended"] == "finished"
+
+
+async def test_stop_keeps_the_partial_answer_marked_as_stopped(server):
+    async with ChatClient(server.url) as client:
+        await client.send("Explain the whole diagram in detail.")
+        await client.wait_for("stream_start")
+        await client.stop()
+        reply = await client.collect()
+        answers = [m for m in reply.messages if m.get("metadata", {}).get("ended") == "stopped"]
+        assert len(answers) == 1
+        assert answers[0]["output"].endswith("⏹ *Stopped.*")
+        # The model is free again at once: the next answer streams.
+        assert (await client.ask("And now?")).tokens
+
+
+async def test_a_waiting_user_sees_their_place_in_the_queue(server):
+    async with ChatClient(server.url) as first, ChatClient(server.url) as second:
+        await first.send("Write a long explanation.")
+        await first.wait_for("stream_start")
+        await second.send("My turn?")
+        notice = await second.wait_for_message("⏳")
+        assert notice["output"] == "⏳ Waiting for the model: 1 request(s) ahead of you."
+        await first.stop()
+        reply = await second.collect()
+        assert reply.of("delete_message")[0]["id"] == notice["id"]  # the notice goes once served
+        assert reply.tokens
+
+
+async def test_korean_browser_gets_korean_messages(server):
+    async with ChatClient(server.url, language="ko-KR") as client:
+        await client.wait_for_message("**데모 모델입니다.**")
+        [refusal] = texts(await client.ask("", [await client.upload("빈.png", b"", "image/png")]))
+        assert "**빈.png**: 빈 파일입니다" in refusal
