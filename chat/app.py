@@ -30,7 +30,7 @@ log = logging.getLogger("loupe")
 
 settings = get_settings()
 max_pixels = settings.image_max_pixels(pick_device(settings.device).type)
-loaded = load_model(settings.model, settings.adapter, settings.device, settings.dtype, settings.min_pixels, max_pixels)
+loaded = load_model(settings.model, settings.adapter, settings.device, settings.dtype)
 generator = Generator(loaded)
 prompt_builder = PromptBuilder(loaded.processor, settings.min_pixels, max_pixels)
 context_tokens = min(settings.context_tokens, loaded.context_length)

@@ -18,7 +18,7 @@ DEFAULT_MIN_PIXELS = 4 * 28 * 28  # 4 tokens: Qwen2-VL's own floor
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOUPE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LOUPE_", env_file=".env", env_ignore_empty=True, extra="ignore")
 
     model: str = Field("Qwen/Qwen2-VL-2B-Instruct", description="Hub id, local folder, or 'demo'.")
     adapter: Path | None = Field(None, description="Folder of a LoRA adapter (peft) to apply.")

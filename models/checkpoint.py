@@ -76,8 +76,6 @@ def load_model(
     adapter: Path | None = None,
     device: str = "auto",
     dtype: str = "auto",
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
 ) -> LoadedModel:
     """Load `model` (hub id, local folder, or "demo") and optionally a peft adapter folder.
 
@@ -86,7 +84,6 @@ def load_model(
     """
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
-    pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
 
     demo_reason = None
     if model == DEMO:
@@ -100,7 +97,7 @@ def load_model(
             "Point LOUPE_MODEL at a Qwen2-VL checkpoint folder or hub id for real answers.",
             demo_reason,
         )
-        qwen, processor = build_demo_model(), load_processor(QWEN2_VL_FILES, **pixels)
+        qwen, processor = build_demo_model(), load_processor(QWEN2_VL_FILES)
         name = "demo"
     else:
         log.info("Loading %s on %s (%s)...", model, torch_device, str(torch_dtype).removeprefix("torch."))
@@ -108,7 +105,7 @@ def load_model(
             model_type = AutoConfig.from_pretrained(model).model_type
             if model_type != "qwen2_vl":
                 raise ValueError(f"it is a '{model_type}' model, not Qwen2-VL")
-            processor = load_processor(model, **pixels)
+            processor = load_processor(model)
             qwen = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(
@@ -132,8 +129,10 @@ def load_model(
     )
 
 
-def load_processor(source: str | Path, **pixels: int) -> ProcessorMixin:
-    return AutoProcessor.from_pretrained(source, **pixels)
+def load_processor(source: str | Path) -> ProcessorMixin:
+    """Qwen's processor as shipped. Images arrive already sized to Loupe's pixel budget
+    (models.images.fit_to_budget, and per image in qwen-vl-utils), so its own limits never bind."""
+    return AutoProcessor.from_pretrained(source)
 
 
 def build_demo_model() -> Qwen2VLForConditionalGeneration:

@@ -1,0 +1,26 @@
+"""Settings are documented where people look: .env.example and README list every one, with its default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from chat.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS = {f"LOUPE_{name.upper()}": field for name, field in Settings.model_fields.items()}
+
+
+def test_env_example_lists_every_setting_and_loads_to_the_defaults() -> None:
+    example = REPO / ".env.example"
+    assert set(re.findall(r"^(LOUPE_\w+)=", example.read_text(), re.M)) == set(SETTINGS)
+    assert Settings(_env_file=example) == Settings(_env_file=None)
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name, field in SETTINGS.items():
+        row = re.search(rf"^\| `{name}` \| (.+?) \|", readme, re.M)
+        assert row, f"README has no row for {name}"
+        if field.default is not None:
+            assert str(field.default) in row.group(1), f"README's default for {name} is not {field.default}"
