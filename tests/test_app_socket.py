@@ -94,3 +94,10 @@ async def test_korean_browser_gets_korean_messages(server):
         await client.wait_for_message("**데모 모델입니다.**")
         [refusal] = texts(await client.ask("", [await client.upload("빈.png", b"", "image/png")]))
         assert "**빈.png**: 빈 파일입니다" in refusal
+
+
+async def test_a_message_longer_than_the_context_is_explained(server):
+    async with ChatClient(server.url) as client:
+        [refusal] = texts(await client.ask("resistor " * 9000))
+        assert refusal.startswith("Your message is too long for the model's context")
+        assert (await client.ask("Short question?")).tokens
