@@ -166,7 +166,7 @@ async def answer(message: cl.Message) -> None:
         if usage.ended == "finished" or (usage.ended == "stopped" and reply.content):
             history.extend([turn, AIMessage(content=reply.content)])
             if usage.ended == "stopped":
-                reply.content += f"\n\n{text('stopped', language)}"
+                reply.content = mark_stopped(reply.content, language)
             reply.metadata = {"ended": usage.ended}
             await reply.send()
 
@@ -191,6 +191,12 @@ class QueueNotice:
         if self.message is not None:
             await self.message.remove()
             self.message = None
+
+
+def mark_stopped(answer: str, language: str) -> str:
+    """Append the stop marker outside any code block the partial answer left open."""
+    fence = "\n```" if answer.count("```") % 2 else ""
+    return f"{answer}{fence}\n\n{text('stopped', language)}"
 
 
 def explain_failure(error: Exception, language: str) -> str:
