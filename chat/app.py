@@ -21,7 +21,7 @@ from langchain_core.messages import AIMessage
 from chat.chainlit_fixes import accept_empty_uploads
 from chat.conversation import DEFAULT_PROMPT, PromptBuilder, PromptTooLong, system_prompts, user_turn
 from chat.settings import get_settings
-from chat.texts import language_of, text
+from chat.texts import language_of, mark_stopped, text
 from chat.uploads import ImageLimits, Upload, UploadsRejected, read_images
 from models.checkpoint import load_model, pick_device
 from models.generation import Generator, SamplingSettings, Usage
@@ -191,12 +191,6 @@ class QueueNotice:
         if self.message is not None:
             await self.message.remove()
             self.message = None
-
-
-def mark_stopped(answer: str, language: str) -> str:
-    """Append the stop marker outside any code block the partial answer left open."""
-    fence = "\n```" if answer.count("```") % 2 else ""
-    return f"{answer}{fence}\n\n{text('stopped', language)}"
 
 
 def explain_failure(error: Exception, language: str) -> str:

@@ -91,3 +91,9 @@ def language_of(locale: str | None) -> str:
 
 def text(key: str, language: str, **values: object) -> str:
     return TEXTS[language][key].format(**values)
+
+
+def mark_stopped(answer: str, language: str) -> str:
+    """Append the stop marker outside any code block the partial answer left open."""
+    fence = "\n```" if answer.count("```") % 2 else ""
+    return f"{answer}{fence}\n\n{text('stopped', language)}"

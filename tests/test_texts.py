@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 
-from chat.texts import TEXTS, language_of
+from chat.texts import TEXTS, language_of, mark_stopped
 
 
 def placeholders(template: str) -> set[str]:
@@ -21,3 +21,8 @@ def test_all_languages_have_the_same_keys_and_placeholders() -> None:
 
 def test_browser_locales_map_to_our_languages() -> None:
     assert [language_of(x) for x in ("ko-KR", "ko", "en-US", "de-DE", None)] == ["ko", "ko", "en", "en", "en"]
+
+
+def test_stop_marker_lands_outside_an_open_code_block() -> None:
+    assert mark_stopped("R = 5 V", "en") == "R = 5 V\n\n⏹ *Stopped.*"
+    assert mark_stopped("```python\nx = 1", "ko") == "```python\nx = 1\n```\n\n⏹ *중지됨.*"
