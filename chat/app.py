@@ -1,13 +1,16 @@
-"""Loupe's Chainlit app: thin handlers over chat.* (prompts, uploads, texts) and models.*.
+"""Loupe's Chainlit app: thin handlers over chat.* (prompts, uploads, storage, texts) and models.*.
 
-The model is loaded once, when Chainlit imports this module, and shared by every chat.
+The model and the database engine are set up once, when Chainlit imports this module, and
+shared by every chat. Migrations run and the first admin is created when the server starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import aclosing
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +19,26 @@ import torch
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as server
+from chainlit.types import ThreadDict
 from langchain_core.messages import AIMessage
 
+from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
 from chat.chainlit_fixes import accept_empty_uploads
-from chat.conversation import DEFAULT_PROMPT, PromptBuilder, PromptTooLong, system_prompts, user_turn
+from chat.conversation import (
+    DEFAULT_PROMPT,
+    PromptBuilder,
+    PromptTooLong,
+    history_from_thread,
+    system_prompts,
+    user_turn,
+)
+from chat.database import create_engine, session_factory, upgrade
+from chat.datalayer import LoupeDataLayer
+from chat.routes import add_routes
 from chat.settings import get_settings
+from chat.storage import ContentStore
 from chat.texts import language_of, mark_stopped, text
-from chat.uploads import ImageLimits, Upload, UploadsRejected, read_images
+from chat.uploads import ImageLimits, Upload, UploadsRejected, load_fitted_image, read_images
 from models.checkpoint import load_model, pick_device
 from models.generation import Generator, SamplingSettings, Usage
 
@@ -51,14 +67,43 @@ uploads_config.max_size_mb = int(settings.max_upload_mb * 4)
 accept_empty_uploads()
 
 
-@server.get("/loupe/model")
-async def model_status() -> dict[str, Any]:
-    """Read by public/loupe.js to show the permanent demo-model banner."""
-    return {"name": loaded.name, "adapter": loaded.adapter, "demo": loaded.is_demo}
+store = ContentStore(settings.data_dir / "files")
+sessions = session_factory(create_engine(settings.database_url))
+data_layer = LoupeDataLayer(sessions, store)
+# Chainlit signs login tokens with this; it must be set before Chainlit checks for it.
+os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret(settings.data_dir)
+add_routes(
+    server,
+    sessions,
+    store,
+    status=lambda: {"name": loaded.name, "adapter": loaded.adapter, "demo": loaded.is_demo},
+)
 
 
-# Chainlit serves its frontend from a catch-all route; ours must come first to be reachable.
-server.router.routes.insert(0, server.router.routes.pop())
+@cl.data_layer
+def use_loupe_data_layer() -> LoupeDataLayer:
+    return data_layer
+
+
+@cl.on_app_startup
+async def prepare_database() -> None:
+    await asyncio.to_thread(upgrade, settings.database_url)
+    if password := await ensure_admin(sessions, settings.admin_password):
+        print(f"\n  Loupe: first run, created user '{ADMIN}' with password: {password}\n", flush=True)
+
+
+@cl.password_auth_callback
+async def password_login(username: str, password: str) -> cl.User | None:
+    return cl.User(identifier=username) if await check_password(sessions, username, password) else None
+
+
+if settings.trusted_user_header:
+
+    @cl.header_auth_callback
+    async def header_login(headers: Any) -> cl.User | None:
+        """Behind a proxy that authenticates users and names them in a header."""
+        identifier = headers.get(settings.trusted_user_header)
+        return cl.User(identifier=identifier) if identifier else None
 
 
 def session_language() -> str:
@@ -69,10 +114,26 @@ def session_language() -> str:
 async def start() -> None:
     cl.user_session.set("history", [])
     language = session_language()
-    panel = await settings_panel(language).send()
-    cl.user_session.set("chat_settings", panel)
+    cl.user_session.set("chat_settings", await settings_panel(language, {}).send())
     if loaded.is_demo:
         await cl.Message(content=text("demo_notice", language, reason=loaded.demo_reason)).send()
+
+
+@cl.on_chat_resume
+async def resume(thread: ThreadDict) -> None:
+    """Restore the model's history, with its images, and the chat settings the thread last used."""
+    images: dict[str, list] = {}
+    for element in thread.get("elements") or []:
+        if element.get("objectKey") and element.get("forId"):
+            images.setdefault(element["forId"], []).append(element["objectKey"])
+
+    def images_of(step_id: str) -> list:
+        return [load_fitted_image(store.path(key), image_limits) for key in images.get(step_id, [])]
+
+    history = await asyncio.to_thread(history_from_thread, thread["steps"], images_of)
+    cl.user_session.set("history", history)
+    stored = (thread.get("metadata") or {}).get("chat_settings") or {}
+    cl.user_session.set("chat_settings", await settings_panel(session_language(), stored).send())
 
 
 @cl.on_settings_update
@@ -80,31 +141,32 @@ async def update_settings(values: dict[str, Any]) -> None:
     cl.user_session.set("chat_settings", values)
 
 
-def settings_panel(language: str) -> cl.ChatSettings:
-    defaults = default_sampling
+def settings_panel(language: str, chosen: dict[str, Any]) -> cl.ChatSettings:
+    """The settings panel, showing `chosen` values where there are some, else the model's defaults."""
+    defaults = {**asdict(default_sampling), "system_prompt": DEFAULT_PROMPT, **chosen}
     return cl.ChatSettings(
         [
             Select(
                 id="system_prompt",
                 label=text("setting_prompt", language),
                 values=list(system_prompts()),
-                initial_value=DEFAULT_PROMPT,
+                initial_value=defaults["system_prompt"],
             ),
             Slider(
                 id="temperature",
                 label=text("setting_temperature", language),
-                initial=defaults.temperature,
+                initial=defaults["temperature"],
                 min=0,
                 max=2,
                 step=0.05,
             ),
             Slider(
-                id="top_p", label=text("setting_top_p", language), initial=defaults.top_p, min=0.05, max=1, step=0.05
+                id="top_p", label=text("setting_top_p", language), initial=defaults["top_p"], min=0.05, max=1, step=0.05
             ),
             Slider(
                 id="max_new_tokens",
                 label=text("setting_max_new_tokens", language),
-                initial=defaults.max_new_tokens,
+                initial=defaults["max_new_tokens"],
                 min=16,
                 max=4096,
                 step=16,
@@ -112,7 +174,7 @@ def settings_panel(language: str) -> cl.ChatSettings:
             Slider(
                 id="repetition_penalty",
                 label=text("setting_repetition_penalty", language),
-                initial=defaults.repetition_penalty,
+                initial=defaults["repetition_penalty"],
                 min=1,
                 max=2,
                 step=0.05,
@@ -141,7 +203,10 @@ async def answer(message: cl.Message) -> None:
         max_new_tokens=int(chosen.get("max_new_tokens", default_sampling.max_new_tokens)),
         repetition_penalty=float(chosen.get("repetition_penalty", default_sampling.repetition_penalty)),
     )
-    system_prompt = system_prompts().get(chosen.get("system_prompt", DEFAULT_PROMPT), DEFAULT_PROMPT)
+    prompt_name = chosen.get("system_prompt", DEFAULT_PROMPT)
+    system_prompt = system_prompts().get(prompt_name) or system_prompts()[DEFAULT_PROMPT]
+    # The thread remembers its settings, so a resumed chat continues with them.
+    await data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chosen})
     history = cl.user_session.get("history")
     turn = user_turn(message.content, images)
     try:
@@ -160,15 +225,28 @@ async def answer(message: cl.Message) -> None:
                 await reply.stream_token(piece)
     except Exception as error:
         log.exception("Generation failed")
-        await cl.ErrorMessage(content=explain_failure(error, language)).send()
+        failure = cl.ErrorMessage(content=explain_failure(error, language))
+        failure.metadata = {"generation": generation_record(prompt_name, sampling, usage)}
+        await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
         await queue_notice.clear()
         if usage.ended == "finished" or (usage.ended == "stopped" and reply.content):
             history.extend([turn, AIMessage(content=reply.content)])
             if usage.ended == "stopped":
                 reply.content = mark_stopped(reply.content, language)
-            reply.metadata = {"ended": usage.ended}
+            reply.metadata = {"ended": usage.ended, "generation": generation_record(prompt_name, sampling, usage)}
             await reply.send()
+
+
+def generation_record(prompt_name: str, sampling: SamplingSettings, usage: Usage) -> dict[str, Any]:
+    """What the data layer stores in `generations` beside the answer's message."""
+    return {
+        "model": loaded.name,
+        "adapter": loaded.adapter,
+        "adapter_version": loaded.adapter_version,
+        "settings": {**asdict(sampling), "system_prompt": prompt_name},
+        **asdict(usage),
+    }
 
 
 class QueueNotice:

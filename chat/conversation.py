@@ -8,6 +8,7 @@ image counted at the number of visual tokens it will expand to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from PIL import Image
 from transformers import ProcessorMixin
 
+from chat.texts import strip_stop_marker
 from models.images import visual_tokens
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -42,6 +44,27 @@ def user_turn(text: str, images: list[Image.Image]) -> HumanMessage:
     content: list[str | dict[str, Any]] = [{"type": "image", "image": image} for image in images]
     content.append({"type": "text", "text": text})
     return HumanMessage(content=content)
+
+
+def history_from_thread(
+    steps: list[dict[str, Any]], images_of: Callable[[str], list[Image.Image]]
+) -> list[BaseMessage]:
+    """Rebuild the model's history from a stored thread's steps, in order.
+
+    A turn is a user message answered by the model (an assistant message whose metadata says how
+    it ended); refusals, notices and errors were never in the history and are not now.
+    `images_of(step_id)` returns the images attached to a user message.
+    """
+    history: list[BaseMessage] = []
+    asked: dict[str, Any] | None = None
+    for step in steps:
+        if step["type"] == "user_message":
+            asked = step
+        elif step["type"] == "assistant_message" and asked and (step.get("metadata") or {}).get("ended"):
+            history.append(user_turn(asked["output"], images_of(asked["id"])))
+            history.append(AIMessage(content=strip_stop_marker(step["output"])))
+            asked = None
+    return history
 
 
 def turn_text(message: BaseMessage) -> str:

@@ -8,13 +8,19 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Visual-token budgets (one token = 28 x 28 pixels); see README "Image budget" for the reasoning.
 CPU_MAX_PIXELS = 256 * 28 * 28  # 256 tokens: keeps a 2B model's prefill to seconds on a laptop CPU
 GPU_MAX_PIXELS = 1280 * 28 * 28  # 1280 tokens: Qwen's suggested ceiling, legible 1080p screenshots
 DEFAULT_MIN_PIXELS = 4 * 28 * 28  # 4 tokens: Qwen2-VL's own floor
+
+ASYNC_DRIVERS = {
+    "sqlite://": "sqlite+aiosqlite://",
+    "postgresql://": "postgresql+asyncpg://",
+    "postgres://": "postgresql+asyncpg://",
+}
 
 
 class Settings(BaseSettings):
@@ -32,6 +38,20 @@ class Settings(BaseSettings):
     max_image_megapixels: float = Field(50, gt=0, description="Larger images are refused before decoding.")
     host: str = "127.0.0.1"
     port: int = 8000
+    data_dir: Path = Field(Path(".data"), description="Database file, stored images and the auth secret.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+    admin_password: str | None = Field(None, description="Password for the first user, 'admin'; else generated.")
+    trusted_user_header: str | None = Field(None, description="Header naming the user, set by an auth proxy.")
+
+    @model_validator(mode="after")
+    def _async_database_url(self) -> Settings:
+        """Default to SQLite in the data directory; accept plain URLs and use the async drivers."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'loupe.db').resolve()}"
+        for plain, async_driver in ASYNC_DRIVERS.items():
+            if url.startswith(plain):
+                url = async_driver + url.removeprefix(plain)
+        self.database_url = url
+        return self
 
     def image_max_pixels(self, device_type: str) -> int:
         if self.max_pixels is not None:

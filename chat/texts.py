@@ -97,3 +97,10 @@ def mark_stopped(answer: str, language: str) -> str:
     """Append the stop marker outside any code block the partial answer left open."""
     fence = "\n```" if answer.count("```") % 2 else ""
     return f"{answer}{fence}\n\n{text('stopped', language)}"
+
+
+def strip_stop_marker(answer: str) -> str:
+    """The answer as the model wrote it, without the marker mark_stopped added (in any language)."""
+    for texts in TEXTS.values():
+        answer = answer.removesuffix(f"\n\n{texts['stopped']}")
+    return answer

@@ -53,9 +53,13 @@ def read_images(uploads: list[Upload], limits: ImageLimits, language: str) -> li
     return images
 
 
+def load_fitted_image(path: Path, limits: ImageLimits) -> Image.Image:
+    """Decode, check and size an image file for the model."""
+    return fit_to_budget(open_image(path, limits.max_megapixels), limits.min_pixels, limits.max_pixels)
+
+
 def _read_one(upload: Upload, limits: ImageLimits) -> Image.Image:
     size = upload.path.stat().st_size
     if size > limits.max_file_mb * 1024 * 1024:
         raise ImageRejected("file_too_big", size_mb=size / 1024 / 1024, limit_mb=limits.max_file_mb)
-    image = open_image(upload.path, limits.max_megapixels)
-    return fit_to_budget(image, limits.min_pixels, limits.max_pixels)
+    return load_fitted_image(upload.path, limits)

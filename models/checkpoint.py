@@ -8,6 +8,7 @@ Its answers are noise, and the app says so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class LoadedModel:
     name: str
     adapter: str | None
     is_demo: bool
+    # Content hash of the adapter folder: two adapters with one name are told apart in records.
+    adapter_version: str | None = None
     # Why the demo model is serving, when it is: shown in the UI and the log.
     demo_reason: str | None = None
 
@@ -124,6 +127,7 @@ def load_model(
         processor=processor,
         name=name,
         adapter=adapter.name if adapter else None,
+        adapter_version=folder_hash(adapter) if adapter else None,
         is_demo=demo_reason is not None,
         demo_reason=demo_reason,
     )
@@ -176,6 +180,14 @@ def attach_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
         raise ModelLoadError(
             f"Could not attach the LoRA adapter at {adapter}: {error}. Was it trained for this base model?"
         ) from error
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes, shortened to 16 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _in_hub_cache(model: str) -> bool:

@@ -42,9 +42,31 @@ class Reply:
         return list(final.values())
 
 
+async def login(url: str, username: str, password: str) -> dict[str, str]:
+    """Chainlit's password login; returns the session cookie for later requests."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.post("/login", data={"username": username, "password": password})
+    response.raise_for_status()
+    return {"access_token": response.cookies["access_token"]}
+
+
 class ChatClient:
-    def __init__(self, url: str, language: str = "en-US") -> None:
+    """One browser tab: logged in as `username` (admin by default), one chat session."""
+
+    def __init__(
+        self,
+        url: str,
+        language: str = "en-US",
+        username: str = "admin",
+        password: str | None = None,
+        thread_id: str | None = None,
+    ) -> None:
+        from tests.conftest import ADMIN_PASSWORD
+
         self.url = url
+        self.username, self.password = username, password or ADMIN_PASSWORD
+        self.thread_id = thread_id
+        self.cookies: dict[str, str] = {}
         self.session_id = str(uuid.uuid4())
         self.language = language
         self.sio = socketio.AsyncClient(reconnection=False)
@@ -52,20 +74,26 @@ class ChatClient:
         self.sio.on("*", self._record)
 
     async def _record(self, event: str, payload: Any = None) -> None:
+        if event == "first_interaction":
+            self.thread_id = payload["thread_id"]
         await self._events.put((event, payload))
 
     async def __aenter__(self) -> ChatClient:
+        self.cookies = await login(self.url, self.username, self.password)
         await self.sio.connect(
             self.url,
             socketio_path="/ws/socket.io",
             transports=["websocket"],
-            headers={"Accept-Language": self.language},
+            headers={
+                "Accept-Language": self.language,
+                "Cookie": "; ".join(f"{name}={value}" for name, value in self.cookies.items()),
+            },
             auth={
                 "sessionId": self.session_id,
                 "clientType": "webapp",
                 "userEnv": "{}",
                 "chatProfile": None,
-                "threadId": None,
+                "threadId": self.thread_id,
             },
         )
         await self.sio.emit("connection_successful")
@@ -91,7 +119,7 @@ class ChatClient:
         return message
 
     async def upload(self, name: str, content: bytes, mime: str = "application/octet-stream") -> str:
-        async with httpx.AsyncClient(base_url=self.url) as http:
+        async with httpx.AsyncClient(base_url=self.url, cookies=self.cookies) as http:
             response = await http.post(
                 "/project/file", params={"session_id": self.session_id}, files={"file": (name, content, mime)}
             )

@@ -36,10 +36,14 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+ADMIN_PASSWORD = "loupe-test-admin"
+
+
 @dataclass
 class Server:
     url: str
     log: Path
+    data_dir: Path
 
 
 def free_port() -> int:
@@ -49,7 +53,8 @@ def free_port() -> int:
 
 
 def start_server(app_root: Path, **env: str) -> tuple[subprocess.Popen, Server]:
-    """`python -m chat serve` with the demo model, in its own app root so its uploads are its own."""
+    """`python -m chat serve` with the demo model, in its own app root (uploads) and data directory
+    (SQLite database, stored images), with the first user `admin` / ADMIN_PASSWORD."""
     for shared in (".chainlit", "public", "chainlit.md", "chainlit_ko.md"):
         (app_root / shared).symlink_to(REPO / shared)
     port = free_port()
@@ -60,13 +65,15 @@ def start_server(app_root: Path, **env: str) -> tuple[subprocess.Popen, Server]:
         "LOUPE_MODEL": "demo",
         "LOUPE_PORT": str(port),
         "LOUPE_HOST": "127.0.0.1",
+        "LOUPE_DATA_DIR": str(app_root / ".data"),
+        "LOUPE_ADMIN_PASSWORD": ADMIN_PASSWORD,
         **env,
     }
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "chat", "serve"], cwd=app_root, env=environment, stdout=output, stderr=output
         )
-    server = Server(url=f"http://127.0.0.1:{port}", log=log)
+    server = Server(url=f"http://127.0.0.1:{port}", log=log, data_dir=app_root / ".data")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -89,3 +96,33 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+# Databases -------------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("LOUPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A new, empty database on each backend, dropped after the run."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'loupe.db'}"
+        return
+    import asyncpg
+
+    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
+    try:
+        admin = await asyncpg.connect(admin_url, timeout=5)
+    except (OSError, asyncpg.PostgresError) as error:
+        reason = f"PostgreSQL not reachable at {admin_url} ({error}); set LOUPE_TEST_POSTGRES_URL"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}. CI must test PostgreSQL.")
+        pytest.skip(reason)
+    name = f"loupe_test_{os.getpid()}_{int(time.time())}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSize, async_playwright, expect
 
-from tests.conftest import REPO, Server, start_server
+from tests.conftest import ADMIN_PASSWORD, REPO, Server, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -131,8 +131,11 @@ def draw_circuit(path: Path) -> Path:
 
 
 async def open_chat(page: Page, url: str) -> None:
-    """Load the app and wait for the demo notice: on_chat_start has run, so a message will be heard."""
+    """Log in as admin and wait for the demo notice: on_chat_start has run, so a message will be heard."""
     await page.goto(url)
+    await page.locator("#email").fill("admin")
+    await page.locator("#password").fill(ADMIN_PASSWORD)
+    await page.locator("#password").press("Enter")
     await expect(page.locator(ANSWERS)).to_have_count(1, timeout=START)
 
 

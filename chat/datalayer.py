@@ -1,0 +1,440 @@
+"""Chainlit's data layer on SQLAlchemy 2 ORM: users, threads, steps, elements, feedback, generations.
+
+Chainlit calls these methods from concurrent tasks in no guaranteed order: a step or an element
+can arrive before its thread, and the thread's owner and name arrive last. So every write
+upserts the thread row first (owner unknown until update_thread says), and a step's upsert and
+its generation record commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiofiles
+from chainlit.data.base import BaseDataLayer
+from chainlit.data.utils import queue_until_user_message
+from chainlit.element import Element as ChainlitElement
+from chainlit.element import ElementDict
+from chainlit.step import StepDict
+from chainlit.types import (
+    Feedback as ChainlitFeedback,
+)
+from chainlit.types import (
+    PageInfo,
+    PaginatedResponse,
+    Pagination,
+    ThreadDict,
+    ThreadFilter,
+)
+from chainlit.user import PersistedUser
+from chainlit.user import User as ChainlitUser
+from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat.schema import Element, Feedback, Generation, Step, Thread, User
+from chat.storage import ContentStore
+
+# Step fields Chainlit sends (camelCase) -> our columns; only keys present in a dict are written.
+STEP_FIELDS = {
+    "threadId": "thread_id",
+    "parentId": "parent_id",
+    "name": "name",
+    "type": "type",
+    "input": "input",
+    "output": "output",
+    "isError": "is_error",
+    "metadata": "metadata_",
+    "tags": "tags",
+    "showInput": "show_input",
+    "language": "language",
+    "defaultOpen": "default_open",
+    "autoCollapse": "auto_collapse",
+    "createdAt": "created_at",
+    "start": "start",
+    "end": "end",
+}
+TIME_FIELDS = {"created_at", "start", "end"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """Chainlit's ISO strings ('...Z') -> naive UTC."""
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+class LoupeDataLayer(BaseDataLayer):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: ContentStore) -> None:
+        self.sessions = sessions
+        self.store = store
+
+    # Users ---------------------------------------------------------------------------------
+
+    async def get_user(self, identifier: str) -> PersistedUser | None:
+        async with self.sessions() as session:
+            user = await session.scalar(select(User).where(User.identifier == identifier))
+        return _persisted(user) if user else None
+
+    async def create_user(self, user: ChainlitUser) -> PersistedUser | None:
+        """Chainlit calls this on every login: keep the row (and its password) if it exists."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                _insert(session, User)
+                .values(id=str(uuid.uuid4()), identifier=user.identifier, metadata=user.metadata, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["identifier"])
+            )
+        return await self.get_user(user.identifier)
+
+    # Threads -------------------------------------------------------------------------------
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        name: str | None = None,
+        user_id: str | None = None,
+        metadata: dict | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        async with self.sessions.begin() as session:
+            thread = await _ensure_thread(session, thread_id)
+            if name is not None:
+                thread.name = name
+            if user_id is not None:
+                thread.user_id = user_id
+            if tags is not None:
+                thread.tags = tags
+            if metadata is not None:
+                # Chainlit sends partial metadata (e.g. the chat profile); merge, None deletes.
+                merged = {**thread.metadata_, **metadata}
+                thread.metadata_ = {key: value for key, value in merged.items() if value is not None}
+
+    async def get_thread_author(self, thread_id: str) -> str:
+        async with self.sessions() as session:
+            identifier = await session.scalar(
+                select(User.identifier).join(Thread, Thread.user_id == User.id).where(Thread.id == thread_id)
+            )
+        return identifier or ""
+
+    async def delete_thread(self, thread_id: str) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(delete(Thread).where(Thread.id == thread_id))
+
+    async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
+        """Newest first, `pagination.first` at a time; the cursor is the last thread id shown."""
+        query = _threads_with_owner()
+        if filters.userId:
+            query = query.where(Thread.user_id == filters.userId)
+        if filters.search:
+            pattern = f"%{filters.search.lower()}%"
+            in_messages = select(Step.thread_id).where(func.lower(Step.output).like(pattern))
+            query = query.where(or_(func.lower(Thread.name).like(pattern), Thread.id.in_(in_messages)))
+        if filters.feedback is not None:
+            rated = select(Feedback.thread_id).where(Feedback.value == filters.feedback)
+            query = query.where(Thread.id.in_(rated))
+        async with self.sessions() as session:
+            if pagination.cursor:
+                after = await session.get(Thread, pagination.cursor)
+                if after is not None:
+                    query = query.where(
+                        or_(
+                            Thread.created_at < after.created_at,
+                            (Thread.created_at == after.created_at) & (Thread.id < after.id),
+                        )
+                    )
+            query = query.order_by(Thread.created_at.desc(), Thread.id.desc()).limit(pagination.first + 1)
+            rows = (await session.execute(query)).all()
+        page = [_thread_dict(thread, identifier) for thread, identifier in rows[: pagination.first]]
+        return PaginatedResponse(
+            pageInfo=PageInfo(
+                hasNextPage=len(rows) > pagination.first,
+                startCursor=page[0]["id"] if page else None,
+                endCursor=page[-1]["id"] if page else None,
+            ),
+            data=page,
+        )
+
+    async def get_thread(self, thread_id: str) -> ThreadDict | None:
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(Thread, User.identifier)
+                    .outerjoin(User, Thread.user_id == User.id)
+                    .where(Thread.id == thread_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            steps = (
+                await session.scalars(
+                    select(Step).where(Step.thread_id == thread_id).order_by(Step.created_at, Step.start)
+                )
+            ).all()
+            feedback = {
+                rating.for_id: rating
+                for rating in await session.scalars(select(Feedback).where(Feedback.thread_id == thread_id))
+            }
+            elements = (await session.scalars(select(Element).where(Element.thread_id == thread_id))).all()
+        thread = _thread_dict(*row)
+        thread["steps"] = [_step_dict(step, feedback.get(step.id)) for step in steps]
+        thread["elements"] = [self._element_dict(element) for element in elements]
+        return thread
+
+    # Steps ---------------------------------------------------------------------------------
+
+    @queue_until_user_message()
+    async def create_step(self, step_dict: StepDict) -> None:
+        await self._upsert_step(step_dict)
+
+    @queue_until_user_message()
+    async def update_step(self, step_dict: StepDict) -> None:
+        await self._upsert_step(step_dict)
+
+    @queue_until_user_message()
+    async def delete_step(self, step_id: str) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(delete(Step).where(Step.id == step_id))
+
+    async def _upsert_step(self, step_dict: StepDict) -> None:
+        values = {column: step_dict[key] for key, column in STEP_FIELDS.items() if key in step_dict}
+        for column in TIME_FIELDS & values.keys():
+            values[column] = parse_time(values[column])
+        if isinstance(values.get("show_input"), bool):
+            values["show_input"] = str(values["show_input"]).lower()
+        values = {column: value for column, value in values.items() if value is not None or column in ("parent_id",)}
+        generation = (values.get("metadata_") or {}).get("generation")
+        async with self.sessions.begin() as session:
+            await _ensure_thread(session, step_dict["threadId"])
+            insert = _insert(session, Step).values(
+                id=step_dict["id"],
+                **{"created_at": utcnow(), "type": "undefined", **_by_column_name(values)},
+            )
+            updates = {column: insert.excluded[column] for column in _by_column_name(values) if column != "created_at"}
+            await session.execute(
+                insert.on_conflict_do_update(index_elements=["id"], set_=updates)
+                if updates
+                else insert.on_conflict_do_nothing(index_elements=["id"])
+            )
+            if generation:
+                await _upsert_generation(session, step_dict["id"], step_dict["threadId"], generation)
+
+    # Elements ------------------------------------------------------------------------------
+
+    @queue_until_user_message()
+    async def create_element(self, element: ChainlitElement) -> None:
+        """Copy the element's file into the content store, so history outlives Chainlit's .files."""
+        if not element.thread_id:
+            return
+        content = element.content
+        if content is None and element.path:
+            async with aiofiles.open(element.path, "rb") as file:
+                content = await file.read()
+        object_key = None
+        if content is not None:
+            object_key = (await self.store.upload_file("", content, element.mime or ""))["object_key"]
+        async with self.sessions.begin() as session:
+            await _ensure_thread(session, element.thread_id)
+            await session.execute(
+                _insert(session, Element)
+                .values(
+                    id=element.id,
+                    thread_id=element.thread_id,
+                    for_id=element.for_id,
+                    type=element.type,
+                    name=element.name,
+                    mime=element.mime,
+                    display=element.display,
+                    size=getattr(element, "size", None),
+                    object_key=object_key,
+                    props=getattr(element, "props", None) or {},
+                    created_at=utcnow(),
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+
+    async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
+        async with self.sessions() as session:
+            element = await session.scalar(
+                select(Element).where(Element.thread_id == thread_id, Element.id == element_id)
+            )
+        return self._element_dict(element) if element else None
+
+    @queue_until_user_message()
+    async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
+        query = delete(Element).where(Element.id == element_id)
+        if thread_id:
+            query = query.where(Element.thread_id == thread_id)
+        async with self.sessions.begin() as session:
+            await session.execute(query)
+
+    def _element_dict(self, element: Element) -> ElementDict:
+        return {
+            "id": element.id,
+            "threadId": element.thread_id,
+            "forId": element.for_id,
+            "type": element.type,
+            "name": element.name,
+            "mime": element.mime,
+            "display": element.display,
+            "size": element.size,
+            "objectKey": element.object_key,
+            "url": f"/loupe/files/{element.object_key}" if element.object_key else None,
+            "props": element.props,
+            "chainlitKey": None,
+        }
+
+    # Feedback ------------------------------------------------------------------------------
+
+    async def upsert_feedback(self, feedback: ChainlitFeedback) -> str:
+        """Store a thumbs up/down for the step Chainlit names (the run); one per step, re-votes update it.
+
+        Ownership is checked before this is called (chat/access.py); the rating belongs to the
+        thread's owner.
+        """
+        async with self.sessions.begin() as session:
+            rated = await session.get(Step, feedback.forId)
+            if rated is None:
+                raise LookupError(f"no message {feedback.forId} to rate")
+            owner = await session.scalar(select(Thread.user_id).where(Thread.id == rated.thread_id))
+            now = utcnow()
+            insert = _insert(session, Feedback).values(
+                id=feedback.id or str(uuid.uuid4()),
+                for_id=rated.id,
+                thread_id=rated.thread_id,
+                user_id=owner,
+                value=feedback.value,
+                comment=feedback.comment,
+                created_at=now,
+                updated_at=now,
+            )
+            await session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["for_id"],
+                    set_={"value": feedback.value, "comment": feedback.comment, "updated_at": now},
+                )
+            )
+            return await session.scalar(select(Feedback.id).where(Feedback.for_id == rated.id))
+
+    async def delete_feedback(self, feedback_id: str) -> bool:
+        async with self.sessions.begin() as session:
+            result = await session.execute(delete(Feedback).where(Feedback.id == feedback_id))
+        return result.rowcount > 0
+
+    # The rest of Chainlit's interface ------------------------------------------------------
+
+    async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
+        return []  # favorites are off in .chainlit/config.toml
+
+    async def build_debug_url(self) -> str:
+        return ""
+
+    async def close(self) -> None:
+        return None
+
+
+def _insert(session: AsyncSession, table: type) -> Any:
+    """INSERT with ON CONFLICT support in the session's dialect (SQLite and PostgreSQL share it)."""
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _threads_with_owner() -> Select:
+    return select(Thread, User.identifier).outerjoin(User, Thread.user_id == User.id)
+
+
+def _by_column_name(values: dict[str, Any]) -> dict[str, Any]:
+    """ORM attribute names -> table column names (metadata_ is stored as 'metadata')."""
+    return {("metadata" if key == "metadata_" else key): value for key, value in values.items()}
+
+
+async def _ensure_thread(session: AsyncSession, thread_id: str) -> Thread:
+    """The thread row, created empty if a step or element got here before Chainlit created it."""
+    await session.execute(
+        _insert(session, Thread)
+        .values(id=thread_id, tags=[], metadata={}, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    return await session.get(Thread, thread_id, with_for_update=session.bind.dialect.name == "postgresql")
+
+
+async def _upsert_generation(session: AsyncSession, step_id: str, thread_id: str, record: dict[str, Any]) -> None:
+    values = {
+        "model": record["model"],
+        "adapter": record.get("adapter"),
+        "adapter_version": record.get("adapter_version"),
+        "settings": record.get("settings", {}),
+        "prompt_tokens": record["prompt_tokens"],
+        "completion_tokens": record["completion_tokens"],
+        "time_to_first_token": record.get("time_to_first_token"),
+        "duration": record["duration"],
+        "ended": record["ended"],
+    }
+    insert = _insert(session, Generation).values(
+        id=str(uuid.uuid4()), step_id=step_id, thread_id=thread_id, created_at=utcnow(), **values
+    )
+    await session.execute(insert.on_conflict_do_update(index_elements=["step_id"], set_=values))
+
+
+def _persisted(user: User) -> PersistedUser:
+    return PersistedUser(
+        id=user.id,
+        identifier=user.identifier,
+        display_name=user.identifier,
+        metadata=user.metadata_,
+        createdAt=iso(user.created_at),
+    )
+
+
+def _thread_dict(thread: Thread, user_identifier: str | None) -> ThreadDict:
+    return {
+        "id": thread.id,
+        "createdAt": iso(thread.created_at),
+        "name": thread.name,
+        "userId": thread.user_id,
+        "userIdentifier": user_identifier,
+        "tags": thread.tags,
+        "metadata": thread.metadata_,
+        "steps": [],
+        "elements": [],
+    }
+
+
+def _step_dict(step: Step, feedback: Feedback | None) -> StepDict:
+    step_dict: StepDict = {
+        "id": step.id,
+        "threadId": step.thread_id,
+        "parentId": step.parent_id,
+        "name": step.name,
+        "type": step.type,
+        "input": step.input,
+        "output": step.output,
+        "isError": step.is_error,
+        "metadata": step.metadata_,
+        "tags": step.tags,
+        "showInput": step.show_input,
+        "language": step.language,
+        "defaultOpen": step.default_open,
+        "autoCollapse": step.auto_collapse,
+        "createdAt": iso(step.created_at),
+        "start": iso(step.start),
+        "end": iso(step.end),
+    }
+    if feedback is not None:
+        step_dict["feedback"] = {
+            "id": feedback.id,
+            "forId": feedback.for_id,
+            "value": feedback.value,
+            "comment": feedback.comment,
+        }
+    return step_dict

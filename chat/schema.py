@@ -1,0 +1,117 @@
+"""Loupe's tables, as SQLAlchemy 2 ORM classes. migrations/ must produce exactly this schema.
+
+Chainlit's own concepts (users, threads, steps, elements, feedback) keep Chainlit's field names
+in snake_case; `generations` is ours: one record per assistant answer, saying which model and
+adapter wrote it, with which settings, at what cost, and how it ended.
+Times are naive UTC; JSON columns are portable between SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime()}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(255), unique=True)
+    # None for users who sign in through a header or OAuth provider.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    created_at: Mapped[datetime]
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+    __table_args__ = (Index("ix_threads_user_created", "user_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # Null until Chainlit tells us the owner: a step can arrive before its thread (see datalayer).
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    created_at: Mapped[datetime]
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (Index("ix_steps_thread_created", "thread_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    parent_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    type: Mapped[str] = mapped_column(String(32))
+    input: Mapped[str] = mapped_column(Text, default="")
+    output: Mapped[str] = mapped_column(Text, default="")
+    is_error: Mapped[bool] = mapped_column(Boolean, default=False)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    tags: Mapped[list[str] | None] = mapped_column(JSON)
+    # Chainlit's display options, stored so history renders as it did live.
+    show_input: Mapped[str | None] = mapped_column(String(32))
+    language: Mapped[str | None] = mapped_column(String(32))
+    default_open: Mapped[bool] = mapped_column(Boolean, default=False)
+    auto_collapse: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    start: Mapped[datetime | None]
+    end: Mapped[datetime | None]
+
+
+class Element(Base):
+    __tablename__ = "elements"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    for_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(Text)
+    mime: Mapped[str | None] = mapped_column(String(255))
+    display: Mapped[str] = mapped_column(String(16), default="inline")
+    size: Mapped[str | None] = mapped_column(String(16))
+    # sha256 of the content in Loupe's image store (chat/storage.py); None for elements without a file.
+    object_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    props: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+
+
+class Feedback(Base):
+    __tablename__ = "feedbacks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # The step Chainlit rates: the run ("on_message") step, parent of the assistant message it
+    # answered with. One rating per step; a re-vote updates it.
+    for_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    value: Mapped[int] = mapped_column(Integer)  # 1 thumbs up, 0 thumbs down
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    step_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    adapter: Mapped[str | None] = mapped_column(String(255))
+    adapter_version: Mapped[str | None] = mapped_column(String(64))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    time_to_first_token: Mapped[float | None] = mapped_column(Float)
+    duration: Mapped[float] = mapped_column(Float)
+    ended: Mapped[str] = mapped_column(String(16))  # finished, stopped, error
+    created_at: Mapped[datetime]

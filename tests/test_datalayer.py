@@ -1,0 +1,214 @@
+"""The data layer on real SQLite and PostgreSQL: migrations, Chainlit's call orders, feedback, generations."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from chainlit.context import init_http_context
+from chainlit.element import Image as ChainlitImage
+from chainlit.types import Feedback as ChainlitFeedback
+from chainlit.types import Pagination, ThreadFilter
+from chainlit.user import User as ChainlitUser
+from sqlalchemy import Connection, func, inspect, select, text
+
+from chat.database import create_engine, downgrade, session_factory, upgrade
+from chat.datalayer import LoupeDataLayer
+from chat.schema import Base, Element, Generation, Step, Thread
+from chat.storage import ContentStore
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url: str) -> str:
+    upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def layer(migrated: str, tmp_path: Path):
+    engine = create_engine(migrated)
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(table.delete())
+    init_http_context()  # Chainlit's decorators look at the current session
+    yield LoupeDataLayer(session_factory(engine), ContentStore(tmp_path / "files"))
+    await engine.dispose()
+
+
+async def count(layer: LoupeDataLayer, model: type) -> int:
+    async with layer.sessions() as session:
+        return await session.scalar(select(func.count()).select_from(model))
+
+
+def step(thread_id: str, type: str = "user_message", output: str = "hello", **fields) -> dict:
+    return {
+        "id": str(uuid.uuid4()),
+        "threadId": thread_id,
+        "type": type,
+        "name": "User",
+        "output": output,
+        "createdAt": "2026-11-21T10:00:00.000Z",
+        **fields,
+    }
+
+
+def test_migrations_go_up_and_down_and_match_the_models(database_url: str) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "base")
+    assert table_names(database_url) <= {"alembic_version"}
+    upgrade(database_url)
+    assert table_names(database_url) >= {table.name for table in Base.metadata.sorted_tables}
+    assert schema_differences(database_url) == []
+
+
+def table_names(url: str) -> set[str]:
+    return asyncio.run(_inspect(url, lambda connection: set(inspect(connection).get_table_names())))
+
+
+def schema_differences(url: str) -> list:
+    return asyncio.run(
+        _inspect(url, lambda connection: compare_metadata(MigrationContext.configure(connection), Base.metadata))
+    )
+
+
+async def _inspect(url: str, look: Callable[[Connection], Any]) -> Any:
+    engine = create_engine(url)
+    async with engine.connect() as connection:
+        result = await connection.run_sync(look)
+    await engine.dispose()
+    return result
+
+
+async def test_users_are_created_once(layer: LoupeDataLayer) -> None:
+    first = await layer.create_user(ChainlitUser(identifier="ada"))
+    again = await layer.create_user(ChainlitUser(identifier="ada"))
+    assert first.id == again.id and first.identifier == "ada"
+    assert await layer.get_user("nobody") is None
+
+
+async def test_step_before_thread_then_owner_and_name_arrive(layer: LoupeDataLayer) -> None:
+    """Chainlit's first-message race: the step is stored first, the thread gets its owner later."""
+    thread_id = str(uuid.uuid4())
+    await layer.create_step(step(thread_id, output="What is this circuit?"))
+    assert await layer.get_thread_author(thread_id) == ""
+    owner = await layer.create_user(ChainlitUser(identifier="ada"))
+    await layer.update_thread(thread_id, name="What is this circuit?", user_id=owner.id)
+    thread = await layer.get_thread(thread_id)
+    assert (thread["userIdentifier"], thread["name"]) == ("ada", "What is this circuit?")
+    assert [s["output"] for s in thread["steps"]] == ["What is this circuit?"]
+    assert await layer.get_thread_author(thread_id) == "ada"
+
+
+async def test_concurrent_first_writes_create_one_thread(layer: LoupeDataLayer) -> None:
+    thread_id = str(uuid.uuid4())
+    await asyncio.gather(*(layer.create_step(step(thread_id, output=f"m{n}")) for n in range(20)))
+    assert await count(layer, Thread) == 1
+    assert await count(layer, Step) == 20
+
+
+async def test_updating_a_step_keeps_one_row_with_the_new_output(layer: LoupeDataLayer) -> None:
+    answer = step(str(uuid.uuid4()), type="assistant_message", output="")
+    await layer.create_step(answer)
+    await layer.update_step({**answer, "output": "R = V / I = 5 V / 10 mA = 500 Ohm"})
+    [stored] = (await layer.get_thread(answer["threadId"]))["steps"]
+    assert stored["output"] == "R = V / I = 5 V / 10 mA = 500 Ohm"
+    assert stored["createdAt"] == "2026-11-21T10:00:00.000Z"
+
+
+async def test_generation_record_is_written_with_its_answer(layer: LoupeDataLayer) -> None:
+    record = {
+        "model": "demo",
+        "adapter": "engineering-v1",
+        "adapter_version": "ab12",
+        "settings": {"temperature": 0.7},
+        "prompt_tokens": 300,
+        "completion_tokens": 42,
+        "time_to_first_token": 0.12,
+        "duration": 1.5,
+        "ended": "stopped",
+    }
+    answer = step(str(uuid.uuid4()), type="assistant_message", metadata={"generation": record})
+    await layer.create_step(answer)
+    await layer.update_step(answer)  # sent again when the message is finalised: still one record
+    async with layer.sessions() as session:
+        [generation] = (await session.scalars(select(Generation))).all()
+    assert (generation.step_id, generation.ended, generation.completion_tokens) == (answer["id"], "stopped", 42)
+
+
+async def test_element_is_stored_by_content_and_outlives_the_upload(layer: LoupeDataLayer, tmp_path: Path) -> None:
+    thread_id = str(uuid.uuid4())
+    upload = tmp_path / "upload.png"
+    upload.write_bytes(b"\x89PNG fake bytes")
+    element = ChainlitImage(name="diagram.png", path=str(upload), mime="image/png", thread_id=thread_id)
+    await layer.create_element(element)
+    upload.unlink()  # Chainlit wipes .files at shutdown
+    [stored] = (await layer.get_thread(thread_id))["elements"]
+    assert stored["name"] == "diagram.png" and stored["url"] == f"/loupe/files/{stored['objectKey']}"
+    assert layer.store.path(stored["objectKey"]).read_bytes() == b"\x89PNG fake bytes"
+    assert await layer.get_element(thread_id, element.id) == stored
+
+
+async def test_feedback_is_upserted_shown_and_withdrawn(layer: LoupeDataLayer) -> None:
+    owner = await layer.create_user(ChainlitUser(identifier="ada"))
+    run = step(str(uuid.uuid4()), type="run", output="")
+    await layer.create_step(run)
+    await layer.update_thread(run["threadId"], user_id=owner.id)
+
+    first = await layer.upsert_feedback(ChainlitFeedback(forId=run["id"], value=0, comment="misread R2"))
+    again = await layer.upsert_feedback(ChainlitFeedback(forId=run["id"], value=1, comment=None))
+    assert first == again
+    [rated] = (await layer.get_thread(run["threadId"]))["steps"]
+    assert rated["feedback"] == {"id": first, "forId": run["id"], "value": 1, "comment": None}
+
+    assert await layer.delete_feedback(first)
+    [rated] = (await layer.get_thread(run["threadId"]))["steps"]
+    assert "feedback" not in rated
+
+
+async def test_feedback_for_an_unknown_step_is_refused(layer: LoupeDataLayer) -> None:
+    with pytest.raises(LookupError):
+        await layer.upsert_feedback(ChainlitFeedback(forId=str(uuid.uuid4()), value=1))
+
+
+async def test_threads_are_listed_per_user_newest_first_in_pages(layer: LoupeDataLayer) -> None:
+    ada, bob = await layer.create_user(ChainlitUser(identifier="ada")), await layer.create_user(ChainlitUser("bob"))
+    ids = []
+    for n in range(5):
+        thread_id = str(uuid.uuid4())
+        await layer.update_thread(thread_id, name=f"question {n}", user_id=ada.id)
+        ids.append(thread_id)
+    await layer.update_thread(str(uuid.uuid4()), name="bob's", user_id=bob.id)
+
+    first_page = await layer.list_threads(Pagination(first=3), ThreadFilter(userId=ada.id))
+    second_page = await layer.list_threads(
+        Pagination(first=3, cursor=first_page.pageInfo.endCursor), ThreadFilter(userId=ada.id)
+    )
+    assert [t["id"] for t in first_page.data + second_page.data] == ids[::-1]
+    assert first_page.pageInfo.hasNextPage and not second_page.pageInfo.hasNextPage
+
+    found = await layer.list_threads(Pagination(first=10), ThreadFilter(userId=ada.id, search="QUESTION 3"))
+    assert [t["name"] for t in found.data] == ["question 3"]
+
+
+async def test_deleting_a_thread_removes_everything_in_it(layer: LoupeDataLayer, tmp_path: Path) -> None:
+    thread_id = str(uuid.uuid4())
+    await layer.create_step(step(thread_id))
+    (tmp_path / "a.png").write_bytes(b"image")
+    await layer.create_element(ChainlitImage(name="a.png", path=str(tmp_path / "a.png"), thread_id=thread_id))
+    await layer.delete_thread(thread_id)
+    assert [await count(layer, model) for model in (Thread, Step, Element)] == [0, 0, 0]
+    assert await layer.get_thread(thread_id) is None
+
+
+async def test_sqlite_runs_in_wal_mode(layer: LoupeDataLayer) -> None:
+    async with layer.sessions() as session:
+        if session.bind.dialect.name != "sqlite":
+            pytest.skip("SQLite only")
+        assert (await session.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+        assert (await session.execute(text("PRAGMA foreign_keys"))).scalar() == 1
