@@ -71,9 +71,11 @@ class ChatClient:
         self.language = language
         self.sio = socketio.AsyncClient(reconnection=False)
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.seen: list[str] = []  # every event name received, including those wait_for skipped
         self.sio.on("*", self._record)
 
     async def _record(self, event: str, payload: Any = None) -> None:
+        self.seen.append(event)
         if event == "first_interaction":
             self.thread_id = payload["thread_id"]
         await self._events.put((event, payload))

@@ -7,13 +7,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from chainlit.context import init_http_context
 
+from chat.database import create_engine, session_factory, upgrade
+from chat.datalayer import LoupeDataLayer
+from chat.schema import Base
+from chat.storage import ContentStore
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,3 +131,21 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url: str) -> str:
+    upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def layer(migrated: str, tmp_path: Path) -> AsyncIterator[LoupeDataLayer]:
+    """A data layer over an emptied database of each backend."""
+    engine = create_engine(migrated)
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(table.delete())
+    init_http_context()  # Chainlit's decorators look at the current session
+    yield LoupeDataLayer(session_factory(engine), ContentStore(tmp_path / "files"))
+    await engine.dispose()

@@ -11,34 +11,15 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from chainlit.context import init_http_context
 from chainlit.element import Image as ChainlitImage
 from chainlit.types import Feedback as ChainlitFeedback
 from chainlit.types import Pagination, ThreadFilter
 from chainlit.user import User as ChainlitUser
 from sqlalchemy import Connection, func, inspect, select, text
 
-from chat.database import create_engine, downgrade, session_factory, upgrade
+from chat.database import create_engine, downgrade, upgrade
 from chat.datalayer import LoupeDataLayer
 from chat.schema import Base, Element, Generation, Step, Thread
-from chat.storage import ContentStore
-
-
-@pytest.fixture(scope="session")
-def migrated(database_url: str) -> str:
-    upgrade(database_url)
-    return database_url
-
-
-@pytest.fixture
-async def layer(migrated: str, tmp_path: Path):
-    engine = create_engine(migrated)
-    async with engine.begin() as connection:
-        for table in reversed(Base.metadata.sorted_tables):
-            await connection.execute(table.delete())
-    init_http_context()  # Chainlit's decorators look at the current session
-    yield LoupeDataLayer(session_factory(engine), ContentStore(tmp_path / "files"))
-    await engine.dispose()
 
 
 async def count(layer: LoupeDataLayer, model: type) -> int:
