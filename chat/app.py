@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
@@ -43,6 +44,7 @@ from models.checkpoint import load_model, pick_device
 from models.generation import Generator, SamplingSettings, Usage
 
 log = logging.getLogger("loupe")
+STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
 
 settings = get_settings()
 max_pixels = settings.image_max_pixels(pick_device(settings.device).type)
@@ -138,7 +140,7 @@ async def resume(thread: ThreadDict) -> None:
 
 @cl.on_settings_update
 async def update_settings(values: dict[str, Any]) -> None:
-    cl.user_session.set("chat_settings", values)
+    cl.user_session.set("chat_settings", {**(cl.user_session.get("chat_settings") or {}), **values})
 
 
 def settings_panel(language: str, chosen: dict[str, Any]) -> cl.ChatSettings:
@@ -218,11 +220,12 @@ async def answer(message: cl.Message) -> None:
         return
 
     reply, usage, queue_notice = cl.Message(content=""), Usage(), QueueNotice(language)
+    stream = BatchedStream(reply)
     try:
         async with aclosing(generator.stream(prompt, sampling, usage, queue_notice.show)) as pieces:
             async for piece in pieces:
                 await queue_notice.clear()
-                await reply.stream_token(piece)
+                await stream.add(piece)
     except Exception as error:
         log.exception("Generation failed")
         failure = cl.ErrorMessage(content=explain_failure(error, language))
@@ -230,6 +233,7 @@ async def answer(message: cl.Message) -> None:
         await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
         await queue_notice.clear()
+        await stream.flush()
         if usage.ended == "finished" or (usage.ended == "stopped" and reply.content):
             history.extend([turn, AIMessage(content=reply.content)])
             if usage.ended == "stopped":
@@ -247,6 +251,30 @@ def generation_record(prompt_name: str, sampling: SamplingSettings, usage: Usage
         "settings": {**asdict(sampling), "system_prompt": prompt_name},
         **asdict(usage),
     }
+
+
+class BatchedStream:
+    """Streams text to the browser at most once per STREAM_INTERVAL_S, the first piece at once.
+
+    One socket.io emit per token costs the server about as much CPU as a small model spends
+    generating it, so emitting each token would slow the answer down (bench/RESULTS.md).
+    """
+
+    def __init__(self, message: cl.Message) -> None:
+        self.message = message
+        self.pending = ""
+        self.sent_at = 0.0
+
+    async def add(self, piece: str) -> None:
+        self.pending += piece
+        if time.monotonic() - self.sent_at >= STREAM_INTERVAL_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pending:
+            await self.message.stream_token(self.pending)
+            self.pending = ""
+            self.sent_at = time.monotonic()
 
 
 class QueueNotice:

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Visual-token budgets (one token = 28 x 28 pixels); see README "Image budget" for the reasoning.
-CPU_MAX_PIXELS = 256 * 28 * 28  # 256 tokens: keeps a 2B model's prefill to seconds on a laptop CPU
+CPU_MAX_PIXELS = 256 * 28 * 28  # 256 tokens: prefill dominates a CPU's time to first token
 GPU_MAX_PIXELS = 1280 * 28 * 28  # 1280 tokens: Qwen's suggested ceiling, legible 1080p screenshots
 DEFAULT_MIN_PIXELS = 4 * 28 * 28  # 4 tokens: Qwen2-VL's own floor
 

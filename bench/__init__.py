@@ -1,0 +1,1 @@
+"""Benchmarks for Loupe; see bench/RESULTS.md."""
