@@ -99,7 +99,7 @@ class ChatClient:
             },
         )
         await self.sio.emit("connection_successful")
-        await self.wait_for("chat_settings")  # on_chat_start has begun
+        self.settings_panel = await self.wait_for("chat_settings")  # on_chat_start (or resume) has begun
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -142,6 +142,12 @@ class ChatClient:
                 "fileReferences": [{"id": file_id} for file_id in file_ids or []],
             },
         )
+
+    async def change_settings(self, values: dict[str, Any]) -> None:
+        """Like moving the sliders. The server runs the handler as a task; `call` returns on its
+        acknowledgement, and the task's own task_end is consumed here, not taken for an answer's."""
+        await self.sio.call("chat_settings_change", values, timeout=10)
+        await self.wait_for("task_end")
 
     async def stop(self) -> None:
         await self.sio.emit("stop")

@@ -101,3 +101,34 @@ async def test_a_message_longer_than_the_context_is_explained(server):
         [refusal] = texts(await client.ask("resistor " * 9000))
         assert refusal.startswith("Your message is too long for the model's context")
         assert (await client.ask("Short question?")).tokens
+
+
+async def test_a_resumed_chat_continues_with_its_images_and_settings(server):
+    async with ChatClient(server.url) as client:
+        await client.change_settings({"max_new_tokens": 32, "system_prompt": "concise"})
+        image = await client.upload("circuit.png", png(), "image/png")
+        await client.ask("What is R1?", [image])
+        thread_id = client.thread_id
+
+    async with ChatClient(server.url, thread_id=thread_id) as resumed:
+        await resumed.wait_for("resume_thread")
+        initial = {widget["id"]: widget["initial"] for widget in resumed.settings_panel}
+        assert (initial["max_new_tokens"], initial["system_prompt"]) == (32, "concise")
+        assert (await resumed.ask("And R2?")).tokens
+
+    first, second = generations(server, thread_id)
+    # The follow-up's prompt holds the first turn again, image included (~100 visual tokens): without
+    # the image it would be shorter than the first prompt, not longer.
+    assert second["prompt_tokens"] > first["prompt_tokens"]
+    assert second["settings"]["system_prompt"] == "concise" and second["settings"]["max_new_tokens"] == 32
+
+
+def generations(server, thread_id: str) -> list[dict]:
+    import json
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "loupe.db") as database:
+        rows = database.execute(
+            "SELECT prompt_tokens, settings FROM generations WHERE thread_id = ? ORDER BY created_at", (thread_id,)
+        ).fetchall()
+    return [{"prompt_tokens": tokens, "settings": json.loads(settings)} for tokens, settings in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +28,19 @@ async def count(layer: LoupeDataLayer, model: type) -> int:
         return await session.scalar(select(func.count()).select_from(model))
 
 
+SECONDS = itertools.count()
+
+
 def step(thread_id: str, type: str = "user_message", output: str = "hello", **fields) -> dict:
+    """A step as Chainlit sends it; each one a second later than the one before."""
+    seconds = next(SECONDS)
     return {
         "id": str(uuid.uuid4()),
         "threadId": thread_id,
         "type": type,
         "name": "User",
         "output": output,
-        "createdAt": "2026-11-21T10:00:00.000Z",
+        "createdAt": f"2026-11-21T10:{seconds // 60 % 60:02d}:{seconds % 60:02d}.000Z",
         **fields,
     }
 
@@ -99,7 +105,7 @@ async def test_updating_a_step_keeps_one_row_with_the_new_output(layer: LoupeDat
     await layer.update_step({**answer, "output": "R = V / I = 5 V / 10 mA = 500 Ohm"})
     [stored] = (await layer.get_thread(answer["threadId"]))["steps"]
     assert stored["output"] == "R = V / I = 5 V / 10 mA = 500 Ohm"
-    assert stored["createdAt"] == "2026-11-21T10:00:00.000Z"
+    assert stored["createdAt"] == answer["createdAt"]
 
 
 async def test_generation_record_is_written_with_its_answer(layer: LoupeDataLayer) -> None:
@@ -193,3 +199,32 @@ async def test_sqlite_runs_in_wal_mode(layer: LoupeDataLayer) -> None:
             pytest.skip("SQLite only")
         assert (await session.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
         assert (await session.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+
+
+async def test_stored_thread_rebuilds_the_model_history_with_images(layer: LoupeDataLayer, tmp_path: Path) -> None:
+    """What resume does: user turns with their images, our answers, and nothing else."""
+    from PIL import Image
+
+    from chat.conversation import history_from_thread, turn_images, turn_text
+
+    thread_id = str(uuid.uuid4())
+    question = step(thread_id, output="Which resistor is larger?")
+    run = step(thread_id, type="run", output="", parentId=question["id"])
+    notice = step(thread_id, type="assistant_message", output="**Demo model.** ...")
+    answer = step(thread_id, type="assistant_message", output="R2\n\n⏹ *Stopped.*", parentId=run["id"])
+    answer["metadata"] = {"ended": "stopped"}
+    Image.new("RGB", (300, 200), (0, 0, 255)).save(tmp_path / "r.png")
+    for stored in (notice, question, run, answer):
+        await layer.create_step(stored)
+    await layer.create_element(
+        ChainlitImage(name="r.png", path=str(tmp_path / "r.png"), thread_id=thread_id, for_id=question["id"])
+    )
+    thread = await layer.get_thread(thread_id)
+    keys = {element["forId"]: element["objectKey"] for element in thread["elements"]}
+
+    def images_of(step_id: str) -> list:
+        return [Image.open(layer.store.path(keys[step_id]))] if step_id in keys else []
+
+    history = history_from_thread(thread["steps"], images_of)
+    assert [turn_text(message) for message in history] == ["Which resistor is larger?", "R2"]
+    assert [image.size for image in turn_images(history[0])] == [(300, 200)]
