@@ -198,12 +198,7 @@ async def raw_run(
 async def app_run(url: str, server_pid: int, chat_settings: dict[str, Any], prompt: str) -> StreamRun:
     """One question in a fresh chat (so no history), timed at the client from send to each piece."""
     async with TimedChatClient(url) as client:
-        # on_chat_start and the settings handler each run as a Chainlit task (task_start ... task_end);
-        # both must be over, or ChatClient.collect would take their task_end for the answer's.
-        await client.wait_for("task_end")
-        # `call` returns on the server's ack, sent after the handler (and its task_end) ran.
-        await client.sio.call("chat_settings_change", chat_settings, timeout=10)
-        await client.wait_for("task_end")
+        await client.change_settings(chat_settings)
         server_start, client_start, start = cpu_seconds(server_pid), cpu_seconds(), time.perf_counter()
         reply = await client.ask(prompt)
         cpu = {"app server": cpu_seconds(server_pid) - server_start, "client": cpu_seconds() - client_start}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -99,8 +100,17 @@ class ChatClient:
             },
         )
         await self.sio.emit("connection_successful")
-        self.settings_panel = await self.wait_for("chat_settings")  # on_chat_start (or resume) has begun
+        # on_chat_start (or on_chat_resume) runs as a Chainlit task: wait for its end, so that
+        # the task_end a later wait takes is never this one.
+        self.settings_panel = await self.wait_for("chat_settings")
+        self.greetings = [message async for message in self._messages_until_task_end()]
         return self
+
+    async def _messages_until_task_end(self, timeout: float = 60) -> AsyncIterator[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while (event := await self._events.get())[0] != "task_end":
+                if event[0] == "new_message":
+                    yield event[1]
 
     async def __aexit__(self, *exc: object) -> None:
         await self.sio.disconnect()
@@ -144,8 +154,7 @@ class ChatClient:
         )
 
     async def change_settings(self, values: dict[str, Any]) -> None:
-        """Like moving the sliders. The server runs the handler as a task; `call` returns on its
-        acknowledgement, and the task's own task_end is consumed here, not taken for an answer's."""
+        """Like moving the sliders. The handler runs as a Chainlit task: wait for its task_end."""
         await self.sio.call("chat_settings_change", values, timeout=10)
         await self.wait_for("task_end")
 
@@ -165,4 +174,7 @@ class ChatClient:
     async def ask(self, text: str, file_ids: list[str] | None = None, timeout: float = 120) -> Reply:
         await self.send(text, file_ids)
         await self.wait_for("task_start", timeout)  # events before it belong to earlier runs
-        return await self.collect(timeout)
+        reply = await self.collect(timeout)
+        if self.thread_id is None:  # Chainlit names the new thread once it is stored; it may come last
+            await self.wait_for("first_interaction", timeout)
+        return reply

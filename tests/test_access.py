@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import socketio
 
 from tests.chat_client import ChatClient, login
 from tests.conftest import REPO, Server
@@ -94,8 +95,12 @@ async def test_another_user_cannot_list_or_resume_the_thread(server: Server, own
         server, cookies, "POST", "/project/threads", {"json": {"pagination": {"first": 50}, "filter": {}}}
     )
     assert owned.thread_id not in {thread["id"] for thread in listed.json()["data"]}
-    async with ChatClient(server.url, username=OTHER, password=OTHER_PASSWORD, thread_id=owned.thread_id) as client:
-        assert "resume_thread_error" in client.seen and "resume_thread" not in client.seen
+    intruder = ChatClient(server.url, username=OTHER, password=OTHER_PASSWORD, thread_id=owned.thread_id)
+    with pytest.raises(socketio.exceptions.ConnectionError):  # Chainlit refuses to resume another's thread
+        await intruder.__aenter__()
+    async with ChatClient(server.url, thread_id=owned.thread_id) as owner:
+        resumed = await owner.wait_for("resume_thread")
+    assert resumed["id"] == owned.thread_id
 
 
 @pytest.mark.parametrize("action", ACTIONS)

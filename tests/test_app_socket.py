@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 from PIL import Image
@@ -17,7 +18,7 @@ def png(width: int = 320, height: int = 240) -> bytes:
 
 async def test_message_with_image_streams_an_answer(server):
     async with ChatClient(server.url) as client:
-        await client.wait_for_message("**Demo model.**")
+        assert client.greetings[0]["output"].startswith("**Demo model.**")
         image = await client.upload("diagram.png", png(), "image/png")
         reply = await client.ask("What does this diagram show?", [image])
     assert reply.of("stream_start"), "the answer was not streamed"
@@ -91,7 +92,7 @@ async def test_a_waiting_user_sees_their_place_in_the_queue(server):
 
 async def test_korean_browser_gets_korean_messages(server):
     async with ChatClient(server.url, language="ko-KR") as client:
-        await client.wait_for_message("**데모 모델입니다.**")
+        assert client.greetings[0]["output"].startswith("**데모 모델입니다.**")
         [refusal] = texts(await client.ask("", [await client.upload("빈.png", b"", "image/png")]))
         assert "**빈.png**: 빈 파일입니다" in refusal
 
@@ -116,19 +117,25 @@ async def test_a_resumed_chat_continues_with_its_images_and_settings(server):
         assert (initial["max_new_tokens"], initial["system_prompt"]) == (32, "concise")
         assert (await resumed.ask("And R2?")).tokens
 
-    first, second = generations(server, thread_id)
+    first, second = await generations(server, thread_id, expected=2)
     # The follow-up's prompt holds the first turn again, image included (~100 visual tokens): without
     # the image it would be shorter than the first prompt, not longer.
     assert second["prompt_tokens"] > first["prompt_tokens"]
     assert second["settings"]["system_prompt"] == "concise" and second["settings"]["max_new_tokens"] == 32
 
 
-def generations(server, thread_id: str) -> list[dict]:
+async def generations(server, thread_id: str, expected: int) -> list[dict]:
+    """The thread's generation records, once `expected` are stored (Chainlit writes steps in tasks
+    that may finish after the answer has reached the client)."""
     import json
     import sqlite3
 
-    with sqlite3.connect(server.data_dir / "loupe.db") as database:
-        rows = database.execute(
-            "SELECT prompt_tokens, settings FROM generations WHERE thread_id = ? ORDER BY created_at", (thread_id,)
-        ).fetchall()
+    for _ in range(100):
+        with sqlite3.connect(server.data_dir / "loupe.db") as database:
+            rows = database.execute(
+                "SELECT prompt_tokens, settings FROM generations WHERE thread_id = ? ORDER BY created_at", (thread_id,)
+            ).fetchall()
+        if len(rows) >= expected:
+            break
+        await asyncio.sleep(0.1)
     return [{"prompt_tokens": tokens, "settings": json.loads(settings)} for tokens, settings in rows]
