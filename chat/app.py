@@ -19,6 +19,7 @@ import chainlit as cl
 import torch
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select, Slider
+from chainlit.oauth_providers import get_configured_oauth_providers
 from chainlit.server import app as server
 from chainlit.types import ThreadDict
 from langchain_core.messages import AIMessage
@@ -106,6 +107,16 @@ if settings.trusted_user_header:
         """Behind a proxy that authenticates users and names them in a header."""
         identifier = headers.get(settings.trusted_user_header)
         return cl.User(identifier=identifier) if identifier else None
+
+
+if get_configured_oauth_providers():  # Chainlit's OAUTH_<PROVIDER>_* environment variables
+
+    @cl.oauth_callback
+    async def oauth_login(
+        provider_id: str, token: str, raw_user_data: dict[str, str], default_user: cl.User, id_token: str | None
+    ) -> cl.User | None:
+        """Anyone the configured provider signs in gets an account, named as the provider names them."""
+        return default_user
 
 
 def session_language() -> str:
