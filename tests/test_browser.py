@@ -1,4 +1,5 @@
-"""The running app in a real browser: ask about an image, watch the answer stream, stop one.
+"""The running app in a real browser: ask about an image, watch the answer stream, stop one;
+rate an answer, come back to the chat from the history, and find it as it was.
 
 Drives Debian's Chromium (`apt-get install chromium`) through Playwright's Python package, whose
 wheel carries its own driver. Never run `playwright install`: it downloads a browser of its own.
@@ -10,7 +11,9 @@ Without Chromium these tests skip, except in CI (CI set), where they fail.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -22,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSize, async_playwright, expect
 
 from tests.conftest import ADMIN_PASSWORD, REPO, Server, start_server
+from tests.test_app_socket import generations
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -198,6 +202,66 @@ async def wait_until_finished(page: Page) -> None:
     await expect(page.locator("#stop-button")).to_be_hidden(timeout=FINISH)
 
 
+async def rate_down(page: Page, answer: Locator, comment: str) -> None:
+    """Thumbs down with a comment, and wait until the server has stored it (PUT /feedback, 200).
+
+    The button turns "on" before the request ends, so only the response says the rating is saved.
+    """
+    await answer.locator(".negative-feedback-off").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.locator("textarea").fill(comment)
+    async with page.expect_response(
+        lambda response: response.url.endswith("/feedback") and response.request.method == "PUT", timeout=START
+    ) as saved:
+        await dialog.locator("#submit-feedback").click()
+    assert (await saved.value).status == 200, await (await saved.value).text()
+    await expect(dialog).to_be_hidden()
+
+
+async def thread_id_of(page: Page) -> str:
+    """The chat's thread id, from the /thread/<id> address Chainlit moves to once the thread is stored."""
+    await page.wait_for_url(re.compile(r"/thread/[0-9a-f-]{36}$"), timeout=START)
+    return page.url.rsplit("/", 1)[1]
+
+
+async def open_from_history(page: Page, name: str) -> None:
+    """Open a chat by its name in the history sidebar, opening the sidebar first if it is collapsed
+    (`default_sidebar_state = "closed"` in .chainlit/config.toml, or a user who closed it).
+
+    A collapsed sidebar stays in the page, off screen; its opener is the header's copy of the trigger.
+    """
+    sidebar = page.locator("[data-side='left'][data-state]")
+    if await sidebar.get_attribute("data-state", timeout=START) == "collapsed":
+        await page.locator("#header #sidebar-trigger-button").click()
+    await expect(sidebar).to_have_attribute("data-state", "expanded")
+    await page.locator("#thread-history").get_by_text(name, exact=True).click(timeout=START)
+
+
+async def expect_loaded(image: Locator) -> int:
+    """Wait until the browser has decoded the image, and return its natural width.
+
+    /loupe/files answers only with the login cookie, so a visible <img> may still be a broken one;
+    the image is lazy-loaded, so it is scrolled into view first.
+    """
+    await image.scroll_into_view_if_needed(timeout=START)
+    handle = await image.element_handle(timeout=START)
+    await image.page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=handle, timeout=START)
+    return await image.evaluate("(img) => img.naturalWidth")
+
+
+async def comment_of(answer: Locator) -> str:
+    """The feedback comment, read from the dialog its speech-bubble button reopens (then closed).
+
+    The bubble is shown only when the rating has a comment; its tooltip says "edit", not the text.
+    """
+    await answer.locator("button:has(svg.lucide-message-circle)").click()
+    dialog = answer.page.get_by_role("dialog")
+    comment = await dialog.locator("textarea").input_value()
+    await answer.page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    return comment
+
+
 async def test_answer_streams_about_an_image_and_stops_on_request(
     page: Page, server: Server, artifacts: Path, tmp_path: Path
 ) -> None:
@@ -229,6 +293,55 @@ async def test_answer_streams_about_an_image_and_stops_on_request(
     assert await answer.inner_text() == stopped, "the answer kept growing after Stop"
     assert stopped.rstrip().endswith(STOPPED)
     await page.screenshot(path=artifacts / "browser-stopped-answer.png")
+
+
+async def test_rated_answer_and_image_come_back_from_the_history(
+    page: Page, server: Server, artifacts: Path, tmp_path: Path
+) -> None:
+    """Ask about an image and thumbs-down the answer with a comment; load the app afresh, open the chat
+    from the history: the image (from durable storage), the answer and the rating are as they were,
+    and the chat goes on with its history, image included, restored on the server."""
+    await open_chat(page, server.url)
+    await set_max_new_tokens(page, 32)  # this test is about what is kept, not about streaming: short answers
+    circuit = draw_circuit(tmp_path / "circuit.png")
+    question = "Which resistor limits the LED current?"
+    answer = await ask(page, question, circuit)
+    await wait_until_finished(page)
+    answer_id, answered = await answer.get_attribute("id"), await answer.inner_text()
+    comment = "Noise: it names no resistor at all."
+    await rate_down(page, answer, comment)
+    thread_id = await thread_id_of(page)
+
+    # A fresh page load of the start page: nothing survives in the browser but the login cookie.
+    # (page.reload() would reload /thread/<id> and resume it without the sidebar.)
+    await page.goto(server.url)
+    await expect(page.locator(ANSWERS)).to_have_count(1, timeout=START)  # the new chat's demo notice
+    await open_from_history(page, question)
+    assert await thread_id_of(page) == thread_id
+
+    resumed = page.locator(f"[id='{answer_id}']")
+    await expect(resumed).to_be_visible(timeout=START)
+    assert await resumed.inner_text() == answered
+    await expect(resumed.locator(".negative-feedback-on")).to_be_visible()
+    await expect(resumed.locator(".positive-feedback-off")).to_be_visible()
+
+    asked = page.locator("[data-step-type='user_message']").filter(has_text=question)
+    sent_image = asked.locator(f"img[alt='{circuit.name}']")
+    sha256 = hashlib.sha256(circuit.read_bytes()).hexdigest()
+    await expect(sent_image).to_have_attribute("src", re.compile(rf"/loupe/files/{sha256}$"))
+    assert await expect_loaded(sent_image) == 480  # draw_circuit's width: the very file, not a broken icon
+    await page.mouse.move(0, VIEWPORT["height"])  # no hover tooltips in the picture
+    await page.screenshot(path=artifacts / "browser-resumed-thread.png")
+    assert await comment_of(resumed) == comment
+
+    follow_up = await ask(page, "And what does R2 do?")
+    await wait_until_finished(page)
+    assert (await follow_up.inner_text()).strip()
+    first, second = await generations(server, thread_id, expected=2)
+    # The follow-up's prompt repeats the first turn, its image's visual tokens included: with the
+    # history lost, or restored without the image, it would be shorter than the first prompt.
+    assert second["prompt_tokens"] > first["prompt_tokens"]
+    assert second["settings"]["max_new_tokens"] == 32  # the thread's settings were restored too
 
 
 async def readme_screenshot(destination: Path) -> None:
