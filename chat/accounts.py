@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import uuid
@@ -70,8 +71,14 @@ async def list_accounts(sessions: async_sessionmaker[AsyncSession]) -> list[Acco
 
 
 async def check_password(sessions: async_sessionmaker[AsyncSession], identifier: str, password: str) -> bool:
+    """Verify in a worker thread: argon2 costs ~0.1-0.2 s of CPU by design, and on the event loop
+    every login would freeze every chat's stream for that long (50 users logging in: seconds)."""
     async with sessions() as session:
         stored = await session.scalar(select(User.password_hash).where(User.identifier == identifier))
+    return await asyncio.to_thread(_verify, stored, password)
+
+
+def _verify(stored: str | None, password: str) -> bool:
     try:
         return hasher.verify(stored or _UNKNOWN_USER_HASH, password) and stored is not None
     except VerificationError:

@@ -22,6 +22,7 @@ from chainlit.input_widget import Select, Slider
 from chainlit.oauth_providers import get_configured_oauth_providers
 from chainlit.server import app as server
 from chainlit.types import ThreadDict
+from chainlit.utils import utc_now
 from langchain_core.messages import AIMessage
 
 from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
@@ -80,6 +81,7 @@ add_routes(
     sessions,
     store,
     status=lambda: {"name": loaded.name, "adapter": loaded.adapter, "demo": loaded.is_demo},
+    settle_step=data_layer.settle_step,
 )
 
 
@@ -289,25 +291,32 @@ class BatchedStream:
 
 
 class QueueNotice:
-    """A message telling a waiting user their place in the model's queue, removed when served."""
+    """A message telling a waiting user their place in the model's queue, removed when served.
+
+    Sent to the browser only, never stored: it is stale once the answer starts. Stored, it cost a
+    database write for every waiting user each time the queue moved (50 waiting users: ~40 writes
+    per answer), and those fire-and-forget writes could re-insert it after its deletion.
+    """
 
     def __init__(self, language: str) -> None:
         self.language = language
-        self.message: cl.Message | None = None
+        self.step: dict[str, Any] | None = None
 
     async def show(self, ahead: int) -> None:
         content = text("queued", self.language, ahead=ahead)
-        if self.message is None:
-            self.message = cl.Message(content=content)
-            await self.message.send()
+        if self.step is None:
+            notice = cl.Message(content=content)
+            notice.created_at = utc_now()
+            self.step = dict(notice.to_dict())
+            await cl.context.emitter.send_step(self.step)
         else:
-            self.message.content = content
-            await self.message.update()
+            self.step["output"] = content
+            await cl.context.emitter.update_step(self.step)
 
     async def clear(self) -> None:
-        if self.message is not None:
-            await self.message.remove()
-            self.message = None
+        if self.step is not None:
+            await cl.context.emitter.delete_step(self.step)
+            self.step = None
 
 
 def explain_failure(error: Exception, language: str) -> str:

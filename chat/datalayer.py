@@ -3,12 +3,16 @@
 Chainlit calls these methods from concurrent tasks in no guaranteed order: a step or an element
 can arrive before its thread, and the thread's owner and name arrive last. So every write
 upserts the thread row first (owner unknown until update_thread says), and a step's upsert and
-its generation record commit in one transaction.
+its generation record commit in one transaction. Chainlit also fires each write as its own task,
+so writes to one step or thread are put back in call order (WriteOrder).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +61,7 @@ STEP_FIELDS = {
     "end": "end",
 }
 TIME_FIELDS = {"created_at", "start", "end"}
+CLOSE_TIMEOUT_S = 10  # how long shutdown waits for writes under way
 
 
 def utcnow() -> datetime:
@@ -75,10 +80,50 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds") + "Z" if value else None
 
 
+class WriteOrder:
+    """Writes to one row (by id) run one at a time, in the order they were called.
+
+    Chainlit persists every step change in a fire-and-forget task (`asyncio.create_task(
+    data_layer.update_step(...))`), so a step's create, updates and delete can commit in any order
+    when the database is slow: an update that loses the race to the delete re-inserts the deleted
+    step, and the browser can rate a step whose row is not written yet. Tasks start in the order
+    they were created and each write takes its place here before its first await, so writes to a
+    row commit in Chainlit's order, and `settled` lets a reader wait for the writes under way.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, asyncio.Future[None]] = {}
+
+    @asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        before = self._last.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last[key] = mine
+        try:
+            if before is not None:
+                await asyncio.wait([before])
+            yield
+        finally:
+            mine.set_result(None)
+            if self._last.get(key) is mine:
+                del self._last[key]
+
+    async def settled(self, key: str) -> None:
+        """Return once every write to `key` called so far has finished (committed or failed)."""
+        if (last := self._last.get(key)) is not None:
+            await asyncio.wait([last])
+
+    async def drain(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, for every write under way (each key's last one ends last)."""
+        if self._last:
+            await asyncio.wait(list(self._last.values()), timeout=timeout)
+
+
 class LoupeDataLayer(BaseDataLayer):
     def __init__(self, sessions: async_sessionmaker[AsyncSession], store: ContentStore) -> None:
         self.sessions = sessions
         self.store = store
+        self.order = WriteOrder()
 
     # Users ---------------------------------------------------------------------------------
 
@@ -107,7 +152,7 @@ class LoupeDataLayer(BaseDataLayer):
         metadata: dict | None = None,
         tags: list[str] | None = None,
     ) -> None:
-        async with self.sessions.begin() as session:
+        async with self.order.turn(thread_id), self.sessions.begin() as session:
             thread = await _ensure_thread(session, thread_id)
             if name is not None:
                 thread.name = name
@@ -203,7 +248,7 @@ class LoupeDataLayer(BaseDataLayer):
 
     @queue_until_user_message()
     async def delete_step(self, step_id: str) -> None:
-        async with self.sessions.begin() as session:
+        async with self.order.turn(step_id), self.sessions.begin() as session:
             await session.execute(delete(Step).where(Step.id == step_id))
 
     async def _upsert_step(self, step_dict: StepDict) -> None:
@@ -214,7 +259,7 @@ class LoupeDataLayer(BaseDataLayer):
             values["show_input"] = str(values["show_input"]).lower()
         values = {column: value for column, value in values.items() if value is not None or column in ("parent_id",)}
         generation = (values.get("metadata_") or {}).get("generation")
-        async with self.sessions.begin() as session:
+        async with self.order.turn(step_dict["id"]), self.sessions.begin() as session:
             await _ensure_thread(session, step_dict["threadId"])
             insert = _insert(session, Step).values(
                 id=step_dict["id"],
@@ -296,6 +341,18 @@ class LoupeDataLayer(BaseDataLayer):
 
     # Feedback ------------------------------------------------------------------------------
 
+    async def settle_step(self, step_id: str) -> None:
+        """Wait for the writes already started for this step and for its thread.
+
+        The browser can rate an answer as soon as it is shown, while the rated step's row (and,
+        on a first message, the thread's owner) may still be on its way to the database.
+        """
+        await self.order.settled(step_id)
+        async with self.sessions() as session:
+            thread_id = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
+        if thread_id is not None:
+            await self.order.settled(thread_id)
+
     async def upsert_feedback(self, feedback: ChainlitFeedback) -> str:
         """Store a thumbs up/down for the step Chainlit names (the run); one per step, re-votes update it.
 
@@ -340,7 +397,9 @@ class LoupeDataLayer(BaseDataLayer):
         return ""
 
     async def close(self) -> None:
-        return None
+        """Chainlit calls this on shutdown and then ends the process with os._exit: let the writes
+        still under way in its fire-and-forget tasks commit first (a SIGTERM under load lost them)."""
+        await self.order.drain(CLOSE_TIMEOUT_S)
 
 
 def _insert(session: AsyncSession, table: type) -> Any:

@@ -7,7 +7,7 @@ or download what is in it; anyone else gets 404, so ids reveal nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import chainlit.server as chainlit_server
@@ -23,8 +23,15 @@ from chat.storage import ContentStore
 
 
 def add_routes(
-    server: FastAPI, sessions: async_sessionmaker[AsyncSession], store: ContentStore, status: Callable[[], Any]
+    server: FastAPI,
+    sessions: async_sessionmaker[AsyncSession],
+    store: ContentStore,
+    status: Callable[[], Any],
+    settle_step: Callable[[str], Awaitable[None]],
 ) -> None:
+    """`settle_step(step_id)` waits for the writes of a step still on their way to the database
+    (LoupeDataLayer.settle_step), so that an answer rated the moment it is shown can be found."""
+
     async def owns(user: Any, query: Select) -> bool:
         """Whether `query` (a select of thread ids) names a thread of this logged-in user."""
         if user is None:
@@ -49,6 +56,8 @@ def add_routes(
 
     @server.put("/feedback")
     async def rate(request: Request, update: UpdateFeedbackRequest, current_user: UserParam) -> Response:
+        if current_user is not None:
+            await settle_step(update.feedback.forId)
         query = select(Thread.id).join(Step, Step.thread_id == Thread.id).where(Step.id == update.feedback.forId)
         if not await owns(current_user, query):
             raise HTTPException(status_code=404, detail="Message not found")

@@ -43,9 +43,13 @@ class Reply:
         return list(final.values())
 
 
-async def login(url: str, username: str, password: str) -> dict[str, str]:
-    """Chainlit's password login; returns the session cookie for later requests."""
-    async with httpx.AsyncClient(base_url=url) as http:
+async def login(url: str, username: str, password: str, timeout: float = 60) -> dict[str, str]:
+    """Chainlit's password login; returns the session cookie for later requests.
+
+    The timeout is generous: each login costs the server an argon2 verification (~0.1-0.2 s of CPU),
+    so many users logging in at once (tests/load.py) queue behind each other.
+    """
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
         response = await http.post("/login", data={"username": username, "password": password})
     response.raise_for_status()
     return {"access_token": response.cookies["access_token"]}
@@ -87,6 +91,7 @@ class ChatClient:
             self.url,
             socketio_path="/ws/socket.io",
             transports=["websocket"],
+            wait_timeout=30,  # the default 1 s is too short when many users connect at once
             headers={
                 "Accept-Language": self.language,
                 "Cookie": "; ".join(f"{name}={value}" for name, value in self.cookies.items()),
