@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,12 +109,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 POSTGRES_URL = os.environ.get("LOUPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """A new, empty database on each backend, dropped after the run."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'loupe.db'}"
-        return
+@asynccontextmanager
+async def postgres_database(prefix: str = "loupe_test") -> AsyncIterator[str]:
+    """A new, empty database on LOUPE_TEST_POSTGRES_URL's server, dropped afterwards.
+
+    Without a server it skips the test with the reason, or fails it when CI is set: CI must test
+    PostgreSQL.
+    """
     import asyncpg
 
     admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
@@ -124,13 +126,23 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         if os.environ.get("CI"):
             pytest.fail(f"{reason}. CI must test PostgreSQL.")
         pytest.skip(reason)
-    name = f"loupe_test_{os.getpid()}_{int(time.time())}"
+    name = f"{prefix}_{os.getpid()}_{time.monotonic_ns()}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A new, empty database on each backend, dropped after the run."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'loupe.db'}"
+        return
+    async with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

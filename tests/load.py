@@ -9,12 +9,10 @@ it has ended, the way a quick user clicks the thumb.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from chat.accounts import add_user
 from chat.database import create_engine, session_factory, upgrade
 from chat.schema import Feedback, Generation, Step, Thread, User
 from tests.chat_client import ChatClient
-from tests.conftest import POSTGRES_URL, Server, start_server
+from tests.conftest import Server, start_server
 
 # Short greedy answers: the demo model answers in tens of milliseconds, so the database is the load.
 QUICK_SETTINGS: dict[str, Any] = {"max_new_tokens": 8, "temperature": 0}
@@ -112,25 +110,6 @@ async def add_accounts(database_url: str, count: int, prefix: str = "user") -> l
 def sqlite_url(data_dir: Path) -> str:
     """The app's own default database: loupe.db in its data directory."""
     return f"sqlite+aiosqlite:///{data_dir / 'loupe.db'}"
-
-
-@asynccontextmanager
-async def postgres_database(prefix: str = "loupe_load") -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database on LOUPE_TEST_POSTGRES_URL's server, dropped afterwards.
-
-    Raises OSError or asyncpg.PostgresError when the server cannot be reached.
-    """
-    import asyncpg
-
-    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(admin_url, timeout=5)
-    name = f"{prefix}_{os.getpid()}_{time.monotonic_ns()}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def start_on(app_root: Path, database_url: str, data_dir: Path | None = None, **env: str) -> tuple[Any, Server]:
