@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
@@ -21,9 +22,9 @@ from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select, Slider
 from chainlit.oauth_providers import get_configured_oauth_providers
 from chainlit.server import app as server
-from chainlit.types import ThreadDict
+from chainlit.types import Feedback, ThreadDict
 from chainlit.utils import utc_now
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
 from chat.chainlit_fixes import accept_empty_uploads
@@ -37,16 +38,18 @@ from chat.conversation import (
 )
 from chat.database import create_engine, session_factory, upgrade
 from chat.datalayer import LoupeDataLayer
+from chat.preferences import CHOICES, Answer, NotYours, Preferences
 from chat.routes import add_routes
 from chat.settings import get_settings
 from chat.storage import ContentStore
-from chat.texts import language_of, mark_stopped, text
+from chat.texts import answer_text, language_of, mark_stopped, reason_label, text, with_label
 from chat.uploads import ImageLimits, Upload, UploadsRejected, load_fitted_image, read_images
 from models.checkpoint import load_model, pick_device
 from models.generation import Generator, SamplingSettings, Usage
 
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
+CORRECTION_TIMEOUT_S = 30 * 60  # writing a good answer takes a while
 
 settings = get_settings()
 max_pixels = settings.image_max_pixels(pick_device(settings.device).type)
@@ -74,6 +77,7 @@ accept_empty_uploads()
 store = ContentStore(settings.data_dir / "files")
 sessions = session_factory(create_engine(settings.database_url))
 data_layer = LoupeDataLayer(sessions, store)
+preferences = Preferences(sessions)
 # Chainlit signs login tokens with this; it must be set before Chainlit checks for it.
 os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret(settings.data_dir)
 add_routes(
@@ -149,6 +153,28 @@ async def resume(thread: ThreadDict) -> None:
     cl.user_session.set("history", history)
     stored = (thread.get("metadata") or {}).get("chat_settings") or {}
     cl.user_session.set("chat_settings", await settings_panel(session_language(), stored).send())
+    await restore_actions(thread["id"])
+
+
+async def restore_actions(thread_id: str) -> None:
+    """Chainlit does not store actions: give every answer back its buttons, in their current state."""
+    answers, comparisons = await preferences.in_thread(current_user(), thread_id)
+    siblings: dict[str, list[Answer]] = {}
+    for answer in answers:
+        if answer.ended == "error":
+            continue
+        earlier = siblings.setdefault(answer.prompt_id, [])
+        await regenerate_action(answer.prompt_id, session_language()).send(for_id=answer.id)
+        if answer.rating is not None:
+            await show_choices(answer.id, "rating", rating_actions(answer))
+        finished = [sibling for sibling in earlier if sibling.ended == "finished"]
+        if answer.ended == "finished" and finished:
+            a, number_b = finished[-1], len(earlier) + 1
+            chosen = comparisons.get((a.id, answer.id))
+            await show_choices(
+                answer.id, "compare", comparison_actions(a.id, earlier.index(a) + 1, answer.id, number_b, chosen)
+            )
+        earlier.append(answer)
 
 
 @cl.on_settings_update
@@ -210,30 +236,53 @@ async def answer(message: cl.Message) -> None:
     if not message.content.strip() and not images:
         await cl.Message(content=text("empty_message", language)).send()
         return
-
-    chosen = cl.user_session.get("chat_settings") or {}
-    sampling = SamplingSettings(
-        temperature=float(chosen.get("temperature", default_sampling.temperature)),
-        top_p=float(chosen.get("top_p", default_sampling.top_p)),
-        max_new_tokens=int(chosen.get("max_new_tokens", default_sampling.max_new_tokens)),
-        repetition_penalty=float(chosen.get("repetition_penalty", default_sampling.repetition_penalty)),
-    )
-    prompt_name = chosen.get("system_prompt", DEFAULT_PROMPT)
-    system_prompt = system_prompts().get(prompt_name) or system_prompts()[DEFAULT_PROMPT]
     # The thread remembers its settings, so a resumed chat continues with them.
+    chosen = cl.user_session.get("chat_settings") or {}
     await data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chosen})
     history = cl.user_session.get("history")
-    turn = user_turn(message.content, images)
+    turn = user_turn(message.content, images, message.id)
+    await respond(history.copy(), turn, language, keep=lambda reply: history.extend([turn, model_turn(reply)]))
+
+
+async def respond(
+    earlier: list[BaseMessage],
+    turn: HumanMessage,
+    language: str,
+    keep: Callable[[cl.Message], None],
+    label: tuple[int, int] | None = None,
+) -> cl.Message | None:
+    """Answer `turn` after the `earlier` conversation, streaming, with the chat's current settings.
+
+    `keep(reply)` is called with an answer that belongs in the model's history (finished, or
+    stopped with some text), also when Stop cancels this task. `label` numbers a regenerated
+    answer among its siblings. Returns the answer sent, if one was.
+    """
+    sampling, prompt_name = chosen_sampling()
+    system_prompt = system_prompts().get(prompt_name) or system_prompts()[DEFAULT_PROMPT]
     try:
-        prompt = prompt_builder.build(system_prompt, [*history, turn], context_tokens - sampling.max_new_tokens)
+        prompt = prompt_builder.build(system_prompt, [*earlier, turn], context_tokens - sampling.max_new_tokens)
     except PromptTooLong as too_long:
         await cl.Message(
             content=text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
         ).send()
-        return
+        return None
 
-    reply, usage, queue_notice = cl.Message(content=""), Usage(), QueueNotice(language)
+    usage, queue_notice = Usage(), QueueNotice(language)
+    reply = cl.Message(content="", actions=[regenerate_action(turn.id, language)])
     stream = BatchedStream(reply)
+
+    def record() -> dict[str, Any]:
+        """What the data layer stores in `generations` beside the answer's message."""
+        return {
+            "model": loaded.name,
+            "adapter": loaded.adapter,
+            "adapter_version": loaded.adapter_version,
+            "prompt_id": turn.id,
+            "context": [message.id for message in earlier if isinstance(message, AIMessage)],
+            "settings": {**asdict(sampling), "system_prompt": prompt_name},
+            **asdict(usage),
+        }
+
     try:
         async with aclosing(generator.stream(prompt, sampling, usage, queue_notice.show)) as pieces:
             async for piece in pieces:
@@ -242,28 +291,245 @@ async def answer(message: cl.Message) -> None:
     except Exception as error:
         log.exception("Generation failed")
         failure = cl.ErrorMessage(content=explain_failure(error, language))
-        failure.metadata = {"generation": generation_record(prompt_name, sampling, usage)}
+        failure.metadata = {"generation": record()}
         await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
         await queue_notice.clear()
         await stream.flush()
         if usage.ended == "finished" or (usage.ended == "stopped" and reply.content):
-            history.extend([turn, AIMessage(content=reply.content)])
+            keep(reply)
             if usage.ended == "stopped":
                 reply.content = mark_stopped(reply.content, language)
-            reply.metadata = {"ended": usage.ended, "generation": generation_record(prompt_name, sampling, usage)}
+            if label:
+                reply.content = with_label(reply.content, *label, language)
+            reply.metadata = {"ended": usage.ended, "generation": record()}
             await reply.send()
+    return reply if usage.ended != "error" else None
 
 
-def generation_record(prompt_name: str, sampling: SamplingSettings, usage: Usage) -> dict[str, Any]:
-    """What the data layer stores in `generations` beside the answer's message."""
-    return {
-        "model": loaded.name,
-        "adapter": loaded.adapter,
-        "adapter_version": loaded.adapter_version,
-        "settings": {**asdict(sampling), "system_prompt": prompt_name},
-        **asdict(usage),
+def chosen_sampling() -> tuple[SamplingSettings, str]:
+    """The sampling settings and system prompt name chosen in this chat's settings panel."""
+    chosen = cl.user_session.get("chat_settings") or {}
+    sampling = SamplingSettings(
+        temperature=float(chosen.get("temperature", default_sampling.temperature)),
+        top_p=float(chosen.get("top_p", default_sampling.top_p)),
+        max_new_tokens=int(chosen.get("max_new_tokens", default_sampling.max_new_tokens)),
+        repetition_penalty=float(chosen.get("repetition_penalty", default_sampling.repetition_penalty)),
+    )
+    return sampling, chosen.get("system_prompt", DEFAULT_PROMPT)
+
+
+def model_turn(reply: cl.Message) -> AIMessage:
+    """An answer as the model's history holds it: what the model wrote, under the message's id."""
+    return AIMessage(content=answer_text(reply.content), id=reply.id)
+
+
+# Regenerate and compare ----------------------------------------------------------------------
+
+
+@cl.action_callback("regenerate")
+async def regenerate(action: cl.Action) -> None:
+    """A new answer to the same user message, with the chat's current settings, beside the old ones.
+
+    It goes under its own run step (so it has its own thumbs) below the user message. If that
+    message is the last turn, the conversation continues from the new answer.
+    """
+    language, history = session_language(), cl.user_session.get("history")
+    prompt_id = action.payload.get("prompt_id")
+    at = next((i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == prompt_id), None)
+    if at is None:
+        await cl.context.emitter.send_toast(text("not_yours", language), "error")
+        return
+    siblings = [answer for answer in await preferences.answers_to(current_user(), prompt_id) if answer.ended != "error"]
+
+    def keep(reply: cl.Message) -> None:
+        if at + 2 == len(history):  # the last turn: continue from the new answer
+            history[at + 1] = model_turn(reply)
+
+    async def generate() -> cl.Message | None:
+        async with cl.Step(name="regenerate", type="run", parent_id=prompt_id):
+            return await respond(history[:at], history[at], language, keep, label=(len(siblings) + 1,) * 2)
+
+    reply = await as_stoppable_task(generate())
+    if reply is None or not siblings:
+        return
+    count = len(siblings) + 1
+    for number, sibling in enumerate(siblings, start=1):
+        if shown := await data_layer.get_step(sibling.id):
+            shown["output"] = with_label(shown["output"], number, count, language)
+            await cl.context.emitter.update_step(shown)
+            await data_layer.update_step(shown)
+    finished = [sibling for sibling in siblings if sibling.ended == "finished"]
+    if reply.metadata["ended"] == "finished" and finished:
+        a = finished[-1]
+        await show_choices(reply.id, "compare", comparison_actions(a.id, siblings.index(a) + 1, reply.id, count, None))
+
+
+async def as_stoppable_task(work: Coroutine[Any, Any, cl.Message | None]) -> cl.Message | None:
+    """Run an action's work as the session's current task, so the Stop button shows and cancels it.
+
+    Chainlit runs action callbacks inside the HTTP request, where Stop cannot reach them.
+    """
+    task = asyncio.create_task(work)
+    cl.context.session.current_task = task
+    await cl.context.emitter.task_start()
+    try:
+        await asyncio.wait([task])
+    finally:
+        await cl.context.emitter.task_end()
+    if task.cancelled():
+        return None
+    if error := task.exception():
+        log.error("Action failed", exc_info=error)
+        await cl.ErrorMessage(content=explain_failure(error, session_language())).send()
+        return None
+    return task.result()
+
+
+@cl.action_callback("compare")
+async def compare(action: cl.Action) -> None:
+    """Store which of two answers is better (a, b, tie or both bad); choosing again replaces it."""
+    payload = action.payload
+    try:
+        await preferences.compare(current_user(), payload["a"], payload["b"], payload["choice"])
+    except (NotYours, KeyError, ValueError):
+        await cl.context.emitter.send_toast(text("not_yours", session_language()), "error")
+        return
+    await show_choices(
+        payload["b"],
+        "compare",
+        comparison_actions(payload["a"], payload["number_a"], payload["b"], payload["number_b"], payload["choice"]),
+    )
+
+
+def comparison_actions(a: str, number_a: int, b: str, number_b: int, chosen: str | None) -> list[cl.Action]:
+    language = session_language()
+    labels = {
+        "a": text("compare_a", language, number=number_a),
+        "b": text("compare_b", language, number=number_b),
+        "tie": text("compare_tie", language),
+        "both_bad": text("compare_both_bad", language),
     }
+    payload = {"a": a, "number_a": number_a, "b": b, "number_b": number_b}
+    return [
+        choice_action("compare", b, choice, label, choice == chosen, {**payload, "choice": choice})
+        for choice, label in labels.items()
+    ]
+
+
+# Reasons and corrections ---------------------------------------------------------------------
+
+
+@cl.on_feedback
+async def offer_reasons(feedback: Feedback) -> None:
+    """After a thumb, offer reasons for it; after a thumbs down, also to write the answer wanted."""
+    answer = await preferences.answer_for_run(current_user(), feedback.forId)
+    if answer is not None:
+        await show_choices(answer.id, "rating", rating_actions(answer))
+
+
+@cl.action_callback("reason")
+async def toggle_reason(action: cl.Action) -> None:
+    language = session_language()
+    try:
+        answer = await preferences.answer(current_user(), action.payload["answer"])
+    except (NotYours, KeyError):
+        await cl.context.emitter.send_toast(text("not_yours", language), "error")
+        return
+    reason = action.payload.get("reason")
+    if answer.rating is None or reason not in reasons_for(answer.rating):
+        await cl.context.emitter.send_toast(text("rate_first", language), "warning")
+        return
+    ticked = reason in answer.reasons
+    answer.reasons = [code for code in answer.reasons if code != reason] + ([] if ticked else [reason])
+    await preferences.set_reasons(current_user(), answer.id, answer.reasons)
+    await show_choices(answer.id, "rating", rating_actions(answer))
+
+
+@cl.action_callback("correct")
+async def correct(action: cl.Action) -> None:
+    """Ask for the answer the user wanted and keep it as the preferred answer to that prompt."""
+    language = session_language()
+    try:
+        answer = await preferences.answer(current_user(), action.payload["answer"])
+    except (NotYours, KeyError):
+        await cl.context.emitter.send_toast(text("not_yours", language), "error")
+        return
+    written = await cl.AskUserMessage(content=text("correction_ask", language), timeout=CORRECTION_TIMEOUT_S).send()
+    if written and written["output"].strip():
+        await preferences.correct(current_user(), answer.id, written["output"].strip())
+        await cl.Message(content=text("correction_saved", language)).send()
+
+
+def rating_actions(answer: Answer) -> list[cl.Action]:
+    """Reasons for the answer's thumb (ticked ones marked), and for a thumbs down, Correct."""
+    language = session_language()
+    actions = [
+        choice_action(
+            "reason",
+            answer.id,
+            code,
+            reason_label(code, language),
+            code in answer.reasons,
+            {"answer": answer.id, "reason": code},
+        )
+        for code in reasons_for(answer.rating)
+    ]
+    if answer.rating == 0:
+        actions.append(
+            cl.Action(
+                id=f"correct:{answer.id}",
+                name="correct",
+                payload={"answer": answer.id},
+                label=text("correct", language),
+                icon="pencil",
+            )
+        )
+    return actions
+
+
+def reasons_for(rating: int | None) -> list[str]:
+    return {1: settings.reasons_up, 0: settings.reasons_down}.get(rating, [])
+
+
+# Actions under answers -----------------------------------------------------------------------
+
+
+def regenerate_action(prompt_id: str, language: str) -> cl.Action:
+    return cl.Action(
+        name="regenerate", payload={"prompt_id": prompt_id}, label=text("regenerate", language), icon="refresh-cw"
+    )
+
+
+def choice_action(name: str, answer_id: str, value: str, label: str, chosen: bool, payload: dict) -> cl.Action:
+    """One button of a group under an answer; its id is stable, so the group can be redrawn in place."""
+    return cl.Action(
+        id=f"{name}:{answer_id}:{value}",
+        name=name,
+        payload=payload,
+        label=f"✓ {label}" if chosen else label,
+    )
+
+
+async def show_choices(answer_id: str, group: str, actions: list[cl.Action]) -> None:
+    """Redraw a group of choices under an answer ("rating": reasons and Correct; "compare").
+
+    Buttons cannot change in Chainlit's UI: every button the group may have is removed (by its
+    stable id; unknown ids are ignored), then the current ones are sent.
+    """
+    if group == "rating":
+        ids = [f"reason:{answer_id}:{code}" for code in {*settings.reasons_up, *settings.reasons_down}]
+        ids.append(f"correct:{answer_id}")
+    else:
+        ids = [f"compare:{answer_id}:{choice}" for choice in CHOICES]
+    for action_id in ids:
+        await cl.Action(id=action_id, name=group, payload={}).remove()
+    for action in actions:
+        await action.send(for_id=answer_id)
+
+
+def current_user() -> str:
+    return cl.context.session.user.identifier
 
 
 class BatchedStream:

@@ -18,7 +18,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from PIL import Image
 from transformers import ProcessorMixin
 
-from chat.texts import strip_stop_marker
+from chat.texts import answer_text
 from models.images import visual_tokens
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -39,32 +39,49 @@ def system_prompts() -> dict[str, str]:
     return {path.stem: path.read_text(encoding="utf-8").strip() for path in sorted(PROMPTS_DIR.glob("*.txt"))}
 
 
-def user_turn(text: str, images: list[Image.Image]) -> HumanMessage:
-    """One user message: images first, then the text, as in Qwen's model card."""
+def user_turn(text: str, images: list[Image.Image], message_id: str | None = None) -> HumanMessage:
+    """One user message: images first, then the text, as in Qwen's model card.
+
+    `message_id` is the id of the user's message in the chat (its step), so a turn can be found
+    again to regenerate its answer.
+    """
     content: list[str | dict[str, Any]] = [{"type": "image", "image": image} for image in images]
     content.append({"type": "text", "text": text})
-    return HumanMessage(content=content)
+    return HumanMessage(content=content, id=message_id)
 
 
 def history_from_thread(
     steps: list[dict[str, Any]], images_of: Callable[[str], list[Image.Image]]
 ) -> list[BaseMessage]:
-    """Rebuild the model's history from a stored thread's steps, in order.
+    """Rebuild the model's history from a stored thread's steps.
 
-    A turn is a user message answered by the model (an assistant message whose metadata says how
-    it ended); refusals, notices and errors were never in the history and are not now.
+    Each answer's generation record names its prompt (the user message) and the earlier answers
+    the model was shown (`context`). The conversation goes on from the answer with the longest
+    context, the newest one among equals (a regenerated last answer replaces the one before it;
+    a regenerated earlier answer is a side branch). Refusals, notices and errors have no
+    generation record or did not end well, and were never in the history.
     `images_of(step_id)` returns the images attached to a user message.
     """
+    by_id = {step["id"]: step for step in steps}
+    answers = [
+        step
+        for step in steps
+        if step["type"] == "assistant_message" and (step.get("metadata") or {}).get("ended") in ("finished", "stopped")
+    ]
+    if not answers:
+        return []
+    last = max(enumerate(answers), key=lambda item: (len(generation_of(item[1]).get("context", [])), item[0]))[1]
     history: list[BaseMessage] = []
-    asked: dict[str, Any] | None = None
-    for step in steps:
-        if step["type"] == "user_message":
-            asked = step
-        elif step["type"] == "assistant_message" and asked and (step.get("metadata") or {}).get("ended"):
-            history.append(user_turn(asked["output"], images_of(asked["id"])))
-            history.append(AIMessage(content=strip_stop_marker(step["output"])))
-            asked = None
+    for answer_id in [*generation_of(last).get("context", []), last["id"]]:
+        answer = by_id[answer_id]
+        asked = by_id[generation_of(answer)["prompt_id"]]
+        history.append(user_turn(asked["output"], images_of(asked["id"]), asked["id"]))
+        history.append(AIMessage(content=answer_text(answer["output"]), id=answer["id"]))
     return history
+
+
+def generation_of(step: dict[str, Any]) -> dict[str, Any]:
+    return (step.get("metadata") or {}).get("generation") or {}
 
 
 def turn_text(message: BaseMessage) -> str:

@@ -34,7 +34,7 @@ from chainlit.types import (
 )
 from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import JSON, Select, case, delete, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -136,7 +136,7 @@ class LoupeDataLayer(BaseDataLayer):
         """Chainlit calls this on every login: keep the row (and its password) if it exists."""
         async with self.sessions.begin() as session:
             await session.execute(
-                _insert(session, User)
+                dialect_insert(session, User)
                 .values(id=str(uuid.uuid4()), identifier=user.identifier, metadata=user.metadata, created_at=utcnow())
                 .on_conflict_do_nothing(index_elements=["identifier"])
             )
@@ -238,6 +238,13 @@ class LoupeDataLayer(BaseDataLayer):
 
     # Steps ---------------------------------------------------------------------------------
 
+    async def get_step(self, step_id: str) -> StepDict | None:
+        """A step as stored, once the writes already started for it have committed."""
+        await self.order.settled(step_id)
+        async with self.sessions() as session:
+            step = await session.get(Step, step_id)
+        return _step_dict(step, None) if step else None
+
     @queue_until_user_message()
     async def create_step(self, step_dict: StepDict) -> None:
         await self._upsert_step(step_dict)
@@ -261,7 +268,7 @@ class LoupeDataLayer(BaseDataLayer):
         generation = (values.get("metadata_") or {}).get("generation")
         async with self.order.turn(step_dict["id"]), self.sessions.begin() as session:
             await _ensure_thread(session, step_dict["threadId"])
-            insert = _insert(session, Step).values(
+            insert = dialect_insert(session, Step).values(
                 id=step_dict["id"],
                 **{"created_at": utcnow(), "type": "undefined", **_by_column_name(values)},
             )
@@ -291,7 +298,7 @@ class LoupeDataLayer(BaseDataLayer):
         async with self.sessions.begin() as session:
             await _ensure_thread(session, element.thread_id)
             await session.execute(
-                _insert(session, Element)
+                dialect_insert(session, Element)
                 .values(
                     id=element.id,
                     thread_id=element.thread_id,
@@ -365,7 +372,7 @@ class LoupeDataLayer(BaseDataLayer):
                 raise LookupError(f"no message {feedback.forId} to rate")
             owner = await session.scalar(select(Thread.user_id).where(Thread.id == rated.thread_id))
             now = utcnow()
-            insert = _insert(session, Feedback).values(
+            insert = dialect_insert(session, Feedback).values(
                 id=feedback.id or str(uuid.uuid4()),
                 for_id=rated.id,
                 thread_id=rated.thread_id,
@@ -378,7 +385,13 @@ class LoupeDataLayer(BaseDataLayer):
             await session.execute(
                 insert.on_conflict_do_update(
                     index_elements=["for_id"],
-                    set_={"value": feedback.value, "comment": feedback.comment, "updated_at": now},
+                    set_={
+                        "value": feedback.value,
+                        "comment": feedback.comment,
+                        # Reasons explain one direction of the thumb: a flipped thumb starts without.
+                        "reasons": case((Feedback.value == feedback.value, Feedback.reasons), else_=literal([], JSON)),
+                        "updated_at": now,
+                    },
                 )
             )
             return await session.scalar(select(Feedback.id).where(Feedback.for_id == rated.id))
@@ -402,7 +415,7 @@ class LoupeDataLayer(BaseDataLayer):
         await self.order.drain(CLOSE_TIMEOUT_S)
 
 
-def _insert(session: AsyncSession, table: type) -> Any:
+def dialect_insert(session: AsyncSession, table: type) -> Any:
     """INSERT with ON CONFLICT support in the session's dialect (SQLite and PostgreSQL share it)."""
     dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
@@ -420,7 +433,7 @@ def _by_column_name(values: dict[str, Any]) -> dict[str, Any]:
 async def _ensure_thread(session: AsyncSession, thread_id: str) -> Thread:
     """The thread row, created empty if a step or element got here before Chainlit created it."""
     await session.execute(
-        _insert(session, Thread)
+        dialect_insert(session, Thread)
         .values(id=thread_id, tags=[], metadata={}, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["id"])
     )
@@ -432,6 +445,8 @@ async def _upsert_generation(session: AsyncSession, step_id: str, thread_id: str
         "model": record["model"],
         "adapter": record.get("adapter"),
         "adapter_version": record.get("adapter_version"),
+        "prompt_id": record.get("prompt_id"),
+        "context": record.get("context", []),
         "settings": record.get("settings", {}),
         "prompt_tokens": record["prompt_tokens"],
         "completion_tokens": record["completion_tokens"],
@@ -439,7 +454,7 @@ async def _upsert_generation(session: AsyncSession, step_id: str, thread_id: str
         "duration": record["duration"],
         "ended": record["ended"],
     }
-    insert = _insert(session, Generation).values(
+    insert = dialect_insert(session, Generation).values(
         id=str(uuid.uuid4()), step_id=step_id, thread_id=thread_id, created_at=utcnow(), **values
     )
     await session.execute(insert.on_conflict_do_update(index_elements=["step_id"], set_=values))

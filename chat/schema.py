@@ -1,8 +1,10 @@
 """Loupe's tables, as SQLAlchemy 2 ORM classes. migrations/ must produce exactly this schema.
 
 Chainlit's own concepts (users, threads, steps, elements, feedback) keep Chainlit's field names
-in snake_case; `generations` is ours: one record per assistant answer, saying which model and
-adapter wrote it, with which settings, at what cost, and how it ended.
+in snake_case. The rest is ours: `generations` holds one record per assistant answer (which
+model and adapter wrote it, with which settings, at what cost, how it ended, and which prompt and
+earlier answers it continued from); `comparisons` and `corrections` are the user's explicit
+preferences between answers, which chat/pairing.py turns into training pairs.
 Times are naive UTC; JSON columns are portable between SQLite and PostgreSQL.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -95,6 +97,8 @@ class Feedback(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     value: Mapped[int] = mapped_column(Integer)  # 1 thumbs up, 0 thumbs down
     comment: Mapped[str | None] = mapped_column(Text)
+    # Reason codes the user ticked (LOUPE_REASONS_UP / LOUPE_REASONS_DOWN); cleared when the thumb flips.
+    reasons: Mapped[list[str]] = mapped_column(default=list)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -105,6 +109,11 @@ class Generation(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     step_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
     thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    # The user message this answers. Regenerated answers share it: they are siblings.
+    prompt_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    # The earlier answers (step ids, oldest first) whose turns the model was shown before the
+    # prompt: with their user messages they are the conversation this answer continued.
+    context: Mapped[list[str]] = mapped_column(default=list)
     model: Mapped[str] = mapped_column(String(255))
     adapter: Mapped[str | None] = mapped_column(String(255))
     adapter_version: Mapped[str | None] = mapped_column(String(64))
@@ -115,3 +124,35 @@ class Generation(Base):
     duration: Mapped[float] = mapped_column(Float)
     ended: Mapped[str] = mapped_column(String(16))  # finished, stopped, error
     created_at: Mapped[datetime]
+
+
+class Comparison(Base):
+    """The user's verdict on two answers to one prompt; a new verdict on the same two replaces it."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (UniqueConstraint("answer_a", "answer_b"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
+    answer_a: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"))  # the earlier answer
+    answer_b: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
+    choice: Mapped[str] = mapped_column(String(16))  # a, b, tie, both_bad
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Correction(Base):
+    """The answer the user wanted instead of `answer_id`, written by them; a new one replaces it."""
+
+    __tablename__ = "corrections"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
+    answer_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

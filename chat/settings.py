@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Visual-token budgets (one token = 28 x 28 pixels); see README "Image budget" for the reasoning.
 CPU_MAX_PIXELS = 256 * 28 * 28  # 256 tokens: prefill dominates a CPU's time to first token
@@ -42,6 +43,21 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in data_dir.")
     admin_password: str | None = Field(None, description="Password for the first user, 'admin'; else generated.")
     trusted_user_header: str | None = Field(None, description="Header naming the user, set by an auth proxy.")
+    reasons_down: Annotated[list[str], NoDecode] = Field(
+        ["wrong", "incomplete", "misread_image", "wrong_language", "unsafe", "other"],
+        description="Reasons offered after a thumbs down, comma-separated codes.",
+    )
+    reasons_up: Annotated[list[str], NoDecode] = Field(
+        ["correct", "helpful", "clear"], description="Reasons offered after a thumbs up, comma-separated codes."
+    )
+
+    @field_validator("reasons_down", "reasons_up", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """'wrong, too_long' -> ['wrong', 'too_long'] (codes; chat/texts.py labels the known ones)."""
+        if isinstance(value, str):
+            return [code.strip() for code in value.split(",") if code.strip()]
+        return value
 
     @model_validator(mode="after")
     def _async_database_url(self) -> Settings:

@@ -6,6 +6,8 @@ language is the browser's (Accept-Language), as Chainlit picks it.
 
 from __future__ import annotations
 
+import re
+
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "demo_notice": (
@@ -29,6 +31,26 @@ TEXTS: dict[str, dict[str, str]] = {
             "The model ran out of memory while answering. Try fewer or smaller images, a shorter "
             "conversation (start a new chat), or lower *Max new tokens*."
         ),
+        "answer_label": "*Answer {number} of {count}*",
+        "regenerate": "Regenerate",
+        "compare_a": "Answer {number} is better",
+        "compare_b": "Answer {number} is better",
+        "compare_tie": "Tie",
+        "compare_both_bad": "Both bad",
+        "correct": "Write the answer you wanted",
+        "correction_ask": "Write the answer you wanted. It is kept as the preferred answer to your question.",
+        "correction_saved": "Thank you: your answer is saved as the preferred one.",
+        "not_yours": "That answer is not in this chat.",
+        "rate_first": "Rate the answer first (thumbs up or down), then pick reasons.",
+        "reason_wrong": "Wrong",
+        "reason_incomplete": "Incomplete",
+        "reason_misread_image": "Misread the image",
+        "reason_wrong_language": "Wrong language",
+        "reason_unsafe": "Unsafe",
+        "reason_other": "Other",
+        "reason_correct": "Correct",
+        "reason_helpful": "Helpful",
+        "reason_clear": "Clear",
         "setting_prompt": "Assistant style",
         "setting_temperature": "Temperature",
         "setting_top_p": "Top-p",
@@ -66,6 +88,26 @@ TEXTS: dict[str, dict[str, str]] = {
             "답변 중 모델의 메모리가 부족했습니다. 이미지를 줄이거나 작게 하거나, 새 대화를 시작하거나, "
             "*최대 생성 토큰*을 낮춰 보세요."
         ),
+        "answer_label": "*답변 {number} / {count}*",
+        "regenerate": "다시 생성",
+        "compare_a": "답변 {number}이(가) 더 좋음",
+        "compare_b": "답변 {number}이(가) 더 좋음",
+        "compare_tie": "비슷함",
+        "compare_both_bad": "둘 다 나쁨",
+        "correct": "원하는 답변 쓰기",
+        "correction_ask": "원하던 답변을 써 주세요. 이 질문에 대한 더 나은 답변으로 저장됩니다.",
+        "correction_saved": "고맙습니다. 써 주신 답변이 더 나은 답변으로 저장되었습니다.",
+        "not_yours": "그 답변은 이 대화에 없습니다.",
+        "rate_first": "먼저 답변을 평가(좋아요 또는 싫어요)한 뒤 이유를 고르세요.",
+        "reason_wrong": "틀림",
+        "reason_incomplete": "불완전함",
+        "reason_misread_image": "이미지를 잘못 읽음",
+        "reason_wrong_language": "언어가 틀림",
+        "reason_unsafe": "안전하지 않음",
+        "reason_other": "기타",
+        "reason_correct": "정확함",
+        "reason_helpful": "도움이 됨",
+        "reason_clear": "명확함",
         "setting_prompt": "어시스턴트 스타일",
         "setting_temperature": "온도 (Temperature)",
         "setting_top_p": "Top-p",
@@ -104,3 +146,34 @@ def strip_stop_marker(answer: str) -> str:
     for texts in TEXTS.values():
         answer = answer.removesuffix(f"\n\n{texts['stopped']}")
     return answer
+
+
+def with_label(answer: str, number: int, count: int, language: str) -> str:
+    """Number a regenerated answer among its siblings ("Answer 2 of 2") on a line of its own."""
+    return f"{text('answer_label', language, number=number, count=count)}\n\n{strip_label(answer)}"
+
+
+# "*Answer 2 of 3*\n\n" or "*답변 2 / 3*\n\n" at the very start of a stored answer.
+LABEL = re.compile(
+    "|".join(
+        re.escape(texts["answer_label"]).replace(r"\{number\}", r"\d+").replace(r"\{count\}", r"\d+") + r"\n\n"
+        for texts in TEXTS.values()
+    )
+)
+
+
+def strip_label(answer: str) -> str:
+    if match := LABEL.match(answer):
+        return answer[match.end() :]
+    return answer
+
+
+def answer_text(shown: str) -> str:
+    """What the model wrote, from an answer as shown and stored: without its label and stop marker."""
+    return strip_stop_marker(strip_label(shown))
+
+
+def reason_label(code: str, language: str) -> str:
+    """A reason's label; codes configured beyond ours show as written (underscores as spaces)."""
+    key = f"reason_{code}"
+    return text(key, language) if key in TEXTS[language] else code.replace("_", " ")

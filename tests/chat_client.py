@@ -77,13 +77,28 @@ class ChatClient:
         self.sio = socketio.AsyncClient(reconnection=False)
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.seen: list[str] = []  # every event name received, including those wait_for skipped
+        self.actions: dict[str, dict[str, Any]] = {}  # the buttons on screen, by id
+        self.seen_messages: list[dict[str, Any]] = []  # every message sent or updated, in order
+        self.ask_answers: asyncio.Queue[str] = asyncio.Queue()  # what the user types when asked
         self.sio.on("*", self._record)
+        self.sio.on("ask", self._answer_ask)
 
     async def _record(self, event: str, payload: Any = None) -> None:
         self.seen.append(event)
         if event == "first_interaction":
             self.thread_id = payload["thread_id"]
+        elif event in ("new_message", "update_message"):
+            self.seen_messages.append(payload)
+        elif event == "action":
+            self.actions[payload["id"]] = payload
+        elif event == "remove_action":
+            self.actions.pop(payload["id"], None)
         await self._events.put((event, payload))
+
+    async def _answer_ask(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Chainlit's AskUserMessage: the page answers with the user's next message."""
+        await self._record("ask", payload)
+        return self.user_message(await self.ask_answers.get())
 
     async def __aenter__(self) -> ChatClient:
         self.cookies = await login(self.url, self.username, self.password)
@@ -143,20 +158,62 @@ class ChatClient:
         response.raise_for_status()
         return response.json()["id"]
 
+    @staticmethod
+    def user_message(text: str) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "output": text,
+            "name": "User",
+            "type": "user_message",
+            "createdAt": datetime.now(UTC).isoformat(),
+        }
+
     async def send(self, text: str, file_ids: list[str] | None = None) -> None:
         await self.sio.emit(
             "client_message",
-            {
-                "message": {
-                    "id": str(uuid.uuid4()),
-                    "output": text,
-                    "name": "User",
-                    "type": "user_message",
-                    "createdAt": datetime.now(UTC).isoformat(),
-                },
-                "fileReferences": [{"id": file_id} for file_id in file_ids or []],
-            },
+            {"message": self.user_message(text), "fileReferences": [{"id": file_id} for file_id in file_ids or []]},
         )
+
+    def actions_for(self, message_id: str, name: str | None = None) -> list[dict[str, Any]]:
+        """The buttons shown under a message, optionally only those of one kind, in the order sent."""
+        return [
+            action
+            for action in self.actions.values()
+            if action["forId"] == message_id and name in (None, action["name"])
+        ]
+
+    async def click(self, action: dict[str, Any], timeout: float = 120) -> httpx.Response:
+        """Press a button, as the page does: POST /project/action, which returns when its callback ends."""
+        async with httpx.AsyncClient(base_url=self.url, cookies=self.cookies, timeout=timeout) as http:
+            response = await http.post("/project/action", json={"action": action, "sessionId": self.session_id})
+        await self.catch_up()
+        return response
+
+    async def catch_up(self) -> None:
+        """Receive every event the server emitted before now.
+
+        An HTTP response can overtake the socket events sent while it was handled. A socket.io
+        call's acknowledgement comes after everything emitted before it on this connection, so an
+        empty settings change (which changes nothing) works as a fence.
+        """
+        await self.change_settings({})
+
+    async def regenerate(self, answer_id: str, timeout: float = 120) -> Reply:
+        """Press Regenerate under an answer; everything emitted until the new answer's task ends."""
+        [button] = self.actions_for(answer_id, "regenerate")
+        clicked = asyncio.create_task(self.click(button, timeout))
+        await self.wait_for("task_start", timeout)
+        reply = await self.collect(timeout)
+        (await clicked).raise_for_status()
+        return reply
+
+    async def rate(self, run_id: str, value: int, comment: str | None = None) -> httpx.Response:
+        """A thumb (1 up, 0 down) on the answer of a run, as the page sends it."""
+        feedback = {"forId": run_id, "value": value, "comment": comment, "threadId": self.thread_id}
+        async with httpx.AsyncClient(base_url=self.url, cookies=self.cookies, timeout=60) as http:
+            response = await http.put("/feedback", json={"feedback": feedback, "sessionId": self.session_id})
+        await self.catch_up()
+        return response
 
     async def change_settings(self, values: dict[str, Any]) -> None:
         """Like moving the sliders. The handler runs as a Chainlit task: wait for its task_end."""

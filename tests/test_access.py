@@ -30,18 +30,22 @@ class OwnedThread:
     feedback_id: str
 
 
-@pytest.fixture(scope="module")
-async def owned(server: Server) -> OwnedThread:
-    """A thread of admin's with an image and a rated answer, and a second user, bob."""
+def add_account(server: Server, name: str, password: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "chat", "users", "add", OTHER],
-        input=OTHER_PASSWORD,
+        [sys.executable, "-m", "chat", "users", "add", name],
+        input=password,
         text=True,
         check=True,
         capture_output=True,
         cwd=REPO,
         env={**os.environ, "LOUPE_DATA_DIR": str(server.data_dir)},
     )
+
+
+@pytest.fixture(scope="module")
+async def owned(server: Server) -> OwnedThread:
+    """A thread of admin's with an image and a rated answer, and a second user, bob."""
+    add_account(server, OTHER, OTHER_PASSWORD)
     async with ChatClient(server.url) as client:
         image = await client.upload("circuit.png", png(), "image/png")
         reply = await client.ask("What is R2?", [image])

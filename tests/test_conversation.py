@@ -7,7 +7,15 @@ from langchain_core.messages import AIMessage, SystemMessage
 from PIL import Image
 from qwen_vl_utils import process_vision_info
 
-from chat.conversation import DEFAULT_PROMPT, PromptBuilder, PromptTooLong, system_prompts, user_turn
+from chat.conversation import (
+    DEFAULT_PROMPT,
+    PromptBuilder,
+    PromptTooLong,
+    history_from_thread,
+    system_prompts,
+    turn_text,
+    user_turn,
+)
 from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 SYSTEM = system_prompts()[DEFAULT_PROMPT]
@@ -83,3 +91,37 @@ def test_a_turn_too_long_on_its_own_is_refused(builder) -> None:
 def test_every_system_prompt_is_a_valid_template(builder, name: str) -> None:
     prompt = builder.build(system_prompts()[name], [user_turn("hi", [])], budget=100_000)
     assert prompt[0]["content"][0]["text"] == system_prompts()[name]
+
+
+def test_history_goes_on_from_the_newest_answer_to_the_last_turn() -> None:
+    """Regenerating the last answer replaces it; regenerating an earlier one is a side branch."""
+
+    def asked(step_id: str, text: str) -> dict:
+        return {"id": step_id, "type": "user_message", "output": text}
+
+    def answered(step_id: str, text: str, prompt_id: str, context: list[str], ended: str = "finished") -> dict:
+        generation = {"prompt_id": prompt_id, "context": context}
+        return {
+            "id": step_id,
+            "type": "assistant_message",
+            "output": text,
+            "metadata": {"ended": ended, "generation": generation},
+        }
+
+    steps = [
+        asked("q1", "first"),
+        answered("a1", "one", "q1", []),
+        {"id": "n", "type": "assistant_message", "output": "a notice", "metadata": {}},
+        asked("q2", "second"),
+        answered("a2", "two", "q2", ["a1"]),
+        answered("a2b", "*Answer 2 of 2*\n\ntwo again", "q2", ["a1"]),
+        answered("a1b", "*Answer 2 of 2*\n\none again", "q1", []),  # regenerated after q2 was answered
+        answered("a2c", "broken", "q2", ["a1"], ended="error"),
+    ]
+    history = history_from_thread(steps, lambda step_id: [])
+    assert [(message.id, turn_text(message)) for message in history] == [
+        ("q1", "first"),
+        ("a1", "one"),
+        ("q2", "second"),
+        ("a2b", "two again"),
+    ]

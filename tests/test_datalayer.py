@@ -16,11 +16,11 @@ from chainlit.element import Image as ChainlitImage
 from chainlit.types import Feedback as ChainlitFeedback
 from chainlit.types import Pagination, ThreadFilter
 from chainlit.user import User as ChainlitUser
-from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy import Connection, func, inspect, select, text, update
 
 from chat.database import create_engine, downgrade, upgrade
 from chat.datalayer import LoupeDataLayer
-from chat.schema import Base, Element, Generation, Step, Thread
+from chat.schema import Base, Element, Feedback, Generation, Step, Thread
 
 
 async def count(layer: LoupeDataLayer, model: type) -> int:
@@ -108,24 +108,33 @@ async def test_updating_a_step_keeps_one_row_with_the_new_output(layer: LoupeDat
     assert stored["createdAt"] == answer["createdAt"]
 
 
-async def test_generation_record_is_written_with_its_answer(layer: LoupeDataLayer) -> None:
-    record = {
+def generation(**fields) -> dict:
+    """A generation record as chat/app.py puts it in an answer's metadata."""
+    return {
         "model": "demo",
         "adapter": "engineering-v1",
         "adapter_version": "ab12",
+        "prompt_id": None,
+        "context": [],
         "settings": {"temperature": 0.7},
         "prompt_tokens": 300,
         "completion_tokens": 42,
         "time_to_first_token": 0.12,
         "duration": 1.5,
-        "ended": "stopped",
+        "ended": "finished",
+        **fields,
     }
+
+
+async def test_generation_record_is_written_with_its_answer(layer: LoupeDataLayer) -> None:
+    record = generation(ended="stopped", prompt_id="q2", context=["a1"])
     answer = step(str(uuid.uuid4()), type="assistant_message", metadata={"generation": record})
     await layer.create_step(answer)
     await layer.update_step(answer)  # sent again when the message is finalised: still one record
     async with layer.sessions() as session:
-        [generation] = (await session.scalars(select(Generation))).all()
-    assert (generation.step_id, generation.ended, generation.completion_tokens) == (answer["id"], "stopped", 42)
+        [stored] = (await session.scalars(select(Generation))).all()
+    assert (stored.step_id, stored.ended, stored.completion_tokens) == (answer["id"], "stopped", 42)
+    assert (stored.prompt_id, stored.context) == ("q2", ["a1"])
 
 
 async def test_element_is_stored_by_content_and_outlives_the_upload(layer: LoupeDataLayer, tmp_path: Path) -> None:
@@ -156,6 +165,24 @@ async def test_feedback_is_upserted_shown_and_withdrawn(layer: LoupeDataLayer) -
     assert await layer.delete_feedback(first)
     [rated] = (await layer.get_thread(run["threadId"]))["steps"]
     assert "feedback" not in rated
+
+
+async def test_reasons_survive_a_repeated_thumb_and_are_cleared_when_it_flips(layer: LoupeDataLayer) -> None:
+    owner = await layer.create_user(ChainlitUser(identifier="ada"))
+    run = step(str(uuid.uuid4()), type="run", output="")
+    await layer.create_step(run)
+    await layer.update_thread(run["threadId"], user_id=owner.id)
+
+    async def reasons_after(value: int) -> list[str]:
+        await layer.upsert_feedback(ChainlitFeedback(forId=run["id"], value=value, comment="edited"))
+        async with layer.sessions() as session:
+            return await session.scalar(select(Feedback.reasons).where(Feedback.for_id == run["id"]))
+
+    assert await reasons_after(0) == []
+    async with layer.sessions.begin() as session:
+        await session.execute(update(Feedback).values(reasons=["wrong", "unsafe"]))
+    assert await reasons_after(0) == ["wrong", "unsafe"]  # the comment was edited: same thumb, same reasons
+    assert await reasons_after(1) == []
 
 
 async def test_feedback_for_an_unknown_step_is_refused(layer: LoupeDataLayer) -> None:
@@ -212,7 +239,7 @@ async def test_stored_thread_rebuilds_the_model_history_with_images(layer: Loupe
     run = step(thread_id, type="run", output="", parentId=question["id"])
     notice = step(thread_id, type="assistant_message", output="**Demo model.** ...")
     answer = step(thread_id, type="assistant_message", output="R2\n\n⏹ *Stopped.*", parentId=run["id"])
-    answer["metadata"] = {"ended": "stopped"}
+    answer["metadata"] = {"ended": "stopped", "generation": generation(prompt_id=question["id"], ended="stopped")}
     Image.new("RGB", (300, 200), (0, 0, 255)).save(tmp_path / "r.png")
     for stored in (notice, question, run, answer):
         await layer.create_step(stored)

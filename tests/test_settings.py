@@ -23,4 +23,5 @@ def test_readme_documents_every_setting_with_its_default() -> None:
         row = re.search(rf"^\| `{name}` \| (.+?) \|", readme, re.M)
         assert row, f"README has no row for {name}"
         if field.default is not None:
-            assert str(field.default) in row.group(1), f"README's default for {name} is not {field.default}"
+            default = ",".join(field.default) if isinstance(field.default, list) else str(field.default)
+            assert default in row.group(1), f"README's default for {name} is not {default}"

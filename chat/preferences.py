@@ -1,0 +1,182 @@
+"""The user's explicit preferences beyond thumbs: reasons, comparisons of sibling answers, corrections.
+
+Each answer is an assistant message under its own run step; regenerated answers to one user
+message (the prompt) are siblings, found through their generation records' `prompt_id`.
+Only the owner of a thread may record preferences in it; the callers (chat/app.py) pass the
+logged-in user and every method checks that the steps named belong to that user's thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat.datalayer import dialect_insert, utcnow
+from chat.schema import Comparison, Correction, Feedback, Generation, Step, Thread, User
+
+CHOICES = ("a", "b", "tie", "both_bad")
+
+
+class NotYours(LookupError):
+    """The step does not exist, or is not in a thread of this user."""
+
+
+@dataclass
+class Answer:
+    """One answer to a prompt, with what the user has said about it so far."""
+
+    id: str
+    run_id: str
+    prompt_id: str
+    ended: str
+    rating: int | None = None  # 1 up, 0 down, None unrated
+    reasons: list[str] = field(default_factory=list)
+    correction: str | None = None
+
+
+class Preferences:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def answers_to(self, user: str, prompt_id: str) -> list[Answer]:
+        """The answers to a prompt of `user`'s, oldest first (the order they are numbered in)."""
+        async with self.sessions() as session:
+            await _owned_thread(session, user, prompt_id)
+            return await _answers(session, Generation.prompt_id == prompt_id)
+
+    async def answer_for_run(self, user: str, run_id: str) -> Answer | None:
+        """The answer under a run step: what Chainlit's thumbs (which name the run) are about."""
+        async with self.sessions() as session:
+            await _owned_thread(session, user, run_id)
+            answers = await _answers(session, Step.parent_id == run_id)
+        return answers[0] if answers else None
+
+    async def answer(self, user: str, answer_id: str) -> Answer:
+        async with self.sessions() as session:
+            await _owned_thread(session, user, answer_id)
+            answers = await _answers(session, Step.id == answer_id)
+        if not answers:
+            raise NotYours(f"{answer_id} is not an answer")
+        return answers[0]
+
+    async def in_thread(self, user: str, thread_id: str) -> tuple[list[Answer], dict[tuple[str, str], str]]:
+        """Every answer in a thread of `user`'s, oldest first, and the comparisons: (a, b) -> choice."""
+        async with self.sessions() as session:
+            owner = await session.scalar(
+                select(User.identifier).join(Thread, Thread.user_id == User.id).where(Thread.id == thread_id)
+            )
+            if owner != user:
+                raise NotYours(thread_id)
+            answers = await _answers(session, Generation.thread_id == thread_id)
+            comparisons = await session.execute(
+                select(Comparison.answer_a, Comparison.answer_b, Comparison.choice).where(
+                    Comparison.thread_id == thread_id
+                )
+            )
+        return answers, {(a, b): choice for a, b, choice in comparisons}
+
+    async def set_reasons(self, user: str, answer_id: str, reasons: list[str]) -> bool:
+        """Replace the reasons of the answer's rating; False when the answer has no rating to explain."""
+        async with self.sessions.begin() as session:
+            await _owned_thread(session, user, answer_id)
+            run_id = await session.scalar(select(Step.parent_id).where(Step.id == answer_id))
+            result = await session.execute(
+                update(Feedback).where(Feedback.for_id == run_id).values(reasons=reasons, updated_at=utcnow())
+            )
+        return result.rowcount > 0
+
+    async def compare(self, user: str, answer_a: str, answer_b: str, choice: str) -> None:
+        """Record which of two sibling answers is better; a new verdict on the same two replaces the old."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
+        async with self.sessions.begin() as session:
+            thread = await _owned_thread(session, user, answer_a)
+            prompts = set(
+                await session.scalars(select(Generation.prompt_id).where(Generation.step_id.in_([answer_a, answer_b])))
+            )
+            if len(prompts) != 1 or answer_a == answer_b:
+                raise NotYours(f"{answer_a} and {answer_b} are not two answers to one prompt")
+            now = utcnow()
+            insert = dialect_insert(session, Comparison).values(
+                id=str(uuid.uuid4()),
+                thread_id=thread.id,
+                user_id=thread.user_id,
+                prompt_id=prompts.pop(),
+                answer_a=answer_a,
+                answer_b=answer_b,
+                choice=choice,
+                created_at=now,
+                updated_at=now,
+            )
+            await session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["answer_a", "answer_b"], set_={"choice": choice, "updated_at": now}
+                )
+            )
+
+    async def choice(self, user: str, answer_a: str, answer_b: str) -> str | None:
+        async with self.sessions() as session:
+            await _owned_thread(session, user, answer_a)
+            return await session.scalar(
+                select(Comparison.choice).where(Comparison.answer_a == answer_a, Comparison.answer_b == answer_b)
+            )
+
+    async def correct(self, user: str, answer_id: str, text: str) -> None:
+        """Store the answer the user wanted instead of `answer_id`; a new correction replaces the old."""
+        async with self.sessions.begin() as session:
+            thread = await _owned_thread(session, user, answer_id)
+            prompt_id = await session.scalar(select(Generation.prompt_id).where(Generation.step_id == answer_id))
+            if prompt_id is None:
+                raise NotYours(f"{answer_id} is not an answer")
+            now = utcnow()
+            insert = dialect_insert(session, Correction).values(
+                id=str(uuid.uuid4()),
+                thread_id=thread.id,
+                user_id=thread.user_id,
+                prompt_id=prompt_id,
+                answer_id=answer_id,
+                text=text,
+                created_at=now,
+                updated_at=now,
+            )
+            await session.execute(
+                insert.on_conflict_do_update(index_elements=["answer_id"], set_={"text": text, "updated_at": now})
+            )
+
+
+async def _answers(session: AsyncSession, where: ColumnElement[bool]) -> list[Answer]:
+    rows = await session.execute(
+        select(Step, Generation.prompt_id, Generation.ended, Feedback, Correction.text)
+        .join(Generation, Generation.step_id == Step.id)
+        .outerjoin(Feedback, Feedback.for_id == Step.parent_id)
+        .outerjoin(Correction, Correction.answer_id == Step.id)
+        .where(where)
+        .order_by(Generation.created_at, Step.id)
+    )
+    return [
+        Answer(
+            id=step.id,
+            run_id=step.parent_id or "",
+            prompt_id=prompt_id or "",
+            ended=ended,
+            rating=feedback.value if feedback else None,
+            reasons=list(feedback.reasons) if feedback else [],
+            correction=correction,
+        )
+        for step, prompt_id, ended, feedback, correction in rows
+    ]
+
+
+async def _owned_thread(session: AsyncSession, user: str, step_id: str) -> Thread:
+    thread = await session.scalar(
+        select(Thread)
+        .join(Step, Step.thread_id == Thread.id)
+        .join(User, User.id == Thread.user_id)
+        .where(Step.id == step_id, User.identifier == user)
+    )
+    if thread is None:
+        raise NotYours(step_id)
+    return thread
