@@ -347,7 +347,8 @@ async def regenerate(action: cl.Action) -> None:
             history[at + 1] = model_turn(reply)
 
     async def generate() -> cl.Message | None:
-        async with cl.Step(name="regenerate", type="run", parent_id=prompt_id):
+        # Named like the run Chainlit wraps around on_message, which its page shows as just the answer.
+        async with cl.Step(name="on_message", type="run", parent_id=prompt_id):
             return await respond(history[:at], history[at], language, keep, label=(len(siblings) + 1,) * 2)
 
     reply = await as_stoppable_task(generate())
@@ -456,6 +457,7 @@ async def correct(action: cl.Action) -> None:
         await cl.context.emitter.send_toast(text("not_yours", language), "error")
         return
     written = await cl.AskUserMessage(content=text("correction_ask", language), timeout=CORRECTION_TIMEOUT_S).send()
+    await cl.context.emitter.task_end()  # Chainlit's ask ends with task_start, meant for a running task
     if written and written["output"].strip():
         await preferences.correct(current_user(), answer.id, written["output"].strip())
         await cl.Message(content=text("correction_saved", language)).send()

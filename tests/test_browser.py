@@ -344,6 +344,64 @@ async def test_rated_answer_and_image_come_back_from_the_history(
     assert second["settings"]["max_new_tokens"] == 32  # the thread's settings were restored too
 
 
+async def test_regenerate_compare_reason_and_correction_from_the_page(
+    page: Page, server: Server, artifacts: Path, tmp_path: Path
+) -> None:
+    """Ask with an image, regenerate, say which answer is better, thumbs down the first with a
+    reason, and write the answer wanted: every click lands in the database as a preference."""
+    await open_chat(page, server.url)
+    await set_max_new_tokens(page, 16)
+    circuit = draw_circuit(tmp_path / "circuit.png")
+    first = await ask(page, "Which resistor limits the LED current?", circuit)
+    await wait_until_finished(page)
+
+    before = await page.locator(ANSWERS).count()
+    await first.get_by_role("button", name="Regenerate").click()
+    second = await new_answer(page, before)
+    await wait_until_finished(page)
+    await expect(second).to_contain_text("Answer 2 of 2")
+    await expect(first).to_contain_text("Answer 1 of 2")
+    await expect(page.get_by_text("Used on_message")).to_have_count(0)  # shown like any answer
+
+    await second.get_by_role("button", name="Answer 2 is better").click()
+    await expect(second.get_by_role("button", name="✓ Answer 2 is better")).to_be_visible(timeout=START)
+
+    await rate_down(page, first, "It never names a resistor.")
+    await first.get_by_role("button", name="Misread the image").click()
+    await expect(first.get_by_role("button", name="✓ Misread the image")).to_be_visible(timeout=START)
+    await first.scroll_into_view_if_needed()
+    await page.mouse.move(0, VIEWPORT["height"])
+    await page.screenshot(path=artifacts / "browser-regenerated-and-rated.png")
+    await first.get_by_role("button", name="Write the answer you wanted").click()
+    await expect(page.get_by_text("Write the answer you wanted. It is kept")).to_be_visible(timeout=START)
+    wanted = "R1 (330 Ω): with S1 closed it sets I = (9 V - 2 V) / 1330 Ω ≈ 5.3 mA."
+    await page.locator("#chat-input").fill(wanted)
+    await page.locator("#chat-input").press("Enter")
+    await expect(page.get_by_text("your answer is saved as the preferred one")).to_be_visible(timeout=START)
+    await expect(page.locator("#stop-button")).to_be_hidden()  # nothing left running
+
+    thread_id = await thread_id_of(page)
+    first_id, second_id = [(await answer.get_attribute("id")).removeprefix("step-") for answer in (first, second)]
+    assert await preferences_of(server, thread_id) == {
+        "comparisons": [(first_id, second_id, "b")],
+        "feedbacks": [(first_id, 0, '["misread_image"]')],
+        "corrections": [(first_id, wanted)],
+    }
+
+
+async def preferences_of(server: Server, thread_id: str) -> dict[str, list[tuple]]:
+    """The thread's comparisons, ratings (by answer) and corrections, as stored."""
+    from tests.test_preferences_app import rows
+
+    queries = {
+        "comparisons": "SELECT answer_a, answer_b, choice FROM comparisons WHERE thread_id = ?",
+        "feedbacks": "SELECT s.id, f.value, f.reasons FROM feedbacks f JOIN steps s ON s.parent_id = f.for_id "
+        "WHERE f.thread_id = ? AND s.type = 'assistant_message'",
+        "corrections": "SELECT answer_id, text FROM corrections WHERE thread_id = ?",
+    }
+    return {name: rows(server, query, thread_id) for name, query in queries.items()}
+
+
 async def readme_screenshot(destination: Path) -> None:
     """A finished short answer about a circuit diagram, 1280x800, for the README."""
     chromium = find_chromium()
