@@ -429,7 +429,7 @@ def full_model_run(device: str, dtype_name: str, new_tokens: int) -> FullResult:
     dtype = getattr(torch, dtype_name)
     model, build_s = timed(lambda: build_random_qwen2_vl_2b(device, dtype))
     processor = load_processor(QWEN2_VL_FILES)
-    generator = Generator(LoadedModel(model, processor, "random Qwen2-VL-2B", None, is_demo=True))
+    generator = Generator(LoadedModel(model, processor, "random Qwen2-VL-2B", is_demo=True))
     builder = PromptBuilder(processor, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
     image = fit_to_budget(photo_like(*FULL_IMAGE_SIZE), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
     messages = builder.build(

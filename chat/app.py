@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing
@@ -26,6 +27,7 @@ from chainlit.types import Feedback, ThreadDict
 from chainlit.utils import utc_now
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from chat import leaderboard
 from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
 from chat.chainlit_fixes import accept_empty_uploads
 from chat.conversation import (
@@ -38,12 +40,14 @@ from chat.conversation import (
 )
 from chat.database import create_engine, session_factory, upgrade
 from chat.datalayer import LoupeDataLayer
-from chat.preferences import CHOICES, Answer, NotYours, Preferences
+from chat.preferences import BASE, CHOICES, Answer, NotYours, Preferences
+from chat.profiles import Profile, Profiles
 from chat.routes import add_routes
 from chat.settings import get_settings
 from chat.storage import ContentStore
 from chat.texts import answer_text, language_of, mark_stopped, reason_label, text, with_label
 from chat.uploads import ImageLimits, Upload, UploadsRejected, load_fitted_image, read_images
+from models.adapters import Adapter, AdapterDirectory
 from models.checkpoint import load_model, pick_device
 from models.generation import Generator, SamplingSettings, Usage
 
@@ -53,7 +57,7 @@ CORRECTION_TIMEOUT_S = 30 * 60  # writing a good answer takes a while
 
 settings = get_settings()
 max_pixels = settings.image_max_pixels(pick_device(settings.device).type)
-loaded = load_model(settings.model, settings.adapter, settings.device, settings.dtype)
+loaded = load_model(settings.model, settings.device, settings.dtype)
 generator = Generator(loaded)
 prompt_builder = PromptBuilder(loaded.processor, settings.min_pixels, max_pixels)
 context_tokens = min(settings.context_tokens, loaded.context_length)
@@ -78,13 +82,15 @@ store = ContentStore(settings.data_dir / "files")
 sessions = session_factory(create_engine(settings.database_url))
 data_layer = LoupeDataLayer(sessions, store)
 preferences = Preferences(sessions)
+profiles = Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter)
+arena_draw = random.Random()  # which two contenders answer an arena question, and in which order
 # Chainlit signs login tokens with this; it must be set before Chainlit checks for it.
 os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret(settings.data_dir)
 add_routes(
     server,
     sessions,
     store,
-    status=lambda: {"name": loaded.name, "adapter": loaded.adapter, "demo": loaded.is_demo},
+    status=lambda: {"name": loaded.name, "demo": loaded.is_demo},
     settle_step=data_layer.settle_step,
 )
 
@@ -129,11 +135,42 @@ def session_language() -> str:
     return language_of(cl.context.session.language)
 
 
+@cl.set_chat_profiles
+async def chat_profiles(user: cl.User | None, language: str | None) -> list[cl.ChatProfile]:
+    """Read afresh on every page load, so a newly trained adapter shows up without a restart."""
+    language, listed = language_of(language), profiles.all()
+    default = profiles.default(listed)
+    return [
+        cl.ChatProfile(name=profile.name, markdown_description=describe(profile, language), default=profile == default)
+        for profile in listed
+    ]
+
+
+def describe(profile: Profile, language: str) -> str:
+    if profile.is_arena:
+        return text("profile_arena", language)
+    if profile.adapter is None:
+        return text("profile_base", language)
+    trained = profile.adapter.metadata()
+    details = ""
+    if {"method", "created_at"} <= trained.keys():
+        details = f", {trained['method']}, {trained['created_at'][:10]}"
+    return text("profile_adapter", language, name=profile.name, version=profile.adapter.version, details=details)
+
+
+def current_profile() -> Profile:
+    """The chat's profile; the default one if the chat has none or its adapter is gone."""
+    return profiles.get(cl.user_session.get("chat_profile"))
+
+
 @cl.on_chat_start
 async def start() -> None:
     cl.user_session.set("history", [])
     language = session_language()
     cl.user_session.set("chat_settings", await settings_panel(language, {}).send())
+    if current_profile().is_arena:
+        table = leaderboard.as_markdown(leaderboard.standings(await leaderboard.outcomes(sessions)))
+        await cl.Message(content=text("arena_intro", language, leaderboard=table)).send()
     if loaded.is_demo:
         await cl.Message(content=text("demo_notice", language, reason=loaded.demo_reason)).send()
 
@@ -159,21 +196,27 @@ async def resume(thread: ThreadDict) -> None:
 async def restore_actions(thread_id: str) -> None:
     """Chainlit does not store actions: give every answer back its buttons, in their current state."""
     answers, comparisons = await preferences.in_thread(current_user(), thread_id)
+    arena = current_profile().is_arena
     siblings: dict[str, list[Answer]] = {}
     for answer in answers:
         if answer.ended == "error":
             continue
         earlier = siblings.setdefault(answer.prompt_id, [])
-        await regenerate_action(answer.prompt_id, session_language()).send(for_id=answer.id)
+        if not arena:
+            await regenerate_action(answer.prompt_id, session_language()).send(for_id=answer.id)
         if answer.rating is not None:
             await show_choices(answer.id, "rating", rating_actions(answer))
         finished = [sibling for sibling in earlier if sibling.ended == "finished"]
         if answer.ended == "finished" and finished:
-            a, number_b = finished[-1], len(earlier) + 1
+            a = finished[-1]
             chosen = comparisons.get((a.id, answer.id))
-            await show_choices(
-                answer.id, "compare", comparison_actions(a.id, earlier.index(a) + 1, answer.id, number_b, chosen)
-            )
+            if arena:
+                await show_choices(answer.id, "vote", comparison_actions("vote", a.id, "A", answer.id, "B", chosen))
+            else:
+                labels = str(earlier.index(a) + 1), str(len(earlier) + 1)
+                await show_choices(
+                    answer.id, "compare", comparison_actions("compare", a.id, labels[0], answer.id, labels[1], chosen)
+                )
         earlier.append(answer)
 
 
@@ -241,7 +284,15 @@ async def answer(message: cl.Message) -> None:
     await data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chosen})
     history = cl.user_session.get("history")
     turn = user_turn(message.content, images, message.id)
-    await respond(history.copy(), turn, language, keep=lambda reply: history.extend([turn, model_turn(reply)]))
+
+    def keep(reply: cl.Message) -> None:
+        history.extend([turn, model_turn(reply)])
+
+    profile = current_profile()
+    if profile.is_arena:
+        await arena_battle(history.copy(), turn, language, keep)
+    else:
+        await respond(history.copy(), turn, language, keep, profile.adapter)
 
 
 async def respond(
@@ -249,13 +300,16 @@ async def respond(
     turn: HumanMessage,
     language: str,
     keep: Callable[[cl.Message], None],
-    label: tuple[int, int] | None = None,
+    adapter: Adapter | None,
+    label: str | None = None,
+    regenerable: bool = True,
 ) -> cl.Message | None:
-    """Answer `turn` after the `earlier` conversation, streaming, with the chat's current settings.
+    """Answer `turn` after the `earlier` conversation, streaming, with the chat's current settings,
+    from the base model or `adapter`.
 
     `keep(reply)` is called with an answer that belongs in the model's history (finished, or
-    stopped with some text), also when Stop cancels this task. `label` numbers a regenerated
-    answer among its siblings. Returns the answer sent, if one was.
+    stopped with some text), also when Stop cancels this task. `label` goes on the answer's
+    first line ("Answer 2 of 2", "Answer A"). Returns the answer sent, if one was.
     """
     sampling, prompt_name = chosen_sampling()
     system_prompt = system_prompts().get(prompt_name) or system_prompts()[DEFAULT_PROMPT]
@@ -268,15 +322,15 @@ async def respond(
         return None
 
     usage, queue_notice = Usage(), QueueNotice(language)
-    reply = cl.Message(content="", actions=[regenerate_action(turn.id, language)])
+    reply = cl.Message(content="", actions=[regenerate_action(turn.id, language)] if regenerable else [])
     stream = BatchedStream(reply)
 
     def record() -> dict[str, Any]:
         """What the data layer stores in `generations` beside the answer's message."""
         return {
             "model": loaded.name,
-            "adapter": loaded.adapter,
-            "adapter_version": loaded.adapter_version,
+            "adapter": adapter.name if adapter else None,
+            "adapter_version": adapter.version if adapter else None,
             "prompt_id": turn.id,
             "context": [message.id for message in earlier if isinstance(message, AIMessage)],
             "settings": {**asdict(sampling), "system_prompt": prompt_name},
@@ -284,7 +338,7 @@ async def respond(
         }
 
     try:
-        async with aclosing(generator.stream(prompt, sampling, usage, queue_notice.show)) as pieces:
+        async with aclosing(generator.stream(prompt, sampling, usage, queue_notice.show, adapter)) as pieces:
             async for piece in pieces:
                 await queue_notice.clear()
                 await stream.add(piece)
@@ -301,7 +355,7 @@ async def respond(
             if usage.ended == "stopped":
                 reply.content = mark_stopped(reply.content, language)
             if label:
-                reply.content = with_label(reply.content, *label, language)
+                reply.content = f"{label}\n\n{reply.content}"
             reply.metadata = {"ended": usage.ended, "generation": record()}
             await reply.send()
     return reply if usage.ended != "error" else None
@@ -349,7 +403,9 @@ async def regenerate(action: cl.Action) -> None:
     async def generate() -> cl.Message | None:
         # Named like the run Chainlit wraps around on_message, which its page shows as just the answer.
         async with cl.Step(name="on_message", type="run", parent_id=prompt_id):
-            return await respond(history[:at], history[at], language, keep, label=(len(siblings) + 1,) * 2)
+            number = len(siblings) + 1
+            label = text("answer_label", language, number=number, count=number)
+            return await respond(history[:at], history[at], language, keep, current_profile().adapter, label)
 
     reply = await as_stoppable_task(generate())
     if reply is None or not siblings:
@@ -363,7 +419,8 @@ async def regenerate(action: cl.Action) -> None:
     finished = [sibling for sibling in siblings if sibling.ended == "finished"]
     if reply.metadata["ended"] == "finished" and finished:
         a = finished[-1]
-        await show_choices(reply.id, "compare", comparison_actions(a.id, siblings.index(a) + 1, reply.id, count, None))
+        buttons = comparison_actions("compare", a.id, str(siblings.index(a) + 1), reply.id, str(count), None)
+        await show_choices(reply.id, "compare", buttons)
 
 
 async def as_stoppable_task(work: Coroutine[Any, Any, cl.Message | None]) -> cl.Message | None:
@@ -396,26 +453,67 @@ async def compare(action: cl.Action) -> None:
     except (NotYours, KeyError, ValueError):
         await cl.context.emitter.send_toast(text("not_yours", session_language()), "error")
         return
-    await show_choices(
-        payload["b"],
-        "compare",
-        comparison_actions(payload["a"], payload["number_a"], payload["b"], payload["number_b"], payload["choice"]),
-    )
+    await show_choices(payload["b"], "compare", redrawn_comparison(action))
 
 
-def comparison_actions(a: str, number_a: int, b: str, number_b: int, chosen: str | None) -> list[cl.Action]:
+def comparison_actions(name: str, a: str, label_a: str, b: str, label_b: str, chosen: str | None) -> list[cl.Action]:
+    """Which of answers `a` and `b` (labelled "1" and "2", or "A" and "B") is better: shown under `b`."""
     language = session_language()
     labels = {
-        "a": text("compare_a", language, number=number_a),
-        "b": text("compare_b", language, number=number_b),
+        "a": text("compare_a", language, number=label_a),
+        "b": text("compare_b", language, number=label_b),
         "tie": text("compare_tie", language),
         "both_bad": text("compare_both_bad", language),
     }
-    payload = {"a": a, "number_a": number_a, "b": b, "number_b": number_b}
+    payload = {"a": a, "label_a": label_a, "b": b, "label_b": label_b}
     return [
-        choice_action("compare", b, choice, label, choice == chosen, {**payload, "choice": choice})
+        choice_action(name, b, choice, label, choice == chosen, {**payload, "choice": choice})
         for choice, label in labels.items()
     ]
+
+
+def redrawn_comparison(clicked: cl.Action) -> list[cl.Action]:
+    """The comparison buttons again, with the one just clicked marked."""
+    payload = clicked.payload
+    return comparison_actions(
+        clicked.name, payload["a"], payload["label_a"], payload["b"], payload["label_b"], payload["choice"]
+    )
+
+
+# The arena -------------------------------------------------------------------------------------
+
+
+async def arena_battle(earlier: list[BaseMessage], turn: HumanMessage, language: str, keep: Callable) -> None:
+    """Answer with two contenders drawn at random, as Answer A and Answer B, then ask which is better.
+
+    Each answer has its own run (so its own thumbs). The conversation goes on from answer A.
+    """
+    answers = []
+    for side, adapter in zip("AB", profiles.pick_pair(arena_draw), strict=True):
+        async with cl.Step(name="on_message", type="run", parent_id=turn.id):
+            label = text("arena_label", language, side=side)
+            reply = await respond(
+                earlier, turn, language, keep if side == "A" else lambda reply: None, adapter, label, regenerable=False
+            )
+        if reply is None or reply.metadata["ended"] != "finished":
+            return
+        answers.append(reply)
+    a, b = answers
+    await show_choices(b.id, "vote", comparison_actions("vote", a.id, "A", b.id, "B", None))
+
+
+@cl.action_callback("vote")
+async def vote(action: cl.Action) -> None:
+    """Store the blind vote as a battle (and a comparison), then reveal who wrote which answer."""
+    language, payload = session_language(), action.payload
+    try:
+        contenders = await preferences.battle(current_user(), payload["a"], payload["b"], payload["choice"])
+    except (NotYours, KeyError, ValueError):
+        await cl.context.emitter.send_toast(text("not_yours", language), "error")
+        return
+    await show_choices(payload["b"], "vote", redrawn_comparison(action))
+    a, b = (text("base_model", language) if name == BASE else name for name in contenders)
+    await cl.Message(content=text("arena_reveal", language, a=a, b=b)).send()
 
 
 # Reasons and corrections ---------------------------------------------------------------------
@@ -522,8 +620,8 @@ async def show_choices(answer_id: str, group: str, actions: list[cl.Action]) -> 
     if group == "rating":
         ids = [f"reason:{answer_id}:{code}" for code in {*settings.reasons_up, *settings.reasons_down}]
         ids.append(f"correct:{answer_id}")
-    else:
-        ids = [f"compare:{answer_id}:{choice}" for choice in CHOICES]
+    else:  # compare, vote
+        ids = [f"{group}:{answer_id}:{choice}" for choice in CHOICES]
     for action_id in ids:
         await cl.Action(id=action_id, name=group, payload={}).remove()
     for action in actions:

@@ -15,9 +15,10 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.datalayer import dialect_insert, utcnow
-from chat.schema import Comparison, Correction, Feedback, Generation, Step, Thread, User
+from chat.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread, User
 
 CHOICES = ("a", "b", "tie", "both_bad")
+BASE = "base"  # the contender name of the model without an adapter
 
 
 class NotYours(LookupError):
@@ -90,39 +91,44 @@ class Preferences:
 
     async def compare(self, user: str, answer_a: str, answer_b: str, choice: str) -> None:
         """Record which of two sibling answers is better; a new verdict on the same two replaces the old."""
-        if choice not in CHOICES:
-            raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
         async with self.sessions.begin() as session:
-            thread = await _owned_thread(session, user, answer_a)
-            prompts = set(
-                await session.scalars(select(Generation.prompt_id).where(Generation.step_id.in_([answer_a, answer_b])))
+            await _compare(session, user, answer_a, answer_b, choice)
+
+    async def battle(self, user: str, answer_a: str, answer_b: str, choice: str) -> tuple[str, str]:
+        """Record a blind A/B vote: a battle between the answers' contenders, and a comparison (for export).
+
+        Returns the contenders (adapter names, BASE for none) of answers A and B, to reveal them.
+        """
+        async with self.sessions.begin() as session:
+            thread, prompt_id = await _compare(session, user, answer_a, answer_b, choice)
+            adapters = dict(
+                (
+                    await session.execute(
+                        select(Generation.step_id, Generation.adapter).where(
+                            Generation.step_id.in_([answer_a, answer_b])
+                        )
+                    )
+                ).all()
             )
-            if len(prompts) != 1 or answer_a == answer_b:
-                raise NotYours(f"{answer_a} and {answer_b} are not two answers to one prompt")
+            contenders = (adapters[answer_a] or BASE, adapters[answer_b] or BASE)
             now = utcnow()
-            insert = dialect_insert(session, Comparison).values(
+            insert = dialect_insert(session, Battle).values(
                 id=str(uuid.uuid4()),
                 thread_id=thread.id,
                 user_id=thread.user_id,
-                prompt_id=prompts.pop(),
+                prompt_id=prompt_id,
                 answer_a=answer_a,
                 answer_b=answer_b,
+                contender_a=contenders[0],
+                contender_b=contenders[1],
                 choice=choice,
                 created_at=now,
                 updated_at=now,
             )
             await session.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["answer_a", "answer_b"], set_={"choice": choice, "updated_at": now}
-                )
+                insert.on_conflict_do_update(index_elements=["answer_a"], set_={"choice": choice, "updated_at": now})
             )
-
-    async def choice(self, user: str, answer_a: str, answer_b: str) -> str | None:
-        async with self.sessions() as session:
-            await _owned_thread(session, user, answer_a)
-            return await session.scalar(
-                select(Comparison.choice).where(Comparison.answer_a == answer_a, Comparison.answer_b == answer_b)
-            )
+        return contenders
 
     async def correct(self, user: str, answer_id: str, text: str) -> None:
         """Store the answer the user wanted instead of `answer_id`; a new correction replaces the old."""
@@ -168,6 +174,37 @@ async def _answers(session: AsyncSession, where: ColumnElement[bool]) -> list[An
         )
         for step, prompt_id, ended, feedback, correction in rows
     ]
+
+
+async def _compare(session: AsyncSession, user: str, answer_a: str, answer_b: str, choice: str) -> tuple[Thread, str]:
+    """Upsert the comparison of two answers to one prompt of `user`'s; returns the thread and the prompt."""
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
+    thread = await _owned_thread(session, user, answer_a)
+    prompts = set(
+        await session.scalars(select(Generation.prompt_id).where(Generation.step_id.in_([answer_a, answer_b])))
+    )
+    if len(prompts) != 1 or answer_a == answer_b:
+        raise NotYours(f"{answer_a} and {answer_b} are not two answers to one prompt")
+    prompt_id = prompts.pop()
+    now = utcnow()
+    insert = dialect_insert(session, Comparison).values(
+        id=str(uuid.uuid4()),
+        thread_id=thread.id,
+        user_id=thread.user_id,
+        prompt_id=prompt_id,
+        answer_a=answer_a,
+        answer_b=answer_b,
+        choice=choice,
+        created_at=now,
+        updated_at=now,
+    )
+    await session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["answer_a", "answer_b"], set_={"choice": choice, "updated_at": now}
+        )
+    )
+    return thread, prompt_id
 
 
 async def _owned_thread(session: AsyncSession, user: str, step_id: str) -> Thread:

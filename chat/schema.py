@@ -4,7 +4,8 @@ Chainlit's own concepts (users, threads, steps, elements, feedback) keep Chainli
 in snake_case. The rest is ours: `generations` holds one record per assistant answer (which
 model and adapter wrote it, with which settings, at what cost, how it ended, and which prompt and
 earlier answers it continued from); `comparisons` and `corrections` are the user's explicit
-preferences between answers, which chat/pairing.py turns into training pairs.
+preferences between answers, which chat/pairing.py turns into training pairs; `battles` are
+blind A/B votes between adapters, which chat/leaderboard.py ranks.
 Times are naive UTC; JSON columns are portable between SQLite and PostgreSQL.
 """
 
@@ -154,5 +155,23 @@ class Correction(Base):
     prompt_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
     answer_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
     text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Battle(Base):
+    """A blind A/B vote between two contenders (adapters, or the base model as "base") on one prompt."""
+
+    __tablename__ = "battles"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
+    answer_a: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    answer_b: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"))
+    contender_a: Mapped[str] = mapped_column(String(255), index=True)
+    contender_b: Mapped[str] = mapped_column(String(255), index=True)
+    choice: Mapped[str] = mapped_column(String(16))  # a, b, tie, both_bad
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

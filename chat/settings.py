@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOUPE_", env_file=".env", env_ignore_empty=True, extra="ignore")
 
     model: str = Field("Qwen/Qwen2-VL-2B-Instruct", description="Hub id, local folder, or 'demo'.")
-    adapter: Path | None = Field(None, description="Folder of a LoRA adapter (peft) to apply.")
+    adapters_dir: Path = Field(Path("models/adapters"), description="Each folder in it is a LoRA adapter profile.")
+    adapter: str | None = Field(None, description="Adapter new chats use; `python -m chat promote` overrides.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")
     dtype: str = Field("auto", description="auto (CUDA bf16, MPS fp16, CPU fp32), float32, bfloat16, float16.")
     max_pixels: int | None = Field(None, description="Per-image pixel budget; default depends on the device.")

@@ -32,6 +32,17 @@ TEXTS: dict[str, dict[str, str]] = {
             "conversation (start a new chat), or lower *Max new tokens*."
         ),
         "answer_label": "*Answer {number} of {count}*",
+        "arena_label": "*Answer {side}*",
+        "arena_intro": (
+            "**Arena.** Each question is answered by two models drawn at random (the base model and the "
+            "adapters), shown as *Answer A* and *Answer B*. Say which is better to see which was which; "
+            "your votes rank them.\n\n{leaderboard}"
+        ),
+        "arena_reveal": "Answer A was **{a}**; answer B was **{b}**.",
+        "base_model": "the base model",
+        "profile_base": "Qwen2-VL without an adapter.",
+        "profile_adapter": "LoRA adapter `{name}` (version {version}){details}.",
+        "profile_arena": "Blind A/B: two models answer each question; you pick the better one.",
         "regenerate": "Regenerate",
         "compare_a": "Answer {number} is better",
         "compare_b": "Answer {number} is better",
@@ -89,6 +100,16 @@ TEXTS: dict[str, dict[str, str]] = {
             "*최대 생성 토큰*을 낮춰 보세요."
         ),
         "answer_label": "*답변 {number} / {count}*",
+        "arena_label": "*답변 {side}*",
+        "arena_intro": (
+            "**아레나.** 질문마다 무작위로 고른 두 모델(기본 모델과 어댑터들)이 *답변 A*와 *답변 B*로 "
+            "답합니다. 더 나은 쪽을 고르면 어느 모델이었는지 보여 드리고, 투표로 순위가 매겨집니다.\n\n{leaderboard}"
+        ),
+        "arena_reveal": "답변 A는 **{a}**, 답변 B는 **{b}**였습니다.",
+        "base_model": "기본 모델",
+        "profile_base": "어댑터 없는 Qwen2-VL.",
+        "profile_adapter": "LoRA 어댑터 `{name}` (버전 {version}){details}.",
+        "profile_arena": "블라인드 A/B: 두 모델이 질문마다 답하고 더 나은 쪽을 고릅니다.",
         "regenerate": "다시 생성",
         "compare_a": "답변 {number}이(가) 더 좋음",
         "compare_b": "답변 {number}이(가) 더 좋음",
@@ -153,11 +174,13 @@ def with_label(answer: str, number: int, count: int, language: str) -> str:
     return f"{text('answer_label', language, number=number, count=count)}\n\n{strip_label(answer)}"
 
 
-# "*Answer 2 of 3*\n\n" or "*답변 2 / 3*\n\n" at the very start of a stored answer.
+# "*Answer 2 of 3*\n\n", "*답변 2 / 3*\n\n", "*Answer B*\n\n"... at the very start of a stored answer.
 LABEL = re.compile(
     "|".join(
-        re.escape(texts["answer_label"]).replace(r"\{number\}", r"\d+").replace(r"\{count\}", r"\d+") + r"\n\n"
+        re.escape(texts[key]).replace(r"\{number\}", r"\d+").replace(r"\{count\}", r"\d+").replace(r"\{side\}", "[AB]")
+        + r"\n\n"
         for texts in TEXTS.values()
+        for key in ("answer_label", "arena_label")
     )
 )
 

@@ -1,4 +1,4 @@
-"""Load Qwen2-VL (optionally with a LoRA adapter), or the built-in demo model when no weights exist.
+"""Load Qwen2-VL, or the built-in demo model when no weights exist. (LoRA adapters: models/adapters.py.)
 
 The demo model is Qwen2-VL's real architecture at a tiny size with deterministic random weights,
 driven by Qwen2-VL-2B-Instruct's genuine processor files vendored in `qwen2_vl_2b_instruct/`.
@@ -8,7 +8,6 @@ Its answers are noise, and the app says so.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,7 @@ class LoadedModel:
     model: torch.nn.Module
     processor: ProcessorMixin
     name: str
-    adapter: str | None
     is_demo: bool
-    # Content hash of the adapter folder: two adapters with one name are told apart in records.
-    adapter_version: str | None = None
     # Why the demo model is serving, when it is: shown in the UI and the log.
     demo_reason: str | None = None
 
@@ -74,13 +70,8 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
 
 
-def load_model(
-    model: str,
-    adapter: Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-) -> LoadedModel:
-    """Load `model` (hub id, local folder, or "demo") and optionally a peft adapter folder.
+def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load `model` (hub id, local folder, or "demo").
 
     Falls back to the demo model only when the model is not on disk, not in the local hub
     cache, and the hub cannot be reached. Every other failure raises ModelLoadError.
@@ -119,15 +110,11 @@ def load_model(
         name = model
 
     qwen = qwen.to(device=torch_device, dtype=torch_dtype)
-    if adapter is not None:
-        qwen = attach_adapter(qwen, adapter)
     qwen.eval()
     return LoadedModel(
         model=qwen,
         processor=processor,
         name=name,
-        adapter=adapter.name if adapter else None,
-        adapter_version=folder_hash(adapter) if adapter else None,
         is_demo=demo_reason is not None,
         demo_reason=demo_reason,
     )
@@ -166,28 +153,6 @@ def build_demo_model() -> Qwen2VLForConditionalGeneration:
         max_new_tokens=1024,
     )
     return demo
-
-
-def attach_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
-    from peft import PeftModel
-
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelLoadError(f"LOUPE_ADAPTER={adapter} is not a LoRA adapter folder (no adapter_config.json there).")
-    log.info("Attaching LoRA adapter %s", adapter)
-    try:
-        return PeftModel.from_pretrained(model, adapter)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadError(
-            f"Could not attach the LoRA adapter at {adapter}: {error}. Was it trained for this base model?"
-        ) from error
-
-
-def folder_hash(folder: Path) -> str:
-    """sha256 over every file's relative path and bytes, shortened to 16 hex digits."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _in_hub_cache(model: str) -> bool:

@@ -21,6 +21,7 @@ import torch
 from qwen_vl_utils import process_vision_info
 from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
 
+from models.adapters import Adapter, AdapterSwitch
 from models.checkpoint import LoadedModel
 
 
@@ -90,11 +91,13 @@ class _StopOnEvent(StoppingCriteria):
 
 
 class Generator:
-    """Owns one loaded model and serves streamed generations from it, in arrival order."""
+    """Owns one loaded model and serves streamed generations from it, in arrival order, each with
+    the LoRA adapter it asks for (or none) in front of the one base model."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.queue = ArrivalQueue()
+        self.adapters = AdapterSwitch(loaded.model)
 
     async def stream(
         self,
@@ -102,8 +105,9 @@ class Generator:
         sampling: SamplingSettings,
         usage: Usage | None = None,
         on_wait: Callable[[int], Awaitable[None]] | None = None,
+        adapter: Adapter | None = None,
     ) -> AsyncIterator[str]:
-        """Yield the answer to Qwen-format `messages` as text pieces.
+        """Yield the answer to Qwen-format `messages` as text pieces, from the base model or `adapter`.
 
         Consume it inside `contextlib.aclosing` so that a cancelled consumer stops the worker
         thread at once. `usage` is filled in as the answer streams and is final on exit.
@@ -117,7 +121,7 @@ class Generator:
                     self.loaded.processor.tokenizer, skip_prompt=True, skip_special_tokens=True
                 )
                 worker = asyncio.ensure_future(
-                    asyncio.to_thread(self._generate, messages, sampling, streamer, stop, usage)
+                    asyncio.to_thread(self._generate, messages, sampling, adapter, streamer, stop, usage)
                 )
                 try:
                     async for piece in streamer:
@@ -139,6 +143,7 @@ class Generator:
         self,
         messages: list[dict[str, Any]],
         sampling: SamplingSettings,
+        adapter: Adapter | None,
         streamer: AsyncTextIteratorStreamer,
         stop: threading.Event,
         usage: Usage,
@@ -146,8 +151,8 @@ class Generator:
         try:
             inputs = self.prepare_inputs(messages)
             usage.prompt_tokens = inputs["input_ids"].shape[1]
-            with torch.inference_mode():
-                output = self.loaded.model.generate(
+            with torch.inference_mode(), self.adapters.use(adapter) as model:
+                output = model.generate(
                     **inputs,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),

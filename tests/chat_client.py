@@ -65,12 +65,14 @@ class ChatClient:
         username: str = "admin",
         password: str | None = None,
         thread_id: str | None = None,
+        profile: str | None = None,
     ) -> None:
         from tests.conftest import ADMIN_PASSWORD
 
         self.url = url
         self.username, self.password = username, password or ADMIN_PASSWORD
         self.thread_id = thread_id
+        self.profile = profile  # the chat profile chosen on the page (None: the default one)
         self.cookies: dict[str, str] = {}
         self.session_id = str(uuid.uuid4())
         self.language = language
@@ -115,7 +117,7 @@ class ChatClient:
                 "sessionId": self.session_id,
                 "clientType": "webapp",
                 "userEnv": "{}",
-                "chatProfile": None,
+                "chatProfile": self.profile,
                 "threadId": self.thread_id,
             },
         )

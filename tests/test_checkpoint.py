@@ -52,19 +52,3 @@ def test_saved_checkpoint_loads_from_a_folder(tmp_path: Path, demo) -> None:
     loaded = load_model(str(tmp_path), device="cpu")
     assert not loaded.is_demo and loaded.name == str(tmp_path)
     assert loaded.model.dtype == torch.float32
-
-
-def test_adapter_folder_must_hold_an_adapter(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="is not a LoRA adapter folder"):
-        load_model("demo", adapter=tmp_path, device="cpu")
-
-
-def test_lora_adapter_is_applied(tmp_path: Path) -> None:
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    adapter = tmp_path / "engineering-v1"
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(build_demo_model(), lora).save_pretrained(adapter)
-    loaded = load_model("demo", adapter=adapter, device="cpu")
-    assert isinstance(loaded.model, PeftModel)
-    assert loaded.adapter == "engineering-v1"

@@ -1,0 +1,132 @@
+"""Adapters as chat profiles in the running app: listed without a restart, recorded on every answer,
+compared blind in the arena, ranked on the leaderboard, and promoted to the default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.chat_client import ChatClient
+from tests.conftest import REPO, Server, start_server
+from tests.test_adapters import save_adapter
+from tests.test_preferences_app import GREEDY, only_answer, stored
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("adapters")
+    save_adapter(folder / "engineering-v1", seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server_with_adapters(tmp_path_factory: pytest.TempPathFactory, adapters_dir: Path) -> Iterator[Server]:
+    process, running = start_server(tmp_path_factory.mktemp("app"), LOUPE_ADAPTERS_DIR=str(adapters_dir))
+    yield running
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def chat(server: Server, adapters_dir: Path, *args: str) -> str:
+    """`python -m chat ...` on the server's data directory and adapters."""
+    environment = {"LOUPE_DATA_DIR": str(server.data_dir), "LOUPE_ADAPTERS_DIR": str(adapters_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "chat", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **environment},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def listed_profiles(server: Server) -> dict[str, bool]:
+    """The profiles the page offers, name -> whether it is the default."""
+    async with ChatClient(server.url) as client:
+        async with httpx.AsyncClient(base_url=server.url, cookies=client.cookies) as http:
+            settings = (await http.get("/project/settings", params={"language": "en-US"})).json()
+    return {profile["name"]: profile["default"] for profile in settings["chatProfiles"]}
+
+
+async def test_a_new_adapter_becomes_a_profile_without_a_restart(
+    server_with_adapters: Server, adapters_dir: Path
+) -> None:
+    assert await listed_profiles(server_with_adapters) == {"Base model": True, "engineering-v1": False, "Arena": False}
+    save_adapter(adapters_dir / "engineering-v2", seed=2)
+    assert list(await listed_profiles(server_with_adapters)) == [
+        "Base model",
+        "engineering-v1",
+        "engineering-v2",
+        "Arena",
+    ]
+
+    async with ChatClient(server_with_adapters.url, profile="engineering-v2") as client:
+        await client.change_settings(GREEDY)
+        answer = only_answer(await client.ask("Which bolt grade is stronger?"))
+    [(adapter, version)] = await stored(
+        server_with_adapters,
+        "SELECT adapter, adapter_version FROM generations WHERE step_id = ?",
+        answer["id"],
+        count=1,
+    )
+    assert adapter == "engineering-v2" and len(version) == 16
+
+
+async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
+    server_with_adapters: Server, adapters_dir: Path
+) -> None:
+    async with ChatClient(server_with_adapters.url, profile="Arena") as client:
+        assert any(greeting["output"].startswith("**Arena.**") for greeting in client.greetings)
+        await client.change_settings(GREEDY)
+        reply = await client.ask("What torque for an M8 bolt?")
+        a, b = reply.messages
+        assert a["output"].startswith("*Answer A*\n\n") and b["output"].startswith("*Answer B*\n\n")
+        assert not client.actions_for(a["id"], "regenerate")
+        votes = {action["payload"]["choice"]: action for action in client.actions_for(b["id"], "vote")}
+        (await client.click(votes["a"])).raise_for_status()
+        reveal = client.seen_messages[-1]["output"]
+        assert reveal.startswith("Answer A was **")
+
+    [(contender_a, contender_b, choice)] = await stored(
+        server_with_adapters,
+        "SELECT contender_a, contender_b, choice FROM battles WHERE answer_a = ?",
+        a["id"],
+        count=1,
+    )
+    assert contender_a != contender_b and choice == "a"
+    shown_a, shown_b = ("the base model" if name == "base" else name for name in (contender_a, contender_b))
+    assert reveal == f"Answer A was **{shown_a}**; answer B was **{shown_b}**."
+    generated = await stored(
+        server_with_adapters,
+        "SELECT COALESCE(adapter, 'base') FROM generations WHERE step_id IN (?, ?) ORDER BY created_at",
+        a["id"],
+        b["id"],
+        count=2,
+    )
+    assert [name for (name,) in generated] == [contender_a, contender_b], "each side answered as recorded"
+    assert (
+        await stored(server_with_adapters, "SELECT choice FROM comparisons WHERE answer_a = ?", a["id"], count=1)
+    ) == [("a",)], "the vote is also a preference pair for export"
+
+    board = chat(server_with_adapters, adapters_dir, "leaderboard")
+    assert contender_a in board and contender_b in board
+
+
+async def test_promotion_makes_an_adapter_the_default_profile(server_with_adapters: Server, adapters_dir: Path) -> None:
+    chat(server_with_adapters, adapters_dir, "promote", "engineering-v1")
+    assert (await listed_profiles(server_with_adapters))["engineering-v1"] is True
+    async with ChatClient(server_with_adapters.url) as client:  # no profile chosen: the default
+        await client.change_settings(GREEDY)
+        answer = only_answer(await client.ask("Hello?"))
+    [(adapter,)] = await stored(
+        server_with_adapters, "SELECT adapter FROM generations WHERE step_id = ?", answer["id"], count=1
+    )
+    assert adapter == "engineering-v1"
+    chat(server_with_adapters, adapters_dir, "promote", "base")
+    assert (await listed_profiles(server_with_adapters))["Base model"] is True
