@@ -43,7 +43,8 @@ from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 from transformers.initialization import no_init_weights
 
-from chat.conversation import DEFAULT_PROMPT, PromptBuilder, system_prompts, to_qwen, user_turn
+from chat.conversation import PromptBuilder, to_qwen, user_turn
+from chat.prompts import DEFAULT_PROMPT, system_prompts
 from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
 from models.generation import Generator, SamplingSettings, Usage

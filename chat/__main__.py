@@ -5,6 +5,12 @@
     python -m chat users list            list accounts
     python -m chat users add NAME        create an account (asks for the password)
     python -m chat users passwd NAME     change an account's password
+    python -m chat export --format F --out DIR [--since DATE] [--until DATE] [--adapter NAME]
+                          [--user-hash-salt SALT]
+                                         write preference data for training (README, "Preference data")
+    python -m chat stats                 count conversations, feedback and the preference data they give
+    python -m chat leaderboard           rank the adapters by their blind A/B battles in the arena
+    python -m chat promote NAME          make adapter NAME (or "base") the profile new chats start with
 
 Passwords are asked for twice on a terminal, or read as one line from standard input.
 """
@@ -17,9 +23,16 @@ import getpass
 import os
 import shutil
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chat.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 APP = Path(__file__).resolve().parent / "app.py"
 REPO = APP.parent.parent
@@ -50,30 +63,103 @@ def read_password() -> str:
 
 async def manage_users(action: str, name: str | None) -> None:
     from chat.accounts import AccountError, add_user, list_accounts, set_password
-    from chat.database import create_engine, session_factory, upgrade
+    from chat.database import session_factory
+
+    async with database() as engine:
+        sessions = session_factory(engine)
+        try:
+            if action == "list":
+                for account in await list_accounts(sessions):
+                    login = "password" if account.has_password else "external login"
+                    print(f"{account.identifier}\t{account.created_at:%Y-%m-%d}\t{login}")
+            elif action == "add":
+                await add_user(sessions, name, read_password())
+                print(f"Created user '{name}'.")
+            elif action == "passwd":
+                await set_password(sessions, name, read_password())
+                print(f"Changed the password of '{name}'.")
+        except AccountError as error:
+            raise SystemExit(f"Error: {error}.") from None
+
+
+@asynccontextmanager
+async def database() -> AsyncIterator[AsyncEngine]:
+    """An engine on LOUPE_DATABASE_URL, with the schema brought up to date first; disposed of afterwards."""
+    from chat.database import create_engine, upgrade
 
     settings = get_settings()
     upgrade(settings.database_url)
     engine = create_engine(settings.database_url)
-    sessions = session_factory(engine)
     try:
-        if action == "list":
-            for account in await list_accounts(sessions):
-                login = "password" if account.has_password else "external login"
-                print(f"{account.identifier}\t{account.created_at:%Y-%m-%d}\t{login}")
-        elif action == "add":
-            await add_user(sessions, name, read_password())
-            print(f"Created user '{name}'.")
-        elif action == "passwd":
-            await set_password(sessions, name, read_password())
-            print(f"Changed the password of '{name}'.")
-    except AccountError as error:
-        raise SystemExit(f"Error: {error}.") from None
+        yield engine
     finally:
         await engine.dispose()
 
 
+async def export_preferences(args: argparse.Namespace) -> None:
+    from chat.export import ExportError, ExportRequest, export
+    from chat.storage import ContentStore
+
+    request = ExportRequest(
+        format=args.format,
+        out=args.out,
+        since=args.since,
+        until=args.until,
+        adapter=args.adapter,
+        user_hash_salt=args.user_hash_salt,
+    )
+    images = ContentStore(get_settings().files_dir)
+    async with database() as engine:
+        try:
+            summary = await export(engine, images.path, request)
+        except ExportError as error:
+            raise SystemExit(f"Error: {error}") from None
+    by_rule = ", ".join(f"{rule}: {count}" for rule, count in sorted(summary.by_rule.items()))
+    print(f"Wrote {summary.rows} rows ({by_rule or 'none'}) and {summary.images} images to {args.out}.")
+    for reason, count in sorted(summary.left_out.items()):
+        print(f"Left out {count} rows: {reason}.")
+
+
+async def print_stats() -> None:
+    from chat.stats import collect, table
+
+    async with database() as engine:
+        print(table(await collect(engine)))
+
+
+async def print_leaderboard() -> None:
+    from chat import leaderboard
+    from chat.database import session_factory
+
+    async with database() as engine:
+        battles = await leaderboard.outcomes(session_factory(engine))
+    print(leaderboard.as_markdown(leaderboard.standings(battles)))
+
+
+def promote(name: str) -> None:
+    from chat.profiles import Profiles, UnknownAdapter
+    from models.adapters import AdapterDirectory
+
+    settings = get_settings()
+    try:
+        Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter).promote(name)
+    except UnknownAdapter as error:
+        raise SystemExit(f"Error: {error}.") from None
+    print(f"New chats now start with '{name}' (open chats keep their profile).")
+
+
+def iso_time(text: str) -> datetime:
+    from chat.export import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an ISO date or time such as 2026-11-01") from None
+
+
 def main(argv: list[str] | None = None) -> None:
+    from chat.export import BASE, FORMATS
+
     parser = argparse.ArgumentParser(
         prog="python -m chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -84,6 +170,20 @@ def main(argv: list[str] | None = None) -> None:
     users.add_parser("list", help="list accounts")
     users.add_parser("add", help="create an account").add_argument("name")
     users.add_parser("passwd", help="change a password").add_argument("name")
+    export = commands.add_parser("export", help="write preference data for training")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, type=Path, help="a new or empty folder")
+    export.add_argument("--since", type=iso_time, help="first answer at or after this UTC date or time")
+    export.add_argument("--until", type=iso_time, help="first answer before this UTC date or time")
+    export.add_argument("--adapter", help=f"only answers written with this adapter ('{BASE}': without one)")
+    export.add_argument(
+        "--user-hash-salt", default="", help="secret mixed into the user and thread pseudonyms (recommended)"
+    )
+    commands.add_parser("stats", help="count conversations, feedback and the preference data they give")
+    commands.add_parser("leaderboard", help="rank the adapters by their blind A/B battles")
+    commands.add_parser("promote", help="make an adapter the default profile").add_argument(
+        "name", help='an adapter folder name in LOUPE_ADAPTERS_DIR, or "base"'
+    )
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -93,6 +193,14 @@ def main(argv: list[str] | None = None) -> None:
 
         upgrade(get_settings().database_url)
         print("The database schema is up to date.")
+    elif args.command == "export":
+        asyncio.run(export_preferences(args))
+    elif args.command == "stats":
+        asyncio.run(print_stats())
+    elif args.command == "leaderboard":
+        asyncio.run(print_leaderboard())
+    elif args.command == "promote":
+        promote(args.name)
     else:
         asyncio.run(manage_users(args.action, getattr(args, "name", None)))
 

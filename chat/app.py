@@ -30,18 +30,12 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from chat import leaderboard
 from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
 from chat.chainlit_fixes import accept_empty_uploads
-from chat.conversation import (
-    DEFAULT_PROMPT,
-    PromptBuilder,
-    PromptTooLong,
-    history_from_thread,
-    system_prompts,
-    user_turn,
-)
+from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, user_turn
 from chat.database import create_engine, session_factory, upgrade
 from chat.datalayer import LoupeDataLayer
 from chat.preferences import BASE, CHOICES, Answer, NotYours, Preferences
 from chat.profiles import Profile, Profiles
+from chat.prompts import DEFAULT_PROMPT, system_prompt, system_prompts
 from chat.routes import add_routes
 from chat.settings import get_settings
 from chat.storage import ContentStore
@@ -78,7 +72,7 @@ uploads_config.max_size_mb = int(settings.max_upload_mb * 4)
 accept_empty_uploads()
 
 
-store = ContentStore(settings.data_dir / "files")
+store = ContentStore(settings.files_dir)
 sessions = session_factory(create_engine(settings.database_url))
 data_layer = LoupeDataLayer(sessions, store)
 preferences = Preferences(sessions)
@@ -312,9 +306,10 @@ async def respond(
     first line ("Answer 2 of 2", "Answer A"). Returns the answer sent, if one was.
     """
     sampling, prompt_name = chosen_sampling()
-    system_prompt = system_prompts().get(prompt_name) or system_prompts()[DEFAULT_PROMPT]
     try:
-        prompt = prompt_builder.build(system_prompt, [*earlier, turn], context_tokens - sampling.max_new_tokens)
+        prompt = prompt_builder.build(
+            system_prompt(prompt_name), [*earlier, turn], context_tokens - sampling.max_new_tokens
+        )
     except PromptTooLong as too_long:
         await cl.Message(
             content=text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)

@@ -9,8 +9,6 @@ image counted at the number of visual tokens it will expand to.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, trim_messages
@@ -21,9 +19,6 @@ from transformers import ProcessorMixin
 from chat.texts import answer_text
 from models.images import visual_tokens
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-DEFAULT_PROMPT = "engineering"
-
 
 class PromptTooLong(ValueError):
     """The newest user turn alone does not fit the context budget."""
@@ -31,12 +26,6 @@ class PromptTooLong(ValueError):
     def __init__(self, needed: int, budget: int) -> None:
         super().__init__(f"the message needs {needed} tokens but only {budget} fit")
         self.needed, self.budget = needed, budget
-
-
-@cache
-def system_prompts() -> dict[str, str]:
-    """Prompt name (file stem) -> text, from prompts/*.txt."""
-    return {path.stem: path.read_text(encoding="utf-8").strip() for path in sorted(PROMPTS_DIR.glob("*.txt"))}
 
 
 def user_turn(text: str, images: list[Image.Image], message_id: str | None = None) -> HumanMessage:

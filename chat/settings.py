@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         self.database_url = url
         return self
 
+    @property
+    def files_dir(self) -> Path:
+        """Where uploaded images are kept, by content (chat/storage.py)."""
+        return self.data_dir / "files"
+
     def image_max_pixels(self, device_type: str) -> int:
         if self.max_pixels is not None:
             return self.max_pixels

@@ -388,6 +388,25 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
         "corrections": [(first_id, wanted)],
     }
 
+    # The export: the second answer over the first (the comparison), the correction over the first.
+    from chat.texts import answer_text
+    from tests.test_preferences_app import export_rows, rows
+
+    [(first_text,), (second_text,)] = [
+        rows(server, "SELECT output FROM steps WHERE id = ?", i)[0] for i in (first_id, second_id)
+    ]
+    exported = export_rows(server, tmp_path / "dpo")
+    mine = [
+        row for row in exported if row["prompt"][-1]["content"][-1]["text"] == "Which resistor limits the LED current?"
+    ]
+    assert sorted(
+        (row["rule"], row["chosen"][0]["content"][0]["text"], row["rejected"][0]["content"][0]["text"]) for row in mine
+    ) == [
+        ("comparison", answer_text(second_text), answer_text(first_text)),
+        ("correction", wanted, answer_text(first_text)),
+    ]
+    assert all(row["images"] == [f"images/{hashlib.sha256(circuit.read_bytes()).hexdigest()}.png"] for row in mine)
+
 
 async def preferences_of(server: Server, thread_id: str) -> dict[str, list[tuple]]:
     """The thread's comparisons, ratings (by answer) and corrections, as stored."""

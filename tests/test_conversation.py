@@ -7,15 +7,8 @@ from langchain_core.messages import AIMessage, SystemMessage
 from PIL import Image
 from qwen_vl_utils import process_vision_info
 
-from chat.conversation import (
-    DEFAULT_PROMPT,
-    PromptBuilder,
-    PromptTooLong,
-    history_from_thread,
-    system_prompts,
-    turn_text,
-    user_turn,
-)
+from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, turn_text, user_turn
+from chat.prompts import DEFAULT_PROMPT, system_prompts
 from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 SYSTEM = system_prompts()[DEFAULT_PROMPT]

@@ -6,10 +6,15 @@ Each test reads back what the database kept: the preferences are the product's t
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from tests.chat_client import ChatClient, Reply
+from tests.conftest import REPO
 from tests.test_app_socket import png
 
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
@@ -27,6 +32,18 @@ async def stored(server, query: str, *parameters: Any, count: int) -> list[tuple
             return found
         await asyncio.sleep(0.1)
     return found
+
+
+def export_rows(server, out: Path, format: str = "trl-dpo") -> list[dict[str, Any]]:
+    """`python -m chat export` of everything in the server's database, as the rows written."""
+    subprocess.run(
+        [sys.executable, "-m", "chat", "export", "--format", format, "--out", str(out)],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "LOUPE_DATA_DIR": str(server.data_dir)},
+    )
+    return [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def only_answer(reply: Reply) -> dict[str, Any]:
@@ -179,3 +196,52 @@ async def test_someone_elses_answer_cannot_be_regenerated_compared_or_corrected(
         "SELECT COUNT(*) FROM generations WHERE prompt_id = (SELECT prompt_id FROM generations WHERE step_id = ?)",
         answer["id"],
     ) == [(2,)]
+
+
+async def test_signals_given_in_the_app_export_as_the_pairing_rules_say(server, tmp_path) -> None:
+    """Ask with an image, regenerate, prefer the second answer, thumbs the first down with a reason
+    and correct it: the DPO export holds exactly the two pairs the rules give, with the image."""
+    import hashlib
+
+    from chat.prompts import system_prompts
+    from chat.texts import answer_text
+
+    picture = png(200, 150)
+    async with ChatClient(server.url) as client:
+        await client.change_settings(GREEDY)
+        image = await client.upload("gauge.png", picture, "image/png")
+        first = only_answer(await client.ask("게이지가 몇 bar를 가리키나요?", [image]))  # Korean round-trips
+        await client.change_settings({"temperature": 1.0})  # greedy would write the same answer again
+        second = only_answer(await client.regenerate(first["id"]))
+        prefer_second = next(a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == "b")
+        (await client.click(prefer_second)).raise_for_status()
+        await client.rate(first["parentId"], 0)
+        await client.click(client.actions_for(first["id"], "reason")[0])
+        await client.ask_answers.put("4.2 bar입니다.")
+        await client.click(client.actions_for(first["id"], "correct")[0])
+        thread_id = client.thread_id
+    await stored(server, "SELECT 1 FROM corrections WHERE thread_id = ?", thread_id, count=1)
+
+    out = tmp_path / "dpo"
+    mine = [
+        row
+        for row in export_rows(server, out)
+        if row["prompt"][-1]["content"][-1]["text"] == "게이지가 몇 bar를 가리키나요?"
+    ]
+    image_file = f"images/{hashlib.sha256(picture).hexdigest()}.png"
+    prompt = [
+        {"role": "system", "content": [{"type": "text", "text": system_prompts()["engineering"]}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "게이지가 몇 bar를 가리키나요?"}]},
+    ]
+
+    def said(text: str) -> list[dict]:
+        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+    first_text, second_text = answer_text(first["output"]), answer_text(second["output"])
+    columns = ("rule", "images", "prompt", "chosen", "rejected", "chosen_by", "rejected_by")
+    exported = sorted(tuple(row[column] for column in columns) for row in mine)
+    assert exported == [
+        ("comparison", [image_file], prompt, said(second_text), said(first_text), "base", "base"),
+        ("correction", [image_file], prompt, said("4.2 bar입니다."), said(first_text), "user", "base"),
+    ]
+    assert (out / image_file).read_bytes() == picture

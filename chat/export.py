@@ -1,0 +1,613 @@
+"""Preference data for training: DPO pairs or KTO rows, in TRL's or LLaMA-Factory's format.
+
+    python -m chat export --format trl-dpo --out DIR [--since DATE] [--until DATE] [--adapter NAME]
+                          [--user-hash-salt SALT]
+
+chat/pairing.py decides what becomes a pair or a row; this module reads what it judges from the
+database and writes the rows out. It reads a page of conversations at a time, in the order of
+their ids (keyset pagination), so memory stays flat however many there are, and the same data
+always exports to the same bytes. DIR receives:
+
+    train.jsonl             one row per line (UTF-8 JSON, keys sorted)
+    images/<sha256>.<ext>   every image the rows show, once, as it was uploaded
+    README.md               the dataset card: what is in it, counts, and the pairing rules
+    dataset_info.json       LLaMA-Factory formats only: the entry describing train.jsonl
+
+The export is written next to DIR and moved into place when complete, so DIR never holds half a
+dataset; it refuses a DIR that exists and is not empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import Row, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tqdm import tqdm
+
+from chat import schema
+from chat.pairing import (
+    FINISHED,
+    RULES,
+    Answer,
+    Comparison,
+    Correction,
+    Judgement,
+    Label,
+    Pair,
+    Rating,
+    Response,
+    judge,
+)
+from chat.prompts import system_prompt
+from chat.texts import answer_text
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000  # conversations read per round of queries
+BASE = "base"  # how rows, filters and stats name "no adapter"
+CORRECTED_BY = "user"  # who wrote a correction, in the *_by columns
+DATA_FILE = "train.jsonl"
+IMAGES_DIR = "images"
+# Pillow's format -> file extension, where the format's name is not the usual extension.
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif"}
+# LLaMA-Factory reads these tags in any message as media slots: text containing one cannot be represented.
+LLAMAFACTORY_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
+
+
+class ExportError(Exception):
+    """The export cannot start or finish; the message says what is wrong and what to do."""
+
+
+# Reading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    text: str
+    images: tuple[str, ...]  # content-store keys (sha256), in upload order
+
+
+@dataclass(frozen=True)
+class StoredAnswer(Answer):
+    prompt_id: str | None  # None in records written before Loupe kept it: such answers are never judged
+    text: str  # as the model wrote it (chat.texts.answer_text)
+    adapter: str | None
+    created_at: datetime
+    reasons: tuple[str, ...]  # of its rating
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the model was shown before an answer: system prompt, earlier exchanges, the question."""
+
+    system: str
+    exchanges: tuple[tuple[UserTurn, str], ...]
+    question: UserTurn
+
+    @property
+    def images(self) -> list[str]:
+        """Every image, in the order the conversation shows them."""
+        return [key for turn in (*(turn for turn, _ in self.exchanges), self.question) for key in turn.images]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The pairs and labels that one user message's answers gave."""
+
+    first_answer_at: datetime
+    judgement: Judgement
+
+
+@dataclass
+class StoredThread:
+    id: str
+    user_id: str | None
+    turns: dict[str, UserTurn]  # user messages by step id, oldest first
+    answers: dict[str, StoredAnswer]  # answers with a generation record, by step id, oldest first
+    comparisons: dict[str, list[Comparison]]  # by prompt id, oldest verdict first
+    corrections: dict[str, Correction]  # by the id of the answer corrected
+
+    def judged(self) -> Iterator[Judged]:
+        """chat/pairing.py's judgement of each user message that has answers, oldest first."""
+        finished = {a.id for a in self.answers.values() if a.ended == FINISHED and a.prompt_id in self.turns}
+        siblings: dict[str | None, list[StoredAnswer]] = defaultdict(list)
+        for answer in self.answers.values():
+            siblings[answer.prompt_id].append(answer)
+        for prompt_id in self.turns:
+            if answers := siblings.get(prompt_id):
+                corrections = [self.corrections[a.id] for a in answers if a.id in self.corrections]
+                judgement = judge(answers, self.comparisons.get(prompt_id, []), corrections, finished)
+                yield Judged(answers[0].created_at, judgement)
+
+    def conversation(self, answer_id: str) -> Conversation:
+        answer = self.answers[answer_id]
+        return Conversation(
+            system=answer.system_prompt,
+            exchanges=tuple((self.turns[self.answers[e].prompt_id], self.answers[e].text) for e in answer.context),
+            question=self.turns[answer.prompt_id],
+        )
+
+    def text(self, response: Response) -> str:
+        if response.corrected:
+            return self.corrections[response.answer_id].text
+        return self.answers[response.answer_id].text
+
+    def written_by(self, response: Response) -> str:
+        return CORRECTED_BY if response.corrected else adapter_name(self.answers[response.answer_id].adapter)
+
+    def adapter_group(self, answer_ids: tuple[str, ...]) -> str:
+        """The adapter that wrote these answers, or the adapters joined by " + " when they differ."""
+        return " + ".join(sorted({adapter_name(self.answers[answer_id].adapter) for answer_id in answer_ids}))
+
+
+def adapter_name(adapter: str | None) -> str:
+    return adapter or BASE
+
+
+async def read_threads(engine: AsyncEngine, activity: str, page_size: int = PAGE_SIZE) -> AsyncIterator[StoredThread]:
+    """Every thread with what pairing needs of it, in the order of thread ids, showing progress on stderr.
+
+    Keyset pagination on the primary key: each page is the next `page_size` thread ids, and its
+    rows are read by that id range, which every table's thread_id index serves directly. Memory
+    holds one page, however many threads there are, and every page costs the same. (Pages in
+    created_at order would need an IN list of scattered ids, which PostgreSQL answers by scanning
+    the whole steps table once per page.)
+    """
+    async with engine.connect() as connection:
+        total = await connection.scalar(select(func.count()).select_from(schema.Thread))
+        query = select(schema.Thread.id, schema.Thread.user_id).order_by(schema.Thread.id).limit(page_size)
+        with tqdm(total=total, unit=" conversations", desc=activity) as progress:
+            page = (await connection.execute(query)).all()
+            while page:
+                for thread in await _load(connection, page):
+                    yield thread
+                progress.update(len(page))
+                page = (await connection.execute(query.where(schema.Thread.id > page[-1].id))).all()
+
+
+async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThread]:
+    """The threads of `page`, with all their turns, answers, ratings, comparisons and corrections."""
+    threads = {row.id: StoredThread(row.id, row.user_id, {}, {}, defaultdict(list), {}) for row in page}
+
+    def in_page(column: Any) -> Any:
+        return column.between(page[0].id, page[-1].id)
+
+    images: dict[str, list[str]] = defaultdict(list)
+    for for_id, key in await connection.execute(
+        select(schema.Element.for_id, schema.Element.object_key)
+        .where(in_page(schema.Element.thread_id), schema.Element.object_key.is_not(None))
+        .order_by(schema.Element.created_at, schema.Element.id)
+    ):
+        images[for_id].append(key)
+
+    # Every step but the runs (the answers' parents, which hold no text): questions and answers.
+    said: dict[str, Row] = {}
+    for step in await connection.execute(
+        select(schema.Step.id, schema.Step.thread_id, schema.Step.type, schema.Step.output, schema.Step.parent_id)
+        .where(in_page(schema.Step.thread_id), schema.Step.type != "run")
+        .order_by(schema.Step.created_at, schema.Step.id)
+    ):
+        if step.type == "user_message":
+            threads[step.thread_id].turns[step.id] = UserTurn(step.output, tuple(images.get(step.id, ())))
+        else:
+            said[step.id] = step
+
+    # Ratings are on the run step, the answer's parent.
+    ratings = {
+        rating.for_id: rating
+        for rating in await connection.execute(
+            select(
+                schema.Feedback.for_id, schema.Feedback.value, schema.Feedback.reasons, schema.Feedback.updated_at
+            ).where(in_page(schema.Feedback.thread_id))
+        )
+    }
+    generation = schema.Generation
+    for row in await connection.execute(
+        select(
+            generation.step_id,
+            generation.thread_id,
+            generation.prompt_id,
+            generation.context,
+            generation.ended,
+            generation.adapter,
+            generation.created_at,
+            generation.settings["system_prompt"].as_string().label("style"),
+        )
+        .where(in_page(generation.thread_id))
+        .order_by(generation.created_at, generation.step_id)
+    ):
+        step = said[row.step_id]
+        rating = ratings.get(step.parent_id)
+        threads[row.thread_id].answers[row.step_id] = StoredAnswer(
+            id=row.step_id,
+            ended=row.ended,
+            context=tuple(row.context),
+            system_prompt=system_prompt(row.style),
+            rating=Rating(up=rating.value == 1, at=rating.updated_at) if rating else None,
+            prompt_id=row.prompt_id,
+            text=answer_text(step.output),
+            adapter=row.adapter,
+            created_at=row.created_at,
+            reasons=tuple(rating.reasons) if rating else (),
+        )
+
+    comparison = schema.Comparison
+    for row in await connection.execute(
+        select(
+            comparison.thread_id,
+            comparison.prompt_id,
+            comparison.answer_a,
+            comparison.answer_b,
+            comparison.choice,
+            comparison.updated_at,
+        )
+        .where(in_page(comparison.thread_id))
+        .order_by(comparison.updated_at, comparison.answer_a, comparison.answer_b)
+    ):
+        threads[row.thread_id].comparisons[row.prompt_id].append(
+            Comparison(row.answer_a, row.answer_b, row.choice, row.updated_at)
+        )
+
+    for thread_id, answer_id, text in await connection.execute(
+        select(schema.Correction.thread_id, schema.Correction.answer_id, schema.Correction.text).where(
+            in_page(schema.Correction.thread_id)
+        )
+    ):
+        threads[thread_id].corrections[answer_id] = Correction(answer_id, text)
+    return list(threads.values())
+
+
+# Formats ------------------------------------------------------------------------------------
+
+
+class Unrepresentable(ValueError):
+    """The format cannot carry this row faithfully; the message is the reason, counted in the card."""
+
+
+def _trl_user(turn: UserTurn) -> dict[str, Any]:
+    """Images first, then the text, as the chat sends them (chat.conversation.user_turn)."""
+    return {"role": "user", "content": [*({"type": "image"} for _ in turn.images), {"type": "text", "text": turn.text}]}
+
+
+def _trl_message(role: str, text: str) -> dict[str, Any]:
+    return {"role": role, "content": [{"type": "text", "text": text}]}
+
+
+def _trl_prompt(conversation: Conversation) -> list[dict[str, Any]]:
+    messages = [_trl_message("system", conversation.system)]
+    for turn, answer in conversation.exchanges:
+        messages += [_trl_user(turn), _trl_message("assistant", answer)]
+    return [*messages, _trl_user(conversation.question)]
+
+
+def trl_dpo(conversation: Conversation, images: list[str], chosen: str, rejected: str) -> dict[str, Any]:
+    return {
+        "images": images,
+        "prompt": _trl_prompt(conversation),
+        "chosen": [_trl_message("assistant", chosen)],
+        "rejected": [_trl_message("assistant", rejected)],
+    }
+
+
+def trl_kto(conversation: Conversation, images: list[str], completion: str, label: bool) -> dict[str, Any]:
+    return {
+        "images": images,
+        "prompt": _trl_prompt(conversation),
+        "completion": [_trl_message("assistant", completion)],
+        "label": label,
+    }
+
+
+def _sharegpt_user(turn: UserTurn) -> dict[str, str]:
+    return {"from": "human", "value": "<image>" * len(turn.images) + turn.text}
+
+
+def _sharegpt(conversation: Conversation, *responses: str) -> tuple[str, list[dict[str, str]]]:
+    """The system prompt and the messages, ending on the question; refuses text LLaMA-Factory would misread."""
+    texts = [conversation.system, conversation.question.text, *responses]
+    texts += [text for turn, answer in conversation.exchanges for text in (turn.text, answer)]
+    if any(tag in text for text in texts for tag in LLAMAFACTORY_PLACEHOLDERS):
+        raise Unrepresentable("a message contains <image>, <video> or <audio>, which LLaMA-Factory reads as media")
+    messages = []
+    for turn, answer in conversation.exchanges:
+        messages += [_sharegpt_user(turn), {"from": "gpt", "value": answer}]
+    return conversation.system, [*messages, _sharegpt_user(conversation.question)]
+
+
+def llamafactory_dpo(conversation: Conversation, images: list[str], chosen: str, rejected: str) -> dict[str, Any]:
+    system, messages = _sharegpt(conversation, chosen, rejected)
+    return {
+        "system": system,
+        "conversations": messages,
+        "chosen": {"from": "gpt", "value": chosen},
+        "rejected": {"from": "gpt", "value": rejected},
+        "images": images,
+    }
+
+
+def llamafactory_kto(conversation: Conversation, images: list[str], completion: str, label: bool) -> dict[str, Any]:
+    system, messages = _sharegpt(conversation, completion)
+    return {
+        "system": system,
+        "conversations": [*messages, {"from": "gpt", "value": completion}],
+        "label": label,
+        "images": images,
+    }
+
+
+PAIR_FORMATS: dict[str, Callable[[Conversation, list[str], str, str], dict[str, Any]]] = {
+    "trl-dpo": trl_dpo,
+    "llamafactory-dpo": llamafactory_dpo,
+}
+LABEL_FORMATS: dict[str, Callable[[Conversation, list[str], str, bool], dict[str, Any]]] = {
+    "trl-kto": trl_kto,
+    "llamafactory-kto": llamafactory_kto,
+}
+FORMATS = (*PAIR_FORMATS, *LABEL_FORMATS)
+
+# LLaMA-Factory's dataset_info.json entries (sharegpt formatting, default from/value/human/gpt tags).
+DATASET_INFO = {
+    "llamafactory-dpo": {
+        "loupe_dpo": {
+            "file_name": DATA_FILE,
+            "formatting": "sharegpt",
+            "ranking": True,
+            "columns": {
+                "messages": "conversations",
+                "chosen": "chosen",
+                "rejected": "rejected",
+                "images": "images",
+                "system": "system",
+            },
+        }
+    },
+    "llamafactory-kto": {
+        "loupe_kto": {
+            "file_name": DATA_FILE,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "kto_tag": "label", "images": "images", "system": "system"},
+        }
+    },
+}
+
+
+# Writing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    format: str
+    out: Path
+    since: datetime | None = None  # naive UTC, like the database
+    until: datetime | None = None
+    adapter: str | None = None  # only rows judging answers of this adapter; BASE: of no adapter
+    user_hash_salt: str = ""
+
+    def covers(self, first_answer_at: datetime) -> bool:
+        return (self.since is None or first_answer_at >= self.since) and (
+            self.until is None or first_answer_at < self.until
+        )
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO date or time, e.g. 2026-11-01 or 2026-11-01T12:00+09:00, as naive UTC (no zone means UTC)."""
+    parsed = datetime.fromisoformat(text)
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def pseudonym(identifier: str, salt: str) -> str:
+    return hashlib.sha256((salt + identifier).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ExportSummary:
+    rows: int
+    by_rule: Counter[str]  # "comparison", "thumbs", ... for pairs; "thumbs, desirable", ... for KTO rows
+    left_out: Counter[str]  # rows left out, by reason
+    images: int
+    threads: int
+    users: int
+
+
+class Exporter:
+    """Writes the rows of one export into `folder`, copying each image it needs once."""
+
+    def __init__(self, request: ExportRequest, folder: Path, image_path: Callable[[str], Path]) -> None:
+        self.request = request
+        self.folder = folder
+        self.image_path = image_path
+        self.images: dict[str, str | None] = {}  # content key -> file in the export, None when unusable
+        self.by_rule: Counter[str] = Counter()
+        self.left_out: Counter[str] = Counter()
+        self.threads: set[str] = set()
+        self.users: set[str] = set()
+        (folder / IMAGES_DIR).mkdir()
+        self.rows = (folder / DATA_FILE).open("w", encoding="utf-8", newline="\n")
+
+    def __enter__(self) -> Exporter:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.rows.close()
+
+    def add(self, thread: StoredThread) -> None:
+        salt = self.request.user_hash_salt
+        pseudonyms = {
+            "thread": pseudonym(thread.id, salt),
+            "user": pseudonym(thread.user_id, salt) if thread.user_id else None,
+        }
+        for judged in thread.judged():
+            if not self.request.covers(judged.first_answer_at):
+                continue
+            items: list[Pair] | list[Label]
+            items = judged.judgement.pairs if self.request.format in PAIR_FORMATS else judged.judgement.labels
+            for item in items:
+                if self.request.adapter is None or thread.adapter_group(item.answers) == self.request.adapter:
+                    self._write(thread, item, pseudonyms)
+
+    def _write(self, thread: StoredThread, item: Pair | Label, pseudonyms: dict[str, str | None]) -> None:
+        # `outcome`: the (chosen, rejected) texts of a pair, or the (completion, label) of a KTO row.
+        if isinstance(item, Pair):
+            conversation = thread.conversation(item.rejected)
+            rejected = Response(item.rejected)
+            outcome: tuple[str, str] | tuple[str, bool] = (thread.text(item.chosen), thread.text(rejected))
+            kind = item.rule
+            columns = {"chosen_by": thread.written_by(item.chosen), "rejected_by": thread.written_by(rejected)}
+        else:
+            conversation = thread.conversation(item.response.answer_id)
+            outcome = (thread.text(item.response), item.desirable)
+            kind = f"{item.rule}, {'desirable' if item.desirable else 'undesirable'}"
+            columns = {"completion_by": thread.written_by(item.response)}
+        images = [self._image(key) for key in conversation.images]
+        if None in images:
+            self.left_out["an image file is missing or unreadable"] += 1
+            return
+        build = PAIR_FORMATS.get(self.request.format) or LABEL_FORMATS[self.request.format]
+        try:
+            row = build(conversation, images, *outcome)
+        except Unrepresentable as reason:
+            self.left_out[str(reason)] += 1
+            return
+        row |= {"rule": item.rule, **pseudonyms, **columns}
+        self.rows.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        self.by_rule[kind] += 1
+        self.threads.add(thread.id)
+        if thread.user_id:
+            self.users.add(thread.user_id)
+
+    def _image(self, key: str) -> str | None:
+        if key not in self.images:
+            self.images[key] = self._copy_image(key)
+        return self.images[key]
+
+    def _copy_image(self, key: str) -> str | None:
+        """Copy the stored image into the export, named by its sha256 and format; None if it cannot be used."""
+        try:
+            source = self.image_path(key)
+            with Image.open(source) as image:
+                extension = EXTENSIONS.get(image.format, image.format.lower())
+        except (OSError, ValueError) as error:
+            log.warning("Image %s cannot be exported (%s); rows that show it are left out.", key, error)
+            return None
+        relative = f"{IMAGES_DIR}/{key}.{extension}"
+        shutil.copyfile(source, self.folder / relative)
+        return relative
+
+    def finish(self) -> ExportSummary:
+        """Count what was written, and write the card (and LLaMA-Factory's dataset_info.json) beside it."""
+        summary = ExportSummary(
+            rows=sum(self.by_rule.values()),
+            by_rule=self.by_rule,
+            left_out=self.left_out,
+            images=sum(path is not None for path in self.images.values()),
+            threads=len(self.threads),
+            users=len(self.users),
+        )
+        if info := DATASET_INFO.get(self.request.format):
+            (self.folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (self.folder / "README.md").write_text(dataset_card(self.request, summary), encoding="utf-8")
+        return summary
+
+
+async def export(engine: AsyncEngine, image_path: Callable[[str], Path], request: ExportRequest) -> ExportSummary:
+    """Write the dataset `request` asks for; `image_path` maps a content key to its file (ContentStore.path)."""
+    out = request.out
+    if request.format not in FORMATS:
+        raise ExportError(f"Unknown format '{request.format}'; choose one of {', '.join(FORMATS)}.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} already exists and is not an empty folder. Choose a new folder, or delete it first.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        raise ExportError(f"Cannot write beside {out} ({error.strerror}). Choose a folder you can write to.") from None
+    try:
+        with Exporter(request, folder, image_path) as exporter:
+            async for thread in read_threads(engine, "Exporting"):
+                exporter.add(thread)
+        summary = exporter.finish()
+        os.replace(folder, out)  # an empty `out` is replaced; a non-empty one was refused above
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return summary
+
+
+# The dataset card -----------------------------------------------------------------------------
+
+CARD_LOADING = {  # string.Template: the Python snippet is full of braces
+    "trl": """\
+Load it for TRL (images resolve against this folder):
+
+```python
+from datasets import Image, List, load_dataset
+
+folder = "path/to/this/folder"
+data = load_dataset("json", data_files=f"{folder}/train.jsonl", split="train")
+data = data.map(lambda row: {"images": [f"{folder}/{path}" for path in row["images"]]})
+data = data.cast_column("images", List(Image()))
+```
+
+Then train with `$trainer` and `processing_class` = the model's processor, `max_length=None`
+(a shorter limit can cut image tokens). Columns other than the trainer's are ignored by it.
+""",
+    "llamafactory": """\
+For LLaMA-Factory, point `dataset_dir` at this folder and set `dataset: $name`; `dataset_info.json`
+maps the columns, and image paths resolve against the folder. Other columns are dropped on loading.
+""",
+}
+
+
+def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
+    """The README.md of an export: only facts of the data and the request, so it is the same every run."""
+    family, trainer = request.format.split("-")
+    kind = "pairs (chosen, rejected)" if request.format in PAIR_FORMATS else "KTO rows (completion, label)"
+    filters = [
+        f"first answer at or after {request.since:%Y-%m-%d %H:%M:%S} UTC" if request.since else None,
+        f"first answer before {request.until:%Y-%m-%d %H:%M:%S} UTC" if request.until else None,
+        f"only answers of adapter `{request.adapter}`" if request.adapter else None,
+    ]
+    lines = [
+        "# Loupe preference data",
+        "",
+        f"Format **{request.format}**: {kind} from Loupe users' feedback on Qwen2-VL answers.",
+        f"Selection: {'; '.join(f for f in filters if f) or 'everything'}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| rows | {summary.rows} |",
+        *(f"| rows by rule: {rule} | {count} |" for rule, count in sorted(summary.by_rule.items())),
+        *(f"| rows left out: {reason} | {count} |" for reason, count in sorted(summary.left_out.items())),
+        f"| images | {summary.images} |",
+        f"| conversations | {summary.threads} |",
+        f"| users | {summary.users} |",
+        "",
+        "## Columns",
+        "",
+        "- `images`: the images of the prompt, in order, as uploaded (`images/<sha256>.<ext>`).",
+        "- `rule`: the pairing rule the row comes from (below). `thread`, `user`: pseudonyms, the first 16 hex",
+        "  digits of sha256(salt + id), with the salt given to the export (empty if none was).",
+        "- `chosen_by`, `rejected_by`, `completion_by`: the adapter that wrote that answer (`base`: none), or",
+        "  `user` for a user's correction.",
+        "- The system prompt is the text of the style the answer was generated with, as it reads now.",
+        "",
+        Template(CARD_LOADING[family]).substitute(trainer=f"{trainer.upper()}Trainer", name=f"loupe_{trainer}"),
+        "## Pairing rules",
+        "",
+        RULES,
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""Counts of conversations, feedback and the preference data they give, overall and per adapter.
+
+    python -m chat stats
+
+The pairs and KTO rows are counted by the export's own reading and chat/pairing.py, so they are
+what `python -m chat export` writes with no filters, less any rows the export's card reports as
+left out (missing image files, text LLaMA-Factory cannot carry).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat.export import StoredThread, read_threads
+
+ALL = "all"
+# Printed in this order; reasons (one line per code) come after the thumbs.
+BEFORE_REASONS = ("conversations", "answers finished", "answers stopped", "answers error", "thumbs up", "thumbs down")
+AFTER_REASONS = (
+    "comparisons a",
+    "comparisons b",
+    "comparisons tie",
+    "comparisons both_bad",
+    "corrections",
+    "DPO pairs comparison",
+    "DPO pairs thumbs",
+    "DPO pairs correction",
+    "KTO rows desirable",
+    "KTO rows undesirable",
+)
+
+Tally = dict[str, Counter[str]]  # column (ALL or an adapter group) -> metric -> count
+
+
+def tally_thread(thread: StoredThread, tally: Tally) -> None:
+    """Add one thread's counts, each under ALL and under the adapter (group) of the answers it is about."""
+
+    def add(metric: str, answer_ids: tuple[str, ...]) -> None:
+        for column in (ALL, thread.adapter_group(answer_ids)):
+            tally[column][metric] += 1
+
+    if thread.answers:
+        for column in {ALL, *(thread.adapter_group((answer.id,)) for answer in thread.answers.values())}:
+            tally[column]["conversations"] += 1
+    for answer in thread.answers.values():
+        add(f"answers {answer.ended}", (answer.id,))
+        if answer.rating:
+            add("thumbs up" if answer.rating.up else "thumbs down", (answer.id,))
+        for reason in answer.reasons:
+            add(f"reason {reason}", (answer.id,))
+    for comparisons in thread.comparisons.values():
+        for comparison in comparisons:
+            add(f"comparisons {comparison.choice}", (comparison.answer_a, comparison.answer_b))
+    for correction in thread.corrections.values():
+        add("corrections", (correction.answer_id,))
+    for judged in thread.judged():
+        for pair in judged.judgement.pairs:
+            add(f"DPO pairs {pair.rule}", pair.answers)
+        for label in judged.judgement.labels:
+            add(f"KTO rows {'desirable' if label.desirable else 'undesirable'}", label.answers)
+
+
+async def collect(engine: AsyncEngine) -> Tally:
+    tally: Tally = defaultdict(Counter)
+    async for thread in read_threads(engine, "Counting"):
+        tally_thread(thread, tally)
+    return tally
+
+
+def table(tally: Tally) -> str:
+    """A plain-text table: a line per metric, a column for all answers and one per adapter group."""
+    columns = [ALL, *sorted(column for column in tally if column != ALL)]
+    reasons = sorted({metric for counts in tally.values() for metric in counts if metric.startswith("reason ")})
+    metrics = [*BEFORE_REASONS, *reasons, *AFTER_REASONS]
+    cells = [["", *columns], *([metric, *(str(tally[column][metric]) for column in columns)] for metric in metrics)]
+    widths = [max(len(row[index]) for row in cells) for index in range(len(columns) + 1)]
+    lines = []
+    for name, *counts in cells:
+        numbers = (count.rjust(width) for count, width in zip(counts, widths[1:], strict=True))
+        lines.append("  ".join([name.ljust(widths[0]), *numbers]))
+    return "\n".join(lines)
