@@ -137,7 +137,7 @@ def build_demo_model() -> Qwen2VLForConditionalGeneration:
     text.rope_parameters["mrope_section"] = [2, 3, 3]
     vision = config.vision_config
     vision.depth, vision.embed_dim, vision.num_heads, vision.hidden_size = 2, 32, 2, 64
-    config.dtype = "float32"
+    config.dtype = config.text_config.dtype = "float32"
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)

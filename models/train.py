@@ -1,0 +1,477 @@
+"""Train a LoRA adapter for Qwen2-VL on Loupe's preference exports, with TRL (DPO, KTO or SFT).
+
+    python -m models train --method dpo --data exports/2026-11 --out models/adapters/engineering-v2
+    python -m models train --method kto --data exports/kto --out models/adapters/kto-v1 --max-steps 200
+    python -m models train --method dpo --data exports/2026-12 --out models/adapters/engineering-v3 \
+        --from-adapter engineering-v2
+    python -m models train ... --resume      # continue an interrupted run from its last checkpoint
+
+DATA is a folder written by `python -m chat export --format trl-dpo` (or `trl-kto`): one JSONL file of
+rows in TRL's conversational vision format, and the images the rows name, relative to the folder.
+SFT trains on the answers users preferred: the `chosen` answer of DPO pairs, or the completions of KTO
+rows labelled desirable.
+
+LoRA goes on the language model's attention and MLP projections only, at a rank vLLM can serve, so the
+adapter trained here is the adapter vLLM serves; the vision tower stays frozen. OUT receives the adapter
+(adapter_config.json, adapter_model.safetensors), `loupe.json` (what it was trained from, how, and how
+it did), `report.md` with plots, and `checkpoints/` to resume from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from PIL import Image
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from transformers import HfArgumentParser, ProcessorMixin, TrainingArguments
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+
+from models.adapters import METADATA_FILE, adapter_version
+from models.checkpoint import DEMO, ModelLoadError, load_model
+from models.images import ImageRejected, fit_to_budget, open_image
+from models.report import write_report
+
+log = logging.getLogger(__name__)
+
+Method = Literal["dpo", "kto", "sft"]
+# vLLM serves LoRA ranks up to --max-lora-rank, which takes only these values (vllm/config/lora.py).
+VllmRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
+# The language model's projections; `visual` excludes the vision tower and merger, which vLLM cannot adapt.
+LANGUAGE_MODEL_PROJECTIONS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+# LoRA learning rates: TRL's recommendations for LoRA preference tuning (DPO, KTO) and LoRA SFT.
+DEFAULT_LEARNING_RATES = {"dpo": 5e-6, "kto": 5e-6, "sft": 2e-4}
+# Columns of a row in TRL's format, by the kind of row; everything else (rule, thread, user...) is dropped.
+COLUMNS = {"dpo": ("images", "prompt", "chosen", "rejected"), "kto": ("images", "prompt", "completion", "label")}
+ROW_KINDS = {"dpo": "a DPO pair (chosen, rejected)", "kto": "a KTO row (completion, label)"}
+# What each method reads, in order of preference, when DATA holds several JSONL files.
+DATA_FILES = {"dpo": ("trl-dpo.jsonl",), "kto": ("trl-kto.jsonl",), "sft": ("trl-dpo.jsonl", "trl-kto.jsonl")}
+CHECKPOINTS = "checkpoints"
+RUN_FILE = "run.json"  # in CHECKPOINTS: what the interrupted run trained on, checked on --resume
+TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint, so only complete checkpoints have it
+
+
+class TrainingError(Exception):
+    """Training cannot start or finish; the message says what is wrong and what to do."""
+
+
+class AppSettings(BaseSettings):
+    """The one app setting training must agree with, read as the app reads it (environment, then .env)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOUPE_", env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    model: str = "Qwen/Qwen2-VL-2B-Instruct"
+
+
+@dataclass
+class TrainSettings:
+    method: Method = field(metadata={"help": "dpo: chosen/rejected pairs; kto: labelled answers; sft: good answers."})
+    data: Path = field(metadata={"help": "Export folder (python -m chat export): a JSONL file and its images."})
+    out: Path = field(metadata={"help": "Adapter folder to write, e.g. models/adapters/engineering-v2."})
+    base: str = field(
+        default_factory=lambda: AppSettings().model,
+        metadata={"help": "Base model: hub id, local folder or 'demo'. Default: LOUPE_MODEL, as the app."},
+    )
+    data_file: str | None = field(default=None, metadata={"help": "JSONL file in DATA, when it holds several."})
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Share of prompts held out to measure the adapter before and after."}
+    )
+    from_adapter: str | None = field(
+        default=None, metadata={"help": "Continue training this adapter (a folder, or a name in models/adapters)."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue from OUT's last checkpoint, if it has one."})
+    learning_rate: float | None = field(default=None, metadata={"help": "Default: 5e-6 for DPO and KTO, 2e-4 for SFT."})
+    beta: float = field(default=0.1, metadata={"help": "DPO/KTO: how far the adapter may move from the reference."})
+    batch_size: int = field(default=2, metadata={"help": "Rows per device and step (KTO needs at least 2)."})
+    gradient_accumulation: int = field(default=4, metadata={"help": "Batches per optimizer step."})
+    epochs: float = 1.0
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides --epochs when positive."})
+    warmup: float = field(default=0.1, metadata={"help": "Warm-up: a share of the steps (below 1) or steps."})
+    lora_rank: VllmRank = 16
+    lora_alpha: int = 32
+    lora_dropout: float = field(default=0.05, metadata={"help": "SFT only: TRL turns dropout off for DPO and KTO."})
+    max_pixels: int = field(
+        default=1280 * 28 * 28,
+        metadata={"help": "Per-image pixel budget (28x28 pixels per visual token); the app's CUDA default."},
+    )
+    min_pixels: int = 4 * 28 * 28
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Less memory, slower steps."})
+    data_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes decoding images and building batches ahead of the model. Default: 4 on CUDA, "
+            "where the GPU would otherwise wait for them, else 0."
+        },
+    )
+    seed: int = 42
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), or a device such as cuda:1."})
+    dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on CUDA, float32 on CPU."})
+
+
+# Data ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    train: Dataset
+    held_out: Dataset | None
+    # sha256 of the data file, and counts: which data an adapter was trained on, in loupe.json.
+    fingerprint: dict[str, Any]
+
+
+def load_training_data(settings: TrainSettings) -> TrainingData:
+    path = find_data_file(settings)
+    rows = read_rows(path, settings.method, settings.data)
+    train_rows, held_out_rows = split_held_out(rows, settings.eval_fraction, settings.seed)
+    if not train_rows:
+        raise TrainingError(f"{path}: every row was held out; lower --eval-fraction (now {settings.eval_fraction}).")
+    open_images = partial(
+        fit_images, folder=settings.data, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
+    )
+    held_out = Dataset.from_list(held_out_rows).with_transform(open_images) if held_out_rows else None
+    fingerprint = {
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "rows": len(rows),
+        "train_rows": len(train_rows),
+        "held_out_rows": len(held_out_rows),
+        "images": len({image for row in rows for image in row["images"]}),
+    }
+    if settings.method == "kto":
+        fingerprint["desirable_rows"] = sum(row["label"] for row in rows)
+    return TrainingData(Dataset.from_list(train_rows).with_transform(open_images), held_out, fingerprint)
+
+
+def find_data_file(settings: TrainSettings) -> Path:
+    folder = settings.data
+    export_hint = f"Export one with `python -m chat export --format trl-{settings.method} --out DIR`."
+    if settings.method == "sft":
+        export_hint = "Export one with `python -m chat export --format trl-dpo --out DIR` (or trl-kto)."
+    if not folder.is_dir():
+        raise TrainingError(f"--data {folder} is not a folder. {export_hint}")
+    if settings.data_file:
+        if not (folder / settings.data_file).is_file():
+            raise TrainingError(f"--data-file {settings.data_file} is not a file in {folder}.")
+        return folder / settings.data_file
+    if named := [folder / name for name in DATA_FILES[settings.method] if (folder / name).is_file()]:
+        return named[0]
+    candidates = sorted(folder.glob("*.jsonl"))
+    if not candidates:
+        raise TrainingError(f"{folder} holds no .jsonl file of training rows. {export_hint}")
+    if len(candidates) > 1:
+        names = ", ".join(path.name for path in candidates)
+        raise TrainingError(f"{folder} holds several JSONL files ({names}); choose one with --data-file.")
+    return candidates[0]
+
+
+def read_rows(path: Path, method: Method, folder: Path) -> list[dict[str, Any]]:
+    """The file's rows as `method` trains on them, checked: the right kind, and every image present in `folder`."""
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TrainingError(f"{where} is not JSON ({error}). Was it cut short? Export it again.") from None
+            if (training_row := as_training_row(row, method, where)) is not None:
+                check_images(training_row, folder, where)
+                rows.append(training_row)
+    if not rows:
+        what = "rows labelled desirable" if method == "sft" else "rows"
+        raise TrainingError(f"{path} holds no {what}. Rate more answers in the app, then export again.")
+    return rows
+
+
+def as_training_row(row: Any, method: Method, where: str) -> dict[str, Any] | None:
+    """The columns `method` needs; None for a KTO row that SFT leaves out (an undesirable answer)."""
+    kind = row_kind(row, where)
+    if method == "sft":  # the answers users preferred: a pair's chosen one, or a KTO answer labelled desirable
+        if kind == "kto" and not row["label"]:
+            return None
+        completion = row["chosen"] if kind == "dpo" else row["completion"]
+        return {"images": row["images"], "prompt": row["prompt"], "completion": completion}
+    if kind != method:
+        raise TrainingError(
+            f"{where} is {ROW_KINDS[kind]}, not {ROW_KINDS[method]} as --method {method} needs. "
+            f"Train it with --method {kind}, or export with `python -m chat export --format trl-{method}`."
+        )
+    return {column: row[column] for column in COLUMNS[kind]}
+
+
+def row_kind(row: Any, where: str) -> Literal["dpo", "kto"]:
+    if isinstance(row, dict):
+        if kind := next((kind for kind, columns in COLUMNS.items() if set(columns) <= row.keys()), None):
+            return kind
+        if "conversations" in row:
+            raise TrainingError(f"{where} is in LLaMA-Factory's format. Export with --format trl-dpo or trl-kto.")
+    raise TrainingError(f"{where} is not a TRL row: it needs the columns {COLUMNS['dpo']} or {COLUMNS['kto']}.")
+
+
+def check_images(row: dict[str, Any], folder: Path, where: str) -> None:
+    placeholders = sum(part.get("type") == "image" for message in row["prompt"] for part in message["content"])
+    if placeholders != len(row["images"]):
+        raise TrainingError(f"{where}: the prompt shows {placeholders} images but the row lists {len(row['images'])}.")
+    if missing := [image for image in row["images"] if not (folder / image).is_file()]:
+        raise TrainingError(f"{where}: image {missing[0]} is not in {folder}. Copy the whole export folder.")
+
+
+def split_held_out(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole prompts: one question can give several rows, and none of its rows may be trained on."""
+    prompts = sorted({prompt_key(row) for row in rows})
+    random.Random(seed).shuffle(prompts)
+    held_out = set(prompts[: math.floor(len(prompts) * fraction)])
+    train = [row for row in rows if prompt_key(row) not in held_out]
+    return train, [row for row in rows if prompt_key(row) in held_out]
+
+
+def prompt_key(row: dict[str, Any]) -> str:
+    return json.dumps([row["images"], row["prompt"]], sort_keys=True, ensure_ascii=False)
+
+
+def fit_images(batch: dict[str, list], folder: Path, min_pixels: int, max_pixels: int) -> dict[str, list]:
+    """Open a batch's images when they are used, as the app opens uploads: the export holds them as uploaded,
+    and a dataset's worth of decoded images would not fit in memory."""
+    batch["images"] = [[fit_image(folder / image, min_pixels, max_pixels) for image in row] for row in batch["images"]]
+    return batch
+
+
+def fit_image(path: Path, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Upright, RGB and fitted to the pixel budget, like the images the model saw in the chat."""
+    try:
+        return fit_to_budget(open_image(path, max_megapixels=math.inf), min_pixels, max_pixels)
+    except ImageRejected as error:
+        raise TrainingError(f"{path} cannot be used as an image ({error}). Remove its rows, or export again.") from None
+
+
+# Model ---------------------------------------------------------------------------------------------
+
+
+def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixin, LoraConfig | None]:
+    """The base model, with the adapter to continue or the config of a new one (TRL creates it)."""
+    try:
+        loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype)
+    except ModelLoadError as error:
+        raise TrainingError(f"--base {settings.base}: {error}") from None
+    if loaded.is_demo and settings.base != DEMO:
+        raise TrainingError(
+            f"--base {settings.base} cannot be loaded: {loaded.demo_reason}. Download it first "
+            "(`huggingface-cli download <id>` or a local folder), or train on the demo model with --base demo."
+        )
+    if settings.from_adapter is None:
+        lora = LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=LANGUAGE_MODEL_PROJECTIONS,
+            task_type="CAUSAL_LM",
+        )
+        return loaded.model, loaded.processor, lora
+    adapter = adapter_folder(settings.from_adapter)
+    trained_on = read_metadata(adapter).get("base", settings.base)
+    if trained_on != settings.base:
+        raise TrainingError(f"--from-adapter {adapter} was trained on {trained_on}, not on --base {settings.base}.")
+    # TRL copies the loaded adapter to a frozen "ref" adapter: DPO and KTO measure against where it started.
+    return PeftModel.from_pretrained(loaded.model, adapter, is_trainable=True), loaded.processor, None
+
+
+def adapter_folder(name: str) -> Path:
+    folder = Path(name) if Path(name).is_dir() else Path("models/adapters") / name
+    if not (folder / "adapter_config.json").is_file():
+        raise TrainingError(f"--from-adapter {name}: no adapter there (no adapter_config.json in {folder}).")
+    return folder
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    path = folder / METADATA_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+# Training ------------------------------------------------------------------------------------------
+
+TRAINERS = {"dpo": (DPOTrainer, DPOConfig), "kto": (KTOTrainer, KTOConfig), "sft": (SFTTrainer, SFTConfig)}
+
+
+def trainer_arguments(settings: TrainSettings, model: torch.nn.Module) -> TrainingArguments:
+    config_class = TRAINERS[settings.method][1]
+    method_arguments = {"beta": settings.beta} if settings.method in ("dpo", "kto") else {}
+    return config_class(
+        output_dir=str(settings.out / CHECKPOINTS),
+        learning_rate=settings.learning_rate or DEFAULT_LEARNING_RATES[settings.method],
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        warmup_steps=settings.warmup,
+        activation_checkpointing=settings.gradient_checkpointing,  # transformers' new name for it
+        dataloader_num_workers=data_workers(settings, model),
+        seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        logging_first_step=True,
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        # Image tokens must never be cut: TRL's default max_length (1024) would, and then fails.
+        max_length=None,
+        # Mixed precision only where the model runs in bf16 (CUDA); on CPU, autocast to bf16 is slow and lossy.
+        bf16=model.dtype == torch.bfloat16,
+        use_cpu=model.device.type == "cpu",
+        remove_unused_columns=False,  # the rows hold exactly the trainer's columns; images load lazily
+        report_to="none",
+        **method_arguments,
+    )
+
+
+def data_workers(settings: TrainSettings, model: torch.nn.Module) -> int:
+    """By default 4 on CUDA, where the GPU steps faster than one core decodes and fits a batch of photos;
+    none on a CPU, whose cores are all training."""
+    if settings.data_workers is not None:
+        return settings.data_workers
+    return 4 if model.device.type == "cuda" else 0
+
+
+def build_trainer(settings: TrainSettings, data: TrainingData) -> DPOTrainer | KTOTrainer | SFTTrainer:
+    """TRL's trainer for the method, on the base model with a new LoRA adapter or the one to continue."""
+    log.info("Loading %s...", settings.base)
+    model, processor, lora = load_policy(settings)
+    trainer_class, _ = TRAINERS[settings.method]
+    return trainer_class(
+        model=model,
+        args=trainer_arguments(settings, model),
+        train_dataset=data.train,
+        eval_dataset=data.held_out,
+        processing_class=processor,
+        peft_config=lora,
+    )
+
+
+def train(settings: TrainSettings) -> dict[str, Any]:
+    """Train, then write the adapter, loupe.json and the report into OUT. Returns loupe.json's content."""
+    checkpoint = prepare_output_folder(settings)
+    data = load_training_data(settings)
+    run = {"base": settings.base, "method": settings.method, "data_sha256": data.fingerprint["sha256"]}
+    check_same_run(settings.out / CHECKPOINTS, run, checkpoint)
+    trainer = build_trainer(settings, data)
+    log.info(
+        "%s on %d rows (%d held out), on %s",
+        settings.method.upper(),
+        data.fingerprint["train_rows"],
+        data.fingerprint["held_out_rows"],
+        trainer.args.device,
+    )
+    before = held_out_metrics(trainer) if data.held_out else None
+    if checkpoint:
+        log.info("Resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    after = held_out_metrics(trainer) if data.held_out else None
+
+    lora_config = trainer.model.peft_config["default"]
+    trainer.model.save_pretrained(settings.out, selected_adapters=["default"])  # not TRL's frozen "ref" copy
+    metadata = {
+        "base": settings.base,
+        "method": settings.method,
+        "version": adapter_version(settings.out),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "from_adapter": lineage(settings.from_adapter),
+        "data": data.fingerprint,
+        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        "lora": {key: getattr(lora_config, key) for key in ("r", "lora_alpha", "lora_dropout", "target_modules")},
+        "training": {
+            "steps": trainer.state.global_step,
+            "resumed_from_step": int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
+            **result.metrics,
+            "last_logged": next((entry for entry in reversed(trainer.state.log_history) if "loss" in entry), {}),
+        },
+        "held_out": {"rows": data.fingerprint["held_out_rows"], "before": before, "after": after} if before else None,
+        "versions": {library: version(library) for library in ("torch", "transformers", "trl", "peft", "datasets")},
+    }
+    # default=sorted: peft keeps lists of target modules as sets.
+    (settings.out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False, default=sorted) + "\n")
+    write_report(settings.out, metadata, trainer.state.log_history)
+    return metadata
+
+
+def prepare_output_folder(settings: TrainSettings) -> Path | None:
+    """The checkpoint to resume from, if any; refuses to overwrite an adapter or an unfinished run by accident."""
+    out, checkpoints = settings.out, settings.out / CHECKPOINTS
+    checkpoint = last_complete_checkpoint(checkpoints)
+    has_adapter = (out / "adapter_config.json").is_file()
+    if settings.resume:
+        if checkpoint is None and has_adapter:
+            raise TrainingError(f"{out} has no checkpoint to resume. Continue it with --from-adapter {out} --out NEW.")
+        if checkpoint is None:
+            log.info("No checkpoint in %s yet: starting from the beginning.", checkpoints)
+        return checkpoint
+    if has_adapter:
+        raise TrainingError(f"{out} already holds an adapter. Choose a new --out, or add --resume to train it further.")
+    if any(checkpoints.glob("checkpoint-*")):
+        raise TrainingError(f"{out} holds an unfinished run. Add --resume to continue it, or delete {checkpoints}.")
+    return None
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest `checkpoint-N` with its trainer state: a run killed while saving leaves one without."""
+    complete = [path for path in checkpoints.glob("checkpoint-*") if (path / TRAINER_STATE).is_file()]
+    return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
+
+
+def check_same_run(checkpoints: Path, run: dict[str, str], checkpoint: Path | None) -> None:
+    """Resuming on other data, another method or base would silently mix two runs: refuse it."""
+    run_file = checkpoints / RUN_FILE
+    if checkpoint and run_file.is_file() and (earlier := json.loads(run_file.read_text())) != run:
+        changed = ", ".join(f"{key} {earlier.get(key)} -> {now}" for key, now in run.items() if earlier.get(key) != now)
+        raise TrainingError(f"--resume: the checkpoints in {checkpoints} are of another run ({changed}).")
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(run, indent=2) + "\n")
+
+
+def held_out_metrics(trainer: DPOTrainer | KTOTrainer | SFTTrainer) -> dict[str, float]:
+    """TRL's metrics on the held-out rows; for DPO also the policy's log-probability margin, mean over batches:
+    log p(chosen) - log p(rejected), each summed over the answer's tokens."""
+    metrics = {name.removeprefix("eval_"): value for name, value in trainer.evaluate().items()}
+    if isinstance(trainer, DPOTrainer):
+        metrics["logp_margin"] = metrics["logps/chosen"] - metrics["logps/rejected"]
+    return metrics
+
+
+def lineage(from_adapter: str | None) -> dict[str, str] | None:
+    if from_adapter is None:
+        return None
+    folder = adapter_folder(from_adapter)
+    return {"name": folder.name, "version": adapter_version(folder), "method": read_metadata(folder).get("method")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    # TRL 1.16 calls transformers' gradient-checkpointing methods by their old names on every step.
+    warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
+    parser = HfArgumentParser(TrainSettings, prog="python -m models train", description=__doc__.split("\n\n")[0])
+    (settings,) = parser.parse_args_into_dataclasses(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        metadata = train(settings)
+    except TrainingError as error:
+        sys.exit(f"Error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(
+            f"Interrupted. To continue from the last checkpoint in {settings.out}, run the same command with --resume."
+        )
+    print(f"Wrote the adapter, {METADATA_FILE} and report.md to {settings.out} (version {metadata['version']}).")
