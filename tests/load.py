@@ -147,7 +147,13 @@ async def chat_and_rate(url: str, account: Account, messages: int, load: Load) -
     """One user's session: short answers, each rated as soon as it has ended."""
     async with ChatClient(url, username=account.name, password=account.password) as client:
         await client.change_settings(QUICK_SETTINGS)
-        async with httpx.AsyncClient(base_url=url, cookies=client.cookies, timeout=HTTP_TIMEOUT_S) as http:
+        # A fresh connection per rating: a kept-alive one sits idle while the user waits for the next
+        # answer, and the server closing it (uvicorn, after 5 s) just as a rating is sent loses that
+        # request with no response. Browsers retry such a request; httpx does not.
+        no_keep_alive = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=url, cookies=client.cookies, timeout=HTTP_TIMEOUT_S, limits=no_keep_alive
+        ) as http:
             for index in range(messages):
                 reply = await client.ask(question(account.name, index), timeout=ANSWER_TIMEOUT_S)
                 load.threads[account.name] = client.thread_id or ""

@@ -173,6 +173,11 @@ async def new_answer(page: Page, before: int) -> Locator:
     return page.locator(f"[id='{await found.json_value()}']")
 
 
+async def text_of(answer: Locator) -> str:
+    """An answer's text as shown, without the buttons under it (Regenerate, reasons...)."""
+    return await answer.locator(".message-content").inner_text()
+
+
 async def wait_until_longer(page: Page, answer: Locator, length: int) -> None:
     """Wait until the answer's text exceeds `length` while the run is still going: it streams."""
     step_id = await answer.get_attribute("id")
@@ -274,23 +279,23 @@ async def test_answer_streams_about_an_image_and_stops_on_request(
     sent_image = page.locator(f"[data-step-type='user_message'] img[alt='{circuit.name}']")
     await expect(sent_image).to_be_visible(timeout=START)
     await expect(page.locator("#stop-button")).to_be_visible()
-    await wait_until_longer(page, answer, len(await answer.inner_text()))
+    await wait_until_longer(page, answer, len(await text_of(answer)))
     await wait_until_finished(page)
-    finished = await answer.inner_text()
+    finished = await text_of(answer)
     assert STOPPED not in finished
     await sent_image.scroll_into_view_if_needed()
     await page.screenshot(path=artifacts / "browser-streamed-answer.png")
 
     # 1024 tokens take ~30 s, so Stop right after the first tokens lands mid-answer.
     answer = await ask(page, "Which resistor limits the LED current more?")
-    partial = (await answer.inner_text()).strip()
+    partial = (await text_of(answer)).strip()
     await page.locator("#stop-button").click()
     await expect(page.locator("#stop-button")).to_be_hidden(timeout=3_000)
     await expect(answer).to_contain_text(STOPPED, timeout=10_000)
-    stopped = await answer.inner_text()
+    stopped = await text_of(answer)
     assert partial in stopped, "the words streamed before Stop are gone"
     await asyncio.sleep(1)  # the only fixed wait: nothing may arrive after Stop
-    assert await answer.inner_text() == stopped, "the answer kept growing after Stop"
+    assert await text_of(answer) == stopped, "the answer kept growing after Stop"
     assert stopped.rstrip().endswith(STOPPED)
     await page.screenshot(path=artifacts / "browser-stopped-answer.png")
 
@@ -307,7 +312,7 @@ async def test_rated_answer_and_image_come_back_from_the_history(
     question = "Which resistor limits the LED current?"
     answer = await ask(page, question, circuit)
     await wait_until_finished(page)
-    answer_id, answered = await answer.get_attribute("id"), await answer.inner_text()
+    answer_id, answered = await answer.get_attribute("id"), await text_of(answer)
     comment = "Noise: it names no resistor at all."
     await rate_down(page, answer, comment)
     thread_id = await thread_id_of(page)
@@ -321,7 +326,7 @@ async def test_rated_answer_and_image_come_back_from_the_history(
 
     resumed = page.locator(f"[id='{answer_id}']")
     await expect(resumed).to_be_visible(timeout=START)
-    assert await resumed.inner_text() == answered
+    assert await text_of(resumed) == answered
     await expect(resumed.locator(".negative-feedback-on")).to_be_visible()
     await expect(resumed.locator(".positive-feedback-off")).to_be_visible()
 
@@ -336,7 +341,7 @@ async def test_rated_answer_and_image_come_back_from_the_history(
 
     follow_up = await ask(page, "And what does R2 do?")
     await wait_until_finished(page)
-    assert (await follow_up.inner_text()).strip()
+    assert (await text_of(follow_up)).strip()
     first, second = await generations(server, thread_id, expected=2)
     # The follow-up's prompt repeats the first turn, its image's visual tokens included: with the
     # history lost, or restored without the image, it would be shorter than the first prompt.
