@@ -1,6 +1,7 @@
 """Every setting of Loupe, read from LOUPE_* environment variables or a `.env` file.
 
-README.md documents each one; `.env.example` lists them with their defaults.
+Those the model side reads too are inherited from models/settings.py. README.md documents each
+one; `.env.example` lists them with their defaults.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from models.settings import ModelSettings
 
 # Visual-token budgets (one token = 28 x 28 pixels); see README "Image budget" for the reasoning.
 CPU_MAX_PIXELS = 256 * 28 * 28  # 256 tokens: prefill dominates a CPU's time to first token
@@ -24,14 +27,8 @@ ASYNC_DRIVERS = {
 }
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOUPE_", env_file=".env", env_ignore_empty=True, extra="ignore")
-
-    model: str = Field("Qwen/Qwen2-VL-2B-Instruct", description="Hub id, local folder, or 'demo'.")
-    adapters_dir: Path = Field(Path("models/adapters"), description="Each folder in it is a LoRA adapter profile.")
+class Settings(ModelSettings):
     adapter: str | None = Field(None, description="Adapter new chats use; `python -m chat promote` overrides.")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")
-    dtype: str = Field("auto", description="auto (CUDA bf16, MPS fp16, CPU fp32), float32, bfloat16, float16.")
     max_pixels: int | None = Field(None, description="Per-image pixel budget; default depends on the device.")
     min_pixels: int = Field(DEFAULT_MIN_PIXELS, description="Small images are upscaled to at least this.")
     context_tokens: int = Field(8192, description="Prompt plus answer budget; oldest turns are dropped first.")

@@ -37,7 +37,6 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from PIL import Image
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from transformers import HfArgumentParser, ProcessorMixin, TrainingArguments
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
@@ -45,6 +44,7 @@ from models.adapters import METADATA_FILE, adapter_version
 from models.checkpoint import DEMO, ModelLoadError, load_model
 from models.images import ImageRejected, fit_to_budget, open_image
 from models.report import write_report
+from models.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +69,13 @@ class TrainingError(Exception):
     """Training cannot start or finish; the message says what is wrong and what to do."""
 
 
-class AppSettings(BaseSettings):
-    """The one app setting training must agree with, read as the app reads it (environment, then .env)."""
-
-    model_config = SettingsConfigDict(env_prefix="LOUPE_", env_file=".env", env_ignore_empty=True, extra="ignore")
-
-    model: str = "Qwen/Qwen2-VL-2B-Instruct"
-
-
 @dataclass
 class TrainSettings:
     method: Method = field(metadata={"help": "dpo: chosen/rejected pairs; kto: labelled answers; sft: good answers."})
     data: Path = field(metadata={"help": "Export folder (python -m chat export): a JSONL file and its images."})
     out: Path = field(metadata={"help": "Adapter folder to write, e.g. models/adapters/engineering-v2."})
     base: str = field(
-        default_factory=lambda: AppSettings().model,
+        default_factory=lambda: ModelSettings().model,
         metadata={"help": "Base model: hub id, local folder or 'demo'. Default: LOUPE_MODEL, as the app."},
     )
     data_file: str | None = field(default=None, metadata={"help": "JSONL file in DATA, when it holds several."})
@@ -91,7 +83,7 @@ class TrainSettings:
         default=0.1, metadata={"help": "Share of prompts held out to measure the adapter before and after."}
     )
     from_adapter: str | None = field(
-        default=None, metadata={"help": "Continue training this adapter (a folder, or a name in models/adapters)."}
+        default=None, metadata={"help": "Continue training this adapter (a folder, or a name in LOUPE_ADAPTERS_DIR)."}
     )
     resume: bool = field(default=False, metadata={"help": "Continue from OUT's last checkpoint, if it has one."})
     learning_rate: float | None = field(default=None, metadata={"help": "Default: 5e-6 for DPO and KTO, 2e-4 for SFT."})
@@ -295,7 +287,7 @@ def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixi
 
 
 def adapter_folder(name: str) -> Path:
-    folder = Path(name) if Path(name).is_dir() else Path("models/adapters") / name
+    folder = Path(name) if Path(name).is_dir() else ModelSettings().adapters_dir / name
     if not (folder / "adapter_config.json").is_file():
         raise TrainingError(f"--from-adapter {name}: no adapter there (no adapter_config.json in {folder}).")
     return folder
