@@ -522,13 +522,19 @@ async def offer_reasons(feedback: Feedback) -> None:
         await show_choices(answer.id, "rating", rating_actions(answer))
 
 
+async def clicked_answer(action: cl.Action) -> Answer | None:
+    """The user's answer a button is about; None, with a notice, when it is not theirs."""
+    try:
+        return await preferences.answer(current_user(), action.payload["answer"])
+    except (NotYours, KeyError):
+        await cl.context.emitter.send_toast(text("not_yours", session_language()), "error")
+        return None
+
+
 @cl.action_callback("reason")
 async def toggle_reason(action: cl.Action) -> None:
     language = session_language()
-    try:
-        answer = await preferences.answer(current_user(), action.payload["answer"])
-    except (NotYours, KeyError):
-        await cl.context.emitter.send_toast(text("not_yours", language), "error")
+    if (answer := await clicked_answer(action)) is None:
         return
     reason = action.payload.get("reason")
     if answer.rating is None or reason not in reasons_for(answer.rating):
@@ -544,10 +550,7 @@ async def toggle_reason(action: cl.Action) -> None:
 async def correct(action: cl.Action) -> None:
     """Ask for the answer the user wanted and keep it as the preferred answer to that prompt."""
     language = session_language()
-    try:
-        answer = await preferences.answer(current_user(), action.payload["answer"])
-    except (NotYours, KeyError):
-        await cl.context.emitter.send_toast(text("not_yours", language), "error")
+    if (answer := await clicked_answer(action)) is None:
         return
     written = await cl.AskUserMessage(content=text("correction_ask", language), timeout=CORRECTION_TIMEOUT_S).send()
     await cl.context.emitter.task_end()  # Chainlit's ask ends with task_start, meant for a running task

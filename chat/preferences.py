@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -111,22 +112,17 @@ class Preferences:
                 ).all()
             )
             contenders = (adapters[answer_a] or BASE, adapters[answer_b] or BASE)
-            now = utcnow()
-            insert = dialect_insert(session, Battle).values(
-                id=str(uuid.uuid4()),
-                thread_id=thread.id,
-                user_id=thread.user_id,
+            await _upsert(
+                session,
+                Battle,
+                thread,
+                ["answer_a"],
                 prompt_id=prompt_id,
                 answer_a=answer_a,
                 answer_b=answer_b,
                 contender_a=contenders[0],
                 contender_b=contenders[1],
                 choice=choice,
-                created_at=now,
-                updated_at=now,
-            )
-            await session.execute(
-                insert.on_conflict_do_update(index_elements=["answer_a"], set_={"choice": choice, "updated_at": now})
             )
         return contenders
 
@@ -137,19 +133,8 @@ class Preferences:
             prompt_id = await session.scalar(select(Generation.prompt_id).where(Generation.step_id == answer_id))
             if prompt_id is None:
                 raise NotYours(f"{answer_id} is not an answer")
-            now = utcnow()
-            insert = dialect_insert(session, Correction).values(
-                id=str(uuid.uuid4()),
-                thread_id=thread.id,
-                user_id=thread.user_id,
-                prompt_id=prompt_id,
-                answer_id=answer_id,
-                text=text,
-                created_at=now,
-                updated_at=now,
-            )
-            await session.execute(
-                insert.on_conflict_do_update(index_elements=["answer_id"], set_={"text": text, "updated_at": now})
+            await _upsert(
+                session, Correction, thread, ["answer_id"], prompt_id=prompt_id, answer_id=answer_id, text=text
             )
 
 
@@ -187,24 +172,27 @@ async def _compare(session: AsyncSession, user: str, answer_a: str, answer_b: st
     if len(prompts) != 1 or answer_a == answer_b:
         raise NotYours(f"{answer_a} and {answer_b} are not two answers to one prompt")
     prompt_id = prompts.pop()
-    now = utcnow()
-    insert = dialect_insert(session, Comparison).values(
-        id=str(uuid.uuid4()),
-        thread_id=thread.id,
-        user_id=thread.user_id,
+    await _upsert(
+        session,
+        Comparison,
+        thread,
+        ["answer_a", "answer_b"],
         prompt_id=prompt_id,
         answer_a=answer_a,
         answer_b=answer_b,
         choice=choice,
-        created_at=now,
-        updated_at=now,
-    )
-    await session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["answer_a", "answer_b"], set_={"choice": choice, "updated_at": now}
-        )
     )
     return thread, prompt_id
+
+
+async def _upsert(session: AsyncSession, table: type, thread: Thread, unique: list[str], **values: Any) -> None:
+    """A row of `thread` by its owner; where one with the same `unique` columns exists, its values are updated."""
+    now = utcnow()
+    insert = dialect_insert(session, table).values(
+        id=str(uuid.uuid4()), thread_id=thread.id, user_id=thread.user_id, created_at=now, updated_at=now, **values
+    )
+    updates = {column: value for column, value in values.items() if column not in unique}
+    await session.execute(insert.on_conflict_do_update(index_elements=unique, set_={**updates, "updated_at": now}))
 
 
 async def _owned_thread(session: AsyncSession, user: str, step_id: str) -> Thread:
