@@ -16,6 +16,9 @@ from typing import Any
 import httpx
 import socketio
 
+# A whole 1024-token demo answer takes ~30 s on 2 idle cores; CI machines are shared and can be 10x slower.
+ANSWER_TIMEOUT_S = 300
+
 
 @dataclass
 class Reply:
@@ -184,7 +187,7 @@ class ChatClient:
             if action["forId"] == message_id and name in (None, action["name"])
         ]
 
-    async def click(self, action: dict[str, Any], timeout: float = 120) -> httpx.Response:
+    async def click(self, action: dict[str, Any], timeout: float = ANSWER_TIMEOUT_S) -> httpx.Response:
         """Press a button, as the page does: POST /project/action, which returns when its callback ends."""
         async with httpx.AsyncClient(base_url=self.url, cookies=self.cookies, timeout=timeout) as http:
             response = await http.post("/project/action", json={"action": action, "sessionId": self.session_id})
@@ -200,7 +203,7 @@ class ChatClient:
         """
         await self.change_settings({})
 
-    async def regenerate(self, answer_id: str, timeout: float = 120) -> Reply:
+    async def regenerate(self, answer_id: str, timeout: float = ANSWER_TIMEOUT_S) -> Reply:
         """Press Regenerate under an answer; everything emitted until the new answer's task ends."""
         [button] = self.actions_for(answer_id, "regenerate")
         clicked = asyncio.create_task(self.click(button, timeout))
@@ -225,7 +228,7 @@ class ChatClient:
     async def stop(self) -> None:
         await self.sio.emit("stop")
 
-    async def collect(self, timeout: float = 120) -> Reply:
+    async def collect(self, timeout: float = ANSWER_TIMEOUT_S) -> Reply:
         """Everything emitted from now until the run's task_end."""
         reply = Reply()
         async with asyncio.timeout(timeout):
@@ -235,7 +238,7 @@ class ChatClient:
                 if event == "task_end":
                     return reply
 
-    async def ask(self, text: str, file_ids: list[str] | None = None, timeout: float = 120) -> Reply:
+    async def ask(self, text: str, file_ids: list[str] | None = None, timeout: float = ANSWER_TIMEOUT_S) -> Reply:
         await self.send(text, file_ids)
         await self.wait_for("task_start", timeout)  # events before it belong to earlier runs
         reply = await self.collect(timeout)

@@ -47,6 +47,7 @@ async def owned(server: Server) -> OwnedThread:
     """A thread of admin's with an image and a rated answer, and a second user, bob."""
     add_account(server, OTHER, OTHER_PASSWORD)
     async with ChatClient(server.url) as client:
+        await client.change_settings({"max_new_tokens": 32})  # this is about who may touch it, not the answer
         image = await client.upload("circuit.png", png(), "image/png")
         reply = await client.ask("What is R2?", [image])
         thread_id = client.thread_id
