@@ -134,6 +134,15 @@ def machine_details() -> dict[str, str]:
     }
 
 
+def print_machine(extra: str = "") -> None:
+    """The machine details and the commit measured, printed before a bench's results."""
+    print("Machine:")
+    for key, value in machine_details().items():
+        print(f"  {key}: {value}")
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    print(f"  commit: {git.stdout.strip() or '?'}{extra}", flush=True)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -593,11 +602,7 @@ def report_full(result: FullResult, bandwidth: tuple[float, float], streamed: fl
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
-    print("Machine:")
-    for key, value in machine_details().items():
-        print(f"  {key}: {value}")
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    print(f"  commit: {git.stdout.strip() or '?'}", flush=True)
+    print_machine()
     report = Report()
     benches = {"streaming": bench_streaming, "images": bench_images, "full": bench_full}
     for part in settings.parts:

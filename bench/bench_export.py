@@ -37,7 +37,7 @@ from typing import Any
 from PIL import Image
 from sqlalchemy import insert, text
 
-from bench.bench_chat import Report, machine_details
+from bench.bench_chat import Report, print_machine
 from chat import schema
 from chat.database import create_engine, session_factory, upgrade
 from chat.prompts import system_prompts
@@ -335,11 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     backends = [backend for backend in args.backends.split(",") if backend]
     if unknown := set(backends) - set(BACKENDS):
         parser.error(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
-    print("Machine:")
-    for key, value in machine_details().items():
-        print(f"  {key}: {value}")
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    print(f"  commit: {git.stdout.strip() or '?'}\nData: {SYNTHETIC}", flush=True)
+    print_machine(f"\nData: {SYNTHETIC}")
     report = Report()
     for backend in backends:
         asyncio.run(measure(backend, args.threads, report))

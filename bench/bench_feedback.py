@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -31,7 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.bench_chat import Report, machine_details
+from bench.bench_chat import Report, print_machine
 from tests.conftest import REPO, postgres_database
 from tests.load import Load, add_accounts, run_users, sqlite_url, start_on, stop
 
@@ -172,11 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     backends = [backend for backend in args.backends.split(",") if backend]
     if unknown := set(backends) - set(BACKENDS):
         raise SystemExit(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
-    print("Machine:")
-    for key, value in machine_details().items():
-        print(f"  {key}: {value}")
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    print(f"  commit: {git.stdout.strip() or '?'}", flush=True)
+    print_machine()
     report = Report()
     for backend in backends:
         result = asyncio.run(measure(backend, args.users, args.messages))

@@ -27,7 +27,6 @@ import argparse
 import os
 import resource
 import statistics
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,7 +41,7 @@ from peft import LoraConfig
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 
-from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, machine_details
+from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, print_machine
 from models.checkpoint import QWEN2_VL_FILES, load_model, load_processor
 from models.images import visual_tokens
 from models.train import TrainSettings, build_trainer, load_training_data
@@ -227,11 +226,7 @@ def bench_full(bench: BenchSettings, report: Report) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     bench = parse_args(argv)
-    print("Machine:")
-    for key, value in machine_details().items():
-        print(f"  {key}: {value}")
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    print(f"  commit: {git.stdout.strip() or '?'}", flush=True)
+    print_machine()
     report = Report()
     for part in bench.parts:
         started = time.perf_counter()
