@@ -62,6 +62,7 @@ async def set_password(sessions: async_sessionmaker[AsyncSession], identifier: s
         if user is None:
             raise AccountError(f"no user '{identifier}'")
         user.password_hash = hasher.hash(password)
+        user.token_version += 1  # a new password ends every login made with the old one (chat/logins.py)
 
 
 async def list_accounts(sessions: async_sessionmaker[AsyncSession]) -> list[Account]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -19,28 +20,41 @@ from typing import Any
 
 import chainlit as cl
 import torch
+from chainlit.auth import get_token_from_cookies
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select, Slider
 from chainlit.oauth_providers import get_configured_oauth_providers
 from chainlit.server import app as server
 from chainlit.types import Feedback, ThreadDict
-from chainlit.utils import utc_now
+from fastapi import Request, Response
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from chat import leaderboard
 from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
-from chat.chainlit_fixes import accept_empty_uploads
+from chat.chainlit_fixes import (
+    accept_empty_uploads,
+    browser_only_message,
+    failure_reference,
+    guard_client_messages,
+    hide_other_users_threads,
+    honour_config_flags,
+    remember_issued_actions,
+    uploads_in,
+)
 from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, user_turn
 from chat.database import create_engine, session_factory, upgrade
-from chat.datalayer import LoupeDataLayer
-from chat.preferences import BASE, CHOICES, Answer, NotYours, Preferences
+from chat.datalayer import LoupeDataLayer, NotYours
+from chat.limits import LoginThrottle, RateLimit
+from chat.logins import TOKEN_VERSION, claims, is_current, revoke, token_version
+from chat.preferences import BASE, CHOICES, Answer, Preferences
 from chat.profiles import Profile, Profiles
 from chat.prompts import DEFAULT_PROMPT, system_prompt, system_prompts
-from chat.routes import add_routes
-from chat.settings import get_settings
+from chat.routes import UploadQuota, add_routes
+from chat.settings import SLIDERS, checked_chat_settings, get_settings
 from chat.storage import ContentStore
 from chat.texts import answer_text, language_of, mark_stopped, reason_label, text, with_label
 from chat.uploads import ImageLimits, Upload, UploadsRejected, load_fitted_image, read_images
+from chat.web import secure
 from models.adapters import Adapter, AdapterDirectory
 from models.checkpoint import load_model, pick_device
 from models.generation import Generator, SamplingSettings, Usage
@@ -48,6 +62,7 @@ from models.generation import Generator, SamplingSettings, Usage
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
 CORRECTION_TIMEOUT_S = 30 * 60  # writing a good answer takes a while
+PENDING_MESSAGES_OF_FILES = 5  # the pending-upload quota in files: five full messages' worth
 
 settings = get_settings()
 max_pixels = settings.image_max_pixels(pick_device(settings.device).type)
@@ -64,12 +79,14 @@ image_limits = ImageLimits(
     max_pixels=max_pixels,
 )
 
-# The browser enforces max_files; Chainlit's server enforces max_size_mb before our code runs,
-# so it gets headroom: files between our limit and 4x it reach read_images and get a clear reason.
+# The browser enforces max_files; uploads over max_upload_mb are refused while they arrive (chat/web.py).
 uploads_config = chainlit_config.features.spontaneous_file_upload
 uploads_config.max_files = settings.max_images_per_message
-uploads_config.max_size_mb = int(settings.max_upload_mb * 4)
+uploads_config.max_size_mb = math.ceil(settings.max_upload_mb)
+chainlit_config.project.user_session_timeout = int(settings.login_lifetime_hours * 3600)
 accept_empty_uploads()
+# One folder per process, so that no other instance's shutdown deletes this one's pending uploads.
+uploads_in(settings.data_dir / "uploads" / f"{os.uname().nodename}-{os.getpid()}")
 
 
 store = ContentStore(settings.files_dir)
@@ -79,13 +96,29 @@ preferences = Preferences(sessions)
 profiles = Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter)
 arena_draw = random.Random()  # which two contenders answer an arena question, and in which order
 # Chainlit signs login tokens with this; it must be set before Chainlit checks for it.
-os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret(settings.data_dir)
+secret = os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret(settings.data_dir)
+
+
+async def login_is_current(token: str | None) -> bool:
+    return await is_current(sessions, token, secret)
+
+
+guard_client_messages(settings.max_message_chars, RateLimit(settings.messages_per_minute, 60), login_is_current)
+remember_issued_actions()
+honour_config_flags()
+hide_other_users_threads()
+secure(server, settings.allowed_origins, int(settings.max_upload_mb * 1024 * 1024), login_is_current)
 add_routes(
     server,
     sessions,
     store,
     status=lambda: {"name": loaded.name, "demo": loaded.is_demo},
     settle_step=data_layer.settle_step,
+    throttle=LoginThrottle(),
+    quota=UploadQuota(
+        max_bytes=int(settings.pending_uploads_mb * 1024 * 1024),
+        max_files=PENDING_MESSAGES_OF_FILES * settings.max_images_per_message,
+    ),
 )
 
 
@@ -101,9 +134,25 @@ async def prepare_database() -> None:
         print(f"\n  Loupe: first run, created user '{ADMIN}' with password: {password}\n", flush=True)
 
 
+async def signed_in(identifier: str, metadata: dict[str, Any] | None = None) -> cl.User:
+    """The user a login token is made for: with their current token version, so logout can end it."""
+    return cl.User(
+        identifier=identifier, metadata={**(metadata or {}), TOKEN_VERSION: await token_version(sessions, identifier)}
+    )
+
+
 @cl.password_auth_callback
 async def password_login(username: str, password: str) -> cl.User | None:
-    return cl.User(identifier=username) if await check_password(sessions, username, password) else None
+    return await signed_in(username) if await check_password(sessions, username, password) else None
+
+
+@cl.on_logout
+async def logout(request: Request, response: Response) -> dict[str, bool]:
+    """End every login of this account, not only this browser's cookie (which Chainlit clears)."""
+    token = get_token_from_cookies(request.cookies) or request.headers.get("authorization", "").removeprefix("Bearer ")
+    if (content := claims(token, secret)) and content.get("identifier"):
+        await revoke(sessions, content["identifier"])
+    return {"success": True}
 
 
 if settings.trusted_user_header:
@@ -112,7 +161,7 @@ if settings.trusted_user_header:
     async def header_login(headers: Any) -> cl.User | None:
         """Behind a proxy that authenticates users and names them in a header."""
         identifier = headers.get(settings.trusted_user_header)
-        return cl.User(identifier=identifier) if identifier else None
+        return await signed_in(identifier) if identifier else None
 
 
 if get_configured_oauth_providers():  # Chainlit's OAUTH_<PROVIDER>_* environment variables
@@ -122,7 +171,7 @@ if get_configured_oauth_providers():  # Chainlit's OAUTH_<PROVIDER>_* environmen
         provider_id: str, token: str, raw_user_data: dict[str, str], default_user: cl.User, id_token: str | None
     ) -> cl.User | None:
         """Anyone the configured provider signs in gets an account, named as the provider names them."""
-        return default_user
+        return await signed_in(default_user.identifier, default_user.metadata)
 
 
 def session_language() -> str:
@@ -161,7 +210,7 @@ def current_profile() -> Profile:
 async def start() -> None:
     cl.user_session.set("history", [])
     language = session_language()
-    cl.user_session.set("chat_settings", await settings_panel(language, {}).send())
+    use_chat_settings(await settings_panel(language, {}).send())
     if current_profile().is_arena:
         table = leaderboard.as_markdown(leaderboard.standings(await leaderboard.outcomes(sessions)))
         await cl.Message(content=text("arena_intro", language, leaderboard=table)).send()
@@ -183,7 +232,8 @@ async def resume(thread: ThreadDict) -> None:
     history = await asyncio.to_thread(history_from_thread, thread["steps"], images_of)
     cl.user_session.set("history", history)
     stored = (thread.get("metadata") or {}).get("chat_settings") or {}
-    cl.user_session.set("chat_settings", await settings_panel(session_language(), stored).send())
+    valid, _ = checked_chat_settings(stored if isinstance(stored, dict) else {}, system_prompts())
+    use_chat_settings(await settings_panel(session_language(), valid).send())
     await restore_actions(thread["id"])
 
 
@@ -216,7 +266,25 @@ async def restore_actions(thread_id: str) -> None:
 
 @cl.on_settings_update
 async def update_settings(values: dict[str, Any]) -> None:
-    cl.user_session.set("chat_settings", {**(cl.user_session.get("chat_settings") or {}), **values})
+    """Take the valid values; refuse the others with a notice (Chainlit already copied them all in)."""
+    valid, refused = checked_chat_settings(values, system_prompts())
+    use_chat_settings({**chat_settings(), **valid})
+    if refused:
+        log.warning("Refused chat settings from %s: %s", current_user(), refused)
+        await cl.context.emitter.send_toast(
+            text("settings_refused", session_language(), names=", ".join(refused)), "error"
+        )
+
+
+def use_chat_settings(values: dict[str, Any]) -> None:
+    """Make `values` (checked) the chat's settings: what it answers with, and what its thread stores."""
+    cl.user_session.set("checked_settings", values)
+    cl.context.session.chat_settings = dict(values)  # Chainlit stores these in the thread's metadata
+
+
+def chat_settings() -> dict[str, Any]:
+    """The chat's checked settings (Chainlit's own copy holds whatever the client last sent)."""
+    return cl.user_session.get("checked_settings") or {}
 
 
 def settings_panel(language: str, chosen: dict[str, Any]) -> cl.ChatSettings:
@@ -230,32 +298,16 @@ def settings_panel(language: str, chosen: dict[str, Any]) -> cl.ChatSettings:
                 values=list(system_prompts()),
                 initial_value=defaults["system_prompt"],
             ),
-            Slider(
-                id="temperature",
-                label=text("setting_temperature", language),
-                initial=defaults["temperature"],
-                min=0,
-                max=2,
-                step=0.05,
-            ),
-            Slider(
-                id="top_p", label=text("setting_top_p", language), initial=defaults["top_p"], min=0.05, max=1, step=0.05
-            ),
-            Slider(
-                id="max_new_tokens",
-                label=text("setting_max_new_tokens", language),
-                initial=defaults["max_new_tokens"],
-                min=16,
-                max=4096,
-                step=16,
-            ),
-            Slider(
-                id="repetition_penalty",
-                label=text("setting_repetition_penalty", language),
-                initial=defaults["repetition_penalty"],
-                min=1,
-                max=2,
-                step=0.05,
+            *(
+                Slider(
+                    id=name,
+                    label=text(f"setting_{name}", language),
+                    initial=defaults[name],
+                    min=low,
+                    max=high,
+                    step=step,
+                )
+                for name, (low, high, step) in SLIDERS.items()
             ),
         ]
     )
@@ -274,8 +326,7 @@ async def answer(message: cl.Message) -> None:
         await cl.Message(content=text("empty_message", language)).send()
         return
     # The thread remembers its settings, so a resumed chat continues with them.
-    chosen = cl.user_session.get("chat_settings") or {}
-    await data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chosen})
+    await data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chat_settings()})
     history = cl.user_session.get("history")
     turn = user_turn(message.content, images, message.id)
 
@@ -306,9 +357,9 @@ async def respond(
     first line ("Answer 2 of 2", "Answer A"). Returns the answer sent, if one was.
     """
     sampling, prompt_name = chosen_sampling()
-    try:
-        prompt = prompt_builder.build(
-            system_prompt(prompt_name), [*earlier, turn], context_tokens - sampling.max_new_tokens
+    try:  # tokenizing a long conversation takes long enough to stall every other chat: off the event loop
+        prompt = await asyncio.to_thread(
+            prompt_builder.build, system_prompt(prompt_name), [*earlier, turn], context_tokens - sampling.max_new_tokens
         )
     except PromptTooLong as too_long:
         await cl.Message(
@@ -338,8 +389,9 @@ async def respond(
                 await queue_notice.clear()
                 await stream.add(piece)
     except Exception as error:
-        log.exception("Generation failed")
-        failure = cl.ErrorMessage(content=explain_failure(error, language))
+        reference = failure_reference()
+        log.exception("Generation failed (%s)", reference)
+        failure = cl.ErrorMessage(content=explain_failure(error, reference, language))
         failure.metadata = {"generation": record()}
         await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
@@ -358,7 +410,7 @@ async def respond(
 
 def chosen_sampling() -> tuple[SamplingSettings, str]:
     """The sampling settings and system prompt name chosen in this chat's settings panel."""
-    chosen = cl.user_session.get("chat_settings") or {}
+    chosen = chat_settings()
     sampling = SamplingSettings(
         temperature=float(chosen.get("temperature", default_sampling.temperature)),
         top_p=float(chosen.get("top_p", default_sampling.top_p)),
@@ -433,8 +485,9 @@ async def as_stoppable_task(work: Coroutine[Any, Any, cl.Message | None]) -> cl.
     if task.cancelled():
         return None
     if error := task.exception():
-        log.error("Action failed", exc_info=error)
-        await cl.ErrorMessage(content=explain_failure(error, session_language())).send()
+        reference = failure_reference()
+        log.error("Action failed (%s)", reference, exc_info=error)
+        await cl.ErrorMessage(content=explain_failure(error, reference, session_language())).send()
         return None
     return task.result()
 
@@ -669,9 +722,7 @@ class QueueNotice:
     async def show(self, ahead: int) -> None:
         content = text("queued", self.language, ahead=ahead)
         if self.step is None:
-            notice = cl.Message(content=content)
-            notice.created_at = utc_now()
-            self.step = dict(notice.to_dict())
+            self.step = dict(browser_only_message(content))
             await cl.context.emitter.send_step(self.step)
         else:
             self.step["output"] = content
@@ -683,7 +734,8 @@ class QueueNotice:
             self.step = None
 
 
-def explain_failure(error: Exception, language: str) -> str:
+def explain_failure(error: BaseException, reference: str, language: str) -> str:
+    """What the user is told of a failure: what to do, and the reference its details are logged under."""
     if isinstance(error, torch.OutOfMemoryError):
         return text("out_of_memory", language)
-    return text("model_error", language, error=str(error) or type(error).__name__)
+    return text("model_error", language, reference=reference)

@@ -1,11 +1,39 @@
-"""Work-arounds for Chainlit 2.12 behaviour that would break a promise Loupe makes to its users."""
+"""Changes to Chainlit 2.12 where its behaviour would break a promise Loupe makes to its users.
+
+Most are about trust: Chainlit stores what a client sends over socket.io much as it arrives
+(a message's type, metadata and parent included), runs features the config turns off, answers
+401 where 404 reveals less, and keeps every instance's uploads in one folder that any of them
+deletes at shutdown. Each function here changes one such thing and says why.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
 
+import chainlit.config
+import chainlit.server
+import chainlit.socket
+from chainlit.action import Action
+from chainlit.config import config as chainlit_config
+from chainlit.context import context, init_ws_context
+from chainlit.emitter import ChainlitEmitter
+from chainlit.message import Message
 from chainlit.session import WebsocketSession
+from chainlit.step import StepDict
+from chainlit.utils import utc_now
+from fastapi import HTTPException
+
+from chat.limits import RateLimit
+from chat.texts import language_of, text
+
+log = logging.getLogger("loupe")
 
 
 def accept_empty_uploads() -> None:
@@ -27,3 +55,175 @@ def accept_empty_uploads() -> None:
         return await persist_file(self, name, mime, path=path, content=content)
 
     WebsocketSession.persist_file = persist_file_allowing_empty
+
+
+def uploads_in(folder: Path) -> None:
+    """Keep this process's uploads in `folder`, which only this process deletes (at shutdown).
+
+    Chainlit keeps every instance's uploads in `<app root>/.files` and deletes that whole folder
+    when any instance stops, so a second instance's pending uploads vanished and its uploads
+    failed until restart.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    chainlit.config.FILES_DIRECTORY = folder  # read by each session when it stores a file
+    chainlit.server.FILES_DIRECTORY = folder  # deleted by the server when it stops
+
+
+def browser_only_message(content: str) -> StepDict:
+    """A message for the page that is never stored: notices that are stale once read."""
+    notice = Message(content=content)
+    notice.created_at = utc_now()
+    return notice.to_dict()
+
+
+class MessageRefused(ValueError):
+    """A client message Loupe will not take; `reason` and `details` make the sentence the user sees."""
+
+    def __init__(self, reason: str, **details: object) -> None:
+        super().__init__(reason)
+        self.reason, self.details = reason, details
+
+
+def client_message_step(sent: Any, author: str, max_chars: int) -> StepDict:
+    """What Loupe keeps of a message a client sent: a new user message with its id and text, nothing else.
+
+    Chainlit's `Message.from_dict` takes the client's type, metadata, parent and author, so a client
+    could store a "model answer" with a generation record (and the export trained on it), or hang
+    its message under another step. Here the type is always user_message, the author the logged-in
+    user, and metadata, parent and the rest are dropped; the id (which the page needs to show its
+    attachments) must be a fresh UUID4, and the data layer refuses one that already names a step.
+    """
+    if not isinstance(sent, dict) or not isinstance(sent.get("output"), str) or not isinstance(sent.get("id"), str):
+        raise MessageRefused("message_malformed")
+    try:
+        if uuid.UUID(sent["id"]).version != 4:
+            raise ValueError
+    except ValueError:
+        raise MessageRefused("message_malformed") from None
+    if len(sent["output"]) > max_chars:
+        raise MessageRefused("message_too_long", length=len(sent["output"]), limit=max_chars)
+    return {"id": sent["id"], "output": sent["output"], "name": author, "type": "user_message", "createdAt": utc_now()}
+
+
+def guard_client_messages(
+    max_chars: int, rate: RateLimit, login_is_current: Callable[[str | None], Awaitable[bool]]
+) -> None:
+    """Check every message a client sends before Chainlit stores it or Loupe answers it.
+
+    Typed messages and answers to AskUserMessage both pass through the emitter's
+    `process_message`, which now keeps only `client_message_step`. The socket's handler also
+    refuses, with a notice that is not stored: messages from a login that has since ended,
+    messages over the per-user rate, and malformed or over-long ones. Any other failure is
+    shown as a short message with a reference id; the details go to the log under that id.
+    """
+    process_message = ChainlitEmitter.process_message
+
+    async def process_checked_message(self: ChainlitEmitter, payload: Any) -> Message:
+        if not isinstance(payload, dict):
+            raise MessageRefused("message_malformed")
+        author = self.session.user.identifier if self.session.user else "User"
+        step = client_message_step(payload.get("message"), author, max_chars)
+        references = payload.get("fileReferences")
+        files = [ref for ref in references if isinstance(ref, dict)] if isinstance(references, list) else []
+        for reference in files:  # sent with a message: no longer pending (routes.py counts pending uploads)
+            if (pending := self.session.files.get(reference.get("id"))) is not None:
+                pending["sent"] = True
+        return await process_message(self, {"message": step, "fileReferences": files})
+
+    async def checked_message(session: WebsocketSession, payload: Any) -> None:
+        context = init_ws_context(session)
+        language = language_of(session.language)
+        await context.emitter.task_start()
+        try:
+            if not await login_is_current(session.token):
+                await context.emitter.send_step(browser_only_message(text("login_ended", language)))
+                await chainlit.socket.sio.disconnect(session.socket_id)
+                return
+            user = session.user.identifier if session.user else session.id
+            if (wait := rate.admit(user)) is not None:
+                raise MessageRefused("too_many_messages", seconds=max(1, round(wait)))
+            message = await context.emitter.process_message(payload)
+            if chainlit_config.code.on_message:
+                await asyncio.sleep(0.001)  # as Chainlit does: let the message's own writes start first
+                await chainlit_config.code.on_message(message)
+        except asyncio.CancelledError:
+            pass
+        except MessageRefused as refused:
+            log.warning("Refused a message from %s: %s", session.user and session.user.identifier, refused.reason)
+            await context.emitter.send_step(browser_only_message(text(refused.reason, language, **refused.details)))
+        except Exception:
+            reference = failure_reference()
+            log.exception("Failure %s while taking a message", reference)
+            await context.emitter.send_step(browser_only_message(text("server_error", language, reference=reference)))
+        finally:
+            await context.emitter.task_end()
+
+    ChainlitEmitter.process_message = process_checked_message
+    chainlit.socket.process_message = checked_message  # the client_message handler looks it up by name
+
+
+def failure_reference() -> str:
+    """An id to show the user with a short failure message and to log with the details: users
+    never see exception text (it can name files, hosts and internals), support can still find it."""
+    return secrets.token_hex(4)
+
+
+def honour_config_flags() -> None:
+    """Features the config turns off stay off, also for a client that asks for them directly.
+
+    Chainlit's page hides message editing and thread sharing when they are off, but its socket
+    event and share routes still work; editing deletes later steps (our answers and their
+    preferences), and a shared thread is readable without login.
+    """
+    if not chainlit_config.features.edit_message:
+
+        async def edit_refused(sid: str, payload: Any) -> None:
+            log.warning("Refused a message edit: editing is off (session %s)", sid)
+
+        chainlit.socket.sio.handlers["/"]["edit_message"] = edit_refused
+
+
+async def thread_author_or_404(username: str, thread_id: str) -> bool:
+    """Chainlit's check on its thread routes, answering 404 for another user's thread as for a
+    missing one: the answer must not tell which ids exist."""
+    data_layer = chainlit.server.get_data_layer()
+    if data_layer is None or await data_layer.get_thread_author(thread_id) != username:
+        raise HTTPException(status_code=404, detail="Thread not found")
+    return True
+
+
+def hide_other_users_threads() -> None:
+    chainlit.server.is_thread_author = thread_author_or_404  # looked up by name when a route runs
+
+
+# The buttons each session was sent and not yet told to remove, by id: the server's own copies.
+_issued_actions: WeakKeyDictionary[WebsocketSession, dict[str, dict[str, Any]]] = WeakKeyDictionary()
+
+
+def remember_issued_actions() -> None:
+    """Keep the server's copy of every button sent, so a click is answered with that copy.
+
+    Chainlit runs an action callback with whatever name and payload the client posts, so a
+    client could "vote" on any two of its answers (a battle the arena never held) or compare
+    answers no button offered. chat/routes.py answers a click only for a button this session
+    was shown, and passes the server's payload on, never the client's.
+    """
+
+    async def send(self: Action, for_id: str) -> None:
+        self.forId = for_id
+        _issued_actions.setdefault(context.session, {})[self.id] = self.to_dict()
+        await context.emitter.emit("action", self.to_dict())
+
+    async def remove(self: Action) -> None:
+        _issued_actions.get(context.session, {}).pop(self.id, None)
+        await context.emitter.emit("remove_action", self.to_dict())
+
+    Action.send = send
+    Action.remove = remove
+
+
+def issued_action(session: WebsocketSession, clicked: Any) -> dict[str, Any] | None:
+    """The server's copy of the button a client says it clicked; None if this session was never shown it."""
+    if not isinstance(clicked, dict) or not isinstance(clicked.get("id"), str):
+        return None
+    return _issued_actions.get(session, {}).get(clicked["id"])

@@ -5,11 +5,19 @@ can arrive before its thread, and the thread's owner and name arrive last. So ev
 upserts the thread row first (owner unknown until update_thread says), and a step's upsert and
 its generation record commit in one transaction. Chainlit also fires each write as its own task,
 so writes to one step or thread are put back in call order (WriteOrder).
+
+Every id in these calls may come from a hostile client (chainlit_fixes.py turns client messages
+into plain user messages, but ids, thread ids and element fields still travel from the page).
+So each write checks ownership against the logged-in user Chainlit is serving (`acting_user`):
+a row it touches, if it exists, must be in a thread of that user, and a new row goes only into
+a thread of theirs. Anything else raises NotYours, is logged with the user and the ids, and
+changes nothing. Calls with no logged-in user are the server's own (start-up, tests, CLI).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiofiles
+from chainlit.context import ChainlitContextException, context
 from chainlit.data.base import BaseDataLayer
 from chainlit.data.utils import queue_until_user_message
 from chainlit.element import Element as ChainlitElement
@@ -34,7 +43,7 @@ from chainlit.types import (
 )
 from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
-from sqlalchemy import JSON, Select, case, delete, func, literal, or_, select
+from sqlalchemy import JSON, ColumnElement, Select, case, delete, func, literal, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -62,6 +71,32 @@ STEP_FIELDS = {
 }
 TIME_FIELDS = {"created_at", "start", "end"}
 CLOSE_TIMEOUT_S = 10  # how long shutdown waits for writes under way
+# Chainlit names a thread after its first message; the history sidebar shows one line of it.
+MAX_THREAD_NAME_CHARS = 200
+ANSWER = "assistant_message"  # the step type of a model answer, the only one with a generation record
+USER_MESSAGE = "user_message"  # the only step type a client creates (chainlit_fixes.client_message_step)
+
+log = logging.getLogger("loupe.datalayer")
+
+
+class NotYours(LookupError):
+    """The row does not exist, or is not in a thread of the user asking."""
+
+
+def acting_user() -> str | None:
+    """The identifier of the logged-in user Chainlit is serving in this call; None for the server's own work."""
+    try:
+        user = context.session.user
+    except ChainlitContextException:
+        return None
+    return user.identifier if user else None
+
+
+def refuse(what: str, **ids: object) -> NotYours:
+    """Log a refused write with who asked and which ids, and return the error to raise."""
+    details = " ".join(f"{name}={value}" for name, value in ids.items())
+    log.warning("Refused %s: user=%s %s", what, acting_user(), details)
+    return NotYours(f"{what}: {details}")
 
 
 def utcnow() -> datetime:
@@ -153,10 +188,12 @@ class LoupeDataLayer(BaseDataLayer):
         tags: list[str] | None = None,
     ) -> None:
         async with self.order.turn(thread_id), self.sessions.begin() as session:
-            thread = await _ensure_thread(session, thread_id)
+            thread = await _writable_thread(session, thread_id)
             if name is not None:
-                thread.name = name
-            if user_id is not None:
+                thread.name = name[:MAX_THREAD_NAME_CHARS]
+            if user_id is not None and user_id != thread.user_id:
+                if thread.user_id is not None:  # threads never change hands
+                    raise refuse("thread owner change", thread=thread_id, owner=thread.user_id, to=user_id)
                 thread.user_id = user_id
             if tags is not None:
                 thread.tags = tags
@@ -174,7 +211,7 @@ class LoupeDataLayer(BaseDataLayer):
 
     async def delete_thread(self, thread_id: str) -> None:
         async with self.sessions.begin() as session:
-            await session.execute(delete(Thread).where(Thread.id == thread_id))
+            await session.execute(delete(Thread).where(Thread.id == thread_id, _acting_user_owns(Thread.id)))
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         """Newest first, `pagination.first` at a time; the cursor is the last thread id shown."""
@@ -247,18 +284,18 @@ class LoupeDataLayer(BaseDataLayer):
 
     @queue_until_user_message()
     async def create_step(self, step_dict: StepDict) -> None:
-        await self._upsert_step(step_dict)
+        await self._upsert_step(step_dict, creating=True)
 
     @queue_until_user_message()
     async def update_step(self, step_dict: StepDict) -> None:
-        await self._upsert_step(step_dict)
+        await self._upsert_step(step_dict, creating=False)
 
     @queue_until_user_message()
     async def delete_step(self, step_id: str) -> None:
         async with self.order.turn(step_id), self.sessions.begin() as session:
-            await session.execute(delete(Step).where(Step.id == step_id))
+            await session.execute(delete(Step).where(Step.id == step_id, _acting_user_owns(Step.thread_id)))
 
-    async def _upsert_step(self, step_dict: StepDict) -> None:
+    async def _upsert_step(self, step_dict: StepDict, creating: bool) -> None:
         values = {column: step_dict[key] for key, column in STEP_FIELDS.items() if key in step_dict}
         for column in TIME_FIELDS & values.keys():
             values[column] = parse_time(values[column])
@@ -267,7 +304,16 @@ class LoupeDataLayer(BaseDataLayer):
         values = {column: value for column, value in values.items() if value is not None or column in ("parent_id",)}
         generation = (values.get("metadata_") or {}).get("generation")
         async with self.order.turn(step_dict["id"]), self.sessions.begin() as session:
-            await _ensure_thread(session, step_dict["threadId"])
+            thread = await _writable_thread(session, step_dict["threadId"])
+            stored = (
+                await session.execute(select(Step.thread_id, Step.type).where(Step.id == step_dict["id"]))
+            ).first()
+            if stored is not None and stored.thread_id != thread.id:  # steps never move between threads
+                raise refuse("step write into another thread", step=step_dict["id"], thread=thread.id)
+            if stored is not None and values.get("type", stored.type) != stored.type:
+                raise refuse("step type change", step=step_dict["id"], type=values["type"])
+            if stored is not None and creating and stored.type == USER_MESSAGE:  # a prompt, once answered, stays
+                raise refuse("user message rewrite", step=step_dict["id"])
             insert = dialect_insert(session, Step).values(
                 id=step_dict["id"],
                 **{"created_at": utcnow(), "type": "undefined", **_by_column_name(values)},
@@ -278,7 +324,7 @@ class LoupeDataLayer(BaseDataLayer):
                 if updates
                 else insert.on_conflict_do_nothing(index_elements=["id"])
             )
-            if generation:
+            if generation and values.get("type", stored.type if stored else None) == ANSWER:
                 await _upsert_generation(session, step_dict["id"], step_dict["threadId"], generation)
 
     # Elements ------------------------------------------------------------------------------
@@ -296,7 +342,7 @@ class LoupeDataLayer(BaseDataLayer):
         if content is not None:
             object_key = (await self.store.upload_file("", content, element.mime or ""))["object_key"]
         async with self.sessions.begin() as session:
-            await _ensure_thread(session, element.thread_id)
+            await _writable_thread(session, element.thread_id)
             await session.execute(
                 dialect_insert(session, Element)
                 .values(
@@ -324,7 +370,7 @@ class LoupeDataLayer(BaseDataLayer):
 
     @queue_until_user_message()
     async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
-        query = delete(Element).where(Element.id == element_id)
+        query = delete(Element).where(Element.id == element_id, _acting_user_owns(Element.thread_id))
         if thread_id:
             query = query.where(Element.thread_id == thread_id)
         async with self.sessions.begin() as session:
@@ -363,17 +409,19 @@ class LoupeDataLayer(BaseDataLayer):
     async def upsert_feedback(self, feedback: ChainlitFeedback) -> str:
         """Store a thumbs up/down for the step Chainlit names (the run); one per step, re-votes update it.
 
-        Ownership is checked before this is called (chat/access.py); the rating belongs to the
-        thread's owner.
+        chat/routes.py answers 404 before this for steps not in the user's threads; this checks it
+        again. The rating belongs to the thread's owner; its id is ours, never the client's.
         """
         async with self.sessions.begin() as session:
-            rated = await session.get(Step, feedback.forId)
+            rated = await session.scalar(
+                select(Step).where(Step.id == feedback.forId, _acting_user_owns(Step.thread_id))
+            )
             if rated is None:
-                raise LookupError(f"no message {feedback.forId} to rate")
+                raise refuse("rating", step=feedback.forId)
             owner = await session.scalar(select(Thread.user_id).where(Thread.id == rated.thread_id))
             now = utcnow()
             insert = dialect_insert(session, Feedback).values(
-                id=feedback.id or str(uuid.uuid4()),
+                id=str(uuid.uuid4()),
                 for_id=rated.id,
                 thread_id=rated.thread_id,
                 user_id=owner,
@@ -398,7 +446,9 @@ class LoupeDataLayer(BaseDataLayer):
 
     async def delete_feedback(self, feedback_id: str) -> bool:
         async with self.sessions.begin() as session:
-            result = await session.execute(delete(Feedback).where(Feedback.id == feedback_id))
+            result = await session.execute(
+                delete(Feedback).where(Feedback.id == feedback_id, _acting_user_owns(Feedback.thread_id))
+            )
         return result.rowcount > 0
 
     # The rest of Chainlit's interface ------------------------------------------------------
@@ -430,14 +480,39 @@ def _by_column_name(values: dict[str, Any]) -> dict[str, Any]:
     return {("metadata" if key == "metadata_" else key): value for key, value in values.items()}
 
 
-async def _ensure_thread(session: AsyncSession, thread_id: str) -> Thread:
-    """The thread row, created empty if a step or element got here before Chainlit created it."""
+def _acting_user_owns(thread_id: Any) -> ColumnElement[bool]:
+    """SQL: `thread_id` names a thread of the acting user (always true for the server's own work)."""
+    if (identifier := acting_user()) is None:
+        return true()
+    owned = select(Thread.id).join(User, User.id == Thread.user_id).where(User.identifier == identifier)
+    return thread_id.in_(owned)
+
+
+async def _writable_thread(session: AsyncSession, thread_id: str | None) -> Thread:
+    """The thread a write goes into, created if a step or element got here before Chainlit created it.
+
+    With a logged-in user, a new thread is theirs from its first row (no ownerless moment to
+    race for), an ownerless one becomes theirs, and another user's thread raises NotYours.
+    """
+    if not thread_id:
+        raise refuse("write without a thread", thread=thread_id)
+    identifier = acting_user()
+    user_id = None
+    if identifier is not None:
+        user_id = await session.scalar(select(User.id).where(User.identifier == identifier))
+        if user_id is None:
+            raise refuse("write by an unknown user", thread=thread_id)
     await session.execute(
         dialect_insert(session, Thread)
-        .values(id=thread_id, tags=[], metadata={}, created_at=utcnow())
+        .values(id=thread_id, user_id=user_id, tags=[], metadata={}, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["id"])
     )
-    return await session.get(Thread, thread_id, with_for_update=session.bind.dialect.name == "postgresql")
+    thread = await session.get(Thread, thread_id, with_for_update=session.bind.dialect.name == "postgresql")
+    if user_id is not None and thread.user_id != user_id:
+        if thread.user_id is not None:
+            raise refuse("write into another user's thread", thread=thread_id)
+        thread.user_id = user_id
+    return thread
 
 
 async def _upsert_generation(session: AsyncSession, step_id: str, thread_id: str, record: dict[str, Any]) -> None:

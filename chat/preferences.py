@@ -15,15 +15,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.datalayer import dialect_insert, utcnow
+from chat.datalayer import NotYours, dialect_insert, utcnow
 from chat.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread, User
 
 CHOICES = ("a", "b", "tie", "both_bad")
 BASE = "base"  # the contender name of the model without an adapter
-
-
-class NotYours(LookupError):
-    """The step does not exist, or is not in a thread of this user."""
 
 
 @dataclass

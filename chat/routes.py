@@ -1,25 +1,73 @@
-"""HTTP routes Loupe adds to Chainlit's server, and ownership guards on two of Chainlit's own.
+"""HTTP routes Loupe adds to Chainlit's server, and guards in front of some of Chainlit's own.
 
-Chainlit checks the thread's author on its thread routes but not on `/feedback`, and it has no
-route for files kept by a storage client. Here only the owner of a thread may rate, un-rate,
-or download what is in it; anyone else gets 404, so ids reveal nothing.
+Chainlit checks the thread's author on its thread routes but not on `/feedback`, has no route
+for files kept by a storage client, no login throttling, and takes uploads without a per-user
+quota. Here only the owner of a thread may rate, un-rate, or download what is in it; anyone
+else gets 404, so ids reveal nothing. Stored files are served as the image type Loupe decoded,
+never as the type a client declared, so an uploaded HTML page can never render as one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import chainlit.server as chainlit_server
+from chainlit.config import config as chainlit_config
 from chainlit.server import UserParam
-from chainlit.types import DeleteFeedbackRequest, UpdateFeedbackRequest
+from chainlit.session import WebsocketSession, ws_sessions_id
+from chainlit.types import CallActionRequest, DeleteFeedbackRequest, UpdateFeedbackRequest
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.datastructures import UploadFile
 
+from chat.chainlit_fixes import issued_action
+from chat.limits import LoginThrottle, retry_after
 from chat.schema import Element, Feedback, Step, Thread, User
 from chat.storage import ContentStore
+from models.images import ImageRejected, image_mime
+
+log = logging.getLogger("loupe.routes")
+MB = 1024 * 1024
+# Served files are never HTML or script: the browser must not guess (nosniff) and, should it
+# render one anyway, it runs sandboxed with nothing allowed.
+FILE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Content-Disposition": "inline",
+    "Cache-Control": "private, max-age=86400",  # content-addressed: a key's bytes never change
+}
+
+
+@dataclass
+class UploadQuota:
+    """Files a user has uploaded but not yet sent in a message, across all their open chats."""
+
+    max_bytes: int
+    max_files: int
+
+    def __post_init__(self) -> None:
+        self.arriving: Counter[str] = Counter()  # bytes of uploads still being received, per user
+
+    def pending(self, identifier: str) -> tuple[int, int]:
+        """Bytes and files waiting in `identifier`'s sessions (Chainlit keeps them up to an hour)."""
+        waiting = [
+            upload
+            for session in list(ws_sessions_id.values())
+            if session.user is not None and session.user.identifier == identifier
+            for upload in session.files.values()
+            if not upload.get("sent")  # chainlit_fixes marks the files a message took
+        ]
+        return sum(upload["size"] for upload in waiting), len(waiting)
 
 
 def add_routes(
@@ -28,6 +76,8 @@ def add_routes(
     store: ContentStore,
     status: Callable[[], Any],
     settle_step: Callable[[str], Awaitable[None]],
+    throttle: LoginThrottle,
+    quota: UploadQuota,
 ) -> None:
     """`settle_step(step_id)` waits for the writes of a step still on their way to the database
     (LoupeDataLayer.settle_step), so that an answer rated the moment it is shown can be found."""
@@ -50,9 +100,11 @@ def add_routes(
         query = select(Thread.id).join(Element, Element.thread_id == Thread.id).where(Element.object_key == object_key)
         if not await owns(current_user, query):
             raise HTTPException(status_code=404, detail="File not found")
-        async with sessions() as session:
-            mime = await session.scalar(select(Element.mime).where(Element.object_key == object_key).limit(1))
-        return FileResponse(store.path(object_key), media_type=mime or "application/octet-stream")
+        try:
+            mime = await asyncio.to_thread(checked_image_mime, store.path(object_key))
+        except (ImageRejected, OSError):  # stored as sent, but never passed as an image: not served
+            raise HTTPException(status_code=404, detail="File not found") from None
+        return FileResponse(store.path(object_key), media_type=mime, headers=FILE_HEADERS)
 
     @server.put("/feedback")
     async def rate(request: Request, update: UpdateFeedbackRequest, current_user: UserParam) -> Response:
@@ -72,6 +124,95 @@ def add_routes(
             raise HTTPException(status_code=404, detail="Feedback not found")
         return await chainlit_server.delete_feedback(request, payload, current_user)
 
+    @server.post("/login")
+    async def login(request: Request, response: Response) -> Response:
+        """Chainlit's password login, refused with 429 for a while after repeated failures.
+
+        The wait is answered at once (no argon2 work, nothing held), so guessing costs the
+        guesser time and the server nothing; the name and the address are counted apart.
+        """
+        form = await request.form()
+        name, address = str(form.get("username", "")), request.client.host if request.client else ""
+        if wait := throttle.wait(name, address):
+            log.warning("Login throttled for %r from %s: %.0f s to wait", name, address, wait)
+            return JSONResponse(
+                {"detail": "Too many failed logins; try again later."},
+                status_code=429,
+                headers={"Retry-After": retry_after(wait)},
+            )
+        credentials = OAuth2PasswordRequestForm(username=name, password=str(form.get("password", "")))
+        try:
+            answer = await chainlit_server.login(request, response, credentials)
+        except HTTPException as refused:
+            if refused.status_code == 401 and (wait := throttle.failed(name, address)):
+                log.warning("Failed login for %r from %s: the next try waits %.0f s", name, address, wait)
+            raise
+        throttle.succeeded(name, address)
+        return answer
+
+    @server.post("/project/file")
+    async def upload(
+        request: Request, current_user: UserParam, session_id: str, ask_parent_id: str | None = None
+    ) -> Response:
+        """Chainlit's upload, within the user's quota of files waiting to be sent.
+
+        An upload's size is known from its Content-Length before it is read (the body limit in
+        chat/web.py holds it to that), so parallel uploads are counted while they arrive.
+        """
+        if current_user is None:
+            raise HTTPException(status_code=401, detail="Not authenticated")
+        user, size = current_user.identifier, int(request.headers.get("content-length") or 0)
+        waiting_bytes, waiting_files = quota.pending(user)
+        if waiting_files >= quota.max_files or waiting_bytes + quota.arriving[user] + size > quota.max_bytes:
+            log.warning("Upload refused for %s: %d files, %d bytes waiting", user, waiting_files, waiting_bytes)
+            detail = (
+                f"Too many files waiting to be sent (at most {quota.max_files} files, "
+                f"{quota.max_bytes // MB} MB): send your message or remove some first."
+            )
+            raise HTTPException(status_code=429, detail=detail)
+        quota.arriving[user] += size
+        try:
+            async with request.form(max_files=1, max_fields=8) as form:
+                file = form.get("file")
+                if not isinstance(file, UploadFile):
+                    raise HTTPException(status_code=400, detail="The upload has no file.")
+                return await chainlit_server.upload_file(current_user, session_id, file, ask_parent_id)
+        finally:
+            quota.arriving[user] -= size
+
+    @server.post("/project/action")
+    async def click(payload: CallActionRequest, current_user: UserParam) -> Response:
+        """Chainlit's action call, for a button this session was shown, with the server's own payload."""
+        session = WebsocketSession.get_by_id(payload.sessionId)
+        if session is None or current_user is None or session.user is None:
+            raise HTTPException(status_code=404, detail="Session not found")
+        if session.user.identifier != current_user.identifier:
+            raise HTTPException(status_code=404, detail="Session not found")
+        if (issued := issued_action(session, payload.action)) is None:
+            log.warning(
+                "Refused a click on a button never shown: user=%s action=%s",
+                current_user.identifier,
+                str(payload.action)[:200],
+            )
+            raise HTTPException(status_code=404, detail="That button is not on the page any more.")
+        return await chainlit_server.call_action(CallActionRequest(action=issued, sessionId=session.id), current_user)
+
+    ours = {model_status, stored_file, rate, unrate, login, upload, click}
+    if not chainlit_config.features.allow_thread_sharing:
+
+        @server.put("/project/thread/share")
+        @server.get("/project/share/{thread_id}")
+        async def sharing_is_off() -> Response:
+            """Thread sharing is off (.chainlit/config.toml); a shared thread is readable without login."""
+            raise HTTPException(status_code=404, detail="Not found")
+
+        ours.add(sharing_is_off)
     # Chainlit matches routes in order and ends with a catch-all for its frontend: ours go first.
-    ours = {model_status, stored_file, rate, unrate}
     server.router.routes.sort(key=lambda route: getattr(route, "endpoint", None) not in ours)
+
+
+@lru_cache(maxsize=4096)
+def checked_image_mime(path: Path) -> str:
+    """The type of the image stored at `path`, as decoded (the key is the content's hash, so the
+    answer never changes); ImageRejected for bytes that are not an image Loupe accepts."""
+    return image_mime(path)

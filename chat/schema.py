@@ -29,6 +29,9 @@ class User(Base):
     identifier: Mapped[str] = mapped_column(String(255), unique=True)
     # None for users who sign in through a header or OAuth provider.
     password_hash: Mapped[str | None] = mapped_column(String(255))
+    # Signed into every login token (chat/sessions.py); raised by logout and password changes,
+    # which revokes every token issued before.
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime]
 
@@ -124,6 +127,9 @@ class Generation(Base):
     time_to_first_token: Mapped[float | None] = mapped_column(Float)
     duration: Mapped[float] = mapped_column(Float)
     ended: Mapped[str] = mapped_column(String(16))  # finished, stopped, error
+    # Why this record may not be the server's: set by migration 5b1f0c2a9d47 for records written
+    # before client messages were checked (a client could then store one). Flagged records are not exported.
+    flagged: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
 
 

@@ -6,9 +6,11 @@ one; `.env.example` lists them with their defaults.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -41,6 +43,13 @@ class Settings(ModelSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in data_dir.")
     admin_password: str | None = Field(None, description="Password for the first user, 'admin'; else generated.")
     trusted_user_header: str | None = Field(None, description="Header naming the user, set by an auth proxy.")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="Other web origins (scheme://host:port) whose pages may call Loupe; comma-separated."
+    )
+    login_lifetime_hours: float = Field(168, gt=0, description="How long a login lasts; logout ends it earlier.")
+    max_message_chars: int = Field(32_000, ge=1, description="Longest message accepted, in characters.")
+    messages_per_minute: int = Field(20, ge=1, description="Messages one user may send per minute.")
+    pending_uploads_mb: float = Field(100, gt=0, description="Uploads one user may have waiting to be sent.")
     reasons_down: Annotated[list[str], NoDecode] = Field(
         ["wrong", "incomplete", "misread_image", "wrong_language", "unsafe", "other"],
         description="Reasons offered after a thumbs down, comma-separated codes.",
@@ -49,10 +58,10 @@ class Settings(ModelSettings):
         ["correct", "helpful", "clear"], description="Reasons offered after a thumbs up, comma-separated codes."
     )
 
-    @field_validator("reasons_down", "reasons_up", mode="before")
+    @field_validator("reasons_down", "reasons_up", "allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
-        """'wrong, too_long' -> ['wrong', 'too_long'] (codes; chat/texts.py labels the known ones)."""
+        """'wrong, too_long' -> ['wrong', 'too_long']; origins the same way."""
         if isinstance(value, str):
             return [code.strip() for code in value.split(",") if code.strip()]
         return value
@@ -81,3 +90,33 @@ class Settings(ModelSettings):
 @cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# The chat's settings panel -----------------------------------------------------------------
+# Its sliders, as (min, max, step). The page keeps a slider in range, but a client can send any
+# value: one outside these is refused, so a chat never stores settings it cannot answer with.
+SLIDERS: dict[str, tuple[float, float, float]] = {
+    "temperature": (0, 2, 0.05),
+    "top_p": (0.05, 1, 0.05),
+    "max_new_tokens": (16, 4096, 16),
+    "repetition_penalty": (1, 2, 0.05),
+}
+
+
+def checked_chat_settings(values: dict[str, Any], prompts: Collection[str]) -> tuple[dict[str, Any], list[str]]:
+    """The panel values that are valid (sliders in range, a known system prompt), and the names of the rest."""
+    valid: dict[str, Any] = {}
+    refused: list[str] = []
+    for name, value in values.items():
+        if name == "system_prompt" and isinstance(value, str) and value in prompts:
+            valid[name] = value
+        elif name in SLIDERS and _in_range(value, *SLIDERS[name][:2]):
+            valid[name] = int(value) if name == "max_new_tokens" else float(value)
+        else:
+            refused.append(str(name)[:40])
+    return valid, refused
+
+
+def _in_range(value: object, low: float, high: float) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and low <= value <= high

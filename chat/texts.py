@@ -26,7 +26,16 @@ TEXTS: dict[str, dict[str, str]] = {
             "Your message is too long for the model's context: it needs {needed} tokens and {budget} fit. "
             "Shorten the text, attach fewer images, or lower *Max new tokens*."
         ),
-        "model_error": "The model failed while answering: {error}. Please try again.",
+        "model_error": "The model failed while answering. Please try again (reference {reference}).",
+        "server_error": "Something went wrong on the server. Please try again (reference {reference}).",
+        "message_malformed": "That message could not be read, so it was not sent.",
+        "message_too_long": (
+            "Your message has {length:,} characters; at most {limit:,} fit in one message. "
+            "It was not sent: shorten it or split it."
+        ),
+        "too_many_messages": "You are sending messages faster than Loupe can answer. Wait {seconds} s, then resend.",
+        "login_ended": "This login has ended (logged out, or the password changed). Log in again to continue.",
+        "settings_refused": "These settings were not changed, because their values are out of range: {names}.",
         "out_of_memory": (
             "The model ran out of memory while answering. Try fewer or smaller images, a shorter "
             "conversation (start a new chat), or lower *Max new tokens*."
@@ -76,6 +85,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "bomb": "the image has far too many pixels to open safely; the limit is {limit:g} megapixels",
         "elongated": "its shape ({width}x{height}) is too elongated; one side may be at most {limit} times the other",
         "corrupt": "the file is truncated or corrupt",
+        "metadata_bomb": "its embedded text metadata would expand to far too much data to read safely",
     },
     "ko": {
         "demo_notice": (
@@ -94,7 +104,16 @@ TEXTS: dict[str, dict[str, str]] = {
             "메시지가 모델의 컨텍스트보다 깁니다: {needed} 토큰이 필요하지만 {budget} 토큰만 들어갑니다. "
             "글을 줄이거나 이미지를 줄이거나 *최대 생성 토큰*을 낮추세요."
         ),
-        "model_error": "답변 중 모델에 오류가 났습니다: {error}. 다시 시도해 주세요.",
+        "model_error": "답변 중 모델에 오류가 났습니다. 다시 시도해 주세요 (참조 {reference}).",
+        "server_error": "서버에 문제가 생겼습니다. 다시 시도해 주세요 (참조 {reference}).",
+        "message_malformed": "메시지를 읽을 수 없어 보내지 않았습니다.",
+        "message_too_long": (
+            "메시지가 {length:,}자입니다. 한 메시지에는 최대 {limit:,}자까지 들어갑니다. "
+            "보내지 않았으니 줄이거나 나누어 보내 주세요."
+        ),
+        "too_many_messages": "Loupe가 답할 수 있는 것보다 빠르게 보내고 있습니다. {seconds}초 뒤에 다시 보내 주세요.",
+        "login_ended": "로그인이 끝났습니다 (로그아웃했거나 비밀번호가 바뀜). 계속하려면 다시 로그인하세요.",
+        "settings_refused": "값이 허용 범위를 벗어나 다음 설정은 바꾸지 않았습니다: {names}.",
         "out_of_memory": (
             "답변 중 모델의 메모리가 부족했습니다. 이미지를 줄이거나 작게 하거나, 새 대화를 시작하거나, "
             "*최대 생성 토큰*을 낮춰 보세요."
@@ -142,6 +161,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "bomb": "픽셀 수가 너무 많아 안전하게 열 수 없습니다. 최대 {limit:g} 메가픽셀까지 가능합니다",
         "elongated": "이미지 모양({width}x{height})이 너무 길쭉합니다. 한 변이 다른 변의 {limit}배를 넘을 수 없습니다",
         "corrupt": "파일이 잘렸거나 손상되었습니다",
+        "metadata_bomb": "이미지에 든 텍스트 메타데이터가 풀면 너무 커져 안전하게 읽을 수 없습니다",
     },
 }
 

@@ -55,7 +55,8 @@ def read_images(uploads: list[Upload], limits: ImageLimits, language: str) -> li
 
 def load_fitted_image(path: Path, limits: ImageLimits) -> Image.Image:
     """Decode, check and size an image file for the model."""
-    return fit_to_budget(open_image(path, limits.max_megapixels), limits.min_pixels, limits.max_pixels)
+    image = open_image(path, limits.max_megapixels, limits.max_pixels)
+    return fit_to_budget(image, limits.min_pixels, limits.max_pixels)
 
 
 def _read_one(upload: Upload, limits: ImageLimits) -> Image.Image:

@@ -9,6 +9,7 @@ The visual-token budget is Qwen2-VL's own: an image of W x H pixels costs
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -31,12 +32,50 @@ class ImageRejected(ValueError):
         self.reason, self.details = reason, details
 
 
-def open_image(path: Path, max_megapixels: float) -> Image.Image:
+def open_image(path: Path, max_megapixels: float, max_pixels: int | None = None) -> Image.Image:
     """Decode the image at `path` fully and return it upright, in RGB.
 
     Raises ImageRejected for empty, unreadable, unsupported, truncated, oversized or
     extremely elongated files. GIFs and multi-page TIFFs use their first frame.
+    With `max_pixels` (the budget fit_to_budget will size it to), a JPEG is decoded reduced
+    (1/2, 1/4 or 1/8, Pillow's draft mode) as far as that still covers the budget: a tiny file
+    declaring 7000 x 7000 pixels then costs a few MB to decode instead of hundreds.
     """
+    image = _opened(path, max_megapixels)
+    with image:
+        width, height = image.size
+        if width * height > max_megapixels * 1_000_000:
+            raise ImageRejected("too_large", megapixels=round(width * height / 1e6, 1), limit=max_megapixels)
+        if max(width, height) / min(width, height) > MAX_RATIO:
+            raise ImageRejected("elongated", width=width, height=height, limit=MAX_RATIO)
+        if max_pixels is not None and image.format in ("JPEG", "MPO"):
+            fitted_height, fitted_width = smart_resize(
+                height, width, PIXELS_PER_TOKEN_SIDE, min_pixels=PIXELS_PER_TOKEN_SIDE**2, max_pixels=max_pixels
+            )
+            image.draft("RGB", (fitted_width, fitted_height))
+        try:
+            image.seek(0)
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise ImageRejected("corrupt") from None
+        return to_rgb(upright)
+
+
+def image_mime(path: Path) -> str:
+    """The MIME type of the image at `path`, from its decoded header and a check of its structure,
+    never from a name or a declared type; ImageRejected when it is not an image Loupe accepts."""
+    image = _opened(path, max_megapixels=math.inf)
+    with image:
+        try:
+            image.verify()  # checks the structure (chunk CRCs for PNG) without decoding pixels
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise ImageRejected("corrupt") from None
+        return "image/jpeg" if image.format == "MPO" else Image.MIME[image.format]
+
+
+def _opened(path: Path, max_megapixels: float) -> Image.Image:
+    """The image's header read (pixels not yet decoded), if it is of a format we accept."""
     if path.stat().st_size == 0:
         raise ImageRejected("empty")
     try:
@@ -46,24 +85,16 @@ def open_image(path: Path, max_megapixels: float) -> Image.Image:
             image = Image.open(path)
     except Image.DecompressionBombError:
         raise ImageRejected("bomb", limit=max_megapixels) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except ValueError as error:
+        # Pillow refuses compressed text chunks that would inflate past its limit (a zlib bomb).
+        reason = "metadata_bomb" if "Decompressed" in str(error) else "not_an_image"
+        raise ImageRejected(reason) from None
+    except (UnidentifiedImageError, OSError, SyntaxError):
         raise ImageRejected("not_an_image") from None
-
-    with image:
-        if image.format not in SUPPORTED_FORMATS:
-            raise ImageRejected("unsupported_format", format=image.format)
-        width, height = image.size
-        if width * height > max_megapixels * 1_000_000:
-            raise ImageRejected("too_large", megapixels=round(width * height / 1e6, 1), limit=max_megapixels)
-        if max(width, height) / min(width, height) > MAX_RATIO:
-            raise ImageRejected("elongated", width=width, height=height, limit=MAX_RATIO)
-        try:
-            image.seek(0)
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-        except (OSError, SyntaxError, ValueError, EOFError):
-            raise ImageRejected("corrupt") from None
-        return to_rgb(upright)
+    if image.format not in SUPPORTED_FORMATS:
+        image.close()
+        raise ImageRejected("unsupported_format", format=image.format)
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -250,7 +250,7 @@ def fit_images(batch: dict[str, list], folder: Path, min_pixels: int, max_pixels
 def fit_image(path: Path, min_pixels: int, max_pixels: int) -> Image.Image:
     """Upright, RGB and fitted to the pixel budget, like the images the model saw in the chat."""
     try:
-        return fit_to_budget(open_image(path, max_megapixels=math.inf), min_pixels, max_pixels)
+        return fit_to_budget(open_image(path, max_megapixels=math.inf, max_pixels=max_pixels), min_pixels, max_pixels)
     except ImageRejected as error:
         raise TrainingError(f"{path} cannot be used as an image ({error}). Remove its rows, or export again.") from None
 

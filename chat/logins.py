@@ -1,0 +1,60 @@
+"""Login tokens that end: a per-user token version, signed into each token and checked on every use.
+
+Chainlit's login token is a signed JWT that stays valid until it expires, whatever happens to the
+account. Loupe signs the user's `token_version` (users table) into the token's user metadata at
+login; logout and a password change raise the version, so every token issued before stops
+working at once, on HTTP and on socket.io, in every server process that shares the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jwt
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat.schema import User
+
+TOKEN_VERSION = "token_version"  # the key in a token's user metadata
+log = logging.getLogger("loupe.logins")
+
+
+async def token_version(sessions: async_sessionmaker[AsyncSession], identifier: str) -> int:
+    """The version a login of `identifier` signs into its token now (0 for a user not stored yet)."""
+    async with sessions() as session:
+        return await session.scalar(select(User.token_version).where(User.identifier == identifier)) or 0
+
+
+async def revoke(sessions: async_sessionmaker[AsyncSession], identifier: str) -> None:
+    """End every login of `identifier`: tokens issued before now are refused from now on."""
+    async with sessions.begin() as session:
+        await session.execute(
+            update(User).where(User.identifier == identifier).values(token_version=User.token_version + 1)
+        )
+    log.info("Revoked every login of %s", identifier)
+
+
+def claims(token: str, secret: str) -> dict[str, Any] | None:
+    """The token's content if its signature and expiry hold, else None."""
+    try:
+        return jwt.decode(token, secret, algorithms=["HS256"])
+    except jwt.InvalidTokenError:
+        return None
+
+
+async def is_current(sessions: async_sessionmaker[AsyncSession], token: str | None, secret: str) -> bool:
+    """Whether a (validly signed) token was issued at its user's current token version.
+
+    Tokens that are missing or badly signed are Chainlit's to refuse; this answers True for them so
+    that Chainlit's own message stays the one the client sees. Tokens from before token versions
+    existed carry none and count as version 0, the version every account starts with.
+    """
+    content = claims(token, secret) if token else None
+    if content is None:
+        return True
+    version = (content.get("metadata") or {}).get(TOKEN_VERSION, 0)
+    async with sessions() as session:
+        stored = await session.scalar(select(User.token_version).where(User.identifier == content.get("identifier")))
+    return stored is not None and stored == version
