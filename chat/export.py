@@ -227,7 +227,8 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
             generation.created_at,
             generation.settings["system_prompt"].as_string().label("style"),
         )
-        .where(in_page(generation.thread_id))
+        # Flagged records may have been written by a client before messages were checked (migration 5b1f0c2a9d47).
+        .where(in_page(generation.thread_id), generation.flagged.is_(None))
         .order_by(generation.created_at, generation.step_id)
     ):
         step = said[row.step_id]

@@ -6,20 +6,23 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from chainlit.context import init_http_context
 from chainlit.element import Image as ChainlitImage
 from chainlit.types import Feedback as ChainlitFeedback
 from chainlit.types import Pagination, ThreadFilter
+from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
 from sqlalchemy import Connection, func, inspect, select, text, update
 
 from chat.database import create_engine, downgrade, upgrade
-from chat.datalayer import LoupeDataLayer
+from chat.datalayer import MAX_THREAD_NAME_CHARS, LoupeDataLayer, NotYours
 from chat.schema import Base, Element, Feedback, Generation, Step, Thread
 
 
@@ -255,3 +258,161 @@ async def test_stored_thread_rebuilds_the_model_history_with_images(layer: Loupe
     history = history_from_thread(thread["steps"], images_of)
     assert [turn_text(message) for message in history] == ["Which resistor is larger?", "R2"]
     assert [image.size for image in turn_images(history[0])] == [(300, 200)]
+
+
+# Two accounts: a write never touches another user's thread ------------------------------------
+
+
+async def acting_as(layer: LoupeDataLayer, name: str) -> PersistedUser:
+    """Make `name` the logged-in user of the calls that follow, as Chainlit's context does."""
+    user = await layer.create_user(ChainlitUser(identifier=name))
+    init_http_context(user=user)
+    return user
+
+
+async def rows_of(layer: LoupeDataLayer, thread_id: str) -> dict[str, list]:
+    """Every row of a thread, every column, to compare before and after an attack."""
+    tables = {"threads": Thread, "steps": Step, "elements": Element, "feedbacks": Feedback, "generations": Generation}
+    found = {}
+    async with layer.sessions() as session:
+        for name, table in tables.items():
+            key = table.id if table is Thread else table.thread_id
+            result = await session.execute(select(table.__table__).where(key == thread_id).order_by(table.id))
+            found[name] = [tuple(row) for row in result]
+    return found
+
+
+async def test_another_user_can_write_nothing_into_a_thread(layer: LoupeDataLayer, tmp_path: Path) -> None:
+    ada = await acting_as(layer, "ada")
+    thread = str(uuid.uuid4())
+    prompt = step(thread, output="What is R2?")
+    run = step(thread, type="run", output="", parentId=prompt["id"])
+    answer = step(
+        thread,
+        type="assistant_message",
+        output="4.7 kOhm",
+        parentId=run["id"],
+        metadata={"generation": generation(prompt_id=prompt["id"])},
+    )
+    for written in (prompt, run, answer):
+        await layer.create_step(written)
+    await layer.update_thread(thread, name="ada's circuit", user_id=ada.id)
+    image = ChainlitImage(name="circuit.png", content=b"\x89PNG ada", mime="image/png", thread_id=thread)
+    await layer.create_element(image)
+    feedback_id = await layer.upsert_feedback(ChainlitFeedback(forId=run["id"], value=1))
+    before = await rows_of(layer, thread)
+
+    bob = await acting_as(layer, "bob")
+    own = str(uuid.uuid4())
+    await layer.create_step(step(own, output="bob's own question"))
+    attempts = {
+        "move ada's answer into bob's thread": layer.update_step({**answer, "threadId": own, "output": "forged"}),
+        "rewrite ada's answer": layer.update_step({**answer, "output": "forged"}),
+        "recreate ada's prompt": layer.create_step({**prompt, "output": "a different question"}),
+        "add a step to ada's thread": layer.create_step(step(thread, output="injected")),
+        "delete ada's answer": layer.delete_step(answer["id"]),
+        "rename ada's thread": layer.update_thread(thread, name="mine"),
+        "take ada's thread": layer.update_thread(thread, user_id=bob.id),
+        "delete ada's thread": layer.delete_thread(thread),
+        "add an element to ada's thread": layer.create_element(
+            ChainlitImage(name="x.png", content=b"bob", mime="image/png", thread_id=thread)
+        ),
+        "delete ada's element without a thread id": layer.delete_element(image.id),
+        "delete ada's element with its thread id": layer.delete_element(image.id, thread),
+        "rate ada's answer": layer.upsert_feedback(ChainlitFeedback(forId=run["id"], value=0, comment="bad")),
+        "withdraw ada's rating": layer.delete_feedback(feedback_id),
+    }
+    refused = []
+    for name, attempt in attempts.items():
+        try:
+            await attempt
+        except NotYours:
+            refused.append(name)
+    assert await rows_of(layer, thread) == before
+    # Writes that name a row of ada's are refused loudly; deletes only find nothing to delete.
+    assert set(attempts) - set(refused) == {
+        "delete ada's answer",
+        "delete ada's thread",
+        "delete ada's element without a thread id",
+        "delete ada's element with its thread id",
+        "withdraw ada's rating",
+    }
+    assert [s["output"] for s in (await layer.get_thread(own))["steps"]] == ["bob's own question"]
+
+
+async def test_a_stored_user_message_is_never_rewritten_and_only_answers_get_generation_records(
+    layer: LoupeDataLayer,
+) -> None:
+    ada = await acting_as(layer, "ada")
+    thread = str(uuid.uuid4())
+    prompt = step(thread, output="What is R2?")
+    await layer.create_step(prompt)
+    await layer.update_thread(thread, user_id=ada.id)
+    with pytest.raises(NotYours):  # a second message with the id of the first: the prompt an answer had stays
+        await layer.create_step({**prompt, "output": "What is R3?"})
+    with pytest.raises(NotYours):  # a user message cannot become an answer
+        await layer.update_step({**prompt, "type": "assistant_message", "metadata": {"generation": generation()}})
+    await layer.create_step(step(thread, metadata={"generation": generation()}))  # a user message "with" a record
+    assert await count(layer, Generation) == 0
+    assert [s["output"] for s in (await layer.get_thread(thread))["steps"]] == ["What is R2?", "hello"]
+
+
+async def test_thread_names_are_capped(layer: LoupeDataLayer) -> None:
+    ada = await acting_as(layer, "ada")
+    thread = str(uuid.uuid4())
+    await layer.update_thread(thread, name="x" * 100_000, user_id=ada.id)
+    assert (await layer.get_thread(thread))["name"] == "x" * MAX_THREAD_NAME_CHARS
+
+
+async def test_migration_flags_generation_records_a_client_could_have_written(migrated: str) -> None:
+    """Before 5b1f0c2a9d47, a client could store a "model answer" of its own; the migration flags
+    every record not in the shape the server writes, and the export leaves flagged ones out."""
+    engine = create_engine(migrated)
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(table.delete())
+    downgrade(migrated, "243b13670f21")
+    thread, now = str(uuid.uuid4()), datetime(2026, 11, 30, 10)
+    steps = {  # id: (type, parent)
+        "prompt": ("user_message", None),
+        "run": ("run", "prompt"),
+        "answer": ("assistant_message", "run"),
+        "forged-bare": ("assistant_message", None),  # a client_message of type assistant_message
+        "forged-in-run": ("assistant_message", "run"),  # ... naming the real run as its parent
+        "forged-user": ("user_message", None),
+    }
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO threads (id, tags, metadata, created_at) VALUES (:id, '[]', '{}', :now)"),
+            {"id": thread, "now": now},
+        )
+        for step_id, (type_, parent) in steps.items():
+            await connection.execute(
+                text(
+                    "INSERT INTO steps (id, thread_id, parent_id, name, type, input, output, is_error, metadata,"
+                    " default_open, auto_collapse, created_at) VALUES (:id, :thread, :parent, 'x', :type, '', 'x',"
+                    " false, '{}', false, false, :now)"
+                ),
+                {"id": step_id, "thread": thread, "parent": parent, "type": type_, "now": now},
+            )
+        for step_id in ("answer", "forged-bare", "forged-in-run", "forged-user"):
+            await connection.execute(
+                text(
+                    "INSERT INTO generations (id, step_id, thread_id, prompt_id, context, model, settings,"
+                    " prompt_tokens, completion_tokens, duration, ended, created_at) VALUES (:id, :id, :thread,"
+                    " 'prompt', '[]', 'demo', '{}', 1, 1, 1.0, 'finished', :now)"
+                ),
+                {"id": step_id, "thread": thread, "now": now},
+            )
+    upgrade(migrated)
+    async with engine.connect() as connection:
+        flagged = dict((await connection.execute(text("SELECT step_id, flagged FROM generations"))).all())
+        await connection.execute(text("DELETE FROM threads"))
+        await connection.commit()
+    await engine.dispose()
+    assert flagged == {
+        "answer": "two answers in one run",  # beside a forged one, neither can be trusted
+        "forged-in-run": "two answers in one run",
+        "forged-bare": "not under a run",
+        "forged-user": "not an answer step",
+    }
