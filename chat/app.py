@@ -103,7 +103,9 @@ async def login_is_current(token: str | None) -> bool:
     return await is_current(sessions, token, secret)
 
 
-guard_client_messages(settings.max_message_chars, RateLimit(settings.messages_per_minute, 60), login_is_current)
+guard_client_messages(
+    settings.max_message_chars, RateLimit(settings.messages_per_minute, 60), login_is_current, data_layer.step_exists
+)
 remember_issued_actions()
 honour_config_flags()
 hide_other_users_threads()

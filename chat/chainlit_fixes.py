@@ -106,14 +106,19 @@ def client_message_step(sent: Any, author: str, max_chars: int) -> StepDict:
 
 
 def guard_client_messages(
-    max_chars: int, rate: RateLimit, login_is_current: Callable[[str | None], Awaitable[bool]]
+    max_chars: int,
+    rate: RateLimit,
+    login_is_current: Callable[[str | None], Awaitable[bool]],
+    step_exists: Callable[[str], Awaitable[bool]],
 ) -> None:
     """Check every message a client sends before Chainlit stores it or Loupe answers it.
 
     Typed messages and answers to AskUserMessage both pass through the emitter's
     `process_message`, which now keeps only `client_message_step`. The socket's handler also
     refuses, with a notice that is not stored: messages from a login that has since ended,
-    messages over the per-user rate, and malformed or over-long ones. Any other failure is
+    messages over the per-user rate, malformed or over-long ones, and ones whose id already
+    names a step (anyone's: answered, it would hang an answer under another user's message).
+    Any other failure is
     shown as a short message with a reference id; the details go to the log under that id.
     """
     process_message = ChainlitEmitter.process_message
@@ -123,6 +128,9 @@ def guard_client_messages(
             raise MessageRefused("message_malformed")
         author = self.session.user.identifier if self.session.user else "User"
         step = client_message_step(payload.get("message"), author, max_chars)
+        if await step_exists(step["id"]):
+            log.warning("Refused a message from %s reusing the id of step %s", author, step["id"])
+            raise MessageRefused("message_malformed")
         references = payload.get("fileReferences")
         files = [ref for ref in references if isinstance(ref, dict)] if isinstance(references, list) else []
         for reference in files:  # sent with a message: no longer pending (routes.py counts pending uploads)

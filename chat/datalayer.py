@@ -43,7 +43,7 @@ from chainlit.types import (
 )
 from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
-from sqlalchemy import JSON, ColumnElement, Select, case, delete, func, literal, or_, select, true
+from sqlalchemy import JSON, ColumnElement, Select, case, delete, exists, func, literal, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -211,7 +211,7 @@ class LoupeDataLayer(BaseDataLayer):
 
     async def delete_thread(self, thread_id: str) -> None:
         async with self.sessions.begin() as session:
-            await session.execute(delete(Thread).where(Thread.id == thread_id, _acting_user_owns(Thread.id)))
+            await _delete_owned(session, Thread, Thread.id == thread_id)
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         """Newest first, `pagination.first` at a time; the cursor is the last thread id shown."""
@@ -282,6 +282,12 @@ class LoupeDataLayer(BaseDataLayer):
             step = await session.get(Step, step_id)
         return _step_dict(step, None) if step else None
 
+    async def step_exists(self, step_id: str) -> bool:
+        """Whether any thread has a step with this id, whoever owns it (a check, not a read)."""
+        await self.order.settled(step_id)
+        async with self.sessions() as session:
+            return await session.scalar(select(Step.id).where(Step.id == step_id)) is not None
+
     @queue_until_user_message()
     async def create_step(self, step_dict: StepDict) -> None:
         await self._upsert_step(step_dict, creating=True)
@@ -293,7 +299,7 @@ class LoupeDataLayer(BaseDataLayer):
     @queue_until_user_message()
     async def delete_step(self, step_id: str) -> None:
         async with self.order.turn(step_id), self.sessions.begin() as session:
-            await session.execute(delete(Step).where(Step.id == step_id, _acting_user_owns(Step.thread_id)))
+            await _delete_owned(session, Step, Step.id == step_id)
 
     async def _upsert_step(self, step_dict: StepDict, creating: bool) -> None:
         values = {column: step_dict[key] for key, column in STEP_FIELDS.items() if key in step_dict}
@@ -370,11 +376,11 @@ class LoupeDataLayer(BaseDataLayer):
 
     @queue_until_user_message()
     async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
-        query = delete(Element).where(Element.id == element_id, _acting_user_owns(Element.thread_id))
+        named = Element.id == element_id
         if thread_id:
-            query = query.where(Element.thread_id == thread_id)
+            named &= Element.thread_id == thread_id
         async with self.sessions.begin() as session:
-            await session.execute(query)
+            await _delete_owned(session, Element, named)
 
     def _element_dict(self, element: Element) -> ElementDict:
         return {
@@ -446,10 +452,7 @@ class LoupeDataLayer(BaseDataLayer):
 
     async def delete_feedback(self, feedback_id: str) -> bool:
         async with self.sessions.begin() as session:
-            result = await session.execute(
-                delete(Feedback).where(Feedback.id == feedback_id, _acting_user_owns(Feedback.thread_id))
-            )
-        return result.rowcount > 0
+            return await _delete_owned(session, Feedback, Feedback.id == feedback_id) > 0
 
     # The rest of Chainlit's interface ------------------------------------------------------
 
@@ -486,6 +489,15 @@ def _acting_user_owns(thread_id: Any) -> ColumnElement[bool]:
         return true()
     owned = select(Thread.id).join(User, User.id == Thread.user_id).where(User.identifier == identifier)
     return thread_id.in_(owned)
+
+
+async def _delete_owned(session: AsyncSession, table: type, named: ColumnElement[bool]) -> int:
+    """Delete the rows `named` in the acting user's threads; NotYours if they name another user's."""
+    thread_of = table.id if table is Thread else table.thread_id
+    result = await session.execute(delete(table).where(named, _acting_user_owns(thread_of)))
+    if result.rowcount == 0 and await session.scalar(select(exists().where(named))):
+        raise refuse(f"delete from another user's thread ({table.__tablename__})", where=named.compile().params)
+    return result.rowcount
 
 
 async def _writable_thread(session: AsyncSession, thread_id: str | None) -> Thread:

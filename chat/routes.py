@@ -31,9 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 
 from chat.chainlit_fixes import issued_action
+from chat.datalayer import NotYours
 from chat.limits import LoginThrottle, retry_after
 from chat.schema import Element, Feedback, Step, Thread, User
 from chat.storage import ContentStore
+from chat.web import SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
 
 log = logging.getLogger("loupe.routes")
@@ -42,7 +44,7 @@ MB = 1024 * 1024
 # render one anyway, it runs sandboxed with nothing allowed.
 FILE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Content-Security-Policy": SANDBOX_POLICY,
     "Content-Disposition": "inline",
     "Cache-Control": "private, max-age=86400",  # content-addressed: a key's bytes never change
 }
@@ -196,6 +198,11 @@ def add_routes(
             )
             raise HTTPException(status_code=404, detail="That button is not on the page any more.")
         return await chainlit_server.call_action(CallActionRequest(action=issued, sessionId=session.id), current_user)
+
+    @server.exception_handler(NotYours)
+    async def not_found(request: Request, refused: NotYours) -> Response:
+        """A write the data layer refused (chat/datalayer.py logged who and what): 404, as for a missing row."""
+        return JSONResponse({"detail": "Not found"}, status_code=404)
 
     ours = {model_status, stored_file, rate, unrate, login, upload, click}
     if not chainlit_config.features.allow_thread_sharing:

@@ -34,7 +34,10 @@ MB = 1024 * 1024
 # or a socket.io polling packet (engine.io's own cap is 1 MB).
 MAX_BODY_BYTES = 1 * MB
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers around an uploaded file
-UPLOAD_PATH = "/project/file"
+UPLOAD_PATH = "/project/file"  # POST uploads here; GET /project/file/<id> serves a session's upload back
+# For every file served (ours and Chainlit's session uploads): should a browser ever render one as
+# a page, it runs sandboxed with nothing allowed.
+SANDBOX_POLICY = "default-src 'none'; sandbox"
 
 # Chainlit's page loads its fonts and KaTeX's stylesheet from these two CDNs, and draws with
 # inline styles (React); scripts come only from this server, plus its two inline scripts by hash.
@@ -92,6 +95,7 @@ class Guard:
         if self.policy is None:
             self.policy = content_security_policy()
         limit = self.max_upload_bytes if scope["path"].endswith(UPLOAD_PATH) else MAX_BODY_BYTES
+        policy = SANDBOX_POLICY if f"{UPLOAD_PATH}/" in scope["path"] else self.policy
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"").decode()
         if declared.isdigit() and int(declared) > limit:
@@ -112,7 +116,7 @@ class Guard:
             if message["type"] == "http.response.start":
                 started = True
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = {**HEADERS, "Content-Security-Policy": self.policy}
+                extra = {**HEADERS, "Content-Security-Policy": policy}
                 message["headers"] = list(message.get("headers", [])) + [
                     (name.lower().encode(), value.encode())
                     for name, value in extra.items()

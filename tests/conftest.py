@@ -9,12 +9,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 from chainlit.context import init_http_context
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.database import create_engine, session_factory, upgrade
 from chat.datalayer import LoupeDataLayer
@@ -50,6 +52,7 @@ class Server:
     url: str
     log: Path
     data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)  # the LOUPE_* settings it was started with
 
 
 def free_port() -> int:
@@ -58,20 +61,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(app_root: Path, **env: str) -> tuple[subprocess.Popen, Server]:
-    """`python -m chat serve` with the demo model, in its own app root (uploads) and data directory
-    (SQLite database, stored images), with the first user `admin` / ADMIN_PASSWORD."""
+def start_server(app_root: Path, data_dir: Path | None = None, **env: str) -> tuple[subprocess.Popen, Server]:
+    """`python -m chat serve` with the demo model, in its own app root and data directory (SQLite
+    database, stored images, uploads; `data_dir` to share one), with the first user `admin` / ADMIN_PASSWORD."""
     for shared in (".chainlit", "public", "chainlit.md", "chainlit_ko.md"):
-        (app_root / shared).symlink_to(REPO / shared)
+        if not (app_root / shared).exists():
+            (app_root / shared).symlink_to(REPO / shared)
     port = free_port()
-    log = app_root / "server.log"
+    log = app_root / f"server-{port}.log"
+    data_dir = data_dir or app_root / ".data"
     environment = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "LOUPE_MODEL": "demo",
         "LOUPE_PORT": str(port),
         "LOUPE_HOST": "127.0.0.1",
-        "LOUPE_DATA_DIR": str(app_root / ".data"),
+        "LOUPE_DATA_DIR": str(data_dir),
         "LOUPE_ADMIN_PASSWORD": ADMIN_PASSWORD,
         **env,
     }
@@ -79,7 +84,7 @@ def start_server(app_root: Path, **env: str) -> tuple[subprocess.Popen, Server]:
         process = subprocess.Popen(
             [sys.executable, "-m", "chat", "serve"], cwd=app_root, env=environment, stdout=output, stderr=output
         )
-    server = Server(url=f"http://127.0.0.1:{port}", log=log, data_dir=app_root / ".data")
+    server = Server(url=f"http://127.0.0.1:{port}", log=log, data_dir=data_dir, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -93,15 +98,32 @@ def start_server(app_root: Path, **env: str) -> tuple[subprocess.Popen, Server]:
     raise RuntimeError(f"Loupe did not start within 120 s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    process, running = start_server(tmp_path_factory.mktemp("app"))
-    yield running
+def add_account(server: Server, name: str, password: str, action: str = "add") -> None:
+    """`python -m chat users add NAME` (or `passwd NAME`) against the server's database."""
+    subprocess.run(
+        [sys.executable, "-m", "chat", "users", action, name],
+        input=password,
+        text=True,
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        env={**os.environ, "LOUPE_DATA_DIR": str(server.data_dir), **server.env},
+    )
+
+
+def stop_server(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    process, running = start_server(tmp_path_factory.mktemp("app"))
+    yield running
+    stop_server(process)
 
 
 # Databases -------------------------------------------------------------------------------
@@ -161,3 +183,18 @@ async def layer(migrated: str, tmp_path: Path) -> AsyncIterator[LoupeDataLayer]:
     init_http_context()  # Chainlit's decorators look at the current session
     yield LoupeDataLayer(session_factory(engine), ContentStore(tmp_path / "files"))
     await engine.dispose()
+
+
+async def thread_rows(sessions: async_sessionmaker[AsyncSession], thread_id: str) -> dict[str, list[tuple]]:
+    """Every row of a thread, every column, in a stable order: to compare before and after an attack."""
+    from chat import schema
+
+    tables = [schema.Thread, schema.Step, schema.Element, schema.Feedback, schema.Generation]
+    tables += [schema.Comparison, schema.Correction, schema.Battle]
+    found = {}
+    async with sessions() as session:
+        for table in tables:
+            key = table.id if table is schema.Thread else table.thread_id
+            result = await session.execute(select(table.__table__).where(key == thread_id).order_by(table.id))
+            found[table.__tablename__] = [tuple(row) for row in result]
+    return found

@@ -5,9 +5,6 @@ Only the owner succeeds; the others get a refusal and learn nothing.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import httpx
@@ -15,7 +12,7 @@ import pytest
 import socketio
 
 from tests.chat_client import ChatClient, login
-from tests.conftest import REPO, Server
+from tests.conftest import Server, add_account
 from tests.test_app_socket import png
 
 OTHER, OTHER_PASSWORD = "bob", "bob-password-1"
@@ -28,18 +25,6 @@ class OwnedThread:
     element_id: str
     object_key: str
     feedback_id: str
-
-
-def add_account(server: Server, name: str, password: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "chat", "users", "add", name],
-        input=password,
-        text=True,
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-        env={**os.environ, "LOUPE_DATA_DIR": str(server.data_dir)},
-    )
 
 
 @pytest.fixture(scope="module")
