@@ -22,7 +22,7 @@ import chainlit.server as chainlit_server
 from chainlit.config import config as chainlit_config
 from chainlit.server import UserParam
 from chainlit.session import WebsocketSession, ws_sessions_id
-from chainlit.types import CallActionRequest, DeleteFeedbackRequest, UpdateFeedbackRequest
+from chainlit.types import CallActionRequest, DeleteFeedbackRequest, ElementRequest, UpdateFeedbackRequest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import OAuth2PasswordRequestForm
@@ -182,6 +182,25 @@ def add_routes(
         finally:
             quota.arriving[user] -= size
 
+    @server.put("/project/element")
+    async def update_element(payload: ElementRequest, current_user: UserParam) -> Response:
+        """Chainlit's custom-element update, only into this session's thread or another of the user's."""
+        session = WebsocketSession.get_by_id(payload.sessionId)
+        thread_id = payload.element.get("threadId") or ""
+        if session is None or not (
+            thread_id == session.thread_id or await owns(current_user, select(Thread.id).where(Thread.id == thread_id))
+        ):
+            raise HTTPException(status_code=404, detail="Thread not found")
+        return await chainlit_server.update_thread_element(payload, current_user)
+
+    @server.delete("/project/element")
+    async def delete_element(payload: ElementRequest, current_user: UserParam) -> Response:
+        """Chainlit's element delete, only of an element in one of the user's threads."""
+        owner = select(Thread.id).join(Element, Element.thread_id == Thread.id)
+        if not await owns(current_user, owner.where(Element.id == payload.element.get("id"))):
+            raise HTTPException(status_code=404, detail="Element not found")
+        return await chainlit_server.delete_thread_element(payload, current_user)
+
     @server.post("/project/action")
     async def click(payload: CallActionRequest, current_user: UserParam) -> Response:
         """Chainlit's action call, for a button this session was shown, with the server's own payload."""
@@ -204,7 +223,7 @@ def add_routes(
         """A write the data layer refused (chat/datalayer.py logged who and what): 404, as for a missing row."""
         return JSONResponse({"detail": "Not found"}, status_code=404)
 
-    ours = {model_status, stored_file, rate, unrate, login, upload, click}
+    ours = {model_status, stored_file, rate, unrate, login, upload, update_element, delete_element, click}
     if not chainlit_config.features.allow_thread_sharing:
 
         @server.put("/project/thread/share")

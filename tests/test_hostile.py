@@ -121,6 +121,13 @@ async def emit_raw(client: ChatClient, message: dict[str, Any]) -> None:
     await client.sio.emit("client_message", {"message": message, "fileReferences": []})
 
 
+async def refusal(client: ChatClient, starting_with: str) -> dict[str, Any]:
+    """The notice a refused message gets, once its task has ended."""
+    notice = await client.wait_for_message(starting_with)
+    await client.wait_for("task_end")
+    return notice
+
+
 async def http(client: ChatClient, method: str, path: str, **options: Any) -> httpx.Response:
     async with httpx.AsyncClient(base_url=client.url, cookies=client.cookies, timeout=60) as session:
         return await session.request(method, path, **options)
@@ -142,7 +149,7 @@ async def test_a_message_with_the_id_of_another_users_answer_changes_nothing(hos
             {**mallory.user_message("Me too."), "id": victim.prompt_id, "type": "assistant_message"},
         ):
             await emit_raw(mallory, forged)
-            assert (await mallory.wait_for_message("That message could not be read"))["output"]
+            await refusal(mallory, "That message could not be read")
         assert await rows_of(hostile.sessions, victim.thread_id) == before
         await still_served(hostile, victim, mallory)
 
@@ -352,16 +359,23 @@ async def test_repeated_failed_logins_are_answered_429_with_a_growing_wait(hosti
 async def test_uploads_over_the_cap_are_refused_while_they_arrive(hostile: Hostile, victim: Victim):
     async with attacker(hostile, "big-uploader") as mallory:
         params = {"session_id": mallory.session_id}
-        declared = await http(
-            mallory, "POST", "/project/file", params=params, files={"file": ("a.png", b"\0" * 30 * 2**20)}
+        # A declared 200 MB: refused on its headers, before one byte of the body is read.
+        host, port = hostile.server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /project/file?session_id={mallory.session_id} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Cookie: access_token={mallory.cookies['access_token']}\r\n"
+            f"Content-Type: multipart/form-data; boundary=loupe\r\nContent-Length: {200 * 2**20}\r\n\r\n".encode()
         )
-        assert declared.status_code == 413, declared.text
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 413")
+        writer.close()
 
-        async def undeclared_length():  # chunked: no Content-Length to refuse it by
-            boundary = b'--loupe\r\nContent-Disposition: form-data; name="file"; filename="b.png"\r\n\r\n'
-            yield boundary
-            for _ in range(30):
+        async def undeclared_length():  # chunked: no Content-Length to refuse it by; refused once over the cap
+            yield b'--loupe\r\nContent-Disposition: form-data; name="file"; filename="b.png"\r\n\r\n'
+            for _ in range(20):
                 yield b"\0" * 2**20
+            yield b"\0" * 2**18  # just over: the rest fits the socket's buffers, so the answer can be read
 
         chunked = await http(
             mallory,
@@ -394,11 +408,12 @@ async def test_long_messages_names_and_bad_settings_are_refused_and_the_chat_goe
     async with attacker(hostile, "verbose") as mallory:
         long = mallory.user_message("x" * 40_000)
         await emit_raw(mallory, long)
-        await mallory.wait_for_message("Your message has 40,000 characters; at most 32,000")
+        await refusal(mallory, "Your message has 40,000 characters; at most 32,000")
         assert await stored(hostile, select(Step.id).where(Step.id == long["id"])) == []
 
         await mallory.sio.call("chat_settings_change", {"temperature": "abc", "top_p": 9}, timeout=10)
         toast = await mallory.wait_for("toast")
+        await mallory.wait_for("task_end")
         assert "temperature, top_p" in toast["message"]
         await mallory.change_settings(SHORT)
         reply = await mallory.ask("Still answering?")
@@ -475,6 +490,6 @@ async def test_another_users_thread_is_404_on_every_route_and_sharing_and_editin
         prompt_id = mine["metadata"]["generation"]["prompt_id"]
         await mallory.sio.emit("edit_message", {"message": {**mallory.user_message("edited"), "id": prompt_id}})
         await mallory.catch_up()
-        assert await stored(hostile, select(Step.output).where(Step.id == mine["id"])) == [(mine["output"],)]
         assert await rows_of(hostile.sessions, victim.thread_id) == before
-        await still_served(hostile, victim, mallory)
+        await still_served(hostile, victim, mallory)  # (its answer's row may still be on its way before this)
+        assert await stored(hostile, select(Step.output).where(Step.id == mine["id"])) == [(mine["output"],)]

@@ -8,10 +8,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
-from models.images import ImageRejected, fit_to_budget, open_image, visual_tokens
+from models.images import ImageRejected, fit_to_budget, image_mime, open_image, visual_tokens
 
 LIMIT_MEGAPIXELS = 50
 
@@ -37,6 +37,16 @@ PHOTO = Image.radial_gradient("L").convert("RGB").resize((320, 240))
 GOOD_PNG = encoded(PHOTO, "PNG")
 GOOD_JPEG = encoded(PHOTO, "JPEG")
 
+
+def text_bomb_png() -> bytes:
+    """A small PNG whose compressed text chunk inflates to 20 MB: a zlib bomb in its metadata."""
+    metadata = PngImagePlugin.PngInfo()
+    metadata.add_text("comment", "A" * 20_000_000, zip=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=metadata)
+    return buffer.getvalue()
+
+
 BAD_FILES: dict[str, tuple[bytes, str]] = {
     "empty.png": (b"", "empty"),
     "notes.png": (b"These are my notes, not a picture.\n" * 20, "not_an_image"),
@@ -50,6 +60,7 @@ BAD_FILES: dict[str, tuple[bytes, str]] = {
     "strip.png": (encoded(Image.new("RGB", (3000, 10)), "PNG"), "elongated"),
     "image.ppm": (encoded(PHOTO, "PPM"), "unsupported_format"),
     "icon.ico": (encoded(PHOTO, "ICO"), "unsupported_format"),
+    "zlib-bomb.png": (text_bomb_png(), "metadata_bomb"),
 }
 
 
@@ -114,3 +125,28 @@ def test_fitted_image_costs_what_the_processor_charges(processor) -> None:
     grid = processor.image_processor(images=[fitted], return_tensors="pt")["image_grid_thw"][0]
     merged_tokens = int(grid.prod()) // 4  # 2 x 2 patches merge into one token
     assert merged_tokens == visual_tokens(4000, 3000, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS) <= 256
+
+
+def test_a_huge_jpeg_is_decoded_reduced_to_what_the_budget_needs(tmp_path: Path) -> None:
+    """A JPEG declaring 6000 x 6000 pixels (108 MB decoded) is decoded at 1/8 scale: 750 x 750 still
+    covers the 448 x 448 the CPU budget sizes it to."""
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (6000, 6000), (200, 30, 30)).save(path, "JPEG")
+    reduced = open_image(path, LIMIT_MEGAPIXELS, CPU_MAX_PIXELS)
+    assert reduced.size == (750, 750)
+    assert fit_to_budget(reduced, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS).size == (448, 448)
+
+
+def test_a_files_type_comes_from_its_decoded_bytes(tmp_path: Path) -> None:
+    page = b"<html><script>alert(1)</script></html>"
+    for name, content, expected in (("page.png", page, None), ("polyglot.png", GOOD_PNG + page, "image/png")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        if expected is None:
+            with pytest.raises(ImageRejected):
+                image_mime(path)
+        else:
+            assert image_mime(path) == expected
+    jpeg = tmp_path / "photo.jpg"
+    jpeg.write_bytes(GOOD_JPEG)
+    assert image_mime(jpeg) == "image/jpeg"

@@ -1,0 +1,78 @@
+"""Limits as pure rules, on a clock the test moves: message rate, login throttling, chat settings."""
+
+from __future__ import annotations
+
+import math
+
+from chat.limits import FREE_FAILURES, FREE_FAILURES_PER_ADDRESS, LONGEST_WAIT_S, LoginThrottle, RateLimit
+from chat.settings import checked_chat_settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_rate_limit_admits_its_limit_per_window_and_says_how_long_to_wait() -> None:
+    clock = Clock()
+    rate = RateLimit(3, 60, clock)
+    assert [rate.admit("ada") for _ in range(3)] == [None, None, None]
+    clock.now += 10
+    assert rate.admit("ada") == 50  # the oldest of the three leaves the window in 50 s
+    assert rate.admit("bob") is None  # each key has its own window
+    clock.now += 50
+    assert rate.admit("ada") is None
+
+
+def test_failed_logins_wait_longer_and_longer_after_the_free_ones() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(clock)
+    waits = []
+    for _ in range(FREE_FAILURES + 12):
+        waits.append(throttle.failed("ada", "10.0.0.1"))
+        clock.now += waits[-1]  # the guesser waits each time, as told
+    assert waits[:FREE_FAILURES] == [0] * FREE_FAILURES
+    assert waits[FREE_FAILURES : FREE_FAILURES + 4] == [1, 2, 4, 8]
+    assert max(waits) == LONGEST_WAIT_S
+    throttle.failed("ada", "10.0.0.1")
+    assert throttle.wait("ada", "10.0.0.2") == LONGEST_WAIT_S  # the name is held from any address
+    assert throttle.wait("bob", "10.0.0.3") == 0  # another name from another address is not
+
+
+def test_an_address_guessing_many_names_is_held_back_too() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(clock)
+    for n in range(FREE_FAILURES_PER_ADDRESS):
+        assert throttle.failed(f"user{n}", "10.0.0.9") == 0
+    assert throttle.failed("one-more", "10.0.0.9") == 1
+    assert throttle.wait("someone-else", "10.0.0.9") == 1
+
+
+def test_a_right_password_clears_the_names_failures() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(clock)
+    for _ in range(FREE_FAILURES):
+        throttle.failed("ada", "10.0.0.1")
+    throttle.succeeded("ada", "10.0.0.1")
+    assert throttle.failed("ada", "10.0.0.1") == 0
+
+
+def test_chat_settings_out_of_range_are_refused_and_the_rest_kept() -> None:
+    values = {
+        "temperature": "abc",
+        "top_p": 0.9,
+        "max_new_tokens": 64.0,
+        "repetition_penalty": math.nan,
+        "system_prompt": "concise",
+        "evil": {"x": 1},
+    }
+    valid, refused = checked_chat_settings(values, {"concise", "engineering"})
+    assert valid == {"top_p": 0.9, "max_new_tokens": 64, "system_prompt": "concise"}
+    assert refused == ["temperature", "repetition_penalty", "evil"]
+    assert checked_chat_settings({"temperature": True, "system_prompt": "nope"}, {"concise"}) == (
+        {},
+        ["temperature", "system_prompt"],
+    )
