@@ -270,7 +270,13 @@ async def comment_of(answer: Locator) -> str:
 async def test_answer_streams_about_an_image_and_stops_on_request(
     page: Page, server: Server, artifacts: Path, tmp_path: Path
 ) -> None:
-    """One chat, two questions: the first, with an image, streams to its end; the second is stopped."""
+    """One chat, two questions: the first, with an image, streams to its end; the second is stopped.
+
+    All of it under Loupe's Content-Security-Policy (chat/web.py), which must block nothing the page needs.
+    """
+    violations = await watch_csp_violations(page)
+    policy = (await (await page.request.get(server.url)).all_headers())["content-security-policy"]
+    assert "script-src 'self' 'sha256-" in policy
     await open_chat(page, server.url)
     await expect(page.locator("#loupe-demo-banner")).to_be_visible(timeout=START)
 
@@ -298,6 +304,21 @@ async def test_answer_streams_about_an_image_and_stops_on_request(
     assert await text_of(answer) == stopped, "the answer kept growing after Stop"
     assert stopped.rstrip().endswith(STOPPED)
     await page.screenshot(path=artifacts / "browser-stopped-answer.png")
+    assert violations == [], violations
+
+
+async def watch_csp_violations(page: Page) -> list[str]:
+    """Every Content-Security-Policy violation the page reports from now on, as the console shows them."""
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None,
+    )
+    await page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', (event) => console.error("
+        "`Content Security Policy violation: ${event.violatedDirective} ${event.blockedURI}`))"
+    )
+    return violations
 
 
 async def test_rated_answer_and_image_come_back_from_the_history(
