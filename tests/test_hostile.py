@@ -91,6 +91,7 @@ async def victim(hostile: Hostile) -> Victim:
         rated = await admin.rate(answer["parentId"], 1)
         async with httpx.AsyncClient(base_url=hostile.server.url, cookies=admin.cookies) as http:
             [element] = (await http.get(f"/project/thread/{admin.thread_id}")).json()["elements"]
+    await session_saved(hostile, admin)
     return Victim(
         thread_id=admin.thread_id,
         prompt_id=answer["metadata"]["generation"]["prompt_id"],
@@ -108,10 +109,22 @@ def attacker(hostile: Hostile, name: str) -> ChatClient:
     return ChatClient(hostile.server.url, username=name, password=PASSWORD)
 
 
+async def session_saved(hostile: Hostile, client: ChatClient) -> None:
+    """Wait for the write Chainlit makes when a chat disconnects (its session, into the thread's
+    metadata), so that the rows compared next are not changed under the test by the victim's own chat."""
+    async with asyncio.timeout(60):
+        while True:
+            query = select(Thread.metadata_).where(Thread.id == client.thread_id)
+            if any(metadata.get("id") == client.session_id for (metadata,) in await stored(hostile, query)):
+                return
+            await asyncio.sleep(0.1)
+
+
 async def still_served(hostile: Hostile, victim: Victim, client: ChatClient) -> None:
     """The victim's thread still resumes, and the attacker's chat still answers."""
     async with ChatClient(hostile.server.url, thread_id=victim.thread_id) as owner:
         assert (await owner.wait_for("resume_thread"))["id"] == victim.thread_id
+    await session_saved(hostile, owner)
     await client.change_settings(SHORT)
     reply = await client.ask("Still there?")
     assert reply.messages[-1]["metadata"]["ended"] == "finished"
