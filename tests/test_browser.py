@@ -275,7 +275,7 @@ async def test_answer_streams_about_an_image_and_stops_on_request(
     All of it under Loupe's Content-Security-Policy (chat/web.py), which must block nothing the page needs.
     """
     violations = await watch_csp_violations(page)
-    policy = (await (await page.request.get(server.url)).all_headers())["content-security-policy"]
+    policy = (await page.request.get(server.url)).headers["content-security-policy"]
     assert "script-src 'self' 'sha256-" in policy
     await open_chat(page, server.url)
     await expect(page.locator("#loupe-demo-banner")).to_be_visible(timeout=START)
