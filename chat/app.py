@@ -86,7 +86,7 @@ uploads_config.max_size_mb = math.ceil(settings.max_upload_mb)
 chainlit_config.project.user_session_timeout = int(settings.login_lifetime_hours * 3600)
 accept_empty_uploads()
 # One folder per process, so that no other instance's shutdown deletes this one's pending uploads.
-uploads_in(settings.data_dir / "uploads" / f"{os.uname().nodename}-{os.getpid()}")
+uploads_in(settings.data_dir / "uploads")
 
 
 store = ContentStore(settings.files_dir)

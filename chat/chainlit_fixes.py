@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import shutil
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,16 +59,34 @@ def accept_empty_uploads() -> None:
     WebsocketSession.persist_file = persist_file_allowing_empty
 
 
-def uploads_in(folder: Path) -> None:
-    """Keep this process's uploads in `folder`, which only this process deletes (at shutdown).
+def uploads_in(root: Path) -> Path:
+    """Keep this process's uploads in a folder of its own under `root`, which only it deletes (at
+    shutdown), and delete the folders of this host's processes that ended without doing so (killed).
 
     Chainlit keeps every instance's uploads in `<app root>/.files` and deletes that whole folder
     when any instance stops, so a second instance's pending uploads vanished and its uploads
     failed until restart.
     """
+    host = os.uname().nodename
+    folder = root / f"{host}-{os.getpid()}"
+    for other in root.glob(f"{host}-*"):
+        pid = other.name.removeprefix(f"{host}-")
+        if other != folder and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(other, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     chainlit.config.FILES_DIRECTORY = folder  # read by each session when it stores a file
     chainlit.server.FILES_DIRECTORY = folder  # deleted by the server when it stops
+    return folder
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 delivers nothing: it only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def browser_only_message(content: str) -> StepDict:
