@@ -32,6 +32,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from chat import leaderboard
 from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
 from chat.chainlit_fixes import (
+    MessageRefused,
     accept_empty_uploads,
     browser_only_message,
     failure_reference,
@@ -607,8 +608,13 @@ async def correct(action: cl.Action) -> None:
     language = session_language()
     if (answer := await clicked_answer(action)) is None:
         return
-    written = await cl.AskUserMessage(content=text("correction_ask", language), timeout=CORRECTION_TIMEOUT_S).send()
-    await cl.context.emitter.task_end()  # Chainlit's ask ends with task_start, meant for a running task
+    try:
+        written = await cl.AskUserMessage(content=text("correction_ask", language), timeout=CORRECTION_TIMEOUT_S).send()
+    except MessageRefused as refused:  # the reply too was checked (chainlit_fixes), and was too long or malformed
+        await cl.context.emitter.send_toast(text(refused.reason, language, **refused.details), "error")
+        return
+    finally:
+        await cl.context.emitter.task_end()  # Chainlit's ask ends with task_start, meant for a running task
     if written and written["output"].strip():
         await preferences.correct(current_user(), answer.id, written["output"].strip())
         await cl.Message(content=text("correction_saved", language)).send()
