@@ -245,3 +245,38 @@ class ChatClient:
         if self.thread_id is None:  # Chainlit names the new thread once it is stored; it may come last
             await self.wait_for("first_interaction", timeout)
         return reply
+
+
+@dataclass
+class OwnedThread:
+    """A thread of one user's: a question with an image, and the answer, rated thumbs down."""
+
+    thread_id: str
+    prompt_id: str
+    run_id: str
+    answer_id: str
+    element_id: str
+    object_key: str
+    feedback_id: str
+
+
+async def rated_thread_with_image(url: str, image: bytes) -> tuple[OwnedThread, ChatClient]:
+    """admin asks about `image` (a short answer: these threads are about who may touch them), rates
+    the answer, and leaves; returns the thread and the (closed) client that made it."""
+    async with ChatClient(url) as client:
+        await client.change_settings({"max_new_tokens": 16})
+        uploaded = await client.upload("circuit.png", image, "image/png")
+        answer = (await client.ask("What is R2?", [uploaded])).messages[-1]
+        rated = await client.rate(answer["parentId"], 0)
+        async with httpx.AsyncClient(base_url=url, cookies=client.cookies) as http:
+            [element] = (await http.get(f"/project/thread/{client.thread_id}")).json()["elements"]
+    owned = OwnedThread(
+        thread_id=client.thread_id,
+        prompt_id=answer["metadata"]["generation"]["prompt_id"],
+        run_id=answer["parentId"],
+        answer_id=answer["id"],
+        element_id=element["id"],
+        object_key=element["objectKey"],
+        feedback_id=rated.json()["feedbackId"],
+    )
+    return owned, client

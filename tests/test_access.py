@@ -5,43 +5,22 @@ Only the owner succeeds; the others get a refusal and learn nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import httpx
 import pytest
 import socketio
 
-from tests.chat_client import ChatClient, login
+from tests.chat_client import ChatClient, OwnedThread, login, rated_thread_with_image
 from tests.conftest import Server, add_account
 from tests.test_app_socket import png
 
 OTHER, OTHER_PASSWORD = "bob", "bob-password-1"
 
 
-@dataclass
-class OwnedThread:
-    thread_id: str
-    run_id: str
-    element_id: str
-    object_key: str
-    feedback_id: str
-
-
 @pytest.fixture(scope="module")
 async def owned(server: Server) -> OwnedThread:
     """A thread of admin's with an image and a rated answer, and a second user, bob."""
     add_account(server, OTHER, OTHER_PASSWORD)
-    async with ChatClient(server.url) as client:
-        await client.change_settings({"max_new_tokens": 32})  # this is about who may touch it, not the answer
-        image = await client.upload("circuit.png", png(), "image/png")
-        reply = await client.ask("What is R2?", [image])
-        thread_id = client.thread_id
-    run_id = reply.messages[-1]["parentId"]
-    async with httpx.AsyncClient(base_url=server.url, cookies=client.cookies) as http:
-        thread = (await http.get(f"/project/thread/{thread_id}")).json()
-        rated = await http.put("/feedback", json={"feedback": {"forId": run_id, "value": 0}, "sessionId": "x"})
-    [element] = thread["elements"]
-    return OwnedThread(thread_id, run_id, element["id"], element["objectKey"], rated.json()["feedbackId"])
+    return (await rated_thread_with_image(server.url, png()))[0]
 
 
 def requests(owned: OwnedThread) -> dict[str, tuple[str, str, dict]]:
@@ -58,7 +37,7 @@ def requests(owned: OwnedThread) -> dict[str, tuple[str, str, dict]]:
     }
 
 
-ACTIONS = list(requests(OwnedThread("t", "r", "e", "0" * 64, "f")))
+ACTIONS = list(requests(OwnedThread("t", "p", "r", "a", "e", "0" * 64, "f")))
 
 
 async def send(server: Server, cookies: dict[str, str], method: str, path: str, options: dict) -> httpx.Response:

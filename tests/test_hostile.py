@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.database import create_engine, session_factory
 from chat.schema import Battle, Comparison, Element, Generation, Step, Thread
-from tests.chat_client import ChatClient, Reply, login
+from tests.chat_client import ChatClient, OwnedThread, Reply, login, rated_thread_with_image
 from tests.conftest import ADMIN_PASSWORD, REPO, Server, add_account, postgres_database, start_server, stop_server
 from tests.conftest import thread_rows as rows_of
 from tests.test_app_socket import png
@@ -69,38 +69,12 @@ async def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         yield Hostile(server, session_factory(engine), request.param, app_root)
 
 
-@dataclass
-class Victim:
-    """admin's thread: a question with an image, its rated answer."""
-
-    thread_id: str
-    prompt_id: str
-    run_id: str
-    answer_id: str
-    element_id: str
-    object_key: str
-    feedback_id: str
-
-
 @pytest.fixture(scope="module")
-async def victim(hostile: Hostile) -> Victim:
-    async with ChatClient(hostile.server.url) as admin:
-        await admin.change_settings(SHORT)
-        image = await admin.upload("circuit.png", png(), "image/png")
-        answer = (await admin.ask("What is R2?", [image])).messages[-1]
-        rated = await admin.rate(answer["parentId"], 1)
-        async with httpx.AsyncClient(base_url=hostile.server.url, cookies=admin.cookies) as http:
-            [element] = (await http.get(f"/project/thread/{admin.thread_id}")).json()["elements"]
+async def victim(hostile: Hostile) -> OwnedThread:
+    """admin's thread: a question with an image, its rated answer."""
+    owned, admin = await rated_thread_with_image(hostile.server.url, png())
     await session_saved(hostile, admin)
-    return Victim(
-        thread_id=admin.thread_id,
-        prompt_id=answer["metadata"]["generation"]["prompt_id"],
-        run_id=answer["parentId"],
-        answer_id=answer["id"],
-        element_id=element["id"],
-        object_key=element["objectKey"],
-        feedback_id=rated.json()["feedbackId"],
-    )
+    return owned
 
 
 def attacker(hostile: Hostile, name: str) -> ChatClient:
@@ -120,7 +94,7 @@ async def session_saved(hostile: Hostile, client: ChatClient) -> None:
             await asyncio.sleep(0.1)
 
 
-async def still_served(hostile: Hostile, victim: Victim, client: ChatClient) -> None:
+async def still_served(hostile: Hostile, victim: OwnedThread, client: ChatClient) -> None:
     """The victim's thread still resumes, and the attacker's chat still answers."""
     async with ChatClient(hostile.server.url, thread_id=victim.thread_id) as owner:
         assert (await owner.wait_for("resume_thread"))["id"] == victim.thread_id
@@ -154,7 +128,7 @@ async def stored(hostile: Hostile, query: Any) -> list[tuple]:
 # 1. Step overwrite across users ------------------------------------------------------------------
 
 
-async def test_a_message_with_the_id_of_another_users_answer_changes_nothing(hostile: Hostile, victim: Victim):
+async def test_a_message_with_the_id_of_another_users_answer_changes_nothing(hostile: Hostile, victim: OwnedThread):
     before = await rows_of(hostile.sessions, victim.thread_id)
     async with attacker(hostile, "overwriter") as mallory:
         for forged in (
@@ -170,7 +144,7 @@ async def test_a_message_with_the_id_of_another_users_answer_changes_nothing(hos
 # 2. Element delete and insert across users ------------------------------------------------------
 
 
-async def test_another_users_elements_can_be_neither_deleted_nor_added_to(hostile: Hostile, victim: Victim):
+async def test_another_users_elements_can_be_neither_deleted_nor_added_to(hostile: Hostile, victim: OwnedThread):
     before = await rows_of(hostile.sessions, victim.thread_id)
     async with attacker(hostile, "element-thief") as mallory:
         custom = {"type": "custom", "name": "x", "display": "inline", "props": {}}
@@ -198,7 +172,7 @@ async def test_another_users_elements_can_be_neither_deleted_nor_added_to(hostil
 
 
 async def test_a_forged_model_answer_is_stored_as_a_user_message_and_never_exported(
-    hostile: Hostile, victim: Victim, tmp_path: Path
+    hostile: Hostile, victim: OwnedThread, tmp_path: Path
 ):
     async with attacker(hostile, "forger") as mallory:
         await mallory.change_settings(SHORT)
@@ -240,7 +214,9 @@ async def test_a_forged_model_answer_is_stored_as_a_user_message_and_never_expor
 # 4. Stored files are served as the image Loupe decoded, or not at all --------------------------
 
 
-async def test_uploaded_html_is_never_served_and_polyglots_only_as_sandboxed_images(hostile: Hostile, victim: Victim):
+async def test_uploaded_html_is_never_served_and_polyglots_only_as_sandboxed_images(
+    hostile: Hostile, victim: OwnedThread
+):
     page = b"<html><script>fetch('/project/threads')</script></html>"
     polyglot = png() + page  # a valid PNG with a page after its end
     async with attacker(hostile, "uploader") as mallory:
@@ -369,7 +345,7 @@ async def test_repeated_failed_logins_are_answered_429_with_a_growing_wait(hosti
 # 8. Limits hold before the work they limit ------------------------------------------------------
 
 
-async def test_uploads_over_the_cap_are_refused_while_they_arrive(hostile: Hostile, victim: Victim):
+async def test_uploads_over_the_cap_are_refused_while_they_arrive(hostile: Hostile, victim: OwnedThread):
     async with attacker(hostile, "big-uploader") as mallory:
         params = {"session_id": mallory.session_id}
         # A declared 200 MB: refused on its headers, before one byte of the body is read.
@@ -402,7 +378,7 @@ async def test_uploads_over_the_cap_are_refused_while_they_arrive(hostile: Hosti
         await still_served(hostile, victim, mallory)
 
 
-async def test_pending_uploads_are_held_to_a_per_user_quota(hostile: Hostile, victim: Victim):
+async def test_pending_uploads_are_held_to_a_per_user_quota(hostile: Hostile, victim: OwnedThread):
     async with attacker(hostile, "hoarder") as mallory:
         megabyte = os.urandom(2**20 - 4096)  # the quota here is 2 MB: two fit, with their form headers
         answers = await asyncio.gather(
@@ -417,7 +393,9 @@ async def test_pending_uploads_are_held_to_a_per_user_quota(hostile: Hostile, vi
         assert await mallory.upload("again.png", png())
 
 
-async def test_long_messages_names_and_bad_settings_are_refused_and_the_chat_goes_on(hostile: Hostile, victim: Victim):
+async def test_long_messages_names_and_bad_settings_are_refused_and_the_chat_goes_on(
+    hostile: Hostile, victim: OwnedThread
+):
     async with attacker(hostile, "verbose") as mallory:
         long = mallory.user_message("x" * 40_000)
         await emit_raw(mallory, long)
@@ -441,7 +419,7 @@ async def test_long_messages_names_and_bad_settings_are_refused_and_the_chat_goe
         assert huge.status_code == 413
 
 
-async def test_messages_over_the_per_user_rate_get_a_notice_and_are_not_stored(hostile: Hostile, victim: Victim):
+async def test_messages_over_the_per_user_rate_get_a_notice_and_are_not_stored(hostile: Hostile, victim: OwnedThread):
     async with attacker(hostile, "flooder") as mallory:
         await mallory.change_settings(SHORT)
         flood = [mallory.user_message(f"Message {n}") for n in range(MESSAGES_PER_MINUTE + 3)]
@@ -460,7 +438,7 @@ async def test_messages_over_the_per_user_rate_get_a_notice_and_are_not_stored(h
 # 9. Each instance has its own uploads folder ----------------------------------------------------
 
 
-async def test_another_instance_stopping_leaves_this_ones_uploads(hostile: Hostile, victim: Victim):
+async def test_another_instance_stopping_leaves_this_ones_uploads(hostile: Hostile, victim: OwnedThread):
     """Two instances in one checkout, on one database: the second's shutdown used to delete the
     first's pending uploads (Chainlit's shared .files)."""
     if hostile.database != "sqlite":
@@ -481,7 +459,7 @@ async def test_another_instance_stopping_leaves_this_ones_uploads(hostile: Hosti
 
 
 async def test_another_users_thread_is_404_on_every_route_and_sharing_and_editing_stay_off(
-    hostile: Hostile, victim: Victim
+    hostile: Hostile, victim: OwnedThread
 ):
     before = await rows_of(hostile.sessions, victim.thread_id)
     async with attacker(hostile, "snooper") as mallory:
