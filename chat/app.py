@@ -235,7 +235,7 @@ async def resume(thread: ThreadDict) -> None:
     history = await asyncio.to_thread(history_from_thread, thread["steps"], images_of)
     cl.user_session.set("history", history)
     stored = (thread.get("metadata") or {}).get("chat_settings") or {}
-    valid, _ = checked_chat_settings(stored if isinstance(stored, dict) else {}, system_prompts())
+    valid, _ = checked_chat_settings(stored if isinstance(stored, dict) else {}, system_prompts(), default_values())
     use_chat_settings(await settings_panel(session_language(), valid).send())
     await restore_actions(thread["id"])
 
@@ -270,7 +270,7 @@ async def restore_actions(thread_id: str) -> None:
 @cl.on_settings_update
 async def update_settings(values: dict[str, Any]) -> None:
     """Take the valid values; refuse the others with a notice (Chainlit already copied them all in)."""
-    valid, refused = checked_chat_settings(values, system_prompts())
+    valid, refused = checked_chat_settings(values, system_prompts(), default_values())
     use_chat_settings({**chat_settings(), **valid})
     if refused:
         log.warning("Refused chat settings from %s: %s", current_user(), refused)
@@ -290,9 +290,14 @@ def chat_settings() -> dict[str, Any]:
     return cl.user_session.get("checked_settings") or {}
 
 
+def default_values() -> dict[str, Any]:
+    """The settings a chat starts with: the model's generation defaults and the default prompt."""
+    return {**asdict(default_sampling), "system_prompt": DEFAULT_PROMPT}
+
+
 def settings_panel(language: str, chosen: dict[str, Any]) -> cl.ChatSettings:
     """The settings panel, showing `chosen` values where there are some, else the model's defaults."""
-    defaults = {**asdict(default_sampling), "system_prompt": DEFAULT_PROMPT, **chosen}
+    defaults = {**default_values(), **chosen}
     return cl.ChatSettings(
         [
             Select(

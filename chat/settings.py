@@ -103,14 +103,20 @@ SLIDERS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def checked_chat_settings(values: dict[str, Any], prompts: Collection[str]) -> tuple[dict[str, Any], list[str]]:
-    """The panel values that are valid (sliders in range, a known system prompt), and the names of the rest."""
+def checked_chat_settings(
+    values: dict[str, Any], prompts: Collection[str], defaults: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The panel values that are valid, and the names of the rest.
+
+    Valid: a known system prompt; a slider's value in its range, or the server's own default for it
+    (a model's generation_config may set one outside: Qwen2-VL-Instruct's top_p is 0.001).
+    """
     valid: dict[str, Any] = {}
     refused: list[str] = []
     for name, value in values.items():
         if name == "system_prompt" and isinstance(value, str) and value in prompts:
             valid[name] = value
-        elif name in SLIDERS and _in_range(value, *SLIDERS[name][:2]):
+        elif name in SLIDERS and (_in_range(value, *SLIDERS[name][:2]) or value == (defaults or {}).get(name)):
             valid[name] = int(value) if name == "max_new_tokens" else float(value)
         else:
             refused.append(str(name)[:40])
