@@ -138,8 +138,8 @@ def guard_client_messages(
     refuses, with a notice that is not stored: messages from a login that has since ended,
     messages over the per-user rate, malformed or over-long ones, and ones whose id already
     names a step (anyone's: answered, it would hang an answer under another user's message).
-    Any other failure is
-    shown as a short message with a reference id; the details go to the log under that id.
+    Any other failure is shown as a short message with a reference id; the details go to the
+    log under that id.
     """
     process_message = ChainlitEmitter.process_message
 
