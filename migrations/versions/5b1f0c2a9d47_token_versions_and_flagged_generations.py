@@ -9,8 +9,8 @@ generation record (a `client_message` of type assistant_message carrying metadat
 and the export counted it. Such a record cannot be told from a real one by its columns, but the
 server writes every answer in one shape: an assistant_message under a run step, the run under the
 user message the record names as its prompt, all in one thread, one answer per run. Records that
-break that shape are flagged with the broken rule; the export skips flagged records and
-`python -m chat stats` counts them.
+break that shape are flagged with the broken rule, and the export skips flagged records. A real
+answer that shares its run with a forged one is flagged too: the two cannot be told apart.
 """
 
 from collections.abc import Sequence
