@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.bench_chat import Report, print_machine
-from tests.conftest import REPO, postgres_database
-from tests.load import Load, add_accounts, run_users, sqlite_url, start_on, stop
+from tests.conftest import REPO, postgres_database, stop_server
+from tests.load import Load, add_accounts, run_users, sqlite_url, start_on
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -126,7 +126,7 @@ async def measure(backend: str, users: int, messages: int) -> Result:
                 await run_users(server.url, accounts, messages, load)
             finally:
                 ended = os.getloadavg()[0]
-                stop(process)
+                stop_server(process)
         server_times: dict[str, list[float]] = defaultdict(list)
         for line in timings.read_text().splitlines() if timings.exists() else []:
             name, seconds = line.split()

@@ -112,11 +112,13 @@ def add_account(server: Server, name: str, password: str, action: str = "add") -
 
 
 def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM (Chainlit's shutdown drains writes under way); SIGKILL after 20 s."""
     process.terminate()
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="session")

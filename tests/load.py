@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -118,15 +117,6 @@ def start_on(app_root: Path, database_url: str, data_dir: Path | None = None, **
     if data_dir is not None:
         env["LOUPE_DATA_DIR"] = str(data_dir)
     return start_server(app_root, LOUPE_DATABASE_URL=database_url, **env)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # Driving the users -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from chainlit.user import User as ChainlitUser
 from chat.datalayer import LoupeDataLayer
 from chat.schema import Step
 from tests.chat_client import ChatClient
-from tests.conftest import postgres_database
+from tests.conftest import postgres_database, stop_server
 from tests.load import (
     QUICK_SETTINGS,
     Account,
@@ -46,7 +46,6 @@ from tests.load import (
     sqlite_integrity,
     sqlite_url,
     start_on,
-    stop,
 )
 
 USERS, MESSAGES = 50, 10
@@ -77,7 +76,7 @@ async def test_fifty_users_lose_and_duplicate_nothing(database: str, tmp_path: P
         stored = await read_when_quiet(database)
         problems = log_problems(server.log)
     finally:
-        stop(process)
+        stop_server(process)
     print(f"\n{USERS} users x {MESSAGES} messages in {load.seconds:.0f} s")
 
     assert not problems, "\n".join(problems[:40])
@@ -105,7 +104,7 @@ async def test_acknowledged_ratings_survive_a_crash(database: str, tmp_path: Pat
         in_flight = load.rating_now
     finally:
         await cancel(users)
-        stop(process)
+        stop_server(process)
     acknowledged = load.acknowledged()
     assert len(acknowledged) < CRASH_USERS * CRASH_MESSAGES, "the load ended before the kill"
 
@@ -115,7 +114,7 @@ async def test_acknowledged_ratings_survive_a_crash(database: str, tmp_path: Pat
         await check_new_chat(again.url, accounts[0])
         problems = log_problems(again.log)
     finally:
-        stop(restarted)
+        stop_server(restarted)
     print(f"\nkilled with {in_flight} ratings in flight, after {len(acknowledged)} acknowledged")
 
     check_acknowledged_kept(stored, acknowledged)
