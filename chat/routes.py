@@ -35,11 +35,10 @@ from chat.datalayer import NotYours
 from chat.limits import LoginThrottle, retry_after
 from chat.schema import Element, Feedback, Step, Thread, User
 from chat.storage import ContentStore
-from chat.web import SANDBOX_POLICY
+from chat.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
 
 log = logging.getLogger("loupe.routes")
-MB = 1024 * 1024
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
 # render one anyway, it runs sandboxed with nothing allowed.
 FILE_HEADERS = {
@@ -176,8 +175,9 @@ def add_routes(
         try:
             async with request.form(max_files=1, max_fields=8) as form:
                 file = form.get("file")
-                if not isinstance(file, UploadFile):
-                    raise HTTPException(status_code=400, detail="The upload has no file.")
+                # Chainlit asserts both, which answers 500 to a raw client that leaves one out.
+                if not isinstance(file, UploadFile) or not file.filename or not file.content_type:
+                    raise HTTPException(status_code=400, detail="The upload needs a file with a name and a type.")
                 return await chainlit_server.upload_file(current_user, session_id, file, ask_parent_id)
         finally:
             quota.arriving[user] -= size
@@ -205,9 +205,12 @@ def add_routes(
     async def click(payload: CallActionRequest, current_user: UserParam) -> Response:
         """Chainlit's action call, for a button this session was shown, with the server's own payload."""
         session = WebsocketSession.get_by_id(payload.sessionId)
-        if session is None or current_user is None or session.user is None:
-            raise HTTPException(status_code=404, detail="Session not found")
-        if session.user.identifier != current_user.identifier:
+        if (
+            session is None
+            or current_user is None
+            or session.user is None
+            or session.user.identifier != current_user.identifier
+        ):
             raise HTTPException(status_code=404, detail="Session not found")
         if (issued := issued_action(session, payload.action)) is None:
             log.warning(

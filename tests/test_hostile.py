@@ -375,6 +375,16 @@ async def test_uploads_over_the_cap_are_refused_while_they_arrive(hostile: Hosti
             headers={"Content-Type": "multipart/form-data; boundary=loupe"},
         )
         assert chunked.status_code == 413, chunked.text
+        untyped = await http(  # a part without a Content-Type: Chainlit's own route asserted, and answered 500
+            mallory,
+            "POST",
+            "/project/file",
+            params=params,
+            content=b'--loupe\r\nContent-Disposition: form-data; name="file"; filename="c.png"\r\n\r\n'
+            b"x\r\n--loupe--\r\n",
+            headers={"Content-Type": "multipart/form-data; boundary=loupe"},
+        )
+        assert untyped.status_code == 400, untyped.text
         await still_served(hostile, victim, mallory)
 
 
