@@ -23,8 +23,12 @@ log = logging.getLogger("loupe.logins")
 
 async def token_version(sessions: async_sessionmaker[AsyncSession], identifier: str) -> int:
     """The version a login of `identifier` signs into its token now (0 for a user not stored yet)."""
+    return await _stored_version(sessions, identifier) or 0
+
+
+async def _stored_version(sessions: async_sessionmaker[AsyncSession], identifier: str | None) -> int | None:
     async with sessions() as session:
-        return await session.scalar(select(User.token_version).where(User.identifier == identifier)) or 0
+        return await session.scalar(select(User.token_version).where(User.identifier == identifier))
 
 
 async def revoke(sessions: async_sessionmaker[AsyncSession], identifier: str) -> None:
@@ -55,6 +59,5 @@ async def is_current(sessions: async_sessionmaker[AsyncSession], token: str | No
     if content is None:
         return True
     version = (content.get("metadata") or {}).get(TOKEN_VERSION, 0)
-    async with sessions() as session:
-        stored = await session.scalar(select(User.token_version).where(User.identifier == content.get("identifier")))
+    stored = await _stored_version(sessions, content.get("identifier"))
     return stored is not None and stored == version
