@@ -316,7 +316,7 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def preprocess_once(generator: Generator, path: Path, max_pixels: int) -> tuple[dict[str, Any], list[float]]:
-    """The app's path for one upload: decode (chat.uploads), fit to the budget, then the processor."""
+    """The app's path for one upload: decode (chat.ui.uploads), fit to the budget, then the processor."""
     start = time.perf_counter()
     image = open_image(path, MAX_MEGAPIXELS)
     decoded = time.perf_counter()

@@ -1,7 +1,7 @@
 """Preference-data export at scale: time and peak memory of `python -m chat export` on SQLite and PostgreSQL.
 
 Each backend gets a fresh database filled with synthetic conversations (SYNTHETIC below says what
-they hold). They are written into the data layer's tables (chat/schema.py) through its session
+they hold). They are written into the data layer's tables (chat/store/schema.py) through its session
 factory, but in bulk: an executemany INSERT per table per 2,000 conversations, each in its own
 transaction. The app writes one step per data-layer call instead, about 5 ms each on SQLite here:
 the ~1 million writes of 100,000 conversations would take well over an hour. Then each export runs
@@ -38,10 +38,10 @@ from PIL import Image
 from sqlalchemy import insert, text
 
 from bench.bench_chat import Report, print_machine
-from chat import schema
-from chat.database import create_engine, session_factory, upgrade
 from chat.prompts import system_prompts
-from chat.storage import ContentStore
+from chat.store import schema
+from chat.store.database import create_engine, session_factory, upgrade
+from chat.store.files import ContentStore
 from tests.conftest import REPO, postgres_database
 
 BACKENDS = ("sqlite", "postgresql")

@@ -37,7 +37,7 @@ from tests.load import Load, add_accounts, run_users, sqlite_url, start_on
 BACKENDS = ("sqlite", "postgresql")
 
 # Imported by every Python process that has the shim's folder on its path. It wraps two methods of
-# chat.datalayer.LoupeDataLayer once that module is first imported, and appends "name seconds"
+# chat.ui.datalayer.LoupeDataLayer once that module is first imported, and appends "name seconds"
 # lines to the file named by LOUPE_BENCH_TIMINGS.
 SHIM = """
 import functools, importlib.abc, importlib.util, os, sys, time
@@ -59,7 +59,7 @@ def _timed(name, method):
 
 class _WrapDataLayer(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "chat.datalayer":
+        if name != "chat.ui.datalayer":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

@@ -62,8 +62,8 @@ def read_password() -> str:
 
 
 async def manage_users(action: str, name: str | None) -> None:
-    from chat.accounts import AccountError, add_user, list_accounts, set_password
-    from chat.database import session_factory
+    from chat.store.accounts import AccountError, add_user, list_accounts, set_password
+    from chat.store.database import session_factory
 
     async with database() as engine:
         sessions = session_factory(engine)
@@ -85,7 +85,7 @@ async def manage_users(action: str, name: str | None) -> None:
 @asynccontextmanager
 async def database() -> AsyncIterator[AsyncEngine]:
     """An engine on LOUPE_DATABASE_URL, with the schema brought up to date first; disposed of afterwards."""
-    from chat.database import create_engine, upgrade
+    from chat.store.database import create_engine, upgrade
 
     settings = get_settings()
     upgrade(settings.database_url)
@@ -97,8 +97,8 @@ async def database() -> AsyncIterator[AsyncEngine]:
 
 
 async def export_preferences(args: argparse.Namespace) -> None:
-    from chat.export import ExportError, ExportRequest, export
-    from chat.storage import ContentStore
+    from chat.dataset.export import ExportError, ExportRequest, export
+    from chat.store.files import ContentStore
 
     request = ExportRequest(
         format=args.format,
@@ -121,15 +121,15 @@ async def export_preferences(args: argparse.Namespace) -> None:
 
 
 async def print_stats() -> None:
-    from chat.stats import collect, table
+    from chat.dataset.stats import collect, table
 
     async with database() as engine:
         print(table(await collect(engine)))
 
 
 async def print_leaderboard() -> None:
-    from chat import leaderboard
-    from chat.database import session_factory
+    from chat.arena import leaderboard
+    from chat.store.database import session_factory
 
     async with database() as engine:
         battles = await leaderboard.outcomes(session_factory(engine))
@@ -137,7 +137,7 @@ async def print_leaderboard() -> None:
 
 
 def promote(name: str) -> None:
-    from chat.profiles import Profiles, UnknownAdapter
+    from chat.arena.profiles import Profiles, UnknownAdapter
     from models.adapters import AdapterDirectory
 
     settings = get_settings()
@@ -149,7 +149,7 @@ def promote(name: str) -> None:
 
 
 def iso_time(text: str) -> datetime:
-    from chat.export import parse_time
+    from chat.dataset.export import parse_time
 
     try:
         return parse_time(text)
@@ -158,7 +158,7 @@ def iso_time(text: str) -> datetime:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from chat.export import BASE, FORMATS
+    from chat.dataset.export import BASE, FORMATS
 
     parser = argparse.ArgumentParser(
         prog="python -m chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         serve()
     elif args.command == "migrate":
-        from chat.database import upgrade
+        from chat.store.database import upgrade
 
         upgrade(get_settings().database_url)
         print("The database schema is up to date.")

@@ -29,9 +29,17 @@ from chainlit.types import Feedback, ThreadDict
 from fastapi import Request, Response
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from chat import leaderboard
-from chat.accounts import ADMIN, auth_secret, check_password, ensure_admin
-from chat.chainlit_fixes import (
+from chat.arena import leaderboard
+from chat.arena.profiles import Profile, Profiles
+from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, user_turn
+from chat.prompts import DEFAULT_PROMPT, system_prompt, system_prompts
+from chat.settings import SLIDERS, checked_chat_settings, get_settings
+from chat.store.accounts import ADMIN, auth_secret, check_password, ensure_admin
+from chat.store.database import create_engine, session_factory, upgrade
+from chat.store.files import ContentStore
+from chat.store.logins import TOKEN_VERSION, claims, is_current, revoke, token_version
+from chat.store.preferences import BASE, CHOICES, Answer, Preferences
+from chat.ui.chainlit_fixes import (
     MessageRefused,
     accept_empty_uploads,
     browser_only_message,
@@ -42,20 +50,12 @@ from chat.chainlit_fixes import (
     remember_issued_actions,
     uploads_in,
 )
-from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, user_turn
-from chat.database import create_engine, session_factory, upgrade
-from chat.datalayer import LoupeDataLayer, NotYours
-from chat.limits import LoginThrottle, RateLimit
-from chat.logins import TOKEN_VERSION, claims, is_current, revoke, token_version
-from chat.preferences import BASE, CHOICES, Answer, Preferences
-from chat.profiles import Profile, Profiles
-from chat.prompts import DEFAULT_PROMPT, system_prompt, system_prompts
-from chat.routes import UploadQuota, add_routes
-from chat.settings import SLIDERS, checked_chat_settings, get_settings
-from chat.storage import ContentStore
-from chat.texts import answer_text, language_of, mark_stopped, reason_label, text, with_label
-from chat.uploads import ImageLimits, Upload, UploadsRejected, load_fitted_image, read_images
-from chat.web import secure
+from chat.ui.datalayer import LoupeDataLayer, NotYours
+from chat.ui.limits import LoginThrottle, RateLimit
+from chat.ui.routes import UploadQuota, add_routes
+from chat.ui.texts import answer_text, language_of, mark_stopped, reason_label, text, with_label
+from chat.ui.uploads import ImageLimits, Upload, UploadsRejected, load_fitted_image, read_images
+from chat.ui.web import secure
 from models.adapters import Adapter, AdapterDirectory
 from models.checkpoint import load_model, pick_device
 from models.generation import Generator, SamplingSettings, Usage
@@ -80,7 +80,7 @@ image_limits = ImageLimits(
     max_pixels=max_pixels,
 )
 
-# The browser enforces max_files; uploads over max_upload_mb are refused while they arrive (chat/web.py).
+# The browser enforces max_files; uploads over max_upload_mb are refused while they arrive (chat/ui/web.py).
 uploads_config = chainlit_config.features.spontaneous_file_upload
 uploads_config.max_files = settings.max_images_per_message
 uploads_config.max_size_mb = math.ceil(settings.max_upload_mb)

@@ -16,7 +16,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from PIL import Image
 from transformers import ProcessorMixin
 
-from chat.texts import answer_text
+from chat.ui.texts import answer_text
 from models.images import visual_tokens
 
 

@@ -78,7 +78,7 @@ class Settings(ModelSettings):
 
     @property
     def files_dir(self) -> Path:
-        """Where uploaded images are kept, by content (chat/storage.py)."""
+        """Where uploaded images are kept, by content (chat/store/files.py)."""
         return self.data_dir / "files"
 
     def image_max_pixels(self, device_type: str) -> int:

@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from chat.database import create_engine
-from chat.schema import Base
 from chat.settings import get_settings
+from chat.store.database import create_engine
+from chat.store.schema import Base
 
 target_metadata = Base.metadata
 

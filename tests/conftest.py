@@ -18,10 +18,10 @@ from chainlit.context import init_http_context
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.database import create_engine, session_factory, upgrade
-from chat.datalayer import LoupeDataLayer
-from chat.schema import Base
-from chat.storage import ContentStore
+from chat.store.database import create_engine, session_factory, upgrade
+from chat.store.files import ContentStore
+from chat.store.schema import Base
+from chat.ui.datalayer import LoupeDataLayer
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,7 +189,7 @@ async def layer(migrated: str, tmp_path: Path) -> AsyncIterator[LoupeDataLayer]:
 
 async def thread_rows(sessions: async_sessionmaker[AsyncSession], thread_id: str) -> dict[str, list[tuple]]:
     """Every row of a thread, every column, in a stable order: to compare before and after an attack."""
-    from chat import schema
+    from chat.store import schema
 
     tables = [schema.Thread, schema.Step, schema.Element, schema.Feedback, schema.Generation]
     tables += [schema.Comparison, schema.Correction, schema.Battle]

@@ -20,9 +20,9 @@ import httpx
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from chat.accounts import add_user
-from chat.database import create_engine, session_factory, upgrade
-from chat.schema import Feedback, Generation, Step, Thread, User
+from chat.store.accounts import add_user
+from chat.store.database import create_engine, session_factory, upgrade
+from chat.store.schema import Feedback, Generation, Step, Thread, User
 from tests.chat_client import ChatClient
 from tests.conftest import Server, start_server
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from chat.accounts import ADMIN, AccountError, add_user, check_password, ensure_admin, list_accounts, set_password
-from chat.schema import User
+from chat.store.accounts import ADMIN, AccountError, add_user, check_password, ensure_admin, list_accounts, set_password
+from chat.store.schema import User
 from tests.conftest import REPO
 
 

@@ -40,8 +40,8 @@ CHROMIUM_ARGS = [
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 
 ANSWERS = "[data-step-type='assistant_message']"
-QUEUED = "⏳"  # chat/texts.py "queued": the notice to a chat waiting for the model
-STOPPED = "⏹ Stopped."  # chat/texts.py "stopped" ("⏹ *Stopped.*") as the page renders it
+QUEUED = "⏳"  # chat/ui/texts.py "queued": the notice to a chat waiting for the model
+STOPPED = "⏹ Stopped."  # chat/ui/texts.py "stopped" ("⏹ *Stopped.*") as the page renders it
 
 # The demo model writes up to 1024 tokens, at a few hundred a second on a CPU: ~30 s per answer.
 START = 60_000  # ms: page load, first token, upload
@@ -272,7 +272,7 @@ async def test_answer_streams_about_an_image_and_stops_on_request(
 ) -> None:
     """One chat, two questions: the first, with an image, streams to its end; the second is stopped.
 
-    All of it under Loupe's Content-Security-Policy (chat/web.py), which must block nothing the page needs.
+    All of it under Loupe's Content-Security-Policy (chat/ui/web.py), which must block nothing the page needs.
     """
     violations = await watch_csp_violations(page)
     policy = (await page.request.get(server.url)).headers["content-security-policy"]
@@ -415,7 +415,7 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
     }
 
     # The export: the second answer over the first (the comparison), the correction over the first.
-    from chat.texts import answer_text
+    from chat.ui.texts import answer_text
     from tests.test_preferences_app import export_rows, rows
 
     [(first_text,), (second_text,)] = [

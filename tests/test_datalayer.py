@@ -21,9 +21,9 @@ from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
 from sqlalchemy import Connection, func, inspect, select, text, update
 
-from chat.database import create_engine, downgrade, upgrade
-from chat.datalayer import MAX_THREAD_NAME_CHARS, LoupeDataLayer, NotYours
-from chat.schema import Base, Element, Feedback, Generation, Step, Thread
+from chat.store.database import create_engine, downgrade, upgrade
+from chat.store.schema import Base, Element, Feedback, Generation, Step, Thread
+from chat.ui.datalayer import MAX_THREAD_NAME_CHARS, LoupeDataLayer, NotYours
 from tests.conftest import thread_rows
 
 

@@ -28,13 +28,13 @@ from datasets import List, load_dataset
 from PIL import Image
 
 from chat.__main__ import main
-from chat.database import create_engine
-from chat.datalayer import LoupeDataLayer
-from chat.export import ExportError, ExportRequest, export, pseudonym
-from chat.preferences import Preferences
+from chat.dataset.export import ExportError, ExportRequest, export, pseudonym
+from chat.dataset.stats import collect, table
 from chat.prompts import system_prompts
-from chat.stats import collect, table
-from chat.texts import mark_stopped, with_label
+from chat.store.database import create_engine
+from chat.store.preferences import Preferences
+from chat.ui.datalayer import LoupeDataLayer
+from chat.ui.texts import mark_stopped, with_label
 from tests.conftest import REPO
 
 SALT = "pepper"

@@ -26,8 +26,8 @@ import socketio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.database import create_engine, session_factory
-from chat.schema import Battle, Comparison, Element, Generation, Step, Thread
+from chat.store.database import create_engine, session_factory
+from chat.store.schema import Battle, Comparison, Element, Generation, Step, Thread
 from tests.chat_client import ChatClient, OwnedThread, Reply, login, rated_thread_with_image
 from tests.conftest import ADMIN_PASSWORD, REPO, Server, add_account, postgres_database, start_server, stop_server
 from tests.conftest import thread_rows as rows_of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat.leaderboard import Outcome, as_markdown, standings
+from chat.arena.leaderboard import Outcome, as_markdown, standings
 
 
 def battles(a: str, b: str, choice: str, times: int) -> list[Outcome]:

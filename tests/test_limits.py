@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from chat.limits import FREE_FAILURES, FREE_FAILURES_PER_ADDRESS, LONGEST_WAIT_S, LoginThrottle, RateLimit
 from chat.settings import checked_chat_settings
+from chat.ui.limits import FREE_FAILURES, FREE_FAILURES_PER_ADDRESS, LONGEST_WAIT_S, LoginThrottle, RateLimit
 
 
 class Clock:

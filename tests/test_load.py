@@ -23,8 +23,8 @@ import pytest
 from chainlit.types import Feedback as ChainlitFeedback
 from chainlit.user import User as ChainlitUser
 
-from chat.datalayer import LoupeDataLayer
-from chat.schema import Step
+from chat.store.schema import Step
+from chat.ui.datalayer import LoupeDataLayer
 from tests.chat_client import ChatClient
 from tests.conftest import postgres_database, stop_server
 from tests.load import (

@@ -1,11 +1,11 @@
-"""chat/pairing.py, one rule at a time, on plain records (README.md, "Preference data")."""
+"""chat/dataset/pairing.py, one rule at a time, on plain records (README.md, "Preference data")."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from chat.pairing import RULES, Answer, Comparison, Correction, Label, Pair, Rating, Response, judge
+from chat.dataset.pairing import RULES, Answer, Comparison, Correction, Label, Pair, Rating, Response, judge
 
 START = datetime(2026, 11, 21, 10, 0)
 SYSTEM = "Answer like an engineer."

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.datalayer import NotYours, dialect_insert, utcnow
-from chat.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread, User
+from chat.store.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread, User
+from chat.ui.datalayer import NotYours, dialect_insert, utcnow
 
 CHOICES = ("a", "b", "tie", "both_bad")
 BASE = "base"  # the contender name of the model without an adapter

@@ -32,8 +32,8 @@ from chainlit.step import StepDict
 from chainlit.utils import utc_now
 from fastapi import HTTPException
 
-from chat.limits import RateLimit
-from chat.texts import language_of, text
+from chat.ui.limits import RateLimit
+from chat.ui.texts import language_of, text
 
 log = logging.getLogger("loupe")
 
@@ -233,7 +233,7 @@ def remember_issued_actions() -> None:
 
     Chainlit runs an action callback with whatever name and payload the client posts, so a
     client could "vote" on any two of its answers (a battle the arena never held) or compare
-    answers no button offered. chat/routes.py answers a click only for a button this session
+    answers no button offered. chat/ui/routes.py answers a click only for a button this session
     was shown, and passes the server's payload on, never the client's.
     """
 

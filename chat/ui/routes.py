@@ -30,12 +30,12 @@ from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 
-from chat.chainlit_fixes import issued_action
-from chat.datalayer import NotYours
-from chat.limits import LoginThrottle, retry_after
-from chat.schema import Element, Feedback, Step, Thread, User
-from chat.storage import ContentStore
-from chat.web import MB, SANDBOX_POLICY
+from chat.store.files import ContentStore
+from chat.store.schema import Element, Feedback, Step, Thread, User
+from chat.ui.chainlit_fixes import issued_action
+from chat.ui.datalayer import NotYours
+from chat.ui.limits import LoginThrottle, retry_after
+from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
 
 log = logging.getLogger("loupe.routes")
@@ -158,7 +158,7 @@ def add_routes(
         """Chainlit's upload, within the user's quota of files waiting to be sent.
 
         An upload's size is known from its Content-Length before it is read (the body limit in
-        chat/web.py holds it to that), so parallel uploads are counted while they arrive.
+        chat/ui/web.py holds it to that), so parallel uploads are counted while they arrive.
         """
         if current_user is None:
             raise HTTPException(status_code=401, detail="Not authenticated")
@@ -223,7 +223,7 @@ def add_routes(
 
     @server.exception_handler(NotYours)
     async def not_found(request: Request, refused: NotYours) -> Response:
-        """A write the data layer refused (chat/datalayer.py logged who and what): 404, as for a missing row."""
+        """A write the data layer refused (chat/ui/datalayer.py logged who and what): 404, as for a missing row."""
         return JSONResponse({"detail": "Not found"}, status_code=404)
 
     ours = {model_status, stored_file, rate, unrate, login, upload, update_element, delete_element, click}

@@ -1,6 +1,6 @@
 """What users said about answers, turned into preference data: DPO pairs and KTO labels.
 
-Pure functions over plain records, with no database: chat/export.py and chat/stats.py read the
+Pure functions over plain records, with no database: chat/dataset/export.py and chat/dataset/stats.py read the
 records, and tests/test_pairing.py states each rule directly. RULES is the rule book in words;
 README.md and every exported dataset card print it verbatim.
 """

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.schema import Battle
+from chat.store.schema import Battle
 
 BOOTSTRAP_ROUNDS = 1000
 SEED = 0  # the same battles always give the same intervals

@@ -7,7 +7,7 @@
   (Chainlit's config allowed any origin with credentials, so any site could read a user's chats).
 - Request bodies are limited while they arrive: an upload over the cap is refused after
   reading at most the cap, never read whole first.
-- Login tokens are checked against their user's token version (chat/logins.py) on every request
+- Login tokens are checked against their user's token version (chat/store/logins.py) on every request
   and socket connection.
 """
 

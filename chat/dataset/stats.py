@@ -2,7 +2,7 @@
 
     python -m chat stats
 
-The pairs and KTO rows are counted by the export's own reading and chat/pairing.py, so they are
+The pairs and KTO rows are counted by the export's own reading and chat/dataset/pairing.py, so they are
 what `python -m chat export` writes with no filters, less any rows the export's card reports as
 left out (missing image files, text LLaMA-Factory cannot carry).
 """
@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat.export import StoredThread, read_threads
+from chat.dataset.export import StoredThread, read_threads
 
 ALL = "all"
 # Printed in this order; reasons (one line per code) come after the thumbs.

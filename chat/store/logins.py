@@ -15,7 +15,7 @@ import jwt
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.schema import User
+from chat.store.schema import User
 
 TOKEN_VERSION = "token_version"  # the key in a token's user metadata
 log = logging.getLogger("loupe.logins")

@@ -3,7 +3,7 @@
     python -m chat export --format trl-dpo --out DIR [--since DATE] [--until DATE] [--adapter NAME]
                           [--user-hash-salt SALT]
 
-chat/pairing.py decides what becomes a pair or a row; this module reads what it judges from the
+chat/dataset/pairing.py decides what becomes a pair or a row; this module reads what it judges from the
 database and writes the rows out. It reads a page of conversations at a time, in the order of
 their ids (keyset pagination), so memory stays flat however many there are, and the same data
 always exports to the same bytes. DIR receives:
@@ -38,8 +38,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tqdm import tqdm
 
-from chat import schema
-from chat.pairing import (
+from chat.dataset.pairing import (
     FINISHED,
     RULES,
     Answer,
@@ -53,7 +52,8 @@ from chat.pairing import (
     judge,
 )
 from chat.prompts import system_prompt
-from chat.texts import answer_text
+from chat.store import schema
+from chat.ui.texts import answer_text
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class UserTurn:
 @dataclass(frozen=True)
 class StoredAnswer(Answer):
     prompt_id: str | None  # None in records written before Loupe kept it: such answers are never judged
-    text: str  # as the model wrote it (chat.texts.answer_text)
+    text: str  # as the model wrote it (chat.ui.texts.answer_text)
     adapter: str | None
     created_at: datetime
     reasons: tuple[str, ...]  # of its rating
@@ -122,7 +122,7 @@ class StoredThread:
     corrections: dict[str, Correction]  # by the id of the answer corrected
 
     def judged(self) -> Iterator[Judged]:
-        """chat/pairing.py's judgement of each user message that has answers, oldest first."""
+        """chat/dataset/pairing.py's judgement of each user message that has answers, oldest first."""
         finished = {a.id for a in self.answers.values() if a.ended == FINISHED and a.prompt_id in self.turns}
         siblings: dict[str | None, list[StoredAnswer]] = defaultdict(list)
         for answer in self.answers.values():

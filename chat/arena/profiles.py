@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from chat.preferences import BASE
+from chat.store.preferences import BASE
 from models.adapters import Adapter, AdapterDirectory
 
 BASE_PROFILE = "Base model"

@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.datalayer import utcnow
-from chat.schema import User
+from chat.store.schema import User
+from chat.ui.datalayer import utcnow
 
 ADMIN = "admin"
 hasher = PasswordHasher()
@@ -62,7 +62,7 @@ async def set_password(sessions: async_sessionmaker[AsyncSession], identifier: s
         if user is None:
             raise AccountError(f"no user '{identifier}'")
         user.password_hash = hasher.hash(password)
-        user.token_version += 1  # a new password ends every login made with the old one (chat/logins.py)
+        user.token_version += 1  # a new password ends every login made with the old one (chat/store/logins.py)
 
 
 async def list_accounts(sessions: async_sessionmaker[AsyncSession]) -> list[Account]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from chat.texts import text
+from chat.ui.texts import text
 from models.images import ImageRejected, fit_to_budget, open_image
 
 

@@ -4,8 +4,8 @@ Chainlit's own concepts (users, threads, steps, elements, feedback) keep Chainli
 in snake_case. The rest is ours: `generations` holds one record per assistant answer (which
 model and adapter wrote it, with which settings, at what cost, how it ended, and which prompt and
 earlier answers it continued from); `comparisons` and `corrections` are the user's explicit
-preferences between answers, which chat/pairing.py turns into training pairs; `battles` are
-blind A/B votes between adapters, which chat/leaderboard.py ranks.
+preferences between answers, which chat/dataset/pairing.py turns into training pairs; `battles` are
+blind A/B votes between adapters, which chat/arena/leaderboard.py ranks.
 Times are naive UTC; JSON columns are portable between SQLite and PostgreSQL.
 """
 
@@ -84,7 +84,7 @@ class Element(Base):
     mime: Mapped[str | None] = mapped_column(String(255))
     display: Mapped[str] = mapped_column(String(16), default="inline")
     size: Mapped[str | None] = mapped_column(String(16))
-    # sha256 of the content in Loupe's image store (chat/storage.py); None for elements without a file.
+    # sha256 of the content in Loupe's image store (chat/store/files.py); None for elements without a file.
     object_key: Mapped[str | None] = mapped_column(String(64), index=True)
     props: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]

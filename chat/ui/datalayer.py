@@ -47,8 +47,8 @@ from sqlalchemy import JSON, ColumnElement, Select, case, delete, exists, func, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.schema import Element, Feedback, Generation, Step, Thread, User
-from chat.storage import ContentStore
+from chat.store.files import ContentStore
+from chat.store.schema import Element, Feedback, Generation, Step, Thread, User
 
 # Step fields Chainlit sends (camelCase) -> our columns; only keys present in a dict are written.
 STEP_FIELDS = {
@@ -415,7 +415,7 @@ class LoupeDataLayer(BaseDataLayer):
     async def upsert_feedback(self, feedback: ChainlitFeedback) -> str:
         """Store a thumbs up/down for the step Chainlit names (the run); one per step, re-votes update it.
 
-        chat/routes.py answers 404 before this for steps not in the user's threads; this checks it
+        chat/ui/routes.py answers 404 before this for steps not in the user's threads; this checks it
         again. The rating belongs to the thread's owner; its id is ours, never the client's.
         """
         async with self.sessions.begin() as session:
