@@ -45,10 +45,10 @@ from transformers.initialization import no_init_weights
 
 from chat.conversation import PromptBuilder, to_qwen, user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompts
-from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
+from models.backend import ChatTemplateTokens
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
 from models.generation import Generator, SamplingSettings, Usage
-from models.images import fit_to_budget, open_image, visual_tokens
+from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, fit_to_budget, open_image, visual_tokens
 from tests.chat_client import ChatClient
 from tests.conftest import start_server
 
@@ -241,7 +241,7 @@ def bench_streaming(settings: BenchSettings, report: Report) -> None:
     generator = Generator(loaded)
     sampling = SamplingSettings(temperature=0.0, top_p=0.8, max_new_tokens=settings.new_tokens, repetition_penalty=1.05)
     # The prompt exactly as the app builds it for a fresh chat: default system prompt, CPU budget.
-    builder = PromptBuilder(loaded.processor, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    builder = PromptBuilder(ChatTemplateTokens(loaded.processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
 
     def build() -> list[dict[str, Any]]:
         budget = CONTEXT_TOKENS - sampling.max_new_tokens
@@ -440,7 +440,7 @@ def full_model_run(device: str, dtype_name: str, new_tokens: int) -> FullResult:
     model, build_s = timed(lambda: build_random_qwen2_vl_2b(device, dtype))
     processor = load_processor(QWEN2_VL_FILES)
     generator = Generator(LoadedModel(model, processor, "random Qwen2-VL-2B", is_demo=True))
-    builder = PromptBuilder(processor, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    builder = PromptBuilder(ChatTemplateTokens(processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
     image = fit_to_budget(photo_like(*FULL_IMAGE_SIZE), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
     messages = builder.build(
         system_prompts()[DEFAULT_PROMPT], [user_turn("What does this image show?", [image])], CONTEXT_TOKENS

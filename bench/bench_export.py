@@ -196,6 +196,7 @@ class Writer:
             adapter=adapter,
             adapter_version="ab12cd34ef56ab78" if adapter else None,
             settings={"temperature": 0.7, "system_prompt": rng.choice(self.styles)},
+            completion=output,
             prompt_tokens=500,
             completion_tokens=120,
             time_to_first_token=0.3,

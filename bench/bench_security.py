@@ -131,8 +131,9 @@ async def stall_during(url: str, work) -> float:
 async def measure_stall(report: Report, url: str) -> None:
     from chat.conversation import PromptBuilder, user_turn
     from chat.prompts import DEFAULT_PROMPT, system_prompt
-    from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+    from models.backend import ChatTemplateTokens
     from models.checkpoint import QWEN2_VL_FILES, load_processor
+    from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
     async with ChatClient(url) as client:
         await client.change_settings({"max_new_tokens": 16})
@@ -154,7 +155,7 @@ async def measure_stall(report: Report, url: str) -> None:
                 f"worst request while idle: {idle * 1000:.0f} ms; goal under 50 ms",
             )
 
-    builder = PromptBuilder(load_processor(QWEN2_VL_FILES), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    builder = PromptBuilder(ChatTemplateTokens(load_processor(QWEN2_VL_FILES)), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
     turn = user_turn(MAXIMAL_MESSAGE, [], "bench")
     started = time.perf_counter()
     try:

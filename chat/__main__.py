@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,22 +33,24 @@ from chat.settings import get_settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-APP = Path(__file__).resolve().parent / "app.py"
-REPO = APP.parent.parent
+APP = Path(__file__).resolve().parent / "app.py"  # what Chainlit loads: the handlers
 
 
 def serve() -> None:
-    """Replace this process with `chainlit run`, on LOUPE_HOST:LOUPE_PORT, without opening a browser."""
+    """Build the server from the settings, then let Chainlit load chat/app.py and serve it on
+    LOUPE_HOST:LOUPE_PORT, without opening a browser. The model loads while the server starts."""
+    from chainlit.cli import run_chainlit
+    from chainlit.config import config as chainlit_config
+
+    from chat.ui.runtime import build_runtime, install
+
     settings = get_settings()
-    chainlit = shutil.which("chainlit", path=os.path.dirname(sys.executable)) or "chainlit"
-    # chat/app.py imports `chat.*` and `models.*` from the repository root. Chainlit's own files
-    # (.chainlit/, public/, chainlit.md, uploads in .files/) are found in the working directory.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    install(build_runtime(settings))
+    # Chainlit's own files (.chainlit/, public/, chainlit.md, uploads in .files/) are found in the working directory.
+    chainlit_config.run.headless = True
+    os.environ["CHAINLIT_HOST"], os.environ["CHAINLIT_PORT"] = settings.host, str(settings.port)
     print(f"Loupe: starting on http://{settings.host}:{settings.port}", flush=True)
-    os.execv(
-        chainlit,
-        [chainlit, "run", str(APP), "--headless", "--host", settings.host, "--port", str(settings.port)],
-    )
+    run_chainlit(str(APP))
 
 
 def read_password() -> str:
@@ -149,7 +150,7 @@ def promote(name: str) -> None:
 
 
 def iso_time(text: str) -> datetime:
-    from chat.dataset.export import parse_time
+    from chat.store.rows import parse_time
 
     try:
         return parse_time(text)
@@ -158,7 +159,8 @@ def iso_time(text: str) -> datetime:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from chat.dataset.export import BASE, FORMATS
+    from chat.dataset.export import FORMATS
+    from chat.store.generations import BASE
 
     parser = argparse.ArgumentParser(
         prog="python -m chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

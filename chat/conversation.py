@@ -2,8 +2,10 @@
 
 The history is plain LangChain messages: a user turn is one HumanMessage holding its images and
 its text together, so trimming (whole messages, oldest first) can never split an image from the
-question about it. Token counts come from Qwen's real tokenizer and chat template, with each
-image counted at the number of visual tokens it will expand to.
+question about it. Token counts come from the backend (models/backend.py: Qwen's real tokenizer
+and chat template), with each image counted at the number of visual tokens it will expand to.
+An answer enters the history as the model wrote it (its generation record's `completion`), never
+as the page shows it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, trim_messages
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from PIL import Image
-from transformers import ProcessorMixin
 
-from chat.ui.texts import answer_text
+from models.backend import Ended, TokenCounter
 from models.images import visual_tokens
 
 
@@ -52,10 +53,11 @@ def history_from_thread(
     `images_of(step_id)` returns the images attached to a user message.
     """
     by_id = {step["id"]: step for step in steps}
+    kept = (Ended.FINISHED, Ended.STOPPED)
     answers = [
         step
         for step in steps
-        if step["type"] == "assistant_message" and (step.get("metadata") or {}).get("ended") in ("finished", "stopped")
+        if step["type"] == "assistant_message" and (step.get("metadata") or {}).get("ended") in kept
     ]
     if not answers:
         return []
@@ -65,7 +67,7 @@ def history_from_thread(
         answer = by_id[answer_id]
         asked = by_id[generation_of(answer)["prompt_id"]]
         history.append(user_turn(asked["output"], images_of(asked["id"]), asked["id"]))
-        history.append(AIMessage(content=answer_text(answer["output"]), id=answer["id"]))
+        history.append(AIMessage(content=generation_of(answer)["completion"], id=answer["id"]))
     return history
 
 
@@ -99,24 +101,24 @@ def to_qwen(message: BaseMessage, **pixel_budget: int) -> dict[str, Any]:
 class PromptBuilder:
     """Builds the prompt for the next answer and keeps it within the token budget."""
 
-    def __init__(self, processor: ProcessorMixin, min_pixels: int, max_pixels: int) -> None:
-        self.processor = processor
+    def __init__(self, tokens: TokenCounter, min_pixels: int, max_pixels: int) -> None:
+        self.tokens = tokens
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         # The template adds a default system prompt before a conversation without one, so a
         # lone message is rendered behind an empty system turn whose tokens are then taken off.
         self._empty_system = {"role": "system", "content": [{"type": "text", "text": ""}]}
-        self._empty_system_tokens = self._template_tokens([self._empty_system])
+        self._empty_system_tokens = self.tokens.count_tokens([self._empty_system])
         self.generation_prompt_tokens = (
-            self._template_tokens([self._empty_system], add_generation_prompt=True) - self._empty_system_tokens
+            self.tokens.count_tokens([self._empty_system], add_generation_prompt=True) - self._empty_system_tokens
         )
 
     def count_tokens(self, message: BaseMessage) -> int:
         """Exact prompt tokens of one message, each image counted as its visual tokens."""
         qwen = to_qwen(message)
         if qwen["role"] == "system":
-            tokens = self._template_tokens([qwen])
+            tokens = self.tokens.count_tokens([qwen])
         else:
-            tokens = self._template_tokens([self._empty_system, qwen]) - self._empty_system_tokens
+            tokens = self.tokens.count_tokens([self._empty_system, qwen]) - self._empty_system_tokens
         for image in turn_images(message):
             # The template writes one <|image_pad|> per image; the processor expands it.
             tokens += visual_tokens(image.width, image.height, self.min_pixels, self.max_pixels) - 1
@@ -143,7 +145,3 @@ class PromptBuilder:
             needed = self.count_tokens(messages[0]) + self.count_tokens(messages[-1])
             raise PromptTooLong(needed, available)
         return [to_qwen(message, min_pixels=self.min_pixels, max_pixels=self.max_pixels) for message in kept]
-
-    def _template_tokens(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> int:
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return len(self.processor.tokenizer(text)["input_ids"])

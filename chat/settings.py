@@ -15,12 +15,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
 from models.settings import ModelSettings
-
-# Visual-token budgets (one token = 28 x 28 pixels); see README "Image budget" for the reasoning.
-CPU_MAX_PIXELS = 256 * 28 * 28  # 256 tokens: prefill dominates a CPU's time to first token
-GPU_MAX_PIXELS = 1280 * 28 * 28  # 1280 tokens: Qwen's suggested ceiling, legible 1080p screenshots
-DEFAULT_MIN_PIXELS = 4 * 28 * 28  # 4 tokens: Qwen2-VL's own floor
 
 ASYNC_DRIVERS = {
     "sqlite://": "sqlite+aiosqlite://",

@@ -14,45 +14,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from qwen_vl_utils import process_vision_info
 from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
 
 from models.adapters import Adapter, AdapterSwitch
+from models.backend import ChatTemplateTokens, Ended, SamplingSettings, Usage
 from models.checkpoint import LoadedModel
 
 
-@dataclass
-class SamplingSettings:
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    repetition_penalty: float
-
-    @classmethod
-    def from_model(cls, model: torch.nn.Module) -> SamplingSettings:
-        """The model's own generation defaults, with sensible values where it has none."""
-        config = model.generation_config
-        return cls(
-            temperature=config.temperature if config.temperature is not None else 0.7,
-            top_p=config.top_p if config.top_p is not None else 0.8,
-            max_new_tokens=config.max_new_tokens or 1024,
-            repetition_penalty=config.repetition_penalty or 1.05,
-        )
-
-
-@dataclass
-class Usage:
-    """What one generation cost and how it ended; filled in while the answer streams."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    time_to_first_token: float | None = None
-    duration: float = 0.0
-    ended: Literal["finished", "stopped", "error"] = "finished"
+def model_sampling(model: torch.nn.Module) -> SamplingSettings:
+    """The model's own generation defaults, with sensible values where it has none."""
+    config = model.generation_config
+    return SamplingSettings(
+        temperature=config.temperature if config.temperature is not None else 0.7,
+        top_p=config.top_p if config.top_p is not None else 0.8,
+        max_new_tokens=config.max_new_tokens or 1024,
+        repetition_penalty=config.repetition_penalty or 1.05,
+    )
 
 
 class ArrivalQueue:
@@ -90,12 +71,19 @@ class _StopOnEvent(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-class Generator:
-    """Owns one loaded model and serves streamed generations from it, in arrival order, each with
-    the LoRA adapter it asks for (or none) in front of the one base model."""
+class Generator(ChatTemplateTokens):
+    """The in-process backend (models/backend.py): owns one loaded model and serves streamed
+    generations from it, in arrival order, each with the LoRA adapter it asks for (or none) in
+    front of the one base model."""
+
+    queues = True  # one model.generate at a time
 
     def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__(loaded.processor)
         self.loaded = loaded
+        self.name, self.demo_reason = loaded.name, loaded.demo_reason
+        self.context_length = loaded.context_length
+        self.default_sampling = model_sampling(loaded.model)
         self.queue = ArrivalQueue()
         self.adapters = AdapterSwitch(loaded.model)
 
@@ -136,7 +124,7 @@ class Generator:
                     await asyncio.shield(asyncio.wait([worker]))
                     usage.duration = time.perf_counter() - started
         except BaseException as error:  # cancelled or closed early means the user stopped it
-            usage.ended = "error" if isinstance(error, Exception) else "stopped"
+            usage.ended = Ended.ERROR if isinstance(error, Exception) else Ended.STOPPED
             raise
 
     def _generate(

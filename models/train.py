@@ -42,7 +42,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 
 from models.adapters import METADATA_FILE, adapter_version
 from models.checkpoint import DEMO, ModelLoadError, load_model
-from models.images import ImageRejected, fit_to_budget, open_image
+from models.images import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ImageRejected, fit_to_budget, open_image
 from models.report import write_report
 from models.settings import ModelSettings
 
@@ -97,10 +97,10 @@ class TrainSettings:
     lora_alpha: int = 32
     lora_dropout: float = field(default=0.05, metadata={"help": "SFT only: TRL turns dropout off for DPO and KTO."})
     max_pixels: int = field(
-        default=1280 * 28 * 28,
+        default=GPU_MAX_PIXELS,
         metadata={"help": "Per-image pixel budget (28x28 pixels per visual token); the app's CUDA default."},
     )
-    min_pixels: int = 4 * 28 * 28
+    min_pixels: int = DEFAULT_MIN_PIXELS
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Less memory, slower steps."})
     data_workers: int | None = field(
         default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.files import ContentStore
+from chat.ui.texts import TEXTS, text
 from chat.store.schema import Base
 from chat.ui.datalayer import LoupeDataLayer
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
@@ -200,3 +202,30 @@ async def thread_rows(sessions: async_sessionmaker[AsyncSession], thread_id: str
             result = await session.execute(select(table.__table__).where(key == thread_id).order_by(table.id))
             found[table.__tablename__] = [tuple(row) for row in result]
     return found
+
+
+# Answers as the page shows them ----------------------------------------------------------
+
+# "*Answer 2 of 3*\n\n", "*답변 2 / 3*\n\n", "*Answer B*\n\n"... at the very start of a shown answer.
+LABEL = re.compile(
+    "|".join(
+        re.escape(texts[key]).replace(r"\{number\}", r"\d+").replace(r"\{count\}", r"\d+").replace(r"\{side\}", "[AB]")
+        + r"\n\n"
+        for texts in TEXTS.values()
+        for key in ("answer_label", "arena_label")
+    )
+)
+
+
+def with_label(answer: str, number: int, count: int, language: str) -> str:
+    """An answer as the page shows the `number`th of `count` siblings."""
+    return f"{text('answer_label', language, number=number, count=count)}\n\n{answer}"
+
+
+def answer_text(shown: str) -> str:
+    """What the model wrote, from an answer as the page shows it: without labels and the stop marker."""
+    while match := LABEL.match(shown):
+        shown = shown[match.end() :]
+    for texts in TEXTS.values():
+        shown = shown.removesuffix(f"\n\n{texts['stopped']}")
+    return shown

@@ -415,7 +415,7 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
     }
 
     # The export: the second answer over the first (the comparison), the correction over the first.
-    from chat.ui.texts import answer_text
+    from tests.conftest import answer_text
     from tests.test_preferences_app import export_rows, rows
 
     [(first_text,), (second_text,)] = [

@@ -9,14 +9,15 @@ from qwen_vl_utils import process_vision_info
 
 from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, turn_text, user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompts
-from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from models.backend import ChatTemplateTokens
+from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 SYSTEM = system_prompts()[DEFAULT_PROMPT]
 
 
 @pytest.fixture(scope="module")
 def builder(processor) -> PromptBuilder:
-    return PromptBuilder(processor, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    return PromptBuilder(ChatTemplateTokens(processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
 
 
 def chart(width: int = 640, height: int = 480) -> Image.Image:
@@ -93,7 +94,8 @@ def test_history_goes_on_from_the_newest_answer_to_the_last_turn() -> None:
         return {"id": step_id, "type": "user_message", "output": text}
 
     def answered(step_id: str, text: str, prompt_id: str, context: list[str], ended: str = "finished") -> dict:
-        generation = {"prompt_id": prompt_id, "context": context}
+        """As the app stores an answer: shown with any label, the model's own text in its record."""
+        generation = {"prompt_id": prompt_id, "context": context, "completion": text.rpartition("*\n\n")[2]}
         return {
             "id": step_id,
             "type": "assistant_message",

@@ -126,6 +126,7 @@ def generation(**fields) -> dict:
         "time_to_first_token": 0.12,
         "duration": 1.5,
         "ended": "finished",
+        "completion": "R = V / I",
         **fields,
     }
 
@@ -243,7 +244,10 @@ async def test_stored_thread_rebuilds_the_model_history_with_images(layer: Loupe
     run = step(thread_id, type="run", output="", parentId=question["id"])
     notice = step(thread_id, type="assistant_message", output="**Demo model.** ...")
     answer = step(thread_id, type="assistant_message", output="R2\n\n⏹ *Stopped.*", parentId=run["id"])
-    answer["metadata"] = {"ended": "stopped", "generation": generation(prompt_id=question["id"], ended="stopped")}
+    answer["metadata"] = {
+        "ended": "stopped",
+        "generation": generation(prompt_id=question["id"], ended="stopped", completion="R2"),
+    }
     Image.new("RGB", (300, 200), (0, 0, 255)).save(tmp_path / "r.png")
     for stored in (notice, question, run, answer):
         await layer.create_step(stored)
@@ -398,3 +402,59 @@ async def test_migration_flags_generation_records_a_client_could_have_written(mi
         "forged-bare": "not under a run",
         "forged-user": "not an answer step",
     }
+
+
+async def test_migration_back_fills_what_the_model_wrote(migrated: str) -> None:
+    """Before 8e3a61c0d2f4 an answer was stored only as the page showed it (label, stop marker);
+    the migration stores the model's own text in the record, in the table and in the step's metadata."""
+    engine = create_engine(migrated)
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(table.delete())
+    downgrade(migrated, "5b1f0c2a9d47")
+    thread, now = str(uuid.uuid4()), datetime(2026, 11, 30, 10)
+    shown = {  # step id: the answer as stored before -> what the model wrote
+        "plain": ("R = V / I", "R = V / I"),
+        "numbered": ("*Answer 2 of 3*\n\nAbout 160 Hz.", "About 160 Hz."),
+        "arena-ko": ("*답변 B*\n\n1kΩ입니다.", "1kΩ입니다."),
+        "stopped": ("*Answer 1 of 2*\n\nLet me\n```\n\n⏹ *Stopped.*", "Let me\n```"),
+        "stopped-ko": ("P =\n\n⏹ *중지됨.*", "P ="),
+        "quoting": ("Say *Answer 2 of 3* here.", "Say *Answer 2 of 3* here."),
+    }
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO threads (id, tags, metadata, created_at) VALUES (:id, '[]', '{}', :now)"),
+            {"id": thread, "now": now},
+        )
+        for step_id, (output, _) in shown.items():
+            metadata = '{"ended": "finished", "generation": {"model": "demo", "prompt_id": "q"}}'
+            await connection.execute(
+                text(
+                    "INSERT INTO steps (id, thread_id, parent_id, name, type, input, output, is_error, metadata,"
+                    " default_open, auto_collapse, created_at) VALUES (:id, :thread, NULL, 'x', 'assistant_message',"
+                    " '', :output, false, :metadata, false, false, :now)"
+                ),
+                {"id": step_id, "thread": thread, "output": output, "metadata": metadata, "now": now},
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO generations (id, step_id, thread_id, prompt_id, context, model, settings,"
+                    " prompt_tokens, completion_tokens, duration, ended, created_at) VALUES (:id, :id, :thread,"
+                    " 'q', '[]', 'demo', '{}', 1, 1, 1.0, 'finished', :now)"
+                ),
+                {"id": step_id, "thread": thread, "now": now},
+            )
+    upgrade(migrated)
+    async with engine.connect() as connection:
+        columns = dict((await connection.execute(select(Generation.step_id, Generation.completion))).all())
+        records = {
+            step_id: metadata["generation"]
+            for step_id, metadata in (await connection.execute(select(Step.id, Step.metadata_))).all()
+        }
+        await connection.execute(text("DELETE FROM threads"))
+        await connection.commit()
+    await engine.dispose()
+    wrote = {step_id: completion for step_id, (_, completion) in shown.items()}
+    assert columns == wrote
+    assert {step_id: record["completion"] for step_id, record in records.items()} == wrote
+    assert all(record["model"] == "demo" for record in records.values()), "the rest of the record is kept"

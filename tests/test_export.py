@@ -34,8 +34,8 @@ from chat.prompts import system_prompts
 from chat.store.database import create_engine
 from chat.store.preferences import Preferences
 from chat.ui.datalayer import LoupeDataLayer
-from chat.ui.texts import mark_stopped, with_label
-from tests.conftest import REPO
+from chat.ui.texts import mark_stopped
+from tests.conftest import REPO, with_label
 
 SALT = "pepper"
 ENGINEERING, CONCISE = system_prompts()["engineering"], system_prompts()["concise"]
@@ -83,8 +83,10 @@ class Chat:
         ended: str = "finished",
         adapter: str | None = None,
         style: str = "engineering",
+        completion: str | None = None,
     ) -> str:
-        """A run step and its assistant message with a generation record, as chat/app.py sends them."""
+        """A run step and its assistant message with a generation record, as chat/app.py sends them:
+        `output` as the page shows it, `completion` (default: the same) as the model wrote it."""
         run_id, answer_id = str(uuid.uuid4()), str(uuid.uuid4())
         await self.layer.create_step(
             {"id": run_id, "threadId": self.id, "parentId": prompt_id, "type": "run", "name": "on_message"}
@@ -101,6 +103,7 @@ class Chat:
             "ended": ended,
             "prompt_id": prompt_id,
             "context": list(context),
+            "completion": output if completion is None else completion,
         }
         await self.layer.create_step(
             {
@@ -151,13 +154,21 @@ async def write_conversations(layer: LoupeDataLayer, folder: Path) -> Data:
     lowpass = await filter_chat.answer(circuit, "It is a low-pass filter.")
     await filter_chat.rate(lowpass, up=True)
     cutoff = await filter_chat.ask("And its cutoff frequency?")
-    khz = await filter_chat.answer(cutoff, with_label("About 1 kHz.", 1, 3, "en"), context=(lowpass,))
+    khz = await filter_chat.answer(
+        cutoff, with_label("About 1 kHz.", 1, 3, "en"), context=(lowpass,), completion="About 1 kHz."
+    )
     await filter_chat.rate(khz, up=False)
     await preferences.set_reasons("ada", khz, ["wrong"])
-    hz = await filter_chat.answer(cutoff, with_label("About 160 Hz.", 2, 3, "en"), context=(lowpass,))
+    hz = await filter_chat.answer(
+        cutoff, with_label("About 160 Hz.", 2, 3, "en"), context=(lowpass,), completion="About 160 Hz."
+    )
     await filter_chat.rate(hz, up=True)
     cut_short = await filter_chat.answer(
-        cutoff, with_label(mark_stopped("Let me", "en"), 3, 3, "en"), context=(lowpass,), ended="stopped"
+        cutoff,
+        with_label(mark_stopped("Let me", "en"), 3, 3, "en"),
+        context=(lowpass,),
+        ended="stopped",
+        completion="Let me",
     )
     await filter_chat.rate(cut_short, up=False)
     await preferences.compare("ada", khz, hz, "b")  # after the thumbs, and agreeing with them
@@ -183,7 +194,9 @@ async def write_conversations(layer: LoupeDataLayer, folder: Path) -> Data:
     wordy = await ohm_chat.answer(ohm, "Voltage equals current times resistance.")
     await preferences.compare("bob", terse, wordy, "both_bad")
     power = await ohm_chat.ask("And power?")
-    partial = await ohm_chat.answer(power, mark_stopped("P =", "en"), context=(wordy,), ended="stopped")
+    partial = await ohm_chat.answer(
+        power, mark_stopped("P =", "en"), context=(wordy,), ended="stopped", completion="P ="
+    )
     await ohm_chat.rate(partial, up=True)
     more = await ohm_chat.ask("Go on.")
     after_stop = await ohm_chat.answer(more, "P = V I.", context=(wordy, partial))

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from chat.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
-from models.images import ImageRejected, fit_to_budget, image_mime, open_image, visual_tokens
+from models.images import (
+    CPU_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    GPU_MAX_PIXELS,
+    ImageRejected,
+    fit_to_budget,
+    image_mime,
+    open_image,
+    visual_tokens,
+)
 
 LIMIT_MEGAPIXELS = 50
 

@@ -203,7 +203,7 @@ async def test_signals_given_in_the_app_export_as_the_pairing_rules_say(server, 
     import hashlib
 
     from chat.prompts import system_prompts
-    from chat.ui.texts import answer_text
+    from tests.conftest import answer_text
 
     picture = png(200, 150)
     async with ChatClient(server.url) as client:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import string
 
-from chat.ui.texts import TEXTS, answer_text, language_of, mark_stopped, text, with_label
+from chat.ui.texts import TEXTS, language_of, mark_stopped, text
+from tests.conftest import answer_text, with_label
 
 
 def placeholders(template: str) -> set[str]:

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from chat.store.preferences import BASE
+from chat.store.generations import BASE
 from models.adapters import Adapter, AdapterDirectory
 
 BASE_PROFILE = "Base model"
@@ -79,7 +79,3 @@ class Profiles:
         """Two different contenders, drawn uniformly, in random order."""
         first, second = rng.sample(self.contenders(), 2)
         return first, second
-
-
-def contender_name(adapter: Adapter | None) -> str:
-    return adapter.name if adapter else BASE

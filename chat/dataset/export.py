@@ -28,7 +28,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -53,12 +53,11 @@ from chat.dataset.pairing import (
 )
 from chat.prompts import system_prompt
 from chat.store import schema
-from chat.ui.texts import answer_text
+from chat.store.generations import BASE
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000  # conversations read per round of queries
-BASE = "base"  # how rows, filters and stats name "no adapter"
 CORRECTED_BY = "user"  # who wrote a correction, in the *_by columns
 DATA_FILE = "train.jsonl"
 IMAGES_DIR = "images"
@@ -84,7 +83,7 @@ class UserTurn:
 @dataclass(frozen=True)
 class StoredAnswer(Answer):
     prompt_id: str | None  # None in records written before Loupe kept it: such answers are never judged
-    text: str  # as the model wrote it (chat.ui.texts.answer_text)
+    text: str  # as the model wrote it (the generation record's completion), not as the page showed it
     adapter: str | None
     created_at: datetime
     reasons: tuple[str, ...]  # of its rating
@@ -224,6 +223,7 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
             generation.context,
             generation.ended,
             generation.adapter,
+            generation.completion,
             generation.created_at,
             generation.settings["system_prompt"].as_string().label("style"),
         )
@@ -240,7 +240,7 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
             system_prompt=system_prompt(row.style),
             rating=Rating(up=rating.value == 1, at=rating.updated_at) if rating else None,
             prompt_id=row.prompt_id,
-            text=answer_text(step.output),
+            text=row.completion,
             adapter=row.adapter,
             created_at=row.created_at,
             reasons=tuple(rating.reasons) if rating else (),
@@ -402,12 +402,6 @@ class ExportRequest:
         return (self.since is None or first_answer_at >= self.since) and (
             self.until is None or first_answer_at < self.until
         )
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO date or time, e.g. 2026-11-01 or 2026-11-01T12:00+09:00, as naive UTC (no zone means UTC)."""
-    parsed = datetime.fromisoformat(text)
-    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
 def pseudonym(identifier: str, salt: str) -> str:

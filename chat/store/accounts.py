@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chat.store.rows import utcnow
 from chat.store.schema import User
-from chat.ui.datalayer import utcnow
 
 ADMIN = "admin"
 hasher = PasswordHasher()

@@ -15,15 +15,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.store.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread, User
-from chat.ui.datalayer import NotYours, dialect_insert, utcnow
+from chat.store.generations import BASE
+from chat.store.rows import NotYours, dialect_insert, owned_by, owned_thread, utcnow
+from chat.store.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread
 
 CHOICES = ("a", "b", "tie", "both_bad")
-BASE = "base"  # the contender name of the model without an adapter
 
 
 @dataclass
-class Answer:
+class AnswerFeedback:
     """One answer to a prompt, with what the user has said about it so far."""
 
     id: str
@@ -39,34 +39,31 @@ class Preferences:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
-    async def answers_to(self, user: str, prompt_id: str) -> list[Answer]:
+    async def answers_to(self, user: str, prompt_id: str) -> list[AnswerFeedback]:
         """The answers to a prompt of `user`'s, oldest first (the order they are numbered in)."""
         async with self.sessions() as session:
-            await _owned_thread(session, user, prompt_id)
+            await owned_thread(session, user, prompt_id)
             return await _answers(session, Generation.prompt_id == prompt_id)
 
-    async def answer_for_run(self, user: str, run_id: str) -> Answer | None:
+    async def answer_for_run(self, user: str, run_id: str) -> AnswerFeedback | None:
         """The answer under a run step: what Chainlit's thumbs (which name the run) are about."""
         async with self.sessions() as session:
-            await _owned_thread(session, user, run_id)
+            await owned_thread(session, user, run_id)
             answers = await _answers(session, Step.parent_id == run_id)
         return answers[0] if answers else None
 
-    async def answer(self, user: str, answer_id: str) -> Answer:
+    async def answer(self, user: str, answer_id: str) -> AnswerFeedback:
         async with self.sessions() as session:
-            await _owned_thread(session, user, answer_id)
+            await owned_thread(session, user, answer_id)
             answers = await _answers(session, Step.id == answer_id)
         if not answers:
             raise NotYours(f"{answer_id} is not an answer")
         return answers[0]
 
-    async def in_thread(self, user: str, thread_id: str) -> tuple[list[Answer], dict[tuple[str, str], str]]:
+    async def in_thread(self, user: str, thread_id: str) -> tuple[list[AnswerFeedback], dict[tuple[str, str], str]]:
         """Every answer in a thread of `user`'s, oldest first, and the comparisons: (a, b) -> choice."""
         async with self.sessions() as session:
-            owner = await session.scalar(
-                select(User.identifier).join(Thread, Thread.user_id == User.id).where(Thread.id == thread_id)
-            )
-            if owner != user:
+            if await session.scalar(owned_by(user).where(Thread.id == thread_id)) is None:
                 raise NotYours(thread_id)
             answers = await _answers(session, Generation.thread_id == thread_id)
             comparisons = await session.execute(
@@ -79,7 +76,7 @@ class Preferences:
     async def set_reasons(self, user: str, answer_id: str, reasons: list[str]) -> bool:
         """Replace the reasons of the answer's rating; False when the answer has no rating to explain."""
         async with self.sessions.begin() as session:
-            await _owned_thread(session, user, answer_id)
+            await owned_thread(session, user, answer_id)
             run_id = await session.scalar(select(Step.parent_id).where(Step.id == answer_id))
             result = await session.execute(
                 update(Feedback).where(Feedback.for_id == run_id).values(reasons=reasons, updated_at=utcnow())
@@ -125,7 +122,7 @@ class Preferences:
     async def correct(self, user: str, answer_id: str, text: str) -> None:
         """Store the answer the user wanted instead of `answer_id`; a new correction replaces the old."""
         async with self.sessions.begin() as session:
-            thread = await _owned_thread(session, user, answer_id)
+            thread = await owned_thread(session, user, answer_id)
             prompt_id = await session.scalar(select(Generation.prompt_id).where(Generation.step_id == answer_id))
             if prompt_id is None:
                 raise NotYours(f"{answer_id} is not an answer")
@@ -134,7 +131,7 @@ class Preferences:
             )
 
 
-async def _answers(session: AsyncSession, where: ColumnElement[bool]) -> list[Answer]:
+async def _answers(session: AsyncSession, where: ColumnElement[bool]) -> list[AnswerFeedback]:
     rows = await session.execute(
         select(Step, Generation.prompt_id, Generation.ended, Feedback, Correction.text)
         .join(Generation, Generation.step_id == Step.id)
@@ -144,7 +141,7 @@ async def _answers(session: AsyncSession, where: ColumnElement[bool]) -> list[An
         .order_by(Generation.created_at, Step.id)
     )
     return [
-        Answer(
+        AnswerFeedback(
             id=step.id,
             run_id=step.parent_id or "",
             prompt_id=prompt_id or "",
@@ -161,7 +158,7 @@ async def _compare(session: AsyncSession, user: str, answer_a: str, answer_b: st
     """Upsert the comparison of two answers to one prompt of `user`'s; returns the thread and the prompt."""
     if choice not in CHOICES:
         raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
-    thread = await _owned_thread(session, user, answer_a)
+    thread = await owned_thread(session, user, answer_a)
     prompts = set(
         await session.scalars(select(Generation.prompt_id).where(Generation.step_id.in_([answer_a, answer_b])))
     )
@@ -189,15 +186,3 @@ async def _upsert(session: AsyncSession, table: type, thread: Thread, unique: li
     )
     updates = {column: value for column, value in values.items() if column not in unique}
     await session.execute(insert.on_conflict_do_update(index_elements=unique, set_={**updates, "updated_at": now}))
-
-
-async def _owned_thread(session: AsyncSession, user: str, step_id: str) -> Thread:
-    thread = await session.scalar(
-        select(Thread)
-        .join(Step, Step.thread_id == Thread.id)
-        .join(User, User.id == Thread.user_id)
-        .where(Step.id == step_id, User.identifier == user)
-    )
-    if thread is None:
-        raise NotYours(step_id)
-    return thread

@@ -126,7 +126,9 @@ class Generation(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     time_to_first_token: Mapped[float | None] = mapped_column(Float)
     duration: Mapped[float] = mapped_column(Float)
-    ended: Mapped[str] = mapped_column(String(16))  # finished, stopped, error
+    ended: Mapped[str] = mapped_column(String(16))  # models.backend.Ended: finished, stopped, error
+    # The answer as the model wrote it; the step's output is how the page shows it (chat/store/generations.py).
+    completion: Mapped[str] = mapped_column(Text)
     # Why this record may not be the server's: set by migration 5b1f0c2a9d47 for records written
     # before client messages were checked (a client could then store one). Flagged records are not exported.
     flagged: Mapped[str | None] = mapped_column(String(64))

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import asdict
 from typing import Any
 
 import aiofiles
@@ -44,10 +44,11 @@ from chainlit.types import (
 from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
 from sqlalchemy import JSON, ColumnElement, Select, case, delete, exists, func, literal, or_, select, true
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.files import ContentStore
+from chat.store.generations import GenerationRecord
+from chat.store.rows import NotYours, dialect_insert, iso, owned_by, parse_time, utcnow
 from chat.store.schema import Element, Feedback, Generation, Step, Thread, User
 
 # Step fields Chainlit sends (camelCase) -> our columns; only keys present in a dict are written.
@@ -79,10 +80,6 @@ USER_MESSAGE = "user_message"  # the only step type a client creates (chainlit_f
 log = logging.getLogger("loupe.datalayer")
 
 
-class NotYours(LookupError):
-    """The row does not exist, or is not in a thread of the user asking."""
-
-
 def acting_user() -> str | None:
     """The identifier of the logged-in user Chainlit is serving in this call; None for the server's own work."""
     try:
@@ -97,22 +94,6 @@ def refuse(what: str, **ids: object) -> NotYours:
     details = " ".join(f"{name}={value}" for name, value in ids.items())
     log.warning("Refused %s: user=%s %s", what, acting_user(), details)
     return NotYours(f"{what}: {details}")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """Chainlit's ISO strings ('...Z') -> naive UTC."""
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value)
-    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="milliseconds") + "Z" if value else None
 
 
 class WriteOrder:
@@ -468,12 +449,6 @@ class LoupeDataLayer(BaseDataLayer):
         await self.order.drain(CLOSE_TIMEOUT_S)
 
 
-def dialect_insert(session: AsyncSession, table: type) -> Any:
-    """INSERT with ON CONFLICT support in the session's dialect (SQLite and PostgreSQL share it)."""
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
 def _threads_with_owner() -> Select:
     return select(Thread, User.identifier).outerjoin(User, Thread.user_id == User.id)
 
@@ -487,8 +462,7 @@ def _acting_user_owns(thread_id: Any) -> ColumnElement[bool]:
     """SQL: `thread_id` names a thread of the acting user (always true for the server's own work)."""
     if (identifier := acting_user()) is None:
         return true()
-    owned = select(Thread.id).join(User, User.id == Thread.user_id).where(User.identifier == identifier)
-    return thread_id.in_(owned)
+    return thread_id.in_(owned_by(identifier))
 
 
 async def _delete_owned(session: AsyncSession, table: type, named: ColumnElement[bool]) -> int:
@@ -528,19 +502,7 @@ async def _writable_thread(session: AsyncSession, thread_id: str | None) -> Thre
 
 
 async def _upsert_generation(session: AsyncSession, step_id: str, thread_id: str, record: dict[str, Any]) -> None:
-    values = {
-        "model": record["model"],
-        "adapter": record.get("adapter"),
-        "adapter_version": record.get("adapter_version"),
-        "prompt_id": record.get("prompt_id"),
-        "context": record.get("context", []),
-        "settings": record.get("settings", {}),
-        "prompt_tokens": record["prompt_tokens"],
-        "completion_tokens": record["completion_tokens"],
-        "time_to_first_token": record.get("time_to_first_token"),
-        "duration": record["duration"],
-        "ended": record["ended"],
-    }
+    values = asdict(GenerationRecord.from_metadata(record))
     insert = dialect_insert(session, Generation).values(
         id=str(uuid.uuid4()), step_id=step_id, thread_id=thread_id, created_at=utcnow(), **values
     )

@@ -31,9 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 
 from chat.store.files import ContentStore
-from chat.store.schema import Element, Feedback, Step, Thread, User
+from chat.store.rows import NotYours, owned_by
+from chat.store.schema import Element, Feedback, Step, Thread
 from chat.ui.chainlit_fixes import issued_action
-from chat.ui.datalayer import NotYours
 from chat.ui.limits import LoginThrottle, retry_after
 from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
@@ -87,7 +87,7 @@ def add_routes(
         """Whether `query` (a select of thread ids) names a thread of this logged-in user."""
         if user is None:
             return False
-        owned = query.join(User, Thread.user_id == User.id).where(User.identifier == user.identifier)
+        owned = query.where(Thread.id.in_(owned_by(user.identifier)))
         async with sessions() as session:
             return bool(await session.scalar(select(exists(owned))))
 

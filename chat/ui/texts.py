@@ -6,7 +6,8 @@ language is the browser's (Accept-Language), as Chainlit picks it.
 
 from __future__ import annotations
 
-import re
+from chat.arena.profiles import Profile
+from models.backend import Ended
 
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
@@ -182,38 +183,26 @@ def mark_stopped(answer: str, language: str) -> str:
     return f"{answer}{fence}\n\n{text('stopped', language)}"
 
 
-def strip_stop_marker(answer: str) -> str:
-    """The answer as the model wrote it, without the marker mark_stopped added (in any language)."""
-    for texts in TEXTS.values():
-        answer = answer.removesuffix(f"\n\n{texts['stopped']}")
-    return answer
+def shown_answer(completion: str, ended: Ended, language: str, label: str | None = None) -> str:
+    """An answer as the page shows it: the model's text, under its label, with the stop marker if stopped.
+
+    Only the page sees this; the generation record keeps `completion` as the model wrote it.
+    """
+    shown = mark_stopped(completion, language) if ended == Ended.STOPPED else completion
+    return f"{label}\n\n{shown}" if label else shown
 
 
-def with_label(answer: str, number: int, count: int, language: str) -> str:
-    """Number a regenerated answer among its siblings ("Answer 2 of 2") on a line of its own."""
-    return f"{text('answer_label', language, number=number, count=count)}\n\n{strip_label(answer)}"
-
-
-# "*Answer 2 of 3*\n\n", "*답변 2 / 3*\n\n", "*Answer B*\n\n"... at the very start of a stored answer.
-LABEL = re.compile(
-    "|".join(
-        re.escape(texts[key]).replace(r"\{number\}", r"\d+").replace(r"\{count\}", r"\d+").replace(r"\{side\}", "[AB]")
-        + r"\n\n"
-        for texts in TEXTS.values()
-        for key in ("answer_label", "arena_label")
-    )
-)
-
-
-def strip_label(answer: str) -> str:
-    if match := LABEL.match(answer):
-        return answer[match.end() :]
-    return answer
-
-
-def answer_text(shown: str) -> str:
-    """What the model wrote, from an answer as shown and stored: without its label and stop marker."""
-    return strip_stop_marker(strip_label(shown))
+def describe_profile(profile: Profile, language: str) -> str:
+    """A chat profile's line in the profile picker."""
+    if profile.is_arena:
+        return text("profile_arena", language)
+    if profile.adapter is None:
+        return text("profile_base", language)
+    trained = profile.adapter.metadata()
+    details = ""
+    if {"method", "created_at"} <= trained.keys():
+        details = f", {trained['method']}, {trained['created_at'][:10]}"
+    return text("profile_adapter", language, name=profile.name, version=profile.adapter.version, details=details)
 
 
 def reason_label(code: str, language: str) -> str:

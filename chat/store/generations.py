@@ -1,0 +1,54 @@
+"""The generation record: what the model was asked, how, what it wrote and what it cost.
+
+The app builds one for every answer and sends it in the answer step's `metadata.generation`
+(so the thread's owner gets it back with the thread); the data layer writes the same record
+into the `generations` table in the step's transaction. `completion` is the text exactly as the
+model wrote it: the page shows the answer decorated (a label such as "Answer 2 of 2", a stop
+marker), and the history and the export read this instead, so no reader depends on UI strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from models.backend import Ended
+
+BASE = "base"  # how battles, exported rows, filters and the leaderboard name the model without an adapter
+
+
+@dataclass
+class GenerationRecord:
+    model: str
+    prompt_id: str | None  # the user message answered
+    completion: str  # as the model wrote it
+    prompt_tokens: int
+    completion_tokens: int
+    duration: float
+    ended: Ended
+    time_to_first_token: float | None = None
+    adapter: str | None = None
+    adapter_version: str | None = None
+    context: list[str] = field(default_factory=list)  # the earlier answers the model was shown, oldest first
+    settings: dict[str, Any] = field(default_factory=dict)  # sampling settings and the system prompt's name
+
+    def as_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_metadata(cls, record: dict[str, Any]) -> GenerationRecord:
+        """The record from an answer step's metadata; KeyError if a required field is missing."""
+        return cls(
+            model=record["model"],
+            prompt_id=record.get("prompt_id"),
+            completion=record["completion"],
+            prompt_tokens=record["prompt_tokens"],
+            completion_tokens=record["completion_tokens"],
+            duration=record["duration"],
+            ended=Ended(record["ended"]),
+            time_to_first_token=record.get("time_to_first_token"),
+            adapter=record.get("adapter"),
+            adapter_version=record.get("adapter_version"),
+            context=record.get("context", []),
+            settings=record.get("settings", {}),
+        )

@@ -1,0 +1,200 @@
+"""One answer, streamed into the chat: prompt, generation, what the page shows, what is stored.
+
+The answer's step carries its generation record (chat/store/generations.py) in its metadata;
+the data layer stores both in one transaction. The page shows the answer decorated (its label,
+a stop marker), the record keeps the model's own text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import aclosing
+from dataclasses import asdict
+from typing import Any
+
+import chainlit as cl
+import torch
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+
+from chat.conversation import PromptTooLong
+from chat.prompts import system_prompt
+from chat.store.generations import GenerationRecord
+from chat.ui.chainlit_fixes import browser_only_message, failure_reference
+from chat.ui.choices import regenerate_action
+from chat.ui.panel import chosen_sampling
+from chat.ui.runtime import serving
+from chat.ui.texts import shown_answer, text
+from models.adapters import Adapter
+from models.backend import Ended, Usage
+
+log = logging.getLogger("loupe")
+STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
+
+
+async def respond(
+    earlier: list[BaseMessage],
+    turn: HumanMessage,
+    language: str,
+    keep: Callable[[cl.Message], None],
+    adapter: Adapter | None,
+    label: str | None = None,
+    regenerable: bool = True,
+) -> cl.Message | None:
+    """Answer `turn` after the `earlier` conversation, streaming, with the chat's current settings,
+    from the base model or `adapter`.
+
+    `keep(reply)` is called with an answer that belongs in the model's history (finished, or
+    stopped with some text), also when Stop cancels this task. `label` goes on the answer's
+    first line ("Answer 2 of 2", "Answer A"). Returns the answer sent, if one was.
+    """
+    runtime = serving()
+    backend = runtime.backend
+    sampling, prompt_name = chosen_sampling(backend.default_sampling)
+    try:  # tokenizing a long conversation takes long enough to stall every other chat: off the event loop
+        budget = runtime.context_tokens - sampling.max_new_tokens
+        prompt = await asyncio.to_thread(runtime.prompts.build, system_prompt(prompt_name), [*earlier, turn], budget)
+    except PromptTooLong as too_long:
+        await cl.Message(
+            content=text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
+        ).send()
+        return None
+
+    usage, queue_notice = Usage(), QueueNotice(language)
+    reply = cl.Message(content="", actions=[regenerate_action(turn.id, language)] if regenerable else [])
+    stream = BatchedStream(reply)
+
+    def record(completion: str) -> dict[str, Any]:
+        return GenerationRecord(
+            model=backend.name,
+            prompt_id=turn.id,
+            completion=completion,
+            adapter=adapter.name if adapter else None,
+            adapter_version=adapter.version if adapter else None,
+            context=[message.id for message in earlier if isinstance(message, AIMessage)],
+            settings={**asdict(sampling), "system_prompt": prompt_name},
+            **asdict(usage),
+        ).as_metadata()
+
+    try:
+        async with aclosing(backend.stream(prompt, sampling, usage, queue_notice.show, adapter)) as pieces:
+            async for piece in pieces:
+                await queue_notice.clear()
+                await stream.add(piece)
+    except Exception as error:
+        reference = failure_reference()
+        log.exception("Generation failed (%s)", reference)
+        failure = cl.ErrorMessage(content=explain_failure(error, reference, language))
+        failure.metadata = {"generation": record(stream.text)}
+        await failure.send()
+    finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
+        await queue_notice.clear()
+        await stream.flush()
+        if usage.ended == Ended.FINISHED or (usage.ended == Ended.STOPPED and stream.text):
+            reply.metadata = {"ended": usage.ended, "generation": record(stream.text)}
+            keep(reply)
+            reply.content = shown_answer(stream.text, usage.ended, language, label)
+            await reply.send()
+    return reply if usage.ended != Ended.ERROR else None
+
+
+def model_turn(reply: cl.Message) -> AIMessage:
+    """An answer as the model's history holds it: what the model wrote, under the message's id."""
+    return AIMessage(content=reply.metadata["generation"]["completion"], id=reply.id)
+
+
+async def as_stoppable_task(work: Coroutine[Any, Any, cl.Message | None], language: str) -> cl.Message | None:
+    """Run an action's work as the session's current task, so the Stop button shows and cancels it.
+
+    Chainlit runs action callbacks inside the HTTP request, where Stop cannot reach them.
+    """
+    task = asyncio.create_task(work)
+    cl.context.session.current_task = task
+    await cl.context.emitter.task_start()
+    try:
+        await asyncio.wait([task])
+    finally:
+        await cl.context.emitter.task_end()
+    if task.cancelled():
+        return None
+    if error := task.exception():
+        reference = failure_reference()
+        log.error("Action failed (%s)", reference, exc_info=error)
+        await cl.ErrorMessage(content=explain_failure(error, reference, language)).send()
+        return None
+    return task.result()
+
+
+def explain_failure(error: BaseException, reference: str, language: str) -> str:
+    """What the user is told of a failure: what to do, and the reference its details are logged under."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return text("out_of_memory", language)
+    return text("model_error", language, reference=reference)
+
+
+class BatchedStream:
+    """Streams text to the browser at most once per STREAM_INTERVAL_S, the first piece at once.
+
+    One socket.io emit per token costs the server about as much CPU as a small model spends
+    generating it, so emitting each token would slow the answer down (bench/RESULTS.md).
+    `text` is everything the model wrote so far.
+    """
+
+    def __init__(self, message: cl.Message) -> None:
+        self.message = message
+        self.text = ""
+        self.pending = ""
+        self.sent_at = 0.0
+
+    async def add(self, piece: str) -> None:
+        self.text += piece
+        self.pending += piece
+        if time.monotonic() - self.sent_at >= STREAM_INTERVAL_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pending:
+            await self.message.stream_token(self.pending)
+            self.pending = ""
+            self.sent_at = time.monotonic()
+
+
+class QueueNotice:
+    """A message telling a waiting user their place in the model's queue, removed when served.
+
+    Sent to the browser only, never stored: it is stale once the answer starts. Stored, it cost a
+    database write for every waiting user each time the queue moved (50 waiting users: ~40 writes
+    per answer), and those fire-and-forget writes could re-insert it after its deletion.
+    """
+
+    def __init__(self, language: str) -> None:
+        self.language = language
+        self.step: dict[str, Any] | None = None
+
+    async def show(self, ahead: int) -> None:
+        content = text("queued", self.language, ahead=ahead)
+        if self.step is None:
+            self.step = dict(browser_only_message(content))
+            await cl.context.emitter.send_step(self.step)
+        else:
+            self.step["output"] = content
+            await cl.context.emitter.update_step(self.step)
+
+    async def clear(self) -> None:
+        if self.step is not None:
+            await cl.context.emitter.delete_step(self.step)
+            self.step = None
+
+
+async def relabel(step_id: str, number: int, count: int, language: str) -> None:
+    """Show a stored answer as number `number` of `count` siblings: only the page's text changes,
+    rebuilt from what the model wrote (its record is untouched)."""
+    data_layer = serving().data_layer
+    if shown := await data_layer.get_step(step_id):
+        record = GenerationRecord.from_metadata(shown["metadata"]["generation"])
+        label = text("answer_label", language, number=number, count=count)
+        shown["output"] = shown_answer(record.completion, record.ended, language, label)
+        await cl.context.emitter.update_step(shown)
+        await data_layer.update_step(shown)

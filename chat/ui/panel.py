@@ -1,0 +1,73 @@
+"""The chat settings panel: assistant style and sampling, checked before a chat answers with them.
+
+Chainlit copies whatever the client sends into the session's chat settings; the chat answers with
+the checked copy kept here (chat.settings.checked_chat_settings), and the thread stores that copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import chainlit as cl
+from chainlit.input_widget import Select, Slider
+
+from chat.prompts import DEFAULT_PROMPT, system_prompts
+from chat.settings import SLIDERS
+from chat.ui.texts import text
+from models.backend import SamplingSettings
+
+CHECKED = "checked_settings"  # the user_session key of the chat's checked settings
+
+
+def use_chat_settings(values: dict[str, Any]) -> None:
+    """Make `values` (checked) the chat's settings: what it answers with, and what its thread stores."""
+    cl.user_session.set(CHECKED, values)
+    cl.context.session.chat_settings = dict(values)  # Chainlit stores these in the thread's metadata
+
+
+def chat_settings() -> dict[str, Any]:
+    """The chat's checked settings (Chainlit's own copy holds whatever the client last sent)."""
+    return cl.user_session.get(CHECKED) or {}
+
+
+def default_values(model_defaults: SamplingSettings) -> dict[str, Any]:
+    """The settings a chat starts with: the model's generation defaults and the default prompt."""
+    return {**asdict(model_defaults), "system_prompt": DEFAULT_PROMPT}
+
+
+def chosen_sampling(model_defaults: SamplingSettings) -> tuple[SamplingSettings, str]:
+    """The sampling settings and system prompt name chosen in this chat's settings panel."""
+    chosen = {**default_values(model_defaults), **chat_settings()}
+    sampling = SamplingSettings(
+        temperature=float(chosen["temperature"]),
+        top_p=float(chosen["top_p"]),
+        max_new_tokens=int(chosen["max_new_tokens"]),
+        repetition_penalty=float(chosen["repetition_penalty"]),
+    )
+    return sampling, chosen["system_prompt"]
+
+
+def settings_panel(language: str, defaults: dict[str, Any]) -> cl.ChatSettings:
+    """The settings panel, showing `defaults` (the chat's chosen values over the model's defaults)."""
+    return cl.ChatSettings(
+        [
+            Select(
+                id="system_prompt",
+                label=text("setting_prompt", language),
+                values=list(system_prompts()),
+                initial_value=defaults["system_prompt"],
+            ),
+            *(
+                Slider(
+                    id=name,
+                    label=text(f"setting_{name}", language),
+                    initial=defaults[name],
+                    min=low,
+                    max=high,
+                    step=step,
+                )
+                for name, (low, high, step) in SLIDERS.items()
+            ),
+        ]
+    )

@@ -1,0 +1,161 @@
+"""The composition root: everything one Loupe server is made of, built from its settings.
+
+`python -m chat serve` builds the runtime (`build_runtime`: objects only, nothing loaded or
+connected) and installs it into Chainlit's server (`install`: Chainlit's configuration, Loupe's
+fixes, security and routes, which must be in place before the server starts), and then lets
+Chainlit import chat/app.py, whose handlers reach the runtime through `serving()`. The model is
+loaded and the database migrated when the server starts (`Runtime.start`, from on_app_startup),
+so importing any module of Loupe has no side effects, and a test can build a runtime of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from chainlit.config import config as chainlit_config
+from chainlit.server import app as server
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat.arena.profiles import Profiles
+from chat.conversation import PromptBuilder
+from chat.settings import Settings
+from chat.store.accounts import ADMIN, auth_secret, ensure_admin
+from chat.store.database import create_engine, session_factory, upgrade
+from chat.store.files import ContentStore
+from chat.store.logins import is_current
+from chat.store.preferences import Preferences
+from chat.ui.chainlit_fixes import (
+    accept_empty_uploads,
+    guard_client_messages,
+    hide_other_users_threads,
+    honour_config_flags,
+    remember_issued_actions,
+    uploads_in,
+)
+from chat.ui.datalayer import LoupeDataLayer
+from chat.ui.limits import LoginThrottle, RateLimit
+from chat.ui.routes import UploadQuota, add_routes
+from chat.ui.signin import enable_external_logins
+from chat.ui.uploads import ImageLimits
+from chat.ui.web import MB, secure
+from models.adapters import AdapterDirectory
+from models.backend import Backend
+from models.checkpoint import load_model, pick_device
+from models.generation import Generator
+
+PENDING_MESSAGES_OF_FILES = 5  # the pending-upload quota in files: five full messages' worth
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    store: ContentStore
+    data_layer: LoupeDataLayer
+    preferences: Preferences
+    profiles: Profiles
+    image_limits: ImageLimits
+    secret: str  # Chainlit signs login tokens with it
+    arena_draw: random.Random = field(default_factory=random.Random)  # which two contenders answer, in which order
+    # Set by start(): the model behind the chat, and the prompt builder that counts with its tokenizer.
+    backend: Backend = field(init=False)
+    prompts: PromptBuilder = field(init=False)
+
+    async def start(self) -> None:
+        """What the server does before it takes requests: migrate, create the first admin, load the model."""
+        await asyncio.to_thread(upgrade, self.settings.database_url)
+        if password := await ensure_admin(self.sessions, self.settings.admin_password):
+            print(f"\n  Loupe: first run, created user '{ADMIN}' with password: {password}\n", flush=True)
+        settings = self.settings
+        loaded = await asyncio.to_thread(load_model, settings.model, settings.device, settings.dtype)
+        self.backend = Generator(loaded)
+        self.prompts = PromptBuilder(self.backend, settings.min_pixels, self.image_limits.max_pixels)
+
+    @property
+    def context_tokens(self) -> int:
+        """Prompt plus answer: the configured budget, within the model's context."""
+        return min(self.settings.context_tokens, self.backend.context_length)
+
+    def status(self) -> dict[str, Any]:
+        """Read by public/loupe.js to show the permanent demo-model banner."""
+        return {"name": self.backend.name, "demo": self.backend.demo_reason is not None}
+
+    async def login_is_current(self, token: str | None) -> bool:
+        return await is_current(self.sessions, token, self.secret)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Everything a server of these settings is made of; nothing is loaded or connected yet."""
+    store = ContentStore(settings.files_dir)
+    sessions = session_factory(create_engine(settings.database_url))
+    return Runtime(
+        settings=settings,
+        sessions=sessions,
+        store=store,
+        data_layer=LoupeDataLayer(sessions, store),
+        preferences=Preferences(sessions),
+        profiles=Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter),
+        image_limits=ImageLimits(
+            max_files=settings.max_images_per_message,
+            max_file_mb=settings.max_upload_mb,
+            max_megapixels=settings.max_image_megapixels,
+            min_pixels=settings.min_pixels,
+            max_pixels=settings.image_max_pixels(pick_device(settings.device).type),
+        ),
+        secret=auth_secret(settings.data_dir),
+    )
+
+
+_serving: Runtime | None = None
+
+
+def serving() -> Runtime:
+    """The runtime this server was installed with, for Chainlit's handlers in chat/app.py."""
+    if _serving is None:
+        raise RuntimeError("Loupe is not set up in this process: start it with `python -m chat serve` (`make run`).")
+    return _serving
+
+
+def install(runtime: Runtime) -> None:
+    """Make Chainlit's server serve `runtime`. Call it once, before the server starts: middleware
+    cannot be added to a running server, and Chainlit checks for the login secret before starting."""
+    global _serving
+    settings = runtime.settings
+    # The browser enforces max_files; uploads over max_upload_mb are refused while they arrive (chat/ui/web.py).
+    uploads = chainlit_config.features.spontaneous_file_upload
+    uploads.max_files = settings.max_images_per_message
+    uploads.max_size_mb = math.ceil(settings.max_upload_mb)
+    chainlit_config.project.user_session_timeout = int(settings.login_lifetime_hours * 3600)
+    os.environ["CHAINLIT_AUTH_SECRET"] = runtime.secret
+    accept_empty_uploads()
+    # One folder per process, so that no other instance's shutdown deletes this one's pending uploads.
+    uploads_in(settings.data_dir / "uploads")
+    guard_client_messages(
+        settings.max_message_chars,
+        RateLimit(settings.messages_per_minute, 60),
+        runtime.login_is_current,
+        runtime.data_layer.step_exists,
+    )
+    remember_issued_actions()
+    honour_config_flags()
+    hide_other_users_threads()
+    secure(server, settings.allowed_origins, int(settings.max_upload_mb * MB), runtime.login_is_current)
+    add_routes(
+        server,
+        runtime.sessions,
+        runtime.store,
+        status=runtime.status,
+        settle_step=runtime.data_layer.settle_step,
+        throttle=LoginThrottle(),
+        quota=UploadQuota(
+            max_bytes=int(settings.pending_uploads_mb * MB),
+            max_files=PENDING_MESSAGES_OF_FILES * settings.max_images_per_message,
+        ),
+    )
+    enable_external_logins(runtime.sessions, settings.trusted_user_header)
+    _serving = runtime

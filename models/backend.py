@@ -1,0 +1,86 @@
+"""The seam between Loupe and whatever writes its answers: what a generation backend must offer.
+
+The chat needs little from a model: stream an answer to Qwen-format messages with sampling
+settings and an optional LoRA adapter, fill in what it cost, and stop when the consuming task is
+cancelled (Stop). To fit prompts into the context it needs the context length and exact token
+counts, and to show a queue it needs to know whether requests wait in line. Today's backend is
+the in-process transformers model (models/generation.py); a serving engine can sit behind the
+same protocol, and the app and the prompt builder know only this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
+    from models.adapters import Adapter
+
+
+class Ended(StrEnum):
+    """How a generation ended; stored as its value with every answer."""
+
+    FINISHED = "finished"  # the model ended it (end of turn, or max new tokens)
+    STOPPED = "stopped"  # the user pressed Stop, or the consumer went away
+    ERROR = "error"  # the backend failed
+
+
+@dataclass
+class SamplingSettings:
+    temperature: float  # 0 means greedy
+    top_p: float
+    max_new_tokens: int
+    repetition_penalty: float
+
+
+@dataclass
+class Usage:
+    """What one generation cost and how it ended; filled in while the answer streams."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token: float | None = None
+    duration: float = 0.0
+    ended: Ended = Ended.FINISHED
+
+
+class TokenCounter(Protocol):
+    def count_tokens(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> int:
+        """Tokens of Qwen-format `messages` through the chat template, each image as one placeholder token."""
+        ...
+
+
+class Backend(TokenCounter, Protocol):
+    name: str  # the model's name, recorded with every answer
+    demo_reason: str | None  # why a demo model with random weights serves, if one does
+    context_length: int  # prompt plus answer, in tokens
+    default_sampling: SamplingSettings  # the model's own generation defaults
+    queues: bool  # whether requests wait in line for their turn (the chat then shows their place)
+
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        sampling: SamplingSettings,
+        usage: Usage | None = None,
+        on_wait: Callable[[int], Awaitable[None]] | None = None,
+        adapter: Adapter | None = None,
+    ) -> AsyncIterator[str]:
+        """Yield the answer as text pieces; consume it inside `contextlib.aclosing`, so that a
+        cancelled consumer stops the generation at once. `usage` is final when the stream ends.
+        `on_wait(ahead)` is awaited while the request waits behind `ahead` others."""
+        ...
+
+
+class ChatTemplateTokens:
+    """Counts prompt tokens exactly as the model will see them: the processor's chat template and tokenizer."""
+
+    def __init__(self, processor: ProcessorMixin) -> None:
+        self.processor = processor
+
+    def count_tokens(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> int:
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return len(self.processor.tokenizer(text)["input_ids"])
