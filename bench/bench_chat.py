@@ -48,7 +48,8 @@ from chat.prompts import DEFAULT_PROMPT, system_prompts
 from models.backend import ChatTemplateTokens
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
 from models.generation import Generator, SamplingSettings, Usage
-from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, fit_to_budget, open_image, visual_tokens
+from models.images import fit_to_budget, open_image, visual_tokens
+from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
 from tests.chat_client import ChatClient
 from tests.conftest import start_server
 

@@ -133,7 +133,7 @@ async def measure_stall(report: Report, url: str) -> None:
     from chat.prompts import DEFAULT_PROMPT, system_prompt
     from models.backend import ChatTemplateTokens
     from models.checkpoint import QWEN2_VL_FILES, load_processor
-    from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+    from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
     async with ChatClient(url) as client:
         await client.change_settings({"max_new_tokens": 16})

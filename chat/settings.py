@@ -15,8 +15,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
-from models.settings import ModelSettings
+from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
 
 ASYNC_DRIVERS = {
     "sqlite://": "sqlite+aiosqlite://",

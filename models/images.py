@@ -18,12 +18,6 @@ from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize
 
 # One visual token covers a 28 x 28 pixel square (14-pixel patches, merged 2 x 2).
 PIXELS_PER_TOKEN_SIDE = 28
-TOKEN_PIXELS = PIXELS_PER_TOKEN_SIDE**2
-
-# Visual-token budgets per image, in pixels; README "Image budget" gives the reasoning.
-CPU_MAX_PIXELS = 256 * TOKEN_PIXELS  # 256 tokens: prefill dominates a CPU's time to first token
-GPU_MAX_PIXELS = 1280 * TOKEN_PIXELS  # 1280 tokens: Qwen's suggested ceiling, legible 1080p screenshots
-DEFAULT_MIN_PIXELS = 4 * TOKEN_PIXELS  # 4 tokens: Qwen2-VL's own floor
 
 # Pillow format names we accept; MPO is how Pillow names the JPEGs many phones write.
 SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"}

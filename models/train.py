@@ -42,9 +42,9 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 
 from models.adapters import METADATA_FILE, adapter_version
 from models.checkpoint import DEMO, ModelLoadError, load_model
-from models.images import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ImageRejected, fit_to_budget, open_image
+from models.images import ImageRejected, fit_to_budget, open_image
 from models.report import write_report
-from models.settings import ModelSettings
+from models.settings import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
 
 log = logging.getLogger(__name__)
 

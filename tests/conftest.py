@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.files import ContentStore
-from chat.ui.texts import TEXTS, text
 from chat.store.schema import Base
 from chat.ui.datalayer import LoupeDataLayer
+from chat.ui.texts import TEXTS, text
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from qwen_vl_utils import process_vision_info
 from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, turn_text, user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompts
 from models.backend import ChatTemplateTokens
-from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 SYSTEM = system_prompts()[DEFAULT_PROMPT]
 

@@ -607,6 +607,22 @@ async def test_the_command_line(
     assert b"DPO pairs correction" in stats.stdout
 
 
+async def test_the_export_runs_without_the_ui(migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path) -> None:
+    """The dataset pipeline never imports Chainlit (nor the model stack): `python -m chat export` stays light."""
+    environment = {**os.environ, "LOUPE_DATABASE_URL": migrated, "LOUPE_DATA_DIR": str(layer.store.root.parent)}
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['chat', 'export', '--format', 'trl-kto', '--out', sys.argv[1]]\n"
+        "runpy.run_module('chat', run_name='__main__')\n"
+        "print('loaded:', [name for name in ('chainlit', 'torch', 'transformers') if name in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "kto")], env=environment, cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Wrote " in done.stdout and "loaded: []" in done.stdout, done.stdout
+
+
 # Training on the exports ------------------------------------------------------------------------
 
 # LoRA on the language model's projections only, at a rank vLLM serves (../shared/notes/preference-data.md).

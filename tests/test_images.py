@@ -11,15 +11,13 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from models.images import (
-    CPU_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
-    GPU_MAX_PIXELS,
     ImageRejected,
     fit_to_budget,
     image_mime,
     open_image,
     visual_tokens,
 )
+from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
 
 LIMIT_MEGAPIXELS = 50
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from chat.ui.uploads import ImageLimits, Upload, UploadsRejected, read_images
-from models.images import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 LIMITS = ImageLimits(
     max_files=3, max_file_mb=1, max_megapixels=50, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=CPU_MAX_PIXELS

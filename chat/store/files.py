@@ -2,23 +2,23 @@
 
 Chainlit keeps uploads in `.files/`, which it wipes at shutdown; history and preference datasets
 need the images for good. Each file is stored once under its sha256 in the data directory, and
-served only through Loupe's authenticated route (chat/app.py), never by a guessable public URL.
+served only through Loupe's authenticated route (chat/ui/routes.py), never by a guessable public URL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-from chainlit.data.storage_clients.base import BaseStorageClient
 
 
-class ContentStore(BaseStorageClient):
-    """Chainlit storage client over a local folder; the object key is the content's sha256."""
+class ContentStore:
+    """Files in a local folder under their sha256 (the object key); a file is written once and never deleted.
+
+    Never deleted: elements with the same bytes share one file, and preference datasets may
+    still need an image after its chat is gone.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -41,26 +41,3 @@ class ContentStore(BaseStorageClient):
                 os.fsync(temporary.fileno())
             os.replace(temporary.name, target)
         return key
-
-    async def upload_file(
-        self,
-        object_key: str,
-        data: bytes | str,
-        mime: str = "application/octet-stream",
-        overwrite: bool = True,
-        content_disposition: str | None = None,
-    ) -> dict[str, Any]:
-        content = data.encode() if isinstance(data, str) else data
-        key = await asyncio.to_thread(self.put, content)
-        return {"object_key": key, "url": await self.get_read_url(key)}
-
-    async def delete_file(self, object_key: str) -> bool:
-        """Never deletes: elements with the same bytes share one file, and preference datasets
-        may still need an image after its chat is gone."""
-        return False
-
-    async def get_read_url(self, object_key: str) -> str:
-        return f"/loupe/files/{object_key}"
-
-    async def close(self) -> None:
-        return None

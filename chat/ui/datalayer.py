@@ -327,7 +327,9 @@ class LoupeDataLayer(BaseDataLayer):
                 content = await file.read()
         object_key = None
         if content is not None:
-            object_key = (await self.store.upload_file("", content, element.mime or ""))["object_key"]
+            object_key = await asyncio.to_thread(
+                self.store.put, content.encode() if isinstance(content, str) else content
+            )
         async with self.sessions.begin() as session:
             await _writable_thread(session, element.thread_id)
             await session.execute(
