@@ -7,33 +7,26 @@ loads and the database is migrated at app start-up, so importing this module doe
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 import chainlit as cl
 from chainlit.auth import get_token_from_cookies
 from chainlit.types import Feedback, ThreadDict
 from fastapi import Request, Response
-from langchain_core.messages import HumanMessage
 
 from chat.arena import leaderboard
 from chat.arena.profiles import Profile
-from chat.conversation import history_from_thread, user_turn
-from chat.prompts import system_prompts
-from chat.settings import checked_chat_settings
 from chat.store.accounts import check_password
 from chat.store.logins import claims, revoke
 from chat.store.preferences import AnswerFeedback
 from chat.store.rows import NotYours
-from chat.ui import arena
-from chat.ui.answers import as_stoppable_task, model_turn, relabel, respond
+from chat.ui import answers, arena
+from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.chainlit_fixes import MessageRefused
 from chat.ui.choices import (
     COMPARE,
     VOTE,
-    offer_comparison,
     reasons_for,
     redrawn_comparison,
     refuse_click,
@@ -42,12 +35,10 @@ from chat.ui.choices import (
     show_rating,
 )
 from chat.ui.datalayer import LoupeDataLayer
-from chat.ui.panel import chat_settings, default_values, settings_panel, use_chat_settings
+from chat.ui.panel import chat_settings, show_panel, take_settings
 from chat.ui.runtime import serving
 from chat.ui.signin import signed_in
 from chat.ui.texts import describe_profile, language_of, text
-from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_images
-from models.backend import Ended
 
 log = logging.getLogger("loupe")
 CORRECTION_TIMEOUT_S = 30 * 60  # writing a good answer takes a while
@@ -103,7 +94,7 @@ async def chat_profiles(user: cl.User | None, language: str | None) -> list[cl.C
 async def start() -> None:
     runtime, language = serving(), session_language()
     cl.user_session.set("history", [])
-    use_chat_settings(await settings_panel(language, default_values(runtime.backend.default_sampling)).send())
+    await show_panel(language)
     if current_profile().is_arena:
         table = leaderboard.as_markdown(leaderboard.standings(await leaderboard.outcomes(runtime.sessions)))
         await cl.Message(content=text("arena_intro", language, leaderboard=table)).send()
@@ -115,19 +106,8 @@ async def start() -> None:
 async def resume(thread: ThreadDict) -> None:
     """Restore the model's history, with its images, the chat settings the thread last used, and the buttons."""
     runtime, language = serving(), session_language()
-    images: dict[str, list[str]] = {}
-    for element in thread.get("elements") or []:
-        if element.get("objectKey") and element.get("forId"):
-            images.setdefault(element["forId"], []).append(element["objectKey"])
-
-    def images_of(step_id: str) -> list:
-        return [load_fitted_image(runtime.store.path(key), runtime.image_limits) for key in images.get(step_id, [])]
-
-    cl.user_session.set("history", await asyncio.to_thread(history_from_thread, thread["steps"], images_of))
-    defaults = default_values(runtime.backend.default_sampling)
-    stored = (thread.get("metadata") or {}).get("chat_settings") or {}
-    valid, _ = checked_chat_settings(stored if isinstance(stored, dict) else {}, system_prompts(), defaults)
-    use_chat_settings(await settings_panel(language, {**defaults, **valid}).send())
+    cl.user_session.set("history", await stored_history(thread))
+    await show_panel(language, (thread.get("metadata") or {}).get("chat_settings"))
     answers, comparisons = await runtime.preferences.in_thread(current_user(), thread["id"])
     await restore_choices(answers, comparisons, current_profile().is_arena, runtime.settings, language)
 
@@ -135,10 +115,7 @@ async def resume(thread: ThreadDict) -> None:
 @cl.on_settings_update
 async def update_settings(values: dict[str, Any]) -> None:
     """Take the valid values; refuse the others with a notice (Chainlit already copied them all in)."""
-    defaults = default_values(serving().backend.default_sampling)
-    valid, refused = checked_chat_settings(values, system_prompts(), defaults)
-    use_chat_settings({**chat_settings(), **valid})
-    if refused:
+    if refused := take_settings(values):
         log.warning("Refused chat settings from %s: %s", current_user(), refused)
         names = ", ".join(refused)
         await cl.context.emitter.send_toast(text("settings_refused", session_language(), names=names), "error")
@@ -150,19 +127,11 @@ async def update_settings(values: dict[str, Any]) -> None:
 @cl.on_message
 async def answer(message: cl.Message) -> None:
     runtime, language = serving(), session_language()
-    uploads = [Upload(element.name, Path(element.path)) for element in message.elements if element.path]
-    try:
-        images = await asyncio.to_thread(read_images, uploads, runtime.image_limits, language)
-    except UploadsRejected as rejected:
-        await cl.Message(content=str(rejected)).send()
-        return
-    if not message.content.strip() and not images:
-        await cl.Message(content=text("empty_message", language)).send()
+    if (turn := await answers.user_turn_of(message, language)) is None:
         return
     # The thread remembers its settings, so a resumed chat continues with them.
     await runtime.data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chat_settings()})
     history = cl.user_session.get("history")
-    turn = user_turn(message.content, images, message.id)
 
     def keep(reply: cl.Message) -> None:
         history.extend([turn, model_turn(reply)])
@@ -176,37 +145,11 @@ async def answer(message: cl.Message) -> None:
 
 @cl.action_callback("regenerate")
 async def regenerate(action: cl.Action) -> None:
-    """A new answer to the same user message, with the chat's current settings, beside the old ones.
-
-    It goes under its own run step (so it has its own thumbs) below the user message. If that
-    message is the last turn, the conversation continues from the new answer.
-    """
-    runtime, language, history = serving(), session_language(), cl.user_session.get("history")
-    prompt_id = action.payload.get("prompt_id")
-    at = next((i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == prompt_id), None)
-    if at is None:
+    """Another answer to the same user message, beside the old ones (chat/ui/answers.py)."""
+    history, language = cl.user_session.get("history"), session_language()
+    prompt_id, adapter = action.payload.get("prompt_id"), current_profile().adapter
+    if not await answers.regenerate(history, prompt_id, adapter, current_user(), language):
         await refuse_click(language)
-        return
-    siblings = [a for a in await runtime.preferences.answers_to(current_user(), prompt_id) if a.ended != Ended.ERROR]
-    count = len(siblings) + 1
-
-    def keep(reply: cl.Message) -> None:
-        if at + 2 == len(history):  # the last turn: continue from the new answer
-            history[at + 1] = model_turn(reply)
-
-    async def generate() -> cl.Message | None:
-        # Named like the run Chainlit wraps around on_message, which its page shows as just the answer.
-        async with cl.Step(name="on_message", type="run", parent_id=prompt_id):
-            label = text("answer_label", language, number=count, count=count)
-            return await respond(history[:at], history[at], language, keep, current_profile().adapter, label)
-
-    reply = await as_stoppable_task(generate(), language)
-    if reply is None or not siblings:
-        return
-    for number, sibling in enumerate(siblings, start=1):
-        await relabel(sibling.id, number, count, language)
-    if reply.metadata["ended"] == Ended.FINISHED:
-        await offer_comparison(COMPARE, siblings, reply.id, language)
 
 
 @cl.action_callback("compare")

@@ -39,7 +39,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tqdm import tqdm
 
 from chat.dataset.pairing import (
-    FINISHED,
     RULES,
     Answer,
     Comparison,
@@ -54,6 +53,7 @@ from chat.dataset.pairing import (
 from chat.prompts import system_prompt
 from chat.store import schema
 from chat.store.generations import BASE
+from models.backend import Ended
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class StoredThread:
 
     def judged(self) -> Iterator[Judged]:
         """chat/dataset/pairing.py's judgement of each user message that has answers, oldest first."""
-        finished = {a.id for a in self.answers.values() if a.ended == FINISHED and a.prompt_id in self.turns}
+        finished = {a.id for a in self.answers.values() if a.ended == Ended.FINISHED and a.prompt_id in self.turns}
         siblings: dict[str | None, list[StoredAnswer]] = defaultdict(list)
         for answer in self.answers.values():
             siblings[answer.prompt_id].append(answer)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import combinations
 
-FINISHED = "finished"
+from models.backend import Ended
 
 RULES = """\
 Answers are judged per user message, among its answers (regenerated answers are siblings).
@@ -61,7 +61,7 @@ class Answer:
     """A model's answer to a user message, and what the model was shown besides that message."""
 
     id: str
-    ended: str  # finished, stopped or error
+    ended: str  # an Ended value as stored: finished, stopped or error
     context: tuple[str, ...]  # the earlier answers shown, with their questions, oldest first
     system_prompt: str  # its text
     rating: Rating | None
@@ -135,7 +135,7 @@ def judge(
     later signal in `comparisons`' order, so callers pass them in a fixed order.
     """
     clean = {answer.id: answer for answer in answers if all(earlier in finished for earlier in answer.context)}
-    counting = [answer for answer in clean.values() if answer.ended == FINISHED]
+    counting = [answer for answer in clean.values() if answer.ended == Ended.FINISHED]
     counted = {answer.id for answer in counting}
     usable_comparisons = [c for c in comparisons if c.answer_a in counted and c.answer_b in counted]
     usable_corrections = [c for c in corrections if c.text.strip() and c.answer_id in clean]

@@ -29,7 +29,7 @@ class User(Base):
     identifier: Mapped[str] = mapped_column(String(255), unique=True)
     # None for users who sign in through a header or OAuth provider.
     password_hash: Mapped[str | None] = mapped_column(String(255))
-    # Signed into every login token (chat/sessions.py); raised by logout and password changes,
+    # Signed into every login token (chat/store/logins.py); raised by logout and password changes,
     # which revokes every token issued before.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)

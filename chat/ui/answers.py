@@ -13,25 +13,43 @@ import time
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import chainlit as cl
 import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from PIL import Image
 
-from chat.conversation import PromptTooLong
+from chat.conversation import PromptTooLong, history_from_thread, user_turn
 from chat.prompts import system_prompt
 from chat.store.generations import GenerationRecord
 from chat.ui.chainlit_fixes import browser_only_message, failure_reference
-from chat.ui.choices import regenerate_action
+from chat.ui.choices import COMPARE, offer_comparison, regenerate_action
 from chat.ui.panel import chosen_sampling
 from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
+from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_images
 from models.adapters import Adapter
 from models.backend import Ended, Usage
 
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
+
+
+async def user_turn_of(message: cl.Message, language: str) -> HumanMessage | None:
+    """The user's message as a turn of the history, its images checked and fitted to the budget;
+    None, with the reason told in the chat, when it cannot be answered."""
+    uploads = [Upload(element.name, Path(element.path)) for element in message.elements if element.path]
+    try:
+        images = await asyncio.to_thread(read_images, uploads, serving().image_limits, language)
+    except UploadsRejected as rejected:
+        await cl.Message(content=str(rejected)).send()
+        return None
+    if not message.content.strip() and not images:
+        await cl.Message(content=text("empty_message", language)).send()
+        return None
+    return user_turn(message.content, images, message.id)
 
 
 async def respond(
@@ -98,6 +116,54 @@ async def respond(
             reply.content = shown_answer(stream.text, usage.ended, language, label)
             await reply.send()
     return reply if usage.ended != Ended.ERROR else None
+
+
+async def regenerate(
+    history: list[BaseMessage], prompt_id: str, adapter: Adapter | None, user: str, language: str
+) -> bool:
+    """A new answer to the user message `prompt_id`, with the chat's current settings, beside the old ones.
+
+    It goes under its own run step (so it has its own thumbs) below the user message, and the
+    siblings are numbered anew. If that message is the last turn, the conversation continues from
+    the new answer. False if `prompt_id` is no user message of this chat's history.
+    """
+    at = next((i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == prompt_id), None)
+    if at is None:
+        return False
+    siblings = [a for a in await serving().preferences.answers_to(user, prompt_id) if a.ended != Ended.ERROR]
+    count = len(siblings) + 1
+
+    def keep(reply: cl.Message) -> None:
+        if at + 2 == len(history):  # the last turn: continue from the new answer
+            history[at + 1] = model_turn(reply)
+
+    async def generate() -> cl.Message | None:
+        # Named like the run Chainlit wraps around on_message, which its page shows as just the answer.
+        async with cl.Step(name="on_message", type="run", parent_id=prompt_id):
+            label = text("answer_label", language, number=count, count=count)
+            return await respond(history[:at], history[at], language, keep, adapter, label)
+
+    reply = await as_stoppable_task(generate(), language)
+    if reply is not None and siblings:
+        for number, sibling in enumerate(siblings, start=1):
+            await relabel(sibling.id, number, count, language)
+        if reply.metadata["ended"] == Ended.FINISHED:
+            await offer_comparison(COMPARE, siblings, reply.id, language)
+    return True
+
+
+async def stored_history(thread: dict[str, Any]) -> list[BaseMessage]:
+    """The model's history of a stored thread, with its images fitted to the budget (read off the event loop)."""
+    runtime = serving()
+    images: dict[str, list[str]] = {}
+    for element in thread.get("elements") or []:
+        if element.get("objectKey") and element.get("forId"):
+            images.setdefault(element["forId"], []).append(element["objectKey"])
+
+    def images_of(step_id: str) -> list[Image.Image]:
+        return [load_fitted_image(runtime.store.path(key), runtime.image_limits) for key in images.get(step_id, [])]
+
+    return await asyncio.to_thread(history_from_thread, thread["steps"], images_of)
 
 
 def model_turn(reply: cl.Message) -> AIMessage:

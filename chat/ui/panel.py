@@ -13,11 +13,27 @@ import chainlit as cl
 from chainlit.input_widget import Select, Slider
 
 from chat.prompts import DEFAULT_PROMPT, system_prompts
-from chat.settings import SLIDERS
+from chat.settings import SLIDERS, checked_chat_settings
+from chat.ui.runtime import serving
 from chat.ui.texts import text
 from models.backend import SamplingSettings
 
 CHECKED = "checked_settings"  # the user_session key of the chat's checked settings
+
+
+async def show_panel(language: str, chosen: object = None) -> None:
+    """Send the settings panel and make its values the chat's: the `chosen` ones that are valid (a
+    resumed thread's stored settings), the model's defaults for the rest."""
+    defaults = default_values(serving().backend.default_sampling)
+    valid, _ = checked_chat_settings(chosen if isinstance(chosen, dict) else {}, system_prompts(), defaults)
+    use_chat_settings(await settings_panel(language, {**defaults, **valid}).send())
+
+
+def take_settings(values: dict[str, Any]) -> list[str]:
+    """Take the valid `values` (sent by the client) as the chat's settings; returns the names of the others."""
+    valid, refused = checked_chat_settings(values, system_prompts(), default_values(serving().backend.default_sampling))
+    use_chat_settings({**chat_settings(), **valid})
+    return refused
 
 
 def use_chat_settings(values: dict[str, Any]) -> None:
