@@ -50,8 +50,8 @@ from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_proc
 from models.generation import Generator, SamplingSettings, Usage
 from models.images import fit_to_budget, open_image, visual_tokens
 from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
-from tests.chat_client import ChatClient
-from tests.conftest import start_server
+from tests.helpers.client import ChatClient
+from tests.helpers.server import start_server
 
 PARTS = ("streaming", "images", "full")
 PROMPT = "Explain how a gearbox works in detail."

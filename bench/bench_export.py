@@ -42,7 +42,8 @@ from chat.prompts import system_prompts
 from chat.store import schema
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.files import ContentStore
-from tests.conftest import REPO, postgres_database
+from tests.helpers.databases import postgres_database
+from tests.helpers.server import REPO
 
 BACKENDS = ("sqlite", "postgresql")
 FORMATS = ("trl-dpo", "trl-kto", "llamafactory-dpo")

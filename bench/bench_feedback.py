@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.bench_chat import Report, print_machine
-from tests.conftest import REPO, postgres_database, stop_server
-from tests.load import Load, add_accounts, run_users, sqlite_url, start_on
+from tests.helpers.databases import postgres_database
+from tests.helpers.load import Load, add_accounts, run_users, sqlite_url, start_on
+from tests.helpers.server import REPO, stop_server
 
 BACKENDS = ("sqlite", "postgresql")
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 
 from bench.bench_chat import Report, print_machine
-from tests.chat_client import ChatClient, login
-from tests.conftest import ADMIN_PASSWORD, add_account, start_server, stop_server
+from tests.helpers.client import ChatClient, login
+from tests.helpers.server import ADMIN_PASSWORD, add_account, start_server, stop_server
 
 MB = 1024 * 1024
 MAXIMAL_MESSAGE = "저항기 " * 8000  # 32,000 characters, LOUPE_MAX_MESSAGE_CHARS's default

@@ -45,7 +45,7 @@ from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, print_machin
 from models.checkpoint import QWEN2_VL_FILES, load_model, load_processor
 from models.images import visual_tokens
 from models.train import TrainSettings, build_trainer, load_training_data
-from tests.test_train import write_export
+from tests.helpers.datasets import write_export
 
 PARTS = ("demo", "full")
 VARIANTS = ("loupe", "loupe-no-gc", "trl-defaults")

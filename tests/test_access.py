@@ -9,9 +9,8 @@ import httpx
 import pytest
 import socketio
 
-from tests.chat_client import ChatClient, OwnedThread, login, rated_thread_with_image
-from tests.conftest import Server, add_account
-from tests.test_app_socket import png
+from tests.helpers.client import ChatClient, OwnedThread, login, png, rated_thread_with_image
+from tests.helpers.server import Server, add_account
 
 OTHER, OTHER_PASSWORD = "bob", "bob-password-1"
 

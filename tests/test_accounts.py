@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from chat.store.accounts import ADMIN, AccountError, add_user, check_password, ensure_admin, list_accounts, set_password
 from chat.store.schema import User
-from tests.conftest import REPO
+from tests.helpers.server import REPO
 
 
 async def test_passwords_are_hashed_and_checked(layer) -> None:

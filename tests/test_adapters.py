@@ -6,24 +6,14 @@ from contextlib import aclosing
 from pathlib import Path
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
 
 from models.adapters import AdapterDirectory, AdapterError
-from models.checkpoint import build_demo_model, load_model
+from models.checkpoint import load_model
 from models.generation import Generator, SamplingSettings
+from tests.helpers.datasets import save_adapter
 
 GREEDY = SamplingSettings(temperature=0, top_p=1, max_new_tokens=12, repetition_penalty=1.0)
 QUESTION = [{"role": "user", "content": [{"type": "text", "text": "Which bolt grade is stronger?"}]}]
-LM_PROJECTIONS = r".*model\.language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-
-def save_adapter(folder: Path, seed: int) -> Path:
-    """A LoRA adapter for the demo model with random (non-zero) weights: it changes the answers."""
-    torch.manual_seed(seed)
-    lora = LoraConfig(r=8, lora_alpha=64, target_modules=LM_PROJECTIONS, init_lora_weights=False)
-    get_peft_model(build_demo_model(), lora).save_pretrained(folder)
-    return folder
 
 
 async def answer(generator: Generator, adapter=None) -> str:

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
-
-from PIL import Image
-
-from tests.chat_client import ChatClient
-
-
-def png(width: int = 320, height: int = 240) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, "PNG")
-    return buffer.getvalue()
+from tests.helpers.client import ChatClient, png
+from tests.helpers.server import generations
 
 
 async def test_message_with_image_streams_an_answer(server):
@@ -42,7 +32,7 @@ BAD_UPLOADS = {
 
 
 async def test_bad_uploads_get_a_clear_message_and_the_app_keeps_serving(server):
-    from tests.test_images import png_header_only
+    from tests.helpers.client import png_header_only
 
     async with ChatClient(server.url) as client:
         for name, (content, reason) in BAD_UPLOADS.items():
@@ -122,20 +112,3 @@ async def test_a_resumed_chat_continues_with_its_images_and_settings(server):
     # the image it would be shorter than the first prompt, not longer.
     assert second["prompt_tokens"] > first["prompt_tokens"]
     assert second["settings"]["system_prompt"] == "concise" and second["settings"]["max_new_tokens"] == 32
-
-
-async def generations(server, thread_id: str, expected: int) -> list[dict]:
-    """The thread's generation records, once `expected` are stored (Chainlit writes steps in tasks
-    that may finish after the answer has reached the client)."""
-    import json
-    import sqlite3
-
-    for _ in range(100):
-        with sqlite3.connect(server.data_dir / "loupe.db") as database:
-            rows = database.execute(
-                "SELECT prompt_tokens, settings FROM generations WHERE thread_id = ? ORDER BY created_at", (thread_id,)
-            ).fetchall()
-        if len(rows) >= expected:
-            break
-        await asyncio.sleep(0.1)
-    return [{"prompt_tokens": tokens, "settings": json.loads(settings)} for tokens, settings in rows]

@@ -24,8 +24,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSize, async_playwright, expect
 
-from tests.conftest import ADMIN_PASSWORD, REPO, Server, start_server
-from tests.test_app_socket import generations
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, generations, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -415,8 +414,8 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
     }
 
     # The export: the second answer over the first (the comparison), the correction over the first.
-    from tests.conftest import answer_text
-    from tests.test_preferences_app import export_rows, rows
+    from tests.helpers.server import export_rows, rows
+    from tests.helpers.shown import answer_text
 
     [(first_text,), (second_text,)] = [
         rows(server, "SELECT output FROM steps WHERE id = ?", i)[0] for i in (first_id, second_id)
@@ -436,7 +435,7 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
 
 async def preferences_of(server: Server, thread_id: str) -> dict[str, list[tuple]]:
     """The thread's comparisons, ratings (by answer) and corrections, as stored."""
-    from tests.test_preferences_app import rows
+    from tests.helpers.server import rows
 
     queries = {
         "comparisons": "SELECT answer_a, answer_b, choice FROM comparisons WHERE thread_id = ?",

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, func, inspect, select, text, update
 from chat.store.database import create_engine, downgrade, upgrade
 from chat.store.schema import Base, Element, Feedback, Generation, Step, Thread
 from chat.ui.datalayer import MAX_THREAD_NAME_CHARS, LoupeDataLayer, NotYours
-from tests.conftest import thread_rows
+from tests.helpers.databases import thread_rows
 
 
 async def count(layer: LoupeDataLayer, model: type) -> int:

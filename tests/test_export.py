@@ -35,7 +35,8 @@ from chat.store.database import create_engine
 from chat.store.preferences import Preferences
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.texts import mark_stopped
-from tests.conftest import REPO, with_label
+from tests.helpers.server import REPO
+from tests.helpers.shown import with_label
 
 SALT = "pepper"
 ENGINEERING, CONCISE = system_prompts()["engineering"], system_prompts()["concise"]

@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from models.adapters import adapter_version
-from tests.chat_client import ChatClient
-from tests.conftest import REPO, start_server
-from tests.test_preferences_app import GREEDY, export_rows, only_answer, stored
-from tests.test_profiles_app import chat, listed_profiles
+from tests.helpers.client import GREEDY, ChatClient, listed_profiles, only_answer
+from tests.helpers.server import REPO, chat, export_rows, start_server, stored
 
 QUESTIONS = ["What does a pull-up resistor do?", "Why derate a capacitor?", "What is a Kelvin connection?"]
 

@@ -28,10 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.database import create_engine, session_factory
 from chat.store.schema import Battle, Comparison, Element, Generation, Step, Thread
-from tests.chat_client import ChatClient, OwnedThread, Reply, login, rated_thread_with_image
-from tests.conftest import ADMIN_PASSWORD, REPO, Server, add_account, postgres_database, start_server, stop_server
-from tests.conftest import thread_rows as rows_of
-from tests.test_app_socket import png
+from tests.helpers.client import ChatClient, OwnedThread, Reply, login, png, rated_thread_with_image
+from tests.helpers.databases import postgres_database
+from tests.helpers.databases import thread_rows as rows_of
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, start_server, stop_server
 
 SHORT = {"max_new_tokens": 16}  # these tests are about who may write what, not about answers
 ALLOWED_ORIGIN = "https://allowed.example"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers.server import REPO
 
 # Folder -> the Loupe packages and the third-party UI it must never import.
 FORBIDDEN = {
@@ -39,5 +39,17 @@ def test_imports_flow_one_way(folder: str) -> None:
         for path in (REPO / folder).rglob("*.py")
         for name in imported(path)
         if any(name == banned or name.startswith(f"{banned}.") for banned in FORBIDDEN[folder])
+    }
+    assert not wrong
+
+
+def test_tests_and_benchmarks_share_only_the_helpers() -> None:
+    """No benchmark imports a test, and no test imports another test's helpers: they live in tests/helpers/."""
+    wrong = {
+        f"{path.relative_to(REPO)} imports {name}"
+        for folder in ("bench", "tests")
+        for path in (REPO / folder).rglob("*.py")
+        for name in imported(path)
+        if name.startswith("tests.") and not name.startswith("tests.helpers")
     }
     assert not wrong

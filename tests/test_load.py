@@ -25,9 +25,9 @@ from chainlit.user import User as ChainlitUser
 
 from chat.store.schema import Step
 from chat.ui.datalayer import LoupeDataLayer
-from tests.chat_client import ChatClient
-from tests.conftest import postgres_database, stop_server
-from tests.load import (
+from tests.helpers.client import ChatClient
+from tests.helpers.databases import postgres_database
+from tests.helpers.load import (
     QUICK_SETTINGS,
     Account,
     Load,
@@ -47,6 +47,7 @@ from tests.load import (
     sqlite_url,
     start_on,
 )
+from tests.helpers.server import stop_server
 
 USERS, MESSAGES = 50, 10
 CRASH_USERS, CRASH_MESSAGES = 20, 10

@@ -5,50 +5,8 @@ Each test reads back what the database kept: the preferences are the product's t
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sqlite3
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
-
-from tests.chat_client import ChatClient, Reply
-from tests.conftest import REPO
-from tests.test_app_socket import png
-
-GREEDY = {"temperature": 0, "max_new_tokens": 16}
-
-
-def rows(server, query: str, *parameters: Any) -> list[tuple]:
-    with sqlite3.connect(server.data_dir / "loupe.db") as database:
-        return database.execute(query, parameters).fetchall()
-
-
-async def stored(server, query: str, *parameters: Any, count: int) -> list[tuple]:
-    """The rows of `query` once there are `count` (Chainlit writes steps in background tasks)."""
-    for _ in range(100):
-        if len(found := rows(server, query, *parameters)) >= count:
-            return found
-        await asyncio.sleep(0.1)
-    return found
-
-
-def export_rows(server, out: Path, format: str = "trl-dpo") -> list[dict[str, Any]]:
-    """`python -m chat export` of everything in the server's database, as the rows written."""
-    subprocess.run(
-        [sys.executable, "-m", "chat", "export", "--format", format, "--out", str(out)],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "LOUPE_DATA_DIR": str(server.data_dir)},
-    )
-    return [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-
-
-def only_answer(reply: Reply) -> dict[str, Any]:
-    [answer] = reply.messages
-    return answer
+from tests.helpers.client import GREEDY, ChatClient, only_answer, png
+from tests.helpers.server import export_rows, rows, stored
 
 
 async def test_regenerate_keeps_both_answers_numbered_with_their_own_records(server) -> None:
@@ -169,7 +127,7 @@ async def test_resumed_chat_shows_every_answer_with_its_buttons_in_their_state(s
 
 
 async def test_someone_elses_answer_cannot_be_regenerated_compared_or_corrected(server) -> None:
-    from tests.conftest import add_account
+    from tests.helpers.server import add_account
 
     name, password = "mallory", "mallory-password-1"
     add_account(server, name, password)
@@ -203,7 +161,7 @@ async def test_signals_given_in_the_app_export_as_the_pairing_rules_say(server, 
     import hashlib
 
     from chat.prompts import system_prompts
-    from tests.conftest import answer_text
+    from tests.helpers.shown import answer_text
 
     picture = png(200, 150)
     async with ChatClient(server.url) as client:

@@ -3,18 +3,14 @@ compared blind in the arena, ranked on the leaderboard, and promoted to the defa
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.chat_client import ChatClient
-from tests.conftest import REPO, Server, start_server
-from tests.test_adapters import save_adapter
-from tests.test_preferences_app import GREEDY, only_answer, stored
+from tests.helpers.client import GREEDY, ChatClient, listed_profiles, only_answer
+from tests.helpers.datasets import save_adapter
+from tests.helpers.server import Server, chat, start_server, stored
 
 
 @pytest.fixture(scope="module")
@@ -30,28 +26,6 @@ def server_with_adapters(tmp_path_factory: pytest.TempPathFactory, adapters_dir:
     yield running
     process.terminate()
     process.wait(timeout=20)
-
-
-def chat(server: Server, adapters_dir: Path, *args: str) -> str:
-    """`python -m chat ...` on the server's data directory and adapters."""
-    environment = {"LOUPE_DATA_DIR": str(server.data_dir), "LOUPE_ADAPTERS_DIR": str(adapters_dir)}
-    done = subprocess.run(
-        [sys.executable, "-m", "chat", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **environment},
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-async def listed_profiles(server: Server) -> dict[str, bool]:
-    """The profiles the page offers, name -> whether it is the default."""
-    async with ChatClient(server.url) as client:
-        async with httpx.AsyncClient(base_url=server.url, cookies=client.cookies) as http:
-            settings = (await http.get("/project/settings", params={"language": "en-US"})).json()
-    return {profile["name"]: profile["default"] for profile in settings["chatProfiles"]}
 
 
 async def test_a_new_adapter_becomes_a_profile_without_a_restart(

@@ -14,7 +14,7 @@ from chat.settings import Settings
 from chat.store.accounts import check_password
 from chat.ui.runtime import build_runtime
 from models.backend import Ended, SamplingSettings, Usage
-from tests.conftest import ADMIN_PASSWORD, REPO
+from tests.helpers.server import ADMIN_PASSWORD, REPO
 
 
 def test_importing_the_app_loads_no_model_and_touches_no_database(tmp_path: Path) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from chat.settings import Settings
+from tests.helpers.server import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {f"LOUPE_{name.upper()}": field for name, field in Settings.model_fields.items()}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 
 from chat.ui.texts import TEXTS, language_of, mark_stopped, text
-from tests.conftest import answer_text, with_label
+from tests.helpers.shown import answer_text, with_label
 
 
 def placeholders(template: str) -> set[str]:

@@ -23,8 +23,8 @@ from sqlalchemy.engine import make_url
 from chat.store.accounts import add_user
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.schema import Feedback, Generation, Step, Thread, User
-from tests.chat_client import ChatClient
-from tests.conftest import Server, start_server
+from tests.helpers.client import ChatClient
+from tests.helpers.server import Server, start_server
 
 # Short greedy answers: the demo model answers in tens of milliseconds, so the database is the load.
 QUICK_SETTINGS: dict[str, Any] = {"max_new_tokens": 16, "temperature": 0}  # 16: the settings panel's least

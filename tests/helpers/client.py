@@ -7,7 +7,10 @@ collect everything the server emits until the run ends.
 from __future__ import annotations
 
 import asyncio
+import io
+import struct
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +18,9 @@ from typing import Any
 
 import httpx
 import socketio
+from PIL import Image
+
+from tests.helpers.server import Server
 
 # A whole 1024-token demo answer takes ~30 s on 2 idle cores; CI machines are shared and can be 10x slower.
 ANSWER_TIMEOUT_S = 300
@@ -70,7 +76,7 @@ class ChatClient:
         thread_id: str | None = None,
         profile: str | None = None,
     ) -> None:
-        from tests.conftest import ADMIN_PASSWORD
+        from tests.helpers.server import ADMIN_PASSWORD
 
         self.url = url
         self.username, self.password = username, password or ADMIN_PASSWORD
@@ -280,3 +286,36 @@ async def rated_thread_with_image(url: str, image: bytes) -> tuple[OwnedThread, 
         feedback_id=rated.json()["feedbackId"],
     )
     return owned, client
+
+
+def png(width: int = 320, height: int = 240) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+GREEDY = {"temperature": 0, "max_new_tokens": 16}  # short, repeatable answers
+
+
+def only_answer(reply: Reply) -> dict[str, Any]:
+    [answer] = reply.messages
+    return answer
+
+
+async def listed_profiles(server: Server) -> dict[str, bool]:
+    """The profiles the page offers, name -> whether it is the default."""
+    async with ChatClient(server.url) as client:
+        async with httpx.AsyncClient(base_url=server.url, cookies=client.cookies) as http:
+            settings = (await http.get("/project/settings", params={"language": "en-US"})).json()
+    return {profile["name"]: profile["default"] for profile in settings["chatProfiles"]}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG file that claims huge dimensions: what a decompression bomb looks like."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")

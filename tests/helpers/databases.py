@@ -1,0 +1,55 @@
+"""Databases for tests and benchmarks: a fresh PostgreSQL database per use, and a thread's rows to compare."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+POSTGRES_URL = os.environ.get("LOUPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@asynccontextmanager
+async def postgres_database(prefix: str = "loupe_test") -> AsyncIterator[str]:
+    """A new, empty database on LOUPE_TEST_POSTGRES_URL's server, dropped afterwards.
+
+    Without a server it skips the test with the reason, or fails it when CI is set: CI must test
+    PostgreSQL.
+    """
+    import asyncpg
+
+    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
+    try:
+        admin = await asyncpg.connect(admin_url, timeout=5)
+    except (OSError, asyncpg.PostgresError) as error:
+        reason = f"PostgreSQL not reachable at {admin_url} ({error}); set LOUPE_TEST_POSTGRES_URL"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}. CI must test PostgreSQL.")
+        pytest.skip(reason)
+    name = f"{prefix}_{os.getpid()}_{time.monotonic_ns()}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def thread_rows(sessions: async_sessionmaker[AsyncSession], thread_id: str) -> dict[str, list[tuple]]:
+    """Every row of a thread, every column, in a stable order: to compare before and after an attack."""
+    from chat.store import schema
+
+    tables = [schema.Thread, schema.Step, schema.Element, schema.Feedback, schema.Generation]
+    tables += [schema.Comparison, schema.Correction, schema.Battle]
+    found = {}
+    async with sessions() as session:
+        for table in tables:
+            key = table.id if table is schema.Thread else table.thread_id
+            result = await session.execute(select(table.__table__).where(key == thread_id).order_by(table.id))
+            found[table.__tablename__] = [tuple(row) for row in result]
+    return found
