@@ -19,15 +19,12 @@ from chat.arena import leaderboard
 from chat.arena.profiles import Profile
 from chat.store.accounts import check_password
 from chat.store.logins import claims, revoke
-from chat.store.preferences import AnswerFeedback
 from chat.store.rows import NotYours
-from chat.ui import answers, arena
+from chat.ui import answers, arena, feedback
 from chat.ui.answers import model_turn, respond, stored_history
-from chat.ui.chainlit_fixes import MessageRefused
 from chat.ui.choices import (
     COMPARE,
     VOTE,
-    reasons_for,
     redrawn_comparison,
     refuse_click,
     restore_choices,
@@ -41,7 +38,6 @@ from chat.ui.signin import signed_in
 from chat.ui.texts import describe_profile, language_of, text
 
 log = logging.getLogger("loupe")
-CORRECTION_TIMEOUT_S = 30 * 60  # writing a good answer takes a while
 
 
 @cl.data_layer
@@ -181,54 +177,26 @@ async def vote(action: cl.Action) -> None:
 
 
 @cl.on_feedback
-async def offer_reasons(feedback: Feedback) -> None:
+async def offer_reasons(rating: Feedback) -> None:
     """After a thumb, offer reasons for it; after a thumbs down, also to write the answer wanted."""
     runtime = serving()
-    rated = await runtime.preferences.answer_for_run(current_user(), feedback.forId)
+    rated = await runtime.preferences.answer_for_run(current_user(), rating.forId)
     if rated is not None:
         await show_rating(rated, runtime.settings, session_language())
 
 
 @cl.action_callback("reason")
-async def toggle_reason(action: cl.Action) -> None:
-    runtime, language = serving(), session_language()
-    if (answer := await clicked_answer(action)) is None:
-        return
-    reason = action.payload.get("reason")
-    if answer.rating is None or reason not in reasons_for(answer.rating, runtime.settings):
-        await cl.context.emitter.send_toast(text("rate_first", language), "warning")
-        return
-    ticked = reason in answer.reasons
-    answer.reasons = [code for code in answer.reasons if code != reason] + ([] if ticked else [reason])
-    await runtime.preferences.set_reasons(current_user(), answer.id, answer.reasons)
-    await show_rating(answer, runtime.settings, language)
+async def reason(action: cl.Action) -> None:
+    language = session_language()
+    if answer := await feedback.clicked_answer(action, current_user(), language):
+        await feedback.toggle_reason(answer, action.payload.get("reason"), current_user(), language)
 
 
 @cl.action_callback("correct")
 async def correct(action: cl.Action) -> None:
-    """Ask for the answer the user wanted and keep it as the preferred answer to that prompt."""
     language = session_language()
-    if (answer := await clicked_answer(action)) is None:
-        return
-    try:
-        written = await cl.AskUserMessage(content=text("correction_ask", language), timeout=CORRECTION_TIMEOUT_S).send()
-    except MessageRefused as refused:  # the reply too was checked (chainlit_fixes), and was too long or malformed
-        await cl.context.emitter.send_toast(text(refused.reason, language, **refused.details), "error")
-        return
-    finally:
-        await cl.context.emitter.task_end()  # Chainlit's ask ends with task_start, meant for a running task
-    if written and written["output"].strip():
-        await serving().preferences.correct(current_user(), answer.id, written["output"].strip())
-        await cl.Message(content=text("correction_saved", language)).send()
-
-
-async def clicked_answer(action: cl.Action) -> AnswerFeedback | None:
-    """The user's answer a button is about; None, with a notice, when it is not theirs."""
-    try:
-        return await serving().preferences.answer(current_user(), action.payload["answer"])
-    except (NotYours, KeyError):
-        await refuse_click(session_language())
-        return None
+    if answer := await feedback.clicked_answer(action, current_user(), language):
+        await feedback.ask_for_correction(answer, current_user(), language)
 
 
 # The session -----------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ class Ended(StrEnum):
     ERROR = "error"  # the backend failed
 
 
+class OutOfMemory(RuntimeError):
+    """The backend ran out of memory for this request (the user can ask for less: fewer images, a shorter chat)."""
+
+
 @dataclass
 class SamplingSettings:
     temperature: float  # 0 means greedy
@@ -71,7 +75,8 @@ class Backend(TokenCounter, Protocol):
     ) -> AsyncIterator[str]:
         """Yield the answer as text pieces; consume it inside `contextlib.aclosing`, so that a
         cancelled consumer stops the generation at once. `usage` is final when the stream ends.
-        `on_wait(ahead)` is awaited while the request waits behind `ahead` others."""
+        `on_wait(ahead)` is awaited while the request waits behind `ahead` others. Raises OutOfMemory
+        when the request does not fit in the backend's memory."""
         ...
 
 

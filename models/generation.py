@@ -21,7 +21,7 @@ from qwen_vl_utils import process_vision_info
 from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
 
 from models.adapters import Adapter, AdapterSwitch
-from models.backend import ChatTemplateTokens, Ended, SamplingSettings, Usage
+from models.backend import ChatTemplateTokens, Ended, OutOfMemory, SamplingSettings, Usage
 from models.checkpoint import LoadedModel
 
 
@@ -152,10 +152,12 @@ class Generator(ChatTemplateTokens):
                     repetition_penalty=sampling.repetition_penalty,
                 )
             usage.completion_tokens = output.shape[1] - usage.prompt_tokens
-        except BaseException:
+        except BaseException as error:
             streamer.end()  # unblock the consumer; the error surfaces when it awaits the worker
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if isinstance(error, torch.OutOfMemoryError):
+                raise OutOfMemory(str(error)) from error
             raise
 
     def prepare_inputs(self, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

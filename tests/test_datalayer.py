@@ -113,7 +113,7 @@ async def test_updating_a_step_keeps_one_row_with_the_new_output(layer: LoupeDat
 
 
 def generation(**fields) -> dict:
-    """A generation record as chat/app.py puts it in an answer's metadata."""
+    """A generation record as chat/ui/answers.py puts it in an answer's metadata."""
     return {
         "model": "demo",
         "adapter": "engineering-v1",

@@ -86,7 +86,7 @@ class Chat:
         style: str = "engineering",
         completion: str | None = None,
     ) -> str:
-        """A run step and its assistant message with a generation record, as chat/app.py sends them:
+        """A run step and its assistant message with a generation record, as chat/ui/answers.py sends them:
         `output` as the page shows it, `completion` (default: the same) as the model wrote it."""
         run_id, answer_id = str(uuid.uuid4()), str(uuid.uuid4())
         await self.layer.create_step(

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import chainlit as cl
-import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from PIL import Image
 
@@ -31,7 +30,7 @@ from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
 from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_images
 from models.adapters import Adapter
-from models.backend import Ended, Usage
+from models.backend import Ended, OutOfMemory, Usage
 
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
@@ -195,7 +194,7 @@ async def as_stoppable_task(work: Coroutine[Any, Any, cl.Message | None], langua
 
 def explain_failure(error: BaseException, reference: str, language: str) -> str:
     """What the user is told of a failure: what to do, and the reference its details are logged under."""
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, OutOfMemory):
         return text("out_of_memory", language)
     return text("model_error", language, reference=reference)
 
