@@ -1,6 +1,6 @@
 """Feedback write latency under load: 50 users chatting and rating at once, on SQLite and PostgreSQL.
 
-The load is tests/load.py's, the one tests/test_load.py checks for lost and duplicated rows: each
+The load is tests/helpers/load.py's, the one tests/test_load.py checks for lost and duplicated rows: each
 user opens a chat, asks 10 short greedy questions of the demo model, and rates every answer
 through PUT /feedback the moment it has ended. Measured per backend:
 

@@ -3,7 +3,7 @@ no rating the server acknowledged.
 
 The server is the real one (`python -m chat serve`, demo model, short greedy answers); the users are
 socket.io clients like the web page, each in its own chat, rating every answer as soon as it ends
-(tests/load.py). Afterwards the database itself is read and checked row by row.
+(tests/helpers/load.py). Afterwards the database itself is read and checked row by row.
 
 The last tests are quick ones on the data layer alone, for the out-of-order writes this load
 exposed: Chainlit persists each step change in its own fire-and-forget task.

@@ -56,7 +56,7 @@ async def login(url: str, username: str, password: str, timeout: float = 60) -> 
     """Chainlit's password login; returns the session cookie for later requests.
 
     The timeout is generous: each login costs the server an argon2 verification (~0.1-0.2 s of CPU),
-    so many users logging in at once (tests/load.py) queue behind each other.
+    so many users logging in at once (tests/helpers/load.py) queue behind each other.
     """
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
         response = await http.post("/login", data={"username": username, "password": password})
