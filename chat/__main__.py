@@ -1,6 +1,7 @@
 """Loupe's command line.
 
     python -m chat serve                 start the web app (what `make run` does)
+    python -m chat vllm                  start a vLLM server for LOUPE_BACKEND=vllm (what `make vllm` does)
     python -m chat migrate               bring the database schema up to date
     python -m chat users list            list accounts
     python -m chat users add NAME        create an account (asks for the password)
@@ -51,6 +52,30 @@ def serve() -> None:
     os.environ["CHAINLIT_HOST"], os.environ["CHAINLIT_PORT"] = settings.host, str(settings.port)
     print(f"Loupe: starting on http://{settings.host}:{settings.port}", flush=True)
     run_chainlit(str(APP))
+
+
+def serve_vllm() -> None:
+    """Replace this process with a vLLM server for LOUPE_BACKEND=vllm, with flags from Loupe's settings."""
+    from models.checkpoint import pick_device
+    from models.vllm_client import VLLM_PYTHON, server_command
+
+    settings = get_settings()
+    if not VLLM_PYTHON.exists():
+        raise SystemExit(f"Error: no vLLM environment at {VLLM_PYTHON.parent.parent}; `make vllm` installs it.")
+    device = pick_device(settings.device).type
+    command, environment = server_command(
+        settings.model,
+        settings.vllm_model,
+        settings.vllm_url,
+        max_model_len=settings.context_tokens,
+        max_images=settings.max_images_per_message,
+        min_pixels=settings.min_pixels,
+        max_pixels=settings.image_max_pixels(device),
+        api_key=settings.vllm_api_key,
+        on_gpu=device == "cuda",
+    )
+    print(f"Loupe: starting vLLM for {settings.model} at {settings.vllm_url}:\n  {' '.join(command)}", flush=True)
+    os.execve(command[0], command, {**os.environ, **environment})
 
 
 def read_password() -> str:
@@ -167,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="start the web app")
+    commands.add_parser("vllm", help="start a vLLM server for LOUPE_BACKEND=vllm (what `make vllm` does)")
     commands.add_parser("migrate", help="bring the database schema up to date")
     users = commands.add_parser("users", help="manage accounts").add_subparsers(dest="action", required=True)
     users.add_parser("list", help="list accounts")
@@ -190,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "serve":
         serve()
+    elif args.command == "vllm":
+        serve_vllm()
     elif args.command == "migrate":
         from chat.store.database import upgrade
 

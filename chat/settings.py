@@ -10,7 +10,7 @@ import math
 from collections.abc import Collection
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -32,6 +32,10 @@ class Settings(ModelSettings):
     max_images_per_message: int = Field(4, ge=1)
     max_upload_mb: float = Field(20, gt=0, description="Largest accepted upload per file.")
     max_image_megapixels: float = Field(50, gt=0, description="Larger images are refused before decoding.")
+    backend: Literal["local", "vllm"] = Field("local", description="local: the model in this process; vllm: a server.")
+    vllm_url: str = Field("http://127.0.0.1:8100/v1", description="The vLLM server's OpenAI API, ending in /v1.")
+    vllm_api_key: str | None = Field(None, description="The key the vLLM server was started with (--api-key).")
+    vllm_model: str = Field("loupe", description="The name the vLLM server serves LOUPE_MODEL under.")
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Field(Path(".data"), description="Database file, stored images and the auth secret.")

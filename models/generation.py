@@ -25,17 +25,6 @@ from models.backend import ChatTemplateTokens, Ended, OutOfMemory, SamplingSetti
 from models.checkpoint import LoadedModel
 
 
-def model_sampling(model: torch.nn.Module) -> SamplingSettings:
-    """The model's own generation defaults, with sensible values where it has none."""
-    config = model.generation_config
-    return SamplingSettings(
-        temperature=config.temperature if config.temperature is not None else 0.7,
-        top_p=config.top_p if config.top_p is not None else 0.8,
-        max_new_tokens=config.max_new_tokens or 1024,
-        repetition_penalty=config.repetition_penalty or 1.05,
-    )
-
-
 class ArrivalQueue:
     """Lets one holder at a time through, in arrival order, telling waiters how many are ahead."""
 
@@ -83,7 +72,7 @@ class Generator(ChatTemplateTokens):
         self.loaded = loaded
         self.name, self.demo_reason = loaded.name, loaded.demo_reason
         self.context_length = loaded.context_length
-        self.default_sampling = model_sampling(loaded.model)
+        self.default_sampling = SamplingSettings.from_config(loaded.model.generation_config)
         self.queue = ArrivalQueue()
         self.adapters = AdapterSwitch(loaded.model)
 

@@ -30,7 +30,7 @@ from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
 from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_images
 from models.adapters import Adapter
-from models.backend import Ended, OutOfMemory, Usage
+from models.backend import BackendUnavailable, Ended, OutOfMemory, Usage
 
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
@@ -196,6 +196,8 @@ def explain_failure(error: BaseException, reference: str, language: str) -> str:
     """What the user is told of a failure: what to do, and the reference its details are logged under."""
     if isinstance(error, OutOfMemory):
         return text("out_of_memory", language)
+    if isinstance(error, BackendUnavailable):
+        return text("model_unavailable", language, reference=reference)
     return text("model_error", language, reference=reference)
 
 

@@ -45,8 +45,9 @@ from chat.ui.uploads import ImageLimits
 from chat.ui.web import MB, secure
 from models.adapters import AdapterDirectory
 from models.backend import Backend
-from models.checkpoint import load_model, pick_device
+from models.checkpoint import load_model, load_processor, pick_device
 from models.generation import Generator
+from models.vllm_client import VllmBackend
 
 PENDING_MESSAGES_OF_FILES = 5  # the pending-upload quota in files: five full messages' worth
 
@@ -71,10 +72,8 @@ class Runtime:
         await asyncio.to_thread(upgrade, self.settings.database_url)
         if password := await ensure_admin(self.sessions, self.settings.admin_password):
             print(f"\n  Loupe: first run, created user '{ADMIN}' with password: {password}\n", flush=True)
-        settings = self.settings
-        loaded = await asyncio.to_thread(load_model, settings.model, settings.device, settings.dtype)
-        self.backend = Generator(loaded)
-        self.prompts = PromptBuilder(self.backend, settings.min_pixels, self.image_limits.max_pixels)
+        self.backend = await start_backend(self.settings)
+        self.prompts = PromptBuilder(self.backend, self.settings.min_pixels, self.image_limits.max_pixels)
 
     @property
     def context_tokens(self) -> int:
@@ -87,6 +86,16 @@ class Runtime:
 
     async def login_is_current(self, token: str | None) -> bool:
         return await is_current(self.sessions, token, self.secret)
+
+
+async def start_backend(settings: Settings) -> Backend:
+    """LOUPE_BACKEND's backend: the model loaded into this process, or a client of a vLLM server
+    (which counts tokens with the checkpoint's own processor files)."""
+    if settings.backend == "vllm":
+        processor = await asyncio.to_thread(load_processor, settings.model)
+        url, key, served = settings.vllm_url, settings.vllm_api_key, settings.vllm_model
+        return await VllmBackend.connect(url, key, served, settings.model, processor)
+    return Generator(await asyncio.to_thread(load_model, settings.model, settings.device, settings.dtype))
 
 
 def build_runtime(settings: Settings) -> Runtime:

@@ -28,6 +28,10 @@ TEXTS: dict[str, dict[str, str]] = {
             "Shorten the text, attach fewer images, or lower *Max new tokens*."
         ),
         "model_error": "The model failed while answering. Please try again (reference {reference}).",
+        "model_unavailable": (
+            "The model server is not answering right now (busy, restarting or down). Your question was not "
+            "answered: please send it again in a moment (reference {reference})."
+        ),
         "server_error": "Something went wrong on the server. Please try again (reference {reference}).",
         "message_malformed": "That message could not be read, so it was not sent.",
         "message_too_long": (
@@ -106,6 +110,10 @@ TEXTS: dict[str, dict[str, str]] = {
             "글을 줄이거나 이미지를 줄이거나 *최대 생성 토큰*을 낮추세요."
         ),
         "model_error": "답변 중 모델에 오류가 났습니다. 다시 시도해 주세요 (참조 {reference}).",
+        "model_unavailable": (
+            "모델 서버가 지금 응답하지 않습니다 (바쁨, 재시작 중 또는 중단). 질문에 답하지 못했으니 잠시 뒤 "
+            "다시 보내 주세요 (참조 {reference})."
+        ),
         "server_error": "서버에 문제가 생겼습니다. 다시 시도해 주세요 (참조 {reference}).",
         "message_malformed": "메시지를 읽을 수 없어 보내지 않았습니다.",
         "message_too_long": (
