@@ -33,6 +33,10 @@ class OutOfMemory(RuntimeError):
     """The backend ran out of memory for this request (the user can ask for less: fewer images, a shorter chat)."""
 
 
+class AdapterRefused(RuntimeError):
+    """The backend cannot serve this LoRA adapter; the message says why (e.g. its rank, or another base model)."""
+
+
 class BackendUnavailable(RuntimeError):
     """The backend cannot take requests now (a model server down, overloaded or timing out): try again later."""
 
@@ -73,7 +77,8 @@ class TokenCounter(Protocol):
 
 
 class Backend(TokenCounter, Protocol):
-    name: str  # the model's name, recorded with every answer
+    kind: str  # which backend: "local" (in this process) or "vllm"; recorded with every answer
+    name: str  # the model's name (as served), recorded with every answer
     demo_reason: str | None  # why a demo model with random weights serves, if one does
     context_length: int  # prompt plus answer, in tokens
     default_sampling: SamplingSettings  # the model's own generation defaults

@@ -65,6 +65,7 @@ class Generator(ChatTemplateTokens):
     generations from it, in arrival order, each with the LoRA adapter it asks for (or none) in
     front of the one base model."""
 
+    kind = "local"
     queues = True  # one model.generate at a time
 
     def __init__(self, loaded: LoadedModel) -> None:

@@ -12,6 +12,7 @@ unloaded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -27,7 +28,7 @@ import openai
 from transformers import GenerationConfig, ProcessorMixin
 
 from models.adapters import Adapter
-from models.backend import BackendUnavailable, ChatTemplateTokens, Ended, SamplingSettings, Usage
+from models.backend import AdapterRefused, BackendUnavailable, ChatTemplateTokens, Ended, SamplingSettings, Usage
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,15 @@ MAX_LORAS = 4  # adapters the server keeps on the device at once (the arena uses
 CONNECT_TIMEOUT_S = 10  # a server that takes longer to accept a connection is down, not busy
 # How long a stream may wait for its next piece: a busy server's queue plus one prefill of a long prompt.
 READ_TIMEOUT_S = 300
-# What the server answers when it cannot take the request now; the user is told to try again.
-UNAVAILABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+# The server cannot take the request now (refused, overloaded, timing out, or gone mid-stream, which
+# surfaces as httpx's transport error): the user is told to try again.
+UNAVAILABLE = (
+    openai.APIConnectionError,
+    openai.APITimeoutError,
+    openai.RateLimitError,
+    openai.InternalServerError,
+    httpx.TransportError,
+)
 
 
 def to_openai(message: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +65,7 @@ def to_openai(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class VllmBackend(ChatTemplateTokens):
+    kind = "vllm"
     queues = False  # the server batches concurrent requests
 
     def __init__(
@@ -75,6 +84,7 @@ class VllmBackend(ChatTemplateTokens):
         self.context_length = context_length
         self.default_sampling = default_sampling
         self.registered: dict[str, str] = {}  # adapter name -> the name it is served under (with its version)
+        self.registering = asyncio.Lock()
 
     @classmethod
     async def connect(
@@ -99,7 +109,7 @@ class VllmBackend(ChatTemplateTokens):
         if served_model not in served:
             names = ", ".join(served) or "none"
             raise BackendUnavailable(f"the vLLM server at {url} serves {names}, not LOUPE_VLLM_MODEL={served_model}")
-        context_length = getattr(served[served_model], "max_model_len", None) or 4096
+        context_length = served[served_model].max_model_len  # vLLM's addition to the OpenAI model card
         try:
             defaults = GenerationConfig.from_pretrained(checkpoint)
         except OSError:  # a checkpoint without generation_config.json
@@ -117,17 +127,22 @@ class VllmBackend(ChatTemplateTokens):
         usage = usage if usage is not None else Usage()
         started = time.perf_counter()
         try:
-            model = await self.served_name(adapter)
-            stream = await self.client.chat.completions.create(
-                model=model,
-                messages=[to_openai(message) for message in messages],
-                stream=True,
-                stream_options={"include_usage": True},
-                temperature=sampling.temperature,  # 0 is greedy on vLLM too
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                extra_body={"repetition_penalty": sampling.repetition_penalty},
-            )
+            request = {
+                "messages": [to_openai(message) for message in messages],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "temperature": sampling.temperature,  # 0 is greedy on vLLM too
+                "top_p": sampling.top_p,
+                "max_tokens": sampling.max_new_tokens,
+                "extra_body": {"repetition_penalty": sampling.repetition_penalty},
+            }
+            try:
+                stream = await self.client.chat.completions.create(model=await self.served_name(adapter), **request)
+            except openai.NotFoundError:
+                if adapter is None:
+                    raise
+                self.registered.pop(adapter.name, None)  # a restarted server forgot it: register it again
+                stream = await self.client.chat.completions.create(model=await self.served_name(adapter), **request)
             async with stream:  # leaving it closes the connection, and vLLM aborts the request
                 async for chunk in stream:
                     if chunk.usage is not None:
@@ -148,20 +163,31 @@ class VllmBackend(ChatTemplateTokens):
             usage.duration = time.perf_counter() - started
 
     async def served_name(self, adapter: Adapter | None) -> str:
-        """The model name a request for `adapter` goes to, registering this version of it first if need be."""
+        """The model name a request for `adapter` goes to, registering this version of it first if need be
+        (unless the server has it already, e.g. from before Loupe restarted) and unloading the one it replaces."""
         if adapter is None:
             return self.served_model
         name = f"{adapter.name}-{adapter.version}"
-        if self.registered.get(adapter.name) != name:
-            await self._admin("load_lora_adapter", {"lora_name": name, "lora_path": str(adapter.path.resolve())})
-            if (old := self.registered.get(adapter.name)) is not None:
-                await self._admin("unload_lora_adapter", {"lora_name": old})
-            self.registered[adapter.name] = name
+        async with self.registering:  # two chats asking for a new adapter at once register it once
+            if self.registered.get(adapter.name) != name:
+                if name not in {model.id async for model in self.client.models.list()}:
+                    await self._admin(
+                        "load_lora_adapter", {"lora_name": name, "lora_path": str(adapter.path.resolve())}
+                    )
+                if (old := self.registered.get(adapter.name)) is not None:
+                    await self._admin("unload_lora_adapter", {"lora_name": old})
+                self.registered[adapter.name] = name
         return name
 
     async def _admin(self, action: str, body: dict[str, str]) -> None:
-        """vLLM's runtime LoRA endpoints (they need VLLM_ALLOW_RUNTIME_LORA_UPDATING on the server)."""
-        response = await self.client.post(f"/{action}", body=body, cast_to=httpx.Response)
+        """vLLM's runtime LoRA endpoints (they need VLLM_ALLOW_RUNTIME_LORA_UPDATING on the server).
+
+        Raises AdapterRefused with the server's reason (a rank above --max-lora-rank, another base model...).
+        """
+        try:
+            response = await self.client.post(f"/{action}", body=body, cast_to=httpx.Response)
+        except openai.APIStatusError as error:
+            raise AdapterRefused(f"{body['lora_name']}: {error.message}") from error
         log.info("vLLM %s %s: %s", action, body["lora_name"], response.text.strip())
 
 

@@ -131,6 +131,13 @@ def generation(**fields) -> dict:
     }
 
 
+async def test_the_record_names_the_backend_that_wrote_the_answer(layer: LoupeDataLayer) -> None:
+    answer = step(str(uuid.uuid4()), type="assistant_message", metadata={"generation": generation(backend="vllm")})
+    await layer.create_step(answer)
+    async with layer.sessions() as session:
+        assert await session.scalar(select(Generation.backend)) == "vllm"
+
+
 async def test_generation_record_is_written_with_its_answer(layer: LoupeDataLayer) -> None:
     record = generation(ended="stopped", prompt_id="q2", context=["a1"])
     answer = step(str(uuid.uuid4()), type="assistant_message", metadata={"generation": record})
@@ -447,6 +454,7 @@ async def test_migration_back_fills_what_the_model_wrote(migrated: str) -> None:
     upgrade(migrated)
     async with engine.connect() as connection:
         columns = dict((await connection.execute(select(Generation.step_id, Generation.completion))).all())
+        backends = set((await connection.scalars(select(Generation.backend))).all())
         records = {
             step_id: metadata["generation"]
             for step_id, metadata in (await connection.execute(select(Step.id, Step.metadata_))).all()
@@ -458,3 +466,4 @@ async def test_migration_back_fills_what_the_model_wrote(migrated: str) -> None:
     assert columns == wrote
     assert {step_id: record["completion"] for step_id, record in records.items()} == wrote
     assert all(record["model"] == "demo" for record in records.values()), "the rest of the record is kept"
+    assert backends == {"local"}, "c4d9e2b7a1f3: every earlier answer came from the in-process model"

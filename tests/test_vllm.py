@@ -11,10 +11,9 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
@@ -25,10 +24,10 @@ from models.checkpoint import SERVABLE_SIZE, build_demo_model, write_checkpoint
 from models.vllm_client import VLLM_PYTHON
 from tests.helpers.client import ChatClient, only_answer, png
 from tests.helpers.datasets import save_adapter
-from tests.helpers.server import Server, free_port, start_server, stop_server
+from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.vllm import VllmServer
 
 SERVED_NAME = "tiny"
-VLLM_START_S = 600  # ~70 s on 2 idle cores; a shared CI machine can be several times slower
 FREED_WITHIN_S = 10  # after Stop, the server's running-requests gauge must be back to 0 by then
 RUNNING = re.compile(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", re.M)
 
@@ -39,52 +38,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vllm_url(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m chat vllm` serving the checkpoint; its base URL (ending in /v1)."""
+def vllm(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     if not VLLM_PYTHON.exists():
         reason = f"no vLLM environment at {VLLM_PYTHON.parent.parent} (`make vllm` installs it)"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}. CI must test the vLLM backend.")
         pytest.skip(reason)
-    url = f"http://127.0.0.1:{free_port()}/v1"
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    environment = {
-        **os.environ,
-        "LOUPE_MODEL": str(checkpoint),
-        "LOUPE_VLLM_URL": url,
-        "LOUPE_VLLM_MODEL": SERVED_NAME,
-        "LOUPE_CONTEXT_TOKENS": "4096",
-        "LOUPE_DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-    }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chat", "vllm"],
-            env=environment,
-            stdout=output,
-            stderr=output,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + VLLM_START_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited during start-up:\n{log.read_text()[-5000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            raise RuntimeError(f"vLLM did not start within {VLLM_START_S} s:\n{log.read_text()[-5000:]}")
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    server = VllmServer.on(checkpoint, SERVED_NAME, tmp_path_factory.mktemp("vllm") / "vllm.log")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +57,7 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(
-    vllm_url: str, checkpoint: Path, adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    vllm: VllmServer, checkpoint: Path, adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """Loupe with LOUPE_BACKEND=vllm, on the checkpoint the server serves."""
     process, server = start_server(
@@ -102,7 +65,7 @@ def app(
         LOUPE_ADAPTERS_DIR=str(adapters_dir),
         LOUPE_BACKEND="vllm",
         LOUPE_MODEL=str(checkpoint),
-        LOUPE_VLLM_URL=vllm_url,
+        LOUPE_VLLM_URL=vllm.url,
         LOUPE_VLLM_MODEL=SERVED_NAME,
         LOUPE_MESSAGES_PER_MINUTE="1000",  # eight users here share one account
     )
@@ -123,31 +86,43 @@ async def test_an_image_question_streams_from_the_server(app: Server) -> None:
     answer = only_answer(reply)
     record = answer["metadata"]["generation"]
     assert answer["metadata"]["ended"] == "finished" and record["completion"] == "".join(reply.tokens)
-    assert record["model"] == SERVED_NAME
+    assert (record["backend"], record["model"]) == ("vllm", SERVED_NAME)
     # The usage the server reported: the image's visual tokens are in the prompt.
     assert record["prompt_tokens"] > 64 and 0 < record["completion_tokens"] <= 48
     assert record["time_to_first_token"] is not None and record["duration"] >= record["time_to_first_token"]
 
 
+async def test_the_context_is_the_servers(app: Server) -> None:
+    """LOUPE_CONTEXT_TOKENS is 8192 by default; the server's max_model_len (4096 here) is what fits."""
+    async with ChatClient(app.url) as client:
+        await client.change_settings(GREEDY)
+        [refusal] = [message["output"] for message in (await client.ask("저항기 " * 2000)).messages]
+    assert refusal.startswith("Your message is too long for the model's context")
+    fit = int(re.search(r"and (\d+) fit", refusal)[1])  # 4096 less the answer's 48 and the template's few tokens
+    assert 4096 - 48 - 8 <= fit < 4096 - 48
+
+
 async def test_eight_users_are_served_at_once_without_a_queue(app: Server) -> None:
-    async def one_user(number: int) -> tuple[float, float, list[str]]:
-        async with ChatClient(app.url) as client:
-            await client.change_settings(GREEDY)
-            await client.send(f"Question {number}: explain the circuit.")
-            await client.wait_for("stream_start")
-            first_token = time.monotonic()
-            reply = await client.collect()
-            ended = time.monotonic()
-            assert only_answer(reply)["metadata"]["ended"] == "finished"
-            return first_token, ended, [message["output"] for message in client.seen_messages]
+    async def answer(client: ChatClient, number: int) -> tuple[float, float]:
+        await client.send(f"Question {number}: explain the circuit.")
+        await client.wait_for("stream_start")
+        first_token = time.monotonic()
+        assert only_answer(await client.collect())["metadata"]["ended"] == "finished"
+        return first_token, time.monotonic()
 
-    users = await asyncio.gather(*(one_user(number) for number in range(8)))
-    assert max(first for first, _, _ in users) < min(ended for _, ended, _ in users), "every answer streamed at once"
-    assert not any(shown.startswith("⏳") for _, _, messages in users for shown in messages), "no queue notice"
+    async with AsyncExitStack() as stack:
+        # Logged in and set up first (each login is an argon2 check), then all eight ask at once.
+        clients = [await stack.enter_async_context(ChatClient(app.url)) for _ in range(8)]
+        for client in clients:
+            await client.change_settings({"temperature": 0, "max_new_tokens": 96})
+        windows = await asyncio.gather(*(answer(client, number) for number, client in enumerate(clients)))
+        shown = [message["output"] for client in clients for message in client.seen_messages]
+    assert max(first for first, _ in windows) < min(ended for _, ended in windows), "every answer streamed at once"
+    assert not any(output.startswith("⏳") for output in shown), "no queue notice"
 
 
-async def test_stop_frees_the_servers_sequence(app: Server, vllm_url: str) -> None:
-    metrics = vllm_url.removesuffix("/v1") + "/metrics"
+async def test_stop_frees_the_servers_sequence(app: Server, vllm: VllmServer) -> None:
+    metrics = vllm.url.removesuffix("/v1") + "/metrics"
 
     async def running() -> float:
         async with httpx.AsyncClient() as http:
@@ -187,3 +162,23 @@ async def test_a_new_adapter_is_served_by_vllm_without_a_restart(app: Server, ad
     )
     assert adapted["output"] != base["output"], "vLLM applied the adapter"
     assert (await greedy_answer("far-from-zero"))["output"] == adapted["output"], "the same adapter, the same answer"
+
+
+async def test_the_server_going_away_mid_answer_is_explained_and_the_chat_recovers(
+    app: Server, vllm: VllmServer
+) -> None:
+    """Last in this module: it kills the server, then starts it again."""
+    async with ChatClient(app.url) as client:
+        await client.change_settings({"temperature": 0, "max_new_tokens": 2048})
+        await client.send("Write a very long report.")
+        await client.wait_for("stream_start")
+        await asyncio.to_thread(vllm.stop, signal.SIGKILL)
+        reply = await client.collect()
+        partial, notice = reply.messages
+        assert partial["metadata"]["ended"] == "error" and partial["output"], "the partial answer stays, as failed"
+        assert partial["metadata"]["generation"]["completion"] == partial["output"]
+        assert notice["output"].startswith("The model server is not answering right now")
+        assert (await client.ask("Still there?")).messages[0]["output"].startswith("The model server is not answering")
+        await asyncio.to_thread(vllm.start)
+        await client.change_settings(GREEDY)
+        assert (await client.ask("And now?")).tokens, "the chat works again once the server is back"

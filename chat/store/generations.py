@@ -27,6 +27,7 @@ class GenerationRecord:
     duration: float
     ended: Ended
     time_to_first_token: float | None = None
+    backend: str | None = None  # models.backend: "local" or "vllm" (None only in records made by hand)
     adapter: str | None = None
     adapter_version: str | None = None
     context: list[str] = field(default_factory=list)  # the earlier answers the model was shown, oldest first
@@ -47,6 +48,7 @@ class GenerationRecord:
             duration=record["duration"],
             ended=Ended(record["ended"]),
             time_to_first_token=record.get("time_to_first_token"),
+            backend=record.get("backend"),
             adapter=record.get("adapter"),
             adapter_version=record.get("adapter_version"),
             context=record.get("context", []),

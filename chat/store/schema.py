@@ -119,6 +119,7 @@ class Generation(Base):
     # prompt: with their user messages they are the conversation this answer continued.
     context: Mapped[list[str]] = mapped_column(default=list)
     model: Mapped[str] = mapped_column(String(255))
+    backend: Mapped[str | None] = mapped_column(String(16))  # models.backend: local, vllm
     adapter: Mapped[str | None] = mapped_column(String(255))
     adapter_version: Mapped[str | None] = mapped_column(String(64))
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -30,7 +30,7 @@ from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
 from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_images
 from models.adapters import Adapter
-from models.backend import BackendUnavailable, Ended, OutOfMemory, Usage
+from models.backend import AdapterRefused, BackendUnavailable, Ended, OutOfMemory, Usage
 
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
@@ -86,6 +86,7 @@ async def respond(
     def record(completion: str) -> dict[str, Any]:
         return GenerationRecord(
             model=backend.name,
+            backend=backend.kind,
             prompt_id=turn.id,
             completion=completion,
             adapter=adapter.name if adapter else None,
@@ -103,8 +104,13 @@ async def respond(
     except Exception as error:
         reference = failure_reference()
         log.exception("Generation failed (%s)", reference)
+        await stream.flush()
         failure = cl.ErrorMessage(content=explain_failure(error, reference, language))
-        failure.metadata = {"generation": record(stream.text)}
+        if stream.text:  # what was written stays, marked as failed, with its record; the notice follows
+            reply.metadata = {"ended": usage.ended, "generation": record(stream.text)}
+            await reply.send()
+        else:
+            failure.metadata = {"generation": record(stream.text)}
         await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
         await queue_notice.clear()
@@ -198,6 +204,8 @@ def explain_failure(error: BaseException, reference: str, language: str) -> str:
         return text("out_of_memory", language)
     if isinstance(error, BackendUnavailable):
         return text("model_unavailable", language, reference=reference)
+    if isinstance(error, AdapterRefused):
+        return text("adapter_refused", language, reason=str(error))
     return text("model_error", language, reference=reference)
 
 

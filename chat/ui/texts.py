@@ -32,6 +32,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "The model server is not answering right now (busy, restarting or down). Your question was not "
             "answered: please send it again in a moment (reference {reference})."
         ),
+        "adapter_refused": "The model server cannot use this profile's adapter: {reason}. Choose another profile.",
         "server_error": "Something went wrong on the server. Please try again (reference {reference}).",
         "message_malformed": "That message could not be read, so it was not sent.",
         "message_too_long": (
@@ -114,6 +115,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "모델 서버가 지금 응답하지 않습니다 (바쁨, 재시작 중 또는 중단). 질문에 답하지 못했으니 잠시 뒤 "
             "다시 보내 주세요 (참조 {reference})."
         ),
+        "adapter_refused": "모델 서버가 이 프로필의 어댑터를 쓸 수 없습니다: {reason}. 다른 프로필을 고르세요.",
         "server_error": "서버에 문제가 생겼습니다. 다시 시도해 주세요 (참조 {reference}).",
         "message_malformed": "메시지를 읽을 수 없어 보내지 않았습니다.",
         "message_too_long": (
