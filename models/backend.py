@@ -28,6 +28,12 @@ class Ended(StrEnum):
     STOPPED = "stopped"  # the user pressed Stop, or the consumer went away
     ERROR = "error"  # the backend failed
 
+    @classmethod
+    def by(cls, error: BaseException) -> Ended:
+        """How a generation that `error` ended did end: an exception is a failure; a cancellation or
+        a consumer closing the stream (BaseException only) is the user stopping it."""
+        return cls.ERROR if isinstance(error, Exception) else cls.STOPPED
+
 
 class OutOfMemory(RuntimeError):
     """The backend ran out of memory for this request (the user can ask for less: fewer images, a shorter chat)."""

@@ -114,7 +114,7 @@ class Generator(ChatTemplateTokens):
                     await asyncio.shield(asyncio.wait([worker]))
                     usage.duration = time.perf_counter() - started
         except BaseException as error:  # cancelled or closed early means the user stopped it
-            usage.ended = Ended.ERROR if isinstance(error, Exception) else Ended.STOPPED
+            usage.ended = Ended.by(error)
             raise
 
     def _generate(

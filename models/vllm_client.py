@@ -153,11 +153,10 @@ class VllmBackend(ChatTemplateTokens):
                             if usage.time_to_first_token is None:
                                 usage.time_to_first_token = time.perf_counter() - started
                             yield piece
-        except UNAVAILABLE as error:
-            usage.ended = Ended.ERROR
-            raise BackendUnavailable(str(error)) from error
-        except BaseException as error:  # cancelled or closed early means the user stopped it
-            usage.ended = Ended.ERROR if isinstance(error, Exception) else Ended.STOPPED
+        except BaseException as error:
+            usage.ended = Ended.by(error)
+            if isinstance(error, UNAVAILABLE):
+                raise BackendUnavailable(str(error)) from error
             raise
         finally:
             usage.duration = time.perf_counter() - started

@@ -193,17 +193,13 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
     ):
         images[for_id].append(key)
 
-    # Every step but the runs (the answers' parents, which hold no text): questions and answers.
-    said: dict[str, Row] = {}
+    # The questions; an answer's own text is its generation record's completion, read below.
     for step in await connection.execute(
-        select(schema.Step.id, schema.Step.thread_id, schema.Step.type, schema.Step.output, schema.Step.parent_id)
-        .where(in_page(schema.Step.thread_id), schema.Step.type != "run")
+        select(schema.Step.id, schema.Step.thread_id, schema.Step.output)
+        .where(in_page(schema.Step.thread_id), schema.Step.type == "user_message")
         .order_by(schema.Step.created_at, schema.Step.id)
     ):
-        if step.type == "user_message":
-            threads[step.thread_id].turns[step.id] = UserTurn(step.output, tuple(images.get(step.id, ())))
-        else:
-            said[step.id] = step
+        threads[step.thread_id].turns[step.id] = UserTurn(step.output, tuple(images.get(step.id, ())))
 
     # Ratings are on the run step, the answer's parent.
     ratings = {
@@ -226,13 +222,14 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
             generation.completion,
             generation.created_at,
             generation.settings["system_prompt"].as_string().label("style"),
+            schema.Step.parent_id.label("run_id"),
         )
+        .join(schema.Step, schema.Step.id == generation.step_id)
         # Flagged records may have been written by a client before messages were checked (migration 5b1f0c2a9d47).
         .where(in_page(generation.thread_id), generation.flagged.is_(None))
         .order_by(generation.created_at, generation.step_id)
     ):
-        step = said[row.step_id]
-        rating = ratings.get(step.parent_id)
+        rating = ratings.get(row.run_id)
         threads[row.thread_id].answers[row.step_id] = StoredAnswer(
             id=row.step_id,
             ended=row.ended,

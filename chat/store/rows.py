@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,7 +44,7 @@ def dialect_insert(session: AsyncSession, table: type) -> Any:
     return dialect.insert(table)
 
 
-def owned_by(identifier: str):
+def owned_by(identifier: str) -> Select[tuple[str]]:
     """SQL: the ids of the threads of the user `identifier`."""
     return select(Thread.id).join(User, User.id == Thread.user_id).where(User.identifier == identifier)
 

@@ -20,7 +20,7 @@ import httpx
 import socketio
 from PIL import Image
 
-from tests.helpers.server import Server
+from tests.helpers.server import ADMIN_PASSWORD, Server
 
 # A whole 1024-token demo answer takes ~30 s on 2 idle cores; CI machines are shared and can be 10x slower.
 ANSWER_TIMEOUT_S = 300
@@ -76,8 +76,6 @@ class ChatClient:
         thread_id: str | None = None,
         profile: str | None = None,
     ) -> None:
-        from tests.helpers.server import ADMIN_PASSWORD
-
         self.url = url
         self.username, self.password = username, password or ADMIN_PASSWORD
         self.thread_id = thread_id

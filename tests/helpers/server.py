@@ -126,9 +126,6 @@ def export_rows(server, out: Path, format: str = "trl-dpo") -> list[dict[str, An
 async def generations(server, thread_id: str, expected: int) -> list[dict]:
     """The thread's generation records, once `expected` are stored (Chainlit writes steps in tasks
     that may finish after the answer has reached the client)."""
-    import json
-    import sqlite3
-
     for _ in range(100):
         with sqlite3.connect(server.data_dir / "loupe.db") as database:
             rows = database.execute(
