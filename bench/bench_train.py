@@ -44,7 +44,7 @@ from trl import DPOConfig, DPOTrainer
 from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, print_machine
 from models.checkpoint import QWEN2_VL_FILES, load_model, load_processor
 from models.images import visual_tokens
-from models.train import TrainSettings, build_trainer, load_training_data
+from models.train import TrainSettings, build_trainer, load_training_data, training_dtype
 from tests.helpers.datasets import write_export
 
 PARTS = ("demo", "full")
@@ -117,7 +117,7 @@ class TrainResult:
 
 def baseline_trainer(settings: TrainSettings, train_dataset: Dataset) -> DPOTrainer:
     """TRL's DPOTrainer as its documentation sets one up for a vision-language model."""
-    loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype)
+    loaded = load_model(settings.base, device=settings.device, dtype=training_dtype(settings))
     arguments = DPOConfig(
         output_dir=str(settings.out),
         per_device_train_batch_size=settings.batch_size,

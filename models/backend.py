@@ -86,6 +86,7 @@ class Backend(TokenCounter, Protocol):
     kind: str  # which backend: "local" (in this process) or "vllm"; recorded with every answer
     name: str  # the model's name (as served), recorded with every answer
     demo_reason: str | None  # why a demo model with random weights serves, if one does
+    precision: str | None  # what the model computes in, and why; None where a server decides it
     context_length: int  # prompt plus answer, in tokens
     default_sampling: SamplingSettings  # the model's own generation defaults
     queues: bool  # whether requests wait in line for their turn (the chat then shows their place)

@@ -44,6 +44,7 @@ class LoadedModel:
     is_demo: bool
     # Why the demo model is serving, when it is: shown in the UI and the log.
     demo_reason: str | None = None
+    precision: str = "float32"  # what it computes in, and why (pick_dtype)
 
     @property
     def device(self) -> torch.device:
@@ -64,11 +65,37 @@ def pick_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (what Qwen2-VL was trained in), fp16 on Apple GPUs, fp32 on CPU."""
+# CPU feature flags (Linux's /proc/cpuinfo) of native bf16 arithmetic: x86's AVX512-BF16 and AMX, Arm's BF16.
+# There bf16 halves the memory and shortens time to first token 1.3-2.4x (bench/RESULTS.md); elsewhere
+# bf16 is emulated, slower than fp32.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them; none where there is no /proc/cpuinfo."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            return frozenset(value.split())
+    return frozenset()
+
+
+def pick_dtype(dtype: str, device: torch.device, flags: frozenset[str] | None = None) -> tuple[torch.dtype, str]:
+    """The precision to compute in, and why: bf16 on CUDA (what Qwen2-VL was trained in), fp16 on Apple
+    GPUs, bf16 on a CPU that computes it natively (`flags`, default this CPU's), fp32 on other CPUs."""
     if dtype != "auto":
-        return getattr(torch, dtype)
-    return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
+        return getattr(torch, dtype), "set by LOUPE_DTYPE"
+    if device.type == "cuda":
+        return torch.bfloat16, "what Qwen2-VL was trained in"
+    if device.type == "mps":
+        return torch.float16, "Apple GPUs' fast precision"
+    if native := sorted(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags)):
+        return torch.bfloat16, f"this CPU computes bf16 natively ({', '.join(native)})"
+    return torch.float32, "this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16)"
 
 
 def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
@@ -78,7 +105,8 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
     cache, and the hub cannot be reached. Every other failure raises ModelLoadError.
     """
     torch_device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, torch_device)
+    torch_dtype, why = pick_dtype(dtype, torch_device)
+    precision = f"{str(torch_dtype).removeprefix('torch.')}, {why}"
 
     demo_reason = None
     if model == DEMO:
@@ -95,7 +123,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
         qwen, processor = build_demo_model(), load_processor(QWEN2_VL_FILES)
         name = "demo"
     else:
-        log.info("Loading %s on %s (%s)...", model, torch_device, str(torch_dtype).removeprefix("torch."))
+        log.info("Loading %s on %s...", model, torch_device)
         try:
             model_type = AutoConfig.from_pretrained(model).model_type
             if model_type != "qwen2_vl":
@@ -112,12 +140,14 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
 
     qwen = qwen.to(device=torch_device, dtype=torch_dtype)
     qwen.eval()
+    log.info("%s runs on %s in %s", name, torch_device, precision)
     return LoadedModel(
         model=qwen,
         processor=processor,
         name=name,
         is_demo=demo_reason is not None,
         demo_reason=demo_reason,
+        precision=precision,
     )
 
 

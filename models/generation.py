@@ -71,7 +71,7 @@ class Generator(ChatTemplateTokens):
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__(loaded.processor)
         self.loaded = loaded
-        self.name, self.demo_reason = loaded.name, loaded.demo_reason
+        self.name, self.demo_reason, self.precision = loaded.name, loaded.demo_reason, loaded.precision
         self.context_length = loaded.context_length
         self.default_sampling = SamplingSettings.from_config(loaded.model.generation_config)
         self.queue = ArrivalQueue()

@@ -24,4 +24,6 @@ class ModelSettings(BaseSettings):
     model: str = Field("Qwen/Qwen2-VL-2B-Instruct", description="Hub id, local folder, or 'demo'.")
     adapters_dir: Path = Field(Path("models/adapters"), description="Each folder in it is a LoRA adapter profile.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps.")
-    dtype: str = Field("auto", description="auto (CUDA bf16, MPS fp16, CPU fp32), float32, bfloat16, float16.")
+    dtype: str = Field(
+        "auto", description="auto (CUDA bf16, MPS fp16, CPU bf16 where native, else fp32), float32, bfloat16, float16."
+    )

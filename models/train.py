@@ -41,7 +41,7 @@ from transformers import HfArgumentParser, ProcessorMixin, TrainingArguments
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
 from models.adapters import METADATA_FILE, adapter_version
-from models.checkpoint import DEMO, ModelLoadError, load_model
+from models.checkpoint import DEMO, ModelLoadError, load_model, pick_device
 from models.images import ImageRejected, fit_to_budget, open_image
 from models.report import write_report
 from models.settings import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
@@ -114,7 +114,7 @@ class TrainSettings:
     save_steps: int = 50
     save_total_limit: int = 2
     device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), or a device such as cuda:1."})
-    dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on CUDA, float32 on CPU."})
+    dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on CUDA, float32 elsewhere."})
 
 
 # Data ----------------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def fit_image(path: Path, min_pixels: int, max_pixels: int) -> Image.Image:
 def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixin, LoraConfig | None]:
     """The base model, with the adapter to continue or the config of a new one (TRL creates it)."""
     try:
-        loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype)
+        loaded = load_model(settings.base, device=settings.device, dtype=training_dtype(settings))
     except ModelLoadError as error:
         raise TrainingError(f"--base {settings.base}: {error}") from None
     if loaded.is_demo and settings.base != DEMO:
@@ -284,6 +284,14 @@ def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixi
         raise TrainingError(f"--from-adapter {adapter} was trained on {trained_on}, not on --base {settings.base}.")
     # TRL copies the loaded adapter to a frozen "ref" adapter: DPO and KTO measure against where it started.
     return PeftModel.from_pretrained(loaded.model, adapter, is_trainable=True), loaded.processor, None
+
+
+def training_dtype(settings: TrainSettings) -> str:
+    """bf16 on CUDA, under mixed precision; float32 elsewhere, even on a CPU that serves in bf16: the
+    optimizer's small LoRA updates need fp32 weights, and CPU autocast to bf16 is slow."""
+    if settings.dtype != "auto" or pick_device(settings.device).type == "cuda":
+        return settings.dtype
+    return "float32"
 
 
 def adapter_folder(name: str) -> Path:

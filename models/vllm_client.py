@@ -81,6 +81,7 @@ class VllmBackend(ChatTemplateTokens):
         self.served_model = served_model
         self.name = served_model
         self.demo_reason = None
+        self.precision = None  # the server's --dtype
         self.context_length = context_length
         self.default_sampling = default_sampling
         self.registered: dict[str, str] = {}  # adapter name -> the name it is served under (with its version)

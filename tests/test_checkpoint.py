@@ -9,7 +9,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from models.checkpoint import ModelLoadError, build_demo_model, load_model
+from models.checkpoint import NATIVE_BF16_FLAGS, ModelLoadError, build_demo_model, cpu_flags, load_model, pick_dtype
 
 
 def test_demo_weights_are_deterministic() -> None:
@@ -23,6 +23,29 @@ def test_demo_model_uses_qwens_real_processor(demo) -> None:
     assert demo.is_demo and demo.demo_reason == "LOUPE_MODEL is set to 'demo'"
     assert len(tokenizer) == 151657  # Qwen2-VL's vocabulary with its special tokens
     assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == demo.model.config.image_token_id
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [
+        ({"avx2", "avx512f", "avx512bw"}, torch.float32),  # AVX-512 without its BF16 extension
+        ({"avx512f", "avx512_bf16"}, torch.bfloat16),  # Zen 4 and newer, Cooper Lake
+        ({"amx_bf16", "amx_tile"}, torch.bfloat16),  # Sapphire Rapids and newer
+        ({"fp", "asimd", "bf16", "sve"}, torch.bfloat16),  # Arm v8.6 (Graviton 3, Apple M2)
+        (set(), torch.float32),  # no /proc/cpuinfo
+    ],
+)
+def test_a_cpu_computes_in_bf16_only_where_it_is_native(flags: set[str], dtype: torch.dtype) -> None:
+    chosen, why = pick_dtype("auto", torch.device("cpu"), frozenset(flags))
+    assert chosen == dtype and why
+    assert pick_dtype("float32", torch.device("cpu"), frozenset(flags))[0] == torch.float32, "LOUPE_DTYPE wins"
+    assert pick_dtype("auto", torch.device("cuda"), frozenset(flags))[0] == torch.bfloat16
+
+
+def test_the_demo_model_runs_in_the_precision_this_cpu_is_fast_in(demo) -> None:
+    native = bool(NATIVE_BF16_FLAGS & cpu_flags())
+    assert demo.model.dtype == (torch.bfloat16 if native else torch.float32)
+    assert demo.precision.startswith("bfloat16, this CPU computes bf16 natively" if native else "float32, ")
 
 
 def test_unreachable_hub_falls_back_to_the_demo_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,4 +74,4 @@ def test_saved_checkpoint_loads_from_a_folder(tmp_path: Path, demo) -> None:
     demo.processor.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path), device="cpu")
     assert not loaded.is_demo and loaded.name == str(tmp_path)
-    assert loaded.model.dtype == torch.float32
+    assert loaded.model.dtype == demo.model.dtype and loaded.precision == demo.precision, "one precision rule"

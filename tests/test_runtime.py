@@ -7,6 +7,7 @@ import subprocess
 import sys
 from contextlib import aclosing
 from pathlib import Path
+from unittest.mock import ANY
 
 from chat.conversation import user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompt
@@ -43,7 +44,10 @@ async def test_a_runtime_is_built_in_process_from_its_own_settings(tmp_path: Pat
     await runtime.start()
     try:
         assert await check_password(runtime.sessions, "admin", ADMIN_PASSWORD), "migrated, first admin created"
-        assert runtime.backend.demo_reason is not None and runtime.status() == {"name": "demo", "demo": True}
+        assert runtime.backend.demo_reason is not None
+        dtype = str(runtime.backend.loaded.model.dtype).removeprefix("torch.")
+        assert runtime.status() == {"name": "demo", "demo": True, "backend": "local", "precision": ANY}
+        assert runtime.status()["precision"].startswith(f"{dtype}, "), "it reports what it computes in"
         assert runtime.context_tokens == 2048
         prompt = runtime.prompts.build(system_prompt(DEFAULT_PROMPT), [user_turn("Hi", [])], 2048 - 8)
         usage = Usage()

@@ -64,7 +64,7 @@ def dpo_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 def demo_model() -> torch.nn.Module:
     """A fresh demo model as training loads it (all float32); peft changes the model it adapts."""
-    return load_model("demo", device="cpu").model
+    return load_model("demo", device="cpu", dtype="float32").model
 
 
 def lora_weights(folder: Path) -> dict[str, torch.Tensor]:

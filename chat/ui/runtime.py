@@ -73,6 +73,8 @@ class Runtime:
         if password := await ensure_admin(self.sessions, self.settings.admin_password):
             print(f"\n  Loupe: first run, created user '{ADMIN}' with password: {password}\n", flush=True)
         self.backend = await start_backend(self.settings)
+        precision = f", in {self.backend.precision}" if self.backend.precision else ""
+        print(f"Loupe: answering with {self.backend.name} ({self.backend.kind} backend{precision})", flush=True)
         self.prompts = PromptBuilder(self.backend, self.settings.min_pixels, self.image_limits.max_pixels)
 
     @property
@@ -81,8 +83,14 @@ class Runtime:
         return min(self.settings.context_tokens, self.backend.context_length)
 
     def status(self) -> dict[str, Any]:
-        """Read by public/loupe.js to show the permanent demo-model banner."""
-        return {"name": self.backend.name, "demo": self.backend.demo_reason is not None}
+        """Read by public/loupe.js to show the permanent demo-model banner, and by operators."""
+        backend = self.backend
+        return {
+            "name": backend.name,
+            "demo": backend.demo_reason is not None,
+            "backend": backend.kind,
+            "precision": backend.precision,
+        }
 
     async def login_is_current(self, token: str | None) -> bool:
         return await is_current(self.sessions, token, self.secret)
