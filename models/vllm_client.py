@@ -17,6 +17,7 @@ import base64
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -39,6 +40,8 @@ MAX_LORAS = 4  # adapters the server keeps on the device at once (the arena uses
 CONNECT_TIMEOUT_S = 10  # a server that takes longer to accept a connection is down, not busy
 # How long a stream may wait for its next piece: a busy server's queue plus one prefill of a long prompt.
 READ_TIMEOUT_S = 300
+# How vLLM's engine wraps a worker's reason for refusing an adapter (vllm/v1/executor/multiproc_executor.py).
+WORKER_ERROR = re.compile(r"Worker failed with error '(?P<reason>.+?)', please check")
 # The server cannot take the request now (refused, overloaded, timing out, or gone mid-stream, which
 # surfaces as httpx's transport error): the user is told to try again.
 UNAVAILABLE = (
@@ -187,7 +190,10 @@ class VllmBackend(ChatTemplateTokens):
         try:
             response = await self.client.post(f"/{action}", body=body, cast_to=httpx.Response)
         except openai.APIStatusError as error:
-            raise AdapterRefused(f"{body['lora_name']}: {error.message}") from error
+            reason = error.body.get("message", error.message) if isinstance(error.body, dict) else error.message
+            if worker_error := WORKER_ERROR.search(reason):  # the reason inside "...please check the stack trace"
+                reason = worker_error["reason"]
+            raise AdapterRefused(f"{body['lora_name']}: {reason.rstrip('.')}") from error
         log.info("vLLM %s %s: %s", action, body["lora_name"], response.text.strip())
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -22,9 +25,9 @@ import pytest
 from models.adapters import adapter_version
 from models.checkpoint import SERVABLE_SIZE, build_demo_model, write_checkpoint
 from models.vllm_client import VLLM_PYTHON
-from tests.helpers.client import ChatClient, only_answer, png
-from tests.helpers.datasets import save_adapter
-from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.client import ChatClient, listed_profiles, only_answer, png
+from tests.helpers.datasets import save_adapter, write_export
+from tests.helpers.server import REPO, Server, start_server, stop_server, stored
 from tests.helpers.vllm import VllmServer
 
 SERVED_NAME = "tiny"
@@ -144,24 +147,86 @@ async def test_stop_frees_the_servers_sequence(app: Server, vllm: VllmServer) ->
         assert (await client.ask("And now?")).tokens, "the chat goes on"
 
 
-async def test_a_new_adapter_is_served_by_vllm_without_a_restart(app: Server, adapters_dir: Path) -> None:
-    question = "Which bolt grade is stronger?"
+async def greedy_answer(app: Server, question: str, profile: str | None = None) -> dict:
+    async with ChatClient(app.url, profile=profile) as client:
+        await client.change_settings(GREEDY)
+        return only_answer(await client.ask(question))
 
-    async def greedy_answer(profile: str | None) -> dict:
-        async with ChatClient(app.url, profile=profile) as client:
-            await client.change_settings(GREEDY)
-            return only_answer(await client.ask(question))
 
-    base = await greedy_answer(None)
-    save_adapter(adapters_dir / "far-from-zero", seed=1, size=SERVABLE_SIZE)
-    adapted = await greedy_answer("far-from-zero")
-    record = adapted["metadata"]["generation"]
-    assert (record["adapter"], record["adapter_version"]) == (
-        "far-from-zero",
-        adapter_version(adapters_dir / "far-from-zero"),
+def served_models(vllm: VllmServer) -> set[str]:
+    return {model["id"] for model in httpx.get(f"{vllm.url}/models").json()["data"]}
+
+
+async def test_an_adapter_trained_by_loupe_is_served_by_vllm_and_battles_the_base(
+    app: Server, checkpoint: Path, adapters_dir: Path, tmp_path: Path
+) -> None:
+    """`python -m models train` on the served checkpoint; the adapter is a profile at once. First of the
+    adapter tests: the arena then has exactly two contenders, this adapter and the base."""
+    data = write_export(tmp_path / "export", "dpo", prompts=4, seed=0)
+    trained = adapters_dir / "trained"
+    command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(data), "--out", str(trained)]
+    command += ["--base", str(checkpoint), "--max-steps", "1", "--gradient-accumulation", "1", "--eval-fraction", "0"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "trained" in await listed_profiles(app), "a profile without a restart"
+
+    answer = await greedy_answer(app, "Which bolt grade is stronger?", "trained")
+    record = answer["metadata"]["generation"]
+    assert answer["metadata"]["ended"] == "finished" and answer["output"], "vLLM loaded and served it"
+    assert (record["backend"], record["adapter"], record["adapter_version"]) == (
+        "vllm",
+        "trained",
+        adapter_version(trained),
     )
+
+    async with ChatClient(app.url, profile="Arena") as client:
+        await client.change_settings(GREEDY)
+        a, b = (await client.ask("Which is better for I2C, 2.2k or 10k pull-ups?")).messages
+        vote = next(action for action in client.actions_for(b["id"], "vote") if action["payload"]["choice"] == "b")
+        (await client.click(vote)).raise_for_status()
+    [(contender_a, contender_b, choice)] = await stored(
+        app, "SELECT contender_a, contender_b, choice FROM battles WHERE answer_a = ?", a["id"], count=1
+    )
+    assert sorted([contender_a, contender_b]) == ["base", "trained"] and choice == "b"
+    assert {a["metadata"]["generation"]["backend"], b["metadata"]["generation"]["backend"]} == {"vllm"}
+
+
+async def test_a_new_adapter_is_served_by_vllm_without_a_restart(
+    app: Server, vllm: VllmServer, adapters_dir: Path
+) -> None:
+    question = "Which bolt grade is stronger?"
+    base = await greedy_answer(app, question)
+    folder = save_adapter(adapters_dir / "far-from-zero", seed=1, size=SERVABLE_SIZE)
+    adapted = await greedy_answer(app, question, "far-from-zero")
+    record = adapted["metadata"]["generation"]
+    assert (record["adapter"], record["adapter_version"]) == ("far-from-zero", adapter_version(folder))
     assert adapted["output"] != base["output"], "vLLM applied the adapter"
-    assert (await greedy_answer("far-from-zero"))["output"] == adapted["output"], "the same adapter, the same answer"
+    assert (await greedy_answer(app, question, "far-from-zero"))["output"] == adapted["output"], "the same answer"
+
+    # Retrained in place: the new version is registered, the old one unloaded from the server.
+    old = adapter_version(folder)
+    save_adapter(folder, seed=2, size=SERVABLE_SIZE)
+    retrained = await greedy_answer(app, question, "far-from-zero")
+    assert retrained["metadata"]["generation"]["adapter_version"] == adapter_version(folder) != old
+    assert retrained["output"] != adapted["output"], "the new weights answer"
+    served = served_models(vllm)
+    assert f"far-from-zero-{adapter_version(folder)}" in served and f"far-from-zero-{old}" not in served
+
+
+async def test_an_adapter_the_server_refuses_is_explained_in_the_chat(app: Server, adapters_dir: Path) -> None:
+    """Rank 128 is above the server's --max-lora-rank (64)."""
+    folder = save_adapter(adapters_dir / "too-wide", seed=3, size=SERVABLE_SIZE, rank=128)
+    try:
+        async with ChatClient(app.url, profile="too-wide") as client:
+            await client.change_settings(GREEDY)
+            [refusal] = (await client.ask("Which bolt grade is stronger?")).messages
+        assert refusal["output"] == (
+            f"The model server cannot use this profile's adapter: too-wide-{adapter_version(folder)}: "
+            "LoRA rank 128 is greater than max_lora_rank 64. Choose another profile."
+        ), "the server's reason, and what to do"
+        assert (await greedy_answer(app, "And the base model?"))["output"], "other profiles keep working"
+    finally:
+        shutil.rmtree(folder)
 
 
 async def test_the_server_going_away_mid_answer_is_explained_and_the_chat_recovers(

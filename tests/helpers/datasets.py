@@ -89,9 +89,9 @@ def write_export(
 LM_PROJECTIONS = r".*model\.language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
-def save_adapter(folder: Path, seed: int, size: TinySize = DEMO_SIZE) -> Path:
+def save_adapter(folder: Path, seed: int, size: TinySize = DEMO_SIZE, rank: int = 8) -> Path:
     """A LoRA adapter for the demo model (of `size`) with random, far from zero weights: it changes the answers."""
     torch.manual_seed(seed)
-    lora = LoraConfig(r=8, lora_alpha=64, target_modules=LM_PROJECTIONS, init_lora_weights=False)
+    lora = LoraConfig(r=rank, lora_alpha=8 * rank, target_modules=LM_PROJECTIONS, init_lora_weights=False)
     get_peft_model(build_demo_model(size), lora).save_pretrained(folder)
     return folder
