@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from chat.settings import get_settings
 from chat.store.database import create_engine
-from chat.store.schema import Base
+from chat.store.schema import Base, is_orm_object
 
 target_metadata = Base.metadata
 
@@ -20,6 +20,7 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
         compare_type=True,
+        include_name=is_orm_object,  # the full-text search objects are the migration's, not the ORM's
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -22,7 +22,7 @@ from chainlit.user import User as ChainlitUser
 from sqlalchemy import Connection, func, inspect, select, text, update
 
 from chat.store.database import create_engine, downgrade, upgrade
-from chat.store.schema import Base, Element, Feedback, Generation, Step, Thread
+from chat.store.schema import Base, Element, Feedback, Generation, Step, Thread, is_orm_object
 from chat.ui.datalayer import MAX_THREAD_NAME_CHARS, LoupeDataLayer, NotYours
 from tests.helpers.databases import thread_rows
 
@@ -64,7 +64,12 @@ def table_names(url: str) -> set[str]:
 
 def schema_differences(url: str) -> list:
     return asyncio.run(
-        _inspect(url, lambda connection: compare_metadata(MigrationContext.configure(connection), Base.metadata))
+        _inspect(
+            url,
+            lambda connection: compare_metadata(
+                MigrationContext.configure(connection, opts={"include_name": is_orm_object}), Base.metadata
+            ),
+        )
     )
 
 

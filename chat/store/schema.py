@@ -5,7 +5,8 @@ in snake_case. The rest is ours: `generations` holds one record per assistant an
 model and adapter wrote it, with which settings, at what cost, how it ended, and which prompt and
 earlier answers it continued from); `comparisons` and `corrections` are the user's explicit
 preferences between answers, which chat/dataset/pairing.py turns into training pairs; `battles` are
-blind A/B votes between adapters, which chat/arena/leaderboard.py ranks.
+blind A/B votes between adapters, which chat/arena/leaderboard.py ranks; `documents` are the PDFs
+and text files users attach, page by page, and `library` says whose they are.
 Times are naive UTC; JSON columns are portable between SQLite and PostgreSQL.
 """
 
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -184,3 +186,54 @@ class Battle(Base):
     choice: Mapped[str] = mapped_column(String(16))  # a, b, tie, both_bad
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+# Documents --------------------------------------------------------------------------------------
+# A document is its content: ingested once per sha256 (its key in the content store), whoever
+# uploads it; a user reaches it only through their own library. Pages are searched through
+# `document_pages.terms` (chat/store/terms.py), indexed by each database's own full-text engine:
+# on SQLite an FTS5 table over that column, on PostgreSQL a GIN index of its tsvector. Both are made
+# by the migration and named PAGE_SEARCH..., which schema comparisons leave alone.
+PAGE_SEARCH = "page_search"
+
+
+def is_orm_object(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+    """Alembic's include_name: everything but the full-text search objects, which no ORM class describes."""
+    return not (type_ in ("table", "index") and (name or "").startswith(PAGE_SEARCH))
+
+
+class Document(Base):
+    __tablename__ = "documents"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # pdf, text
+    page_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class DocumentPage(Base):
+    """One page: its text layer (empty on a scanned page) and size in points; a text file is one page of size 0."""
+
+    __tablename__ = "document_pages"
+    __table_args__ = (UniqueConstraint("sha256", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # FTS5's rowid on SQLite
+    sha256: Mapped[str] = mapped_column(ForeignKey("documents.sha256", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)  # 1-based
+    text: Mapped[str] = mapped_column(Text)
+    width: Mapped[float] = mapped_column(Float)
+    height: Mapped[float] = mapped_column(Float)
+    terms: Mapped[str] = mapped_column(Text().with_variant(TSVECTOR(), "postgresql"))
+
+
+class LibraryDocument(Base):
+    """A document in a user's library, under the name they uploaded it as: what they may search, cite and open."""
+
+    __tablename__ = "library"
+    __table_args__ = (UniqueConstraint("user_id", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("documents.sha256"), index=True)
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]

@@ -1,0 +1,129 @@
+"""Read PDF documents: check them, take each page's text layer, and render pages for the model.
+
+pypdfium2 (PDFium, Apache-2.0/BSD) decodes and renders; PyMuPDF would be AGPL. A file is a PDF by
+its content (the `%PDF-` header), never by its name or the type the browser declared. Everything
+a user can get wrong is refused with a reason code (the chat puts it into words) before anything
+is stored: empty, not a PDF, cut short, damaged, password-protected, no pages, too many pages.
+PDFium never runs a document's JavaScript or forms here: that needs a form environment
+(`init_forms`), which Loupe never creates. A page is rendered at the scale that fits the model's
+pixel budget, whatever size it claims, so a 200 x 200 inch page costs no more memory than a letter.
+PDFium is not thread-safe: every call into it holds one lock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass
+
+import pypdfium2 as pdfium
+from PIL import Image
+from qwen_vl_utils.vision_process import MAX_RATIO
+
+from models.images import fit_to_budget
+
+# PDF 1.7 (ISO 32000-1, annex H) lets readers accept the header within the first 1024 bytes, and
+# the end-of-file marker within the last 1024; PDFium does the same.
+HEADER = b"%PDF-"
+END_MARKER = b"%%EOF"
+SLACK = 1024
+# Why PDFium could not open a file, read off the file itself: PDFium's own error code is left over from
+# an earlier failure when it refuses a document with no pages (seen with PDFium 159), so it cannot be trusted.
+ENCRYPTED = re.compile(rb"/Encrypt\b")  # the trailer's encryption dictionary: a user password is needed
+NO_PAGES = re.compile(rb"/Type\s*/Pages\b[^>]*/Count\s+0\b|/Count\s+0\b[^>]*/Type\s*/Pages\b")
+
+_pdfium = threading.Lock()
+
+
+class DocumentRejected(ValueError):
+    """The file cannot be read as a document. `reason` is a stable code, `details` its numbers;
+    the chat turns both into a sentence in the user's language."""
+
+    def __init__(self, reason: str, **details: object) -> None:
+        super().__init__(f"{reason} {details}" if details else reason)
+        self.reason, self.details = reason, details
+
+
+@dataclass(frozen=True)
+class PageText:
+    number: int  # 1-based, as people cite pages
+    text: str  # the text layer; empty for a scanned page
+    width: float  # in points (1/72 inch)
+    height: float
+
+
+def is_pdf(head: bytes) -> bool:
+    """Whether a file starting with `head` (its first SLACK bytes) is a PDF."""
+    return HEADER in head[:SLACK]
+
+
+def read_pdf(data: bytes, max_pages: int) -> list[PageText]:
+    """Every page's text and size. Raises DocumentRejected for a file that cannot be used."""
+    if not data:
+        raise DocumentRejected("file_empty")
+    if not is_pdf(data):
+        raise DocumentRejected("not_a_pdf")
+    if END_MARKER not in data[-SLACK:]:
+        raise DocumentRejected("pdf_truncated")
+    with _pdfium, _opened(data) as document:
+        if len(document) == 0:
+            raise DocumentRejected("pdf_no_pages")
+        if len(document) > max_pages:
+            raise DocumentRejected("pdf_too_many_pages", pages=len(document), limit=max_pages)
+        return [_page_text(document, index) for index in range(len(document))]
+
+
+def render_page(data: bytes, number: int, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Page `number` (1-based) as an RGB image within the pixel budget, as the model will see it."""
+    with _pdfium, _opened(data) as document:
+        page = document[number - 1]
+        try:
+            width, height = page.get_size()
+            # Pixels at scale s are (s * width) x (s * height): the largest s within the budget, never
+            # above 4 pixels per point (288 dpi), which is past what any budget asks of a normal page.
+            scale = min(math.sqrt(max_pixels / max(width * height, 1.0)), 4.0)
+            # A page far longer than wide (a strip chart) is cut to the ratio the vision tower accepts.
+            crop = _crop_to_ratio(width, height)
+            bitmap = page.render(scale=scale, crop=crop, may_draw_forms=False)
+            try:
+                image = bitmap.to_pil().convert("RGB")
+            finally:
+                bitmap.close()
+        finally:
+            page.close()
+    return fit_to_budget(image, min_pixels, max_pixels)
+
+
+def _opened(data: bytes) -> pdfium.PdfDocument:
+    try:
+        return pdfium.PdfDocument(data)
+    except pdfium.PdfiumError:
+        if ENCRYPTED.search(data):
+            raise DocumentRejected("pdf_encrypted") from None
+        if NO_PAGES.search(data):
+            raise DocumentRejected("pdf_no_pages") from None
+        raise DocumentRejected("pdf_damaged") from None
+
+
+def _page_text(document: pdfium.PdfDocument, index: int) -> PageText:
+    page = document[index]
+    try:
+        width, height = page.get_size()
+        text_page = page.get_textpage()
+        try:
+            text = text_page.get_text_bounded().replace("\r\n", "\n").replace("\r", "\n").strip()
+        finally:
+            text_page.close()
+    finally:
+        page.close()
+    return PageText(index + 1, text, width, height)
+
+
+def _crop_to_ratio(width: float, height: float) -> tuple[float, float, float, float]:
+    """Points to cut off (left, bottom, right, top) so the page is at most MAX_RATIO long; the top is kept."""
+    if height > width * MAX_RATIO * 0.99:
+        return (0, height - width * MAX_RATIO * 0.99, 0, 0)
+    if width > height * MAX_RATIO * 0.99:
+        return (0, 0, width - height * MAX_RATIO * 0.99, 0)
+    return (0, 0, 0, 0)

@@ -1,0 +1,194 @@
+"""PDF documents: read page by page, refused with a reason when unusable, stored once with their
+search index, found for a question within the asking user's library only, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select, text
+
+from chat.store.accounts import add_user
+from chat.store.database import create_engine, session_factory
+from chat.store.documents import Documents
+from chat.store.schema import Base, Document, DocumentPage, LibraryDocument
+from chat.store.terms import query_terms, terms
+from models.images import visual_tokens
+from models.pdf import DocumentRejected, PageText, read_pdf, render_page
+from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
+from tests.helpers import pdfs
+from tests.helpers.server import REPO
+
+MAX_PAGES = 200
+
+
+# Reading ------------------------------------------------------------------------------------------
+
+
+def test_each_page_has_its_text_layer_and_size_in_english_and_korean() -> None:
+    english, facts = pdfs.facts_pdf(3, seed=0)
+    pages = read_pdf(english, MAX_PAGES)
+    assert [page.number for page in pages] == [1, 2, 3]
+    assert all(fact.answer in pages[fact.page - 1].text for fact in facts)
+    assert (round(pages[0].width), round(pages[0].height)) == (595, 842)  # A4 in points
+
+    korean, facts = pdfs.facts_pdf(2, seed=0, korean=True)
+    assert [fact.answer in page.text for fact, page in zip(facts, read_pdf(korean, MAX_PAGES), strict=True)] == [
+        True,
+        True,
+    ]
+
+
+def test_tables_figures_and_scanned_pages() -> None:
+    text_page, table, figure, scanned = read_pdf(pdfs.datasheet_pdf(), MAX_PAGES)
+    assert "soft-start time is 4.2 ms" in text_page.text
+    assert "Input voltage" in table.text and "28" in table.text
+    assert figure.text == "Figure 3. Efficiency versus load current at 12 V input."
+    assert scanned.text == "", "a scanned page has no text layer..."
+    image = render_page(pdfs.datasheet_pdf(), 4, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    assert image.mode == "RGB" and image.getextrema() != ((255, 255),) * 3, "...and is still seen, as an image"
+
+
+def test_a_page_not_made_by_loupe() -> None:
+    pages = read_pdf((REPO / pdfs.EXTERNAL_PDF).read_bytes(), MAX_PAGES)
+    assert len(pages) == 17 and pages[0].text.startswith("Shared MIME-info Database")
+    assert 'The file starts with the magic string "MIME-Magic' in pages[8].text
+
+
+@pytest.mark.parametrize("budget", [CPU_MAX_PIXELS, GPU_MAX_PIXELS])
+def test_a_page_is_rendered_within_the_pixel_budget_whatever_size_it_claims(budget: int) -> None:
+    for width, height in [(612, 792), (14400, 14400), (14400, 200), (72, 72)]:  # letter, 200 x 200 in, a strip, 1 in
+        tracemalloc.start()
+        image = render_page(pdfs.sized_pdf(width, height), 1, DEFAULT_MIN_PIXELS, budget)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert image.width * image.height <= budget
+        assert visual_tokens(image.width, image.height, DEFAULT_MIN_PIXELS, budget) <= budget // (28 * 28)
+        assert peak < 64 * budget, f"{width} x {height} pt: rendering took {peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: b"", "file_empty"),
+        (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not_a_pdf"),
+        (lambda: pdfs.text_pdf(["cut short"])[:-400], "pdf_truncated"),
+        (lambda: pdfs.HEADER + b"1.7\n" + bytes(range(256)) * 8 + pdfs.END_MARKER, "pdf_damaged"),
+        (pdfs.encrypted_pdf, "pdf_encrypted"),
+        (pdfs.zero_page_pdf, "pdf_no_pages"),
+        (lambda: pdfs.text_pdf(["page"] * (MAX_PAGES + 1)), "pdf_too_many_pages"),
+    ],
+)
+def test_an_unusable_pdf_is_refused_with_its_reason(make, reason: str) -> None:
+    with pytest.raises(DocumentRejected) as refused:
+        read_pdf(make(), MAX_PAGES)
+    assert refused.value.reason == reason
+
+
+def test_scripts_and_forms_are_never_run_and_the_page_still_reads() -> None:
+    [page] = read_pdf(pdfs.scripted_pdf(), MAX_PAGES)
+    assert page.text == "Enter the serial number."
+    assert render_page(pdfs.scripted_pdf(), 1, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS).size
+
+
+# Search terms -------------------------------------------------------------------------------------
+
+
+def test_search_terms_match_korean_particles_and_units_written_either_way() -> None:
+    assert set(query_terms("최대 전압은?")) <= set(terms("이 소자의 최대 공급 전압은 5.5 V입니다"))
+    assert "전압" in terms("전압을 낮추면") and "전압" in query_terms("전압")
+    assert {"5.5", "v"} <= set(terms("5.5V")) and {"5.5", "v"} <= set(terms("5.5 V"))
+    assert query_terms("What is the voltage of the regulators?") == ["voltage", "regulator"]
+
+
+# Storing and searching ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def documents(migrated: str) -> AsyncIterator[Documents]:
+    """Documents over an emptied database of each backend, with the accounts ada and bob."""
+    engine = create_engine(migrated)
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(table.delete())  # on SQLite, a trigger empties the page index too
+    sessions = session_factory(engine)
+    for name in ("ada", "bob"):
+        await add_user(sessions, name, "a long enough password")
+    yield Documents(sessions)
+    await engine.dispose()
+
+
+async def ingested(documents: Documents, user: str, data: bytes, name: str) -> str:
+    sha256 = hashlib.sha256(data).hexdigest()
+    pages = None if await documents.known(sha256) else read_pdf(data, MAX_PAGES)
+    await documents.ingest(user, sha256, name, "pdf", pages)
+    return sha256
+
+
+async def rows(documents: Documents, table: type) -> int:
+    async with documents.sessions() as session:
+        return await session.scalar(select(func.count()).select_from(table))
+
+
+async def test_the_page_holding_a_fact_is_found_in_english_and_korean(documents: Documents) -> None:
+    english, english_facts = pdfs.facts_pdf(30, seed=1)
+    korean, korean_facts = pdfs.facts_pdf(30, seed=2, korean=True)
+    english_key = await ingested(documents, "ada", english, "datasheet.pdf")
+    korean_key = await ingested(documents, "ada", korean, "데이터시트.pdf")
+    await ingested(documents, "ada", (REPO / pdfs.EXTERNAL_PDF).read_bytes(), "mime-spec.pdf")
+    for key, facts in [(english_key, english_facts), (korean_key, korean_facts)]:
+        for fact in facts:
+            found = await documents.search("ada", fact.question, 3)
+            assert (key, fact.page) in [(hit.sha256, hit.number) for hit in found], fact.question
+    [best] = await documents.search("ada", "How does the magic file start? MIME-Magic", 1)
+    assert (best.name, best.number) == ("mime-spec.pdf", 9)
+
+
+async def test_a_document_is_stored_once_whoever_uploads_it(documents: Documents) -> None:
+    data, facts = pdfs.facts_pdf(5, seed=3)
+    key = await ingested(documents, "ada", data, "ada's name.pdf")
+    assert await documents.known(key)
+    await ingested(documents, "bob", data, "bob's name.pdf")
+    await ingested(documents, "bob", data, "again.pdf")  # the same file twice: one library entry
+    assert (await rows(documents, Document), await rows(documents, DocumentPage)) == (1, 5)
+    assert await rows(documents, LibraryDocument) == 2
+    [bobs] = await documents.library("bob")
+    assert (bobs.name, bobs.page_count, bobs.kind) == ("bob's name.pdf", 5, "pdf")
+    assert [hit.name for hit in await documents.search("bob", facts[0].question, 1)] == ["bob's name.pdf"]
+
+
+async def test_nobody_else_can_search_or_read_a_users_documents(documents: Documents) -> None:
+    data, facts = pdfs.facts_pdf(5, seed=4)
+    key = await ingested(documents, "ada", data, "secret.pdf")
+    assert await documents.search("ada", facts[0].question, 3)
+    assert await documents.search("bob", facts[0].question, 3) == []
+    assert await documents.search("bob", facts[0].question, 3, within=[key]) == [], "naming it does not help"
+    assert await documents.page_texts("bob", key) is None and await documents.library("bob") == []
+    assert len(await documents.page_texts("ada", key)) == 5
+
+
+async def test_a_search_within_some_documents_finds_only_their_pages(documents: Documents) -> None:
+    first, facts = pdfs.facts_pdf(4, seed=5)
+    second, _ = pdfs.facts_pdf(4, seed=6)
+    first_key = await ingested(documents, "ada", first, "first.pdf")
+    second_key = await ingested(documents, "ada", second, "second.pdf")
+    found = await documents.search("ada", facts[0].question + " " + FILLER_WORDS, 8, within=[second_key])
+    assert found and {hit.sha256 for hit in found} == {second_key}
+    assert {hit.sha256 for hit in await documents.search("ada", FILLER_WORDS, 8)} == {first_key, second_key}
+    assert await documents.search("ada", facts[0].question, 3, within=[]) == []
+
+
+FILLER_WORDS = "recommended operating conditions"
+
+
+async def test_a_failed_ingest_stores_nothing(documents: Documents) -> None:
+    page = PageText(1, "twice the same page number", 612, 792)
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        await documents.ingest("ada", "0" * 64, "broken.pdf", "pdf", [page, page])
+    assert [await rows(documents, table) for table in (Document, DocumentPage, LibraryDocument)] == [0, 0, 0]
+    assert await documents.search("ada", "twice the same page", 3) == []
+    async with documents.sessions() as session:
+        if session.bind.dialect.name == "sqlite":
+            assert await session.scalar(text("SELECT count(*) FROM page_search WHERE page_search MATCH 'twice'")) == 0
