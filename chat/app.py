@@ -20,7 +20,7 @@ from chat.arena.profiles import Profile
 from chat.store.accounts import check_password
 from chat.store.logins import claims, revoke
 from chat.store.rows import NotYours
-from chat.ui import answers, arena, feedback
+from chat.ui import answers, arena, documents, feedback
 from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.choices import (
     COMPARE,
@@ -103,6 +103,7 @@ async def resume(thread: ThreadDict) -> None:
     """Restore the model's history, with its images, the chat settings the thread last used, and the buttons."""
     runtime, language = serving(), session_language()
     cl.user_session.set("history", await stored_history(thread))
+    documents.restore_documents(thread)
     await show_panel(language, (thread.get("metadata") or {}).get("chat_settings"))
     answers, comparisons = await runtime.preferences.in_thread(current_user(), thread["id"])
     await restore_choices(answers, comparisons, current_profile().is_arena, runtime.settings, language)
@@ -123,7 +124,7 @@ async def update_settings(values: dict[str, Any]) -> None:
 @cl.on_message
 async def answer(message: cl.Message) -> None:
     runtime, language = serving(), session_language()
-    if (turn := await answers.user_turn_of(message, language)) is None:
+    if (turn := await answers.user_turn_of(message, current_user(), language)) is None:
         return
     # The thread remembers its settings, so a resumed chat continues with them.
     await runtime.data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chat_settings()})
@@ -132,11 +133,12 @@ async def answer(message: cl.Message) -> None:
     def keep(reply: cl.Message) -> None:
         history.extend([turn, model_turn(reply)])
 
+    pages = await documents.pages_for_turn(history, turn, current_user())
     profile = current_profile()
     if profile.is_arena:
-        await arena.battle(history.copy(), turn, language, keep)
+        await arena.battle(history.copy(), turn, language, keep, pages)
     else:
-        await respond(history.copy(), turn, language, keep, profile.adapter)
+        await respond(history.copy(), turn, language, keep, profile.adapter, pages=pages)
 
 
 @cl.action_callback("regenerate")

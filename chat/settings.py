@@ -32,6 +32,8 @@ class Settings(ModelSettings):
     max_images_per_message: int = Field(4, ge=1)
     max_upload_mb: float = Field(20, gt=0, description="Largest accepted upload per file.")
     max_image_megapixels: float = Field(50, gt=0, description="Larger images are refused before decoding.")
+    max_pdf_pages: int = Field(500, ge=1, description="Longest PDF accepted, in pages (a text file: in parts).")
+    document_pages: int = Field(3, ge=1, description="Pages of the user's documents shown to the model per question.")
     backend: Literal["local", "vllm"] = Field("local", description="local: the model in this process; vllm: a server.")
     vllm_url: str = Field("http://127.0.0.1:8100/v1", description="The vLLM server's OpenAI API, ending in /v1.")
     vllm_api_key: str | None = Field(None, description="The key the vLLM server was started with (--api-key).")

@@ -60,18 +60,31 @@ def is_pdf(head: bytes) -> bool:
 
 def read_pdf(data: bytes, max_pages: int) -> list[PageText]:
     """Every page's text and size. Raises DocumentRejected for a file that cannot be used."""
+    return read_pages(data, 1, page_count(data, max_pages))
+
+
+def page_count(data: bytes, max_pages: int) -> int:
+    """How many pages the PDF has. Raises DocumentRejected for a file that cannot be used."""
     if not data:
-        raise DocumentRejected("file_empty")
+        raise DocumentRejected("empty")
     if not is_pdf(data):
         raise DocumentRejected("not_a_pdf")
     if END_MARKER not in data[-SLACK:]:
         raise DocumentRejected("pdf_truncated")
     with _pdfium, _opened(data) as document:
-        if len(document) == 0:
-            raise DocumentRejected("pdf_no_pages")
-        if len(document) > max_pages:
-            raise DocumentRejected("pdf_too_many_pages", pages=len(document), limit=max_pages)
-        return [_page_text(document, index) for index in range(len(document))]
+        pages = len(document)
+    if pages == 0:
+        raise DocumentRejected("pdf_no_pages")
+    if pages > max_pages:
+        raise DocumentRejected("pdf_too_many_pages", pages=pages, limit=max_pages)
+    return pages
+
+
+def read_pages(data: bytes, first: int, last: int) -> list[PageText]:
+    """Pages `first` to `last` (1-based, inclusive) of a PDF that page_count accepted, so that a
+    long one can be read in parts, showing progress."""
+    with _pdfium, _opened(data) as document:
+        return [_page_text(document, index) for index in range(first - 1, last)]
 
 
 def render_page(data: bytes, number: int, min_pixels: int, max_pixels: int) -> Image.Image:

@@ -24,8 +24,8 @@ def texts(reply) -> list[str]:
 
 BAD_UPLOADS = {
     "empty.png": (b"", "the file is empty"),
-    "notes.png": (b"not a picture at all\n" * 50, "it is not an image that can be read"),
-    "schematic.svg": (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "it is not an image that can be read"),
+    "archive.png": (b"PK\x03\x04" + bytes(range(256)) * 4, "it is not a file Loupe can read"),
+    "cad.png": (b"\x00\x01\x02 drawing" * 40, "it is not a file Loupe can read"),
     "cut.png": (png()[:200], "the file is truncated or corrupt"),
     "bomb.png": (None, "the image has far too many pixels to open safely"),
 }

@@ -72,7 +72,7 @@ def test_a_page_is_rendered_within_the_pixel_budget_whatever_size_it_claims(budg
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda: b"", "file_empty"),
+        (lambda: b"", "empty"),
         (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not_a_pdf"),
         (lambda: pdfs.text_pdf(["cut short"])[:-400], "pdf_truncated"),
         (lambda: pdfs.HEADER + b"1.7\n" + bytes(range(256)) * 8 + pdfs.END_MARKER, "pdf_damaged"),

@@ -222,8 +222,8 @@ async def test_uploaded_html_is_never_served_and_polyglots_only_as_sandboxed_ima
     async with attacker(hostile, "uploader") as mallory:
         await mallory.change_settings(SHORT)
         html_file = await mallory.upload("page.png", page, "text/html")
-        [refusal] = [m["output"] for m in (await mallory.ask("What is this?", [html_file])).messages]
-        assert "it is not an image that can be read" in refusal
+        [read] = (await mallory.ask("What is this?", [html_file])).messages
+        assert read["metadata"]["generation"]["sources"][0]["kind"] == "text", "HTML is text to read, never a page"
         image_file = await mallory.upload("picture.png", polyglot, "text/html")
         await mallory.ask("And this?", [image_file])
 

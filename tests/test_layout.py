@@ -18,6 +18,7 @@ FORBIDDEN = {
     "chat/store": ("chat.ui", "chat.arena", "chat.dataset", "chat.app", "chainlit"),
     "chat/dataset": ("chat.ui", "chat.arena", "chat.app", "chainlit"),
     "chat/arena": ("chat.ui", "chat.dataset", "chat.app", "chainlit"),
+    "chat/documents": ("chat.ui", "chat.arena", "chat.dataset", "chat.app", "chainlit"),
     "chat/ui": ("chat.app",),
 }
 

@@ -31,9 +31,10 @@ class PageHit:
 
     name: str
     sha256: str
+    kind: str  # pdf, text
     number: int
     text: str
-    score: float  # higher is better, comparable only within one search
+    score: float  # higher is better, comparable only within one search; 0 for pages asked for by number
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,21 @@ class Documents:
             found = list(await session.scalars(query))
         return found or None
 
+    async def pages(self, user: str, wanted: list[tuple[str, int]]) -> list[PageHit]:
+        """The pages (sha256, number) asked for, in that order, of those in the user's library."""
+        if not wanted:
+            return []
+        query = (
+            select(LibraryDocument.name, Document.sha256, Document.kind, DocumentPage.number, DocumentPage.text)
+            .join(Document, Document.sha256 == DocumentPage.sha256)
+            .join(LibraryDocument, LibraryDocument.sha256 == DocumentPage.sha256)
+            .join(User, User.id == LibraryDocument.user_id)
+            .where(User.identifier == user, DocumentPage.sha256.in_({sha256 for sha256, _ in wanted}))
+        )
+        async with self.sessions() as session:
+            found = {(row.sha256, row.number): PageHit(*row, score=0.0) for row in await session.execute(query)}
+        return [found[key] for key in wanted if key in found]
+
     async def search(self, user: str, question: str, limit: int, within: list[str] | None = None) -> list[PageHit]:
         """The `limit` pages of the user's library (or of the documents `within` it) that best match
         `question`, best first. Pages of other users' documents are never considered."""
@@ -150,22 +166,26 @@ async def _search_sqlite(
 ) -> list[PageHit]:
     scope, parameters = _scope(within)
     query = text(
-        "SELECT l.name, p.sha256, p.number, p.text, bm25(page_search) AS rank FROM page_search"
+        "SELECT l.name, p.sha256, d.kind, p.number, p.text, bm25(page_search) AS rank FROM page_search"
         " JOIN document_pages p ON p.id = page_search.rowid JOIN library l ON l.sha256 = p.sha256"
+        " JOIN documents d ON d.sha256 = p.sha256"
         f" WHERE page_search MATCH :match AND l.user_id = :user_id{scope} ORDER BY rank LIMIT :limit"
     )
     if within is not None:
         query = query.bindparams(bindparam("within", expanding=True))
     match = " OR ".join(f'"{term}"' for term in wanted)  # terms hold no quotes (chat/store/terms.py)
     result = await session.execute(query, {"match": match, "user_id": user_id, "limit": limit, **parameters})
-    return [PageHit(name, sha256, number, page, -rank) for name, sha256, number, page, rank in result]
+    return [PageHit(*row[:-1], score=-row.rank) for row in result]
 
 
 async def _search_postgresql(
     session: AsyncSession, user_id: str, wanted: list[str], limit: int, within: list[str] | None
 ) -> list[PageHit]:
     scope, parameters = _scope(within)
-    in_scope = f"FROM document_pages p JOIN library l ON l.sha256 = p.sha256 WHERE l.user_id = :user_id{scope}"
+    in_scope = (
+        "FROM document_pages p JOIN library l ON l.sha256 = p.sha256 JOIN documents d ON d.sha256 = p.sha256"
+        f" WHERE l.user_id = :user_id{scope}"
+    )
     term_parameters = {f"t{index}": f"'{term}'" for index, term in enumerate(wanted)}
     counts = ", ".join(
         f"(SELECT count(*) {in_scope} AND p.terms @@ CAST(:t{index} AS tsquery))" for index in range(len(wanted))
@@ -182,8 +202,9 @@ async def _search_postgresql(
     # of the page's length: with the IDF weights, BM25's three ingredients.
     score = " + ".join(f":w{index} * ts_rank(p.terms, CAST(:t{index} AS tsquery), 1)" for index in range(len(wanted)))
     query = text(
-        f"SELECT l.name, p.sha256, p.number, p.text, {score} AS rank"
-        f" {in_scope} AND p.terms @@ CAST(:match AS tsquery) ORDER BY rank DESC, p.id LIMIT :limit"
+        f"SELECT l.name, p.sha256, d.kind, p.number, p.text, {score} AS rank {in_scope}"
+        " AND p.terms @@ CAST(:match AS tsquery)"
+        " ORDER BY rank DESC, p.id LIMIT :limit"
     )
     if within is not None:
         query = query.bindparams(bindparam("within", expanding=True))
@@ -191,4 +212,4 @@ async def _search_postgresql(
     result = await session.execute(
         query, {"match": match, "user_id": user_id, "limit": limit, **parameters, **term_parameters, **idf}
     )
-    return [PageHit(name, sha256, number, page, float(rank)) for name, sha256, number, page, rank in result]
+    return [PageHit(*row[:-1], score=float(row.rank)) for row in result]

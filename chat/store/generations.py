@@ -32,6 +32,8 @@ class GenerationRecord:
     adapter_version: str | None = None
     context: list[str] = field(default_factory=list)  # the earlier answers the model was shown, oldest first
     settings: dict[str, Any] = field(default_factory=dict)  # sampling settings and the system prompt's name
+    # The document pages the model was shown: {"name", "sha256", "page" (1-based), "kind"} (chat/documents/retrieval.py)
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def as_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,4 +55,5 @@ class GenerationRecord:
             adapter_version=record.get("adapter_version"),
             context=record.get("context", []),
             settings=record.get("settings", {}),
+            sources=record.get("sources", []),
         )

@@ -125,6 +125,8 @@ class Generation(Base):
     adapter: Mapped[str | None] = mapped_column(String(255))
     adapter_version: Mapped[str | None] = mapped_column(String(64))
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The document pages the model was shown with the prompt (chat/documents/retrieval.py, Source).
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     time_to_first_token: Mapped[float | None] = mapped_column(Float)

@@ -21,14 +21,16 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from PIL import Image
 
 from chat.conversation import PromptTooLong, history_from_thread, user_turn
+from chat.documents.retrieval import ShownPage, with_pages
 from chat.prompts import system_prompt
 from chat.store.generations import GenerationRecord
 from chat.ui.chainlit_fixes import browser_only_message, failure_reference
 from chat.ui.choices import COMPARE, offer_comparison, regenerate_action
+from chat.ui.documents import add_to_library, page_elements, pages_again, pages_for_turn
 from chat.ui.panel import chosen_sampling
 from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
-from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_images
+from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_attachments
 from models.adapters import Adapter
 from models.backend import AdapterRefused, BackendUnavailable, Ended, OutOfMemory, Usage
 
@@ -36,18 +38,24 @@ log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
 
 
-async def user_turn_of(message: cl.Message, language: str) -> HumanMessage | None:
-    """The user's message as a turn of the history, its images checked and fitted to the budget;
-    None, with the reason told in the chat, when it cannot be answered."""
+async def user_turn_of(message: cl.Message, user: str, language: str) -> HumanMessage | None:
+    """The user's message as a turn of the history, its images checked and fitted to the budget, its
+    documents read into the library; None, with the reason told in the chat, when it cannot be answered
+    (or has nothing to answer: documents sent without a question are only read)."""
     uploads = [Upload(element.name, Path(element.path)) for element in message.elements if element.path]
     try:
-        images = await asyncio.to_thread(read_images, uploads, serving().image_limits, language)
+        images, files = await asyncio.to_thread(read_attachments, uploads, serving().image_limits, language)
+        await add_to_library(files, user, language)
     except UploadsRejected as rejected:
         await cl.Message(content=str(rejected)).send()
         return None
-    if not message.content.strip() and not images:
-        await cl.Message(content=text("empty_message", language)).send()
-        return None
+    if not message.content.strip():
+        if not images and not files:
+            await cl.Message(content=text("empty_message", language)).send()
+        elif files:
+            await cl.Message(content=text("documents_read", language, names=", ".join(f.name for f in files))).send()
+        if not images:
+            return None
     return user_turn(message.content, images, message.id)
 
 
@@ -59,9 +67,10 @@ async def respond(
     adapter: Adapter | None,
     label: str | None = None,
     regenerable: bool = True,
+    pages: list[ShownPage] | None = None,
 ) -> cl.Message | None:
     """Answer `turn` after the `earlier` conversation, streaming, with the chat's current settings,
-    from the base model or `adapter`.
+    from the base model or `adapter`, shown the document `pages` (best first) that fit the context.
 
     `keep(reply)` is called with an answer that belongs in the model's history (finished, or
     stopped with some text), also when Stop cancels this task. `label` goes on the answer's
@@ -70,17 +79,29 @@ async def respond(
     runtime = serving()
     backend = runtime.backend
     sampling, prompt_name = chosen_sampling(backend.default_sampling)
-    try:  # tokenizing a long conversation takes long enough to stall every other chat: off the event loop
-        budget = runtime.context_tokens - sampling.max_new_tokens
-        prompt = await asyncio.to_thread(runtime.prompts.build, system_prompt(prompt_name), [*earlier, turn], budget)
-    except PromptTooLong as too_long:
-        await cl.Message(
-            content=text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
-        ).send()
-        return None
+    pages = list(pages or [])
+    budget = runtime.context_tokens - sampling.max_new_tokens
+    while True:  # tokenizing a long conversation takes long enough to stall every other chat: off the event loop
+        asked = [*earlier, with_pages(turn, pages)]
+        try:
+            prompt = await asyncio.to_thread(runtime.prompts.build, system_prompt(prompt_name), asked, budget)
+            break
+        except PromptTooLong as too_long:
+            if pages:  # the least relevant page gives way first
+                pages.pop()
+                continue
+            await cl.Message(
+                content=text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
+            ).send()
+            return None
+    sources = [page.source.as_record() for page in pages]
 
     usage, queue_notice = Usage(), QueueNotice(language)
-    reply = cl.Message(content="", actions=[regenerate_action(turn.id, language)] if regenerable else [])
+    reply = cl.Message(
+        content="",
+        actions=[regenerate_action(turn.id, language)] if regenerable else [],
+        elements=page_elements(pages),
+    )
     stream = BatchedStream(reply)
 
     def record(completion: str) -> dict[str, Any]:
@@ -93,6 +114,7 @@ async def respond(
             adapter_version=adapter.version if adapter else None,
             context=[message.id for message in earlier if isinstance(message, AIMessage)],
             settings={**asdict(sampling), "system_prompt": prompt_name},
+            sources=sources,
             **asdict(usage),
         ).as_metadata()
 
@@ -118,7 +140,7 @@ async def respond(
         if usage.ended == Ended.FINISHED or (usage.ended == Ended.STOPPED and stream.text):
             reply.metadata = {"ended": usage.ended, "generation": record(stream.text)}
             keep(reply)
-            reply.content = shown_answer(stream.text, usage.ended, language, label)
+            reply.content = shown_answer(stream.text, usage.ended, language, label, sources)
             await reply.send()
     return reply if usage.ended != Ended.ERROR else None
 
@@ -137,6 +159,11 @@ async def regenerate(
         return False
     siblings = [a for a in await serving().preferences.answers_to(user, prompt_id) if a.ended != Ended.ERROR]
     count = len(siblings) + 1
+    # The pages the first answer was shown, so that the answers compared were shown the same pages.
+    if siblings and (first := await serving().data_layer.get_step(siblings[0].id)):
+        pages = await pages_again(first["metadata"]["generation"].get("sources", []), user)
+    else:
+        pages = await pages_for_turn(history[:at], history[at], user)
 
     def keep(reply: cl.Message) -> None:
         if at + 2 == len(history):  # the last turn: continue from the new answer
@@ -146,7 +173,7 @@ async def regenerate(
         # Named like the run Chainlit wraps around on_message, which its page shows as just the answer.
         async with cl.Step(name="on_message", type="run", parent_id=prompt_id):
             label = text("answer_label", language, number=count, count=count)
-            return await respond(history[:at], history[at], language, keep, adapter, label)
+            return await respond(history[:at], history[at], language, keep, adapter, label, pages=pages)
 
     reply = await as_stoppable_task(generate(), language)
     if reply is not None and siblings:
@@ -270,6 +297,6 @@ async def relabel(step_id: str, number: int, count: int, language: str) -> None:
     if shown := await data_layer.get_step(step_id):
         record = GenerationRecord.from_metadata(shown["metadata"]["generation"])
         label = text("answer_label", language, number=number, count=count)
-        shown["output"] = shown_answer(record.completion, record.ended, language, label)
+        shown["output"] = shown_answer(record.completion, record.ended, language, label, record.sources)
         await cl.context.emitter.update_step(shown)
         await data_layer.update_step(shown)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import chainlit as cl
 from langchain_core.messages import BaseMessage, HumanMessage
 
+from chat.documents.retrieval import ShownPage
 from chat.store.generations import BASE
 from chat.ui.answers import respond
 from chat.ui.choices import VOTE, comparison_actions, show_choices
@@ -19,9 +20,14 @@ from models.backend import Ended
 
 
 async def battle(
-    earlier: list[BaseMessage], turn: HumanMessage, language: str, keep: Callable[[cl.Message], None]
+    earlier: list[BaseMessage],
+    turn: HumanMessage,
+    language: str,
+    keep: Callable[[cl.Message], None],
+    pages: list[ShownPage],
 ) -> None:
-    """Answer with two contenders drawn at random, as Answer A and Answer B, then ask which is better.
+    """Answer with two contenders drawn at random, as Answer A and Answer B, shown the same document
+    pages, then ask which is better.
 
     Each answer has its own run (so its own thumbs). The conversation goes on from answer A.
     """
@@ -30,9 +36,8 @@ async def battle(
     for side, adapter in zip("AB", runtime.profiles.pick_pair(runtime.arena_draw), strict=True):
         async with cl.Step(name="on_message", type="run", parent_id=turn.id):
             label = text("arena_label", language, side=side)
-            reply = await respond(
-                earlier, turn, language, keep if side == "A" else lambda reply: None, adapter, label, regenerable=False
-            )
+            kept = keep if side == "A" else lambda reply: None
+            reply = await respond(earlier, turn, language, kept, adapter, label, regenerable=False, pages=pages)
         if reply is None or reply.metadata["ended"] != Ended.FINISHED:
             return
         answers.append(reply)

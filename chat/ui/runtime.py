@@ -26,6 +26,7 @@ from chat.conversation import PromptBuilder
 from chat.settings import Settings
 from chat.store.accounts import ADMIN, auth_secret, ensure_admin
 from chat.store.database import create_engine, session_factory, upgrade
+from chat.store.documents import Documents
 from chat.store.files import ContentStore
 from chat.store.logins import is_current
 from chat.store.preferences import Preferences
@@ -59,6 +60,7 @@ class Runtime:
     store: ContentStore
     data_layer: LoupeDataLayer
     preferences: Preferences
+    documents: Documents
     profiles: Profiles
     image_limits: ImageLimits
     secret: str  # Chainlit signs login tokens with it
@@ -116,6 +118,7 @@ def build_runtime(settings: Settings) -> Runtime:
         store=store,
         data_layer=LoupeDataLayer(sessions, store),
         preferences=Preferences(sessions),
+        documents=Documents(sessions),
         profiles=Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter),
         image_limits=ImageLimits(
             max_files=settings.max_images_per_message,

@@ -7,6 +7,7 @@ language is the browser's (Accept-Language), as Chainlit picks it.
 from __future__ import annotations
 
 from chat.arena.profiles import Profile
+from chat.documents.retrieval import Source
 from models.backend import Ended
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -85,13 +86,28 @@ TEXTS: dict[str, dict[str, str]] = {
         # Reasons an attachment is refused; `name` is the file's name.
         "file_too_big": "the file is {size_mb:.1f} MB; the limit is {limit_mb:g} MB",
         "empty": "the file is empty",
-        "not_an_image": "it is not an image that can be read (PNG, JPEG, WebP, BMP, GIF or TIFF expected)",
+        "not_an_image": (
+            "it is not a file Loupe can read: an image (PNG, JPEG, WebP, BMP, GIF or TIFF), a PDF or UTF-8 text"
+        ),
         "unsupported_format": "{format} images are not supported; use PNG, JPEG, WebP, BMP, GIF or TIFF",
         "too_large": "the image has {megapixels:g} megapixels; the limit is {limit:g}",
         "bomb": "the image has far too many pixels to open safely; the limit is {limit:g} megapixels",
         "elongated": "its shape ({width}x{height}) is too elongated; one side may be at most {limit} times the other",
         "corrupt": "the file is truncated or corrupt",
         "metadata_bomb": "its embedded text metadata would expand to far too much data to read safely",
+        "not_a_pdf": "it is not a PDF",
+        "pdf_truncated": "the PDF is cut short (its end is missing); upload the whole file again",
+        "pdf_damaged": "the PDF is damaged and cannot be read",
+        "pdf_encrypted": "the PDF is protected by a password; save a copy without the password and upload that",
+        "pdf_no_pages": "the PDF has no pages",
+        "pdf_too_many_pages": "the PDF has {pages} pages; the limit is {limit}",
+        "not_text": "it is not UTF-8 text",
+        "text_too_long": "the text is too long ({pages} parts of about 3,000 characters; the limit is {limit})",
+        # Documents
+        "reading_document": "Reading **{name}**: page {done} of {total}…",
+        "read_document": "Read **{name}**: {total} pages, now in your library.",
+        "sources": "Sources",
+        "documents_read": "Read {names}: ask about them in your next message.",
     },
     "ko": {
         "demo_notice": (
@@ -166,13 +182,27 @@ TEXTS: dict[str, dict[str, str]] = {
         "setting_repetition_penalty": "반복 페널티",
         "file_too_big": "파일 크기가 {size_mb:.1f} MB입니다. 최대 {limit_mb:g} MB까지 가능합니다",
         "empty": "빈 파일입니다",
-        "not_an_image": "읽을 수 있는 이미지가 아닙니다 (PNG, JPEG, WebP, BMP, GIF, TIFF 가능)",
+        "not_an_image": (
+            "Loupe가 읽을 수 있는 파일이 아닙니다: 이미지(PNG, JPEG, WebP, BMP, GIF, TIFF), PDF, UTF-8 텍스트만 됩니다"
+        ),
         "unsupported_format": "{format} 이미지는 지원하지 않습니다. PNG, JPEG, WebP, BMP, GIF, TIFF를 쓰세요",
         "too_large": "이미지가 {megapixels:g} 메가픽셀입니다. 최대 {limit:g} 메가픽셀까지 가능합니다",
         "bomb": "픽셀 수가 너무 많아 안전하게 열 수 없습니다. 최대 {limit:g} 메가픽셀까지 가능합니다",
         "elongated": "이미지 모양({width}x{height})이 너무 길쭉합니다. 한 변이 다른 변의 {limit}배를 넘을 수 없습니다",
         "corrupt": "파일이 잘렸거나 손상되었습니다",
         "metadata_bomb": "이미지에 든 텍스트 메타데이터가 풀면 너무 커져 안전하게 읽을 수 없습니다",
+        "not_a_pdf": "PDF가 아닙니다",
+        "pdf_truncated": "PDF가 중간에 잘렸습니다 (끝부분이 없음). 파일 전체를 다시 올려 주세요",
+        "pdf_damaged": "PDF가 손상되어 읽을 수 없습니다",
+        "pdf_encrypted": "PDF에 암호가 걸려 있습니다. 암호 없이 저장한 사본을 올려 주세요",
+        "pdf_no_pages": "PDF에 페이지가 없습니다",
+        "pdf_too_many_pages": "PDF가 {pages}페이지입니다. 최대 {limit}페이지까지 가능합니다",
+        "not_text": "UTF-8 텍스트가 아닙니다",
+        "text_too_long": "텍스트가 너무 깁니다 (약 3,000자씩 {pages}부분, 최대 {limit}부분)",
+        "reading_document": "**{name}** 읽는 중: {total}페이지 중 {done}페이지…",
+        "read_document": "**{name}**을(를) 읽었습니다: {total}페이지, 내 문서함에 넣었습니다.",
+        "sources": "출처",
+        "documents_read": "{names}을(를) 읽었습니다. 다음 메시지로 질문해 보세요.",
     },
 }
 
@@ -193,12 +223,18 @@ def mark_stopped(answer: str, language: str) -> str:
     return f"{answer}{fence}\n\n{text('stopped', language)}"
 
 
-def shown_answer(completion: str, ended: Ended, language: str, label: str | None = None) -> str:
-    """An answer as the page shows it: the model's text, under its label, with the stop marker if stopped.
+def shown_answer(
+    completion: str, ended: Ended, language: str, label: str | None = None, sources: list[dict] | None = None
+) -> str:
+    """An answer as the page shows it: the model's text, under its label, with the stop marker if stopped,
+    and the document pages it was shown (its record's sources), each named as its preview is.
 
     Only the page sees this; the generation record keeps `completion` as the model wrote it.
     """
     shown = mark_stopped(completion, language) if ended == Ended.STOPPED else completion
+    if sources:
+        cited = " · ".join(Source(**source).label for source in sources)
+        shown = f"{shown}\n\n**{text('sources', language)}:** {cited}"
     return f"{label}\n\n{shown}" if label else shown
 
 

@@ -1,20 +1,25 @@
-"""Check a message's attachments and turn them into model-ready images, or say what is wrong.
+"""Check a message's attachments: images become model-ready images, PDFs and text files documents.
 
 Chainlit trusts the browser's declared type and enforces the file count only in the browser,
-so every file is checked here: count, size, then a full decode (models.images).
+so every file is checked here: count, size, what it is by its content (chat/documents/reading.py),
+then a full decode of each image (models.images). Documents are read page by page afterwards
+(chat/ui/documents.py), unless the library has them already.
 A message with any unusable attachment is refused whole, naming each bad file, because an
-answer that silently ignored one of the user's images would mislead.
+answer that silently ignored one of the user's files would mislead.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from chat.documents.reading import Kind, kind_of
 from chat.ui.texts import text
 from models.images import ImageRejected, fit_to_budget, open_image
+from models.pdf import SLACK, DocumentRejected
 
 
 @dataclass
@@ -32,25 +37,50 @@ class ImageLimits:
     max_pixels: int
 
 
+@dataclass
+class DocumentFile:
+    """A PDF or text file attached to a message, not read yet."""
+
+    name: str
+    kind: Kind
+    data: bytes
+    sha256: str
+
+
 class UploadsRejected(ValueError):
     """Carries the user-facing explanation, already in the user's language."""
 
+    @classmethod
+    def naming(cls, problems: list[tuple[str, ImageRejected | DocumentRejected]], language: str) -> UploadsRejected:
+        """The refusal of a message, naming each bad file and why."""
+        lines = [f"- **{name}**: {text(error.reason, language, **error.details)}" for name, error in problems]
+        return cls(text("rejected_files", language, problems="\n".join(lines)))
 
-def read_images(uploads: list[Upload], limits: ImageLimits, language: str) -> list[Image.Image]:
-    """Decoded, upright, RGB images sized to the visual-token budget, in upload order."""
+
+def read_attachments(
+    uploads: list[Upload], limits: ImageLimits, language: str
+) -> tuple[list[Image.Image], list[DocumentFile]]:
+    """The images, decoded, upright, RGB and sized to the visual-token budget, and the documents, in upload order."""
     if len(uploads) > limits.max_files:
         problem = text("too_many_files", language, count=len(uploads), limit=limits.max_files)
         raise UploadsRejected(text("rejected_files", language, problems=f"- {problem}"))
 
-    images, problems = [], []
+    images, documents, problems = [], [], []
     for upload in uploads:
         try:
-            images.append(_read_one(upload, limits))
+            _check_size(upload, limits)
+            with upload.path.open("rb") as file:
+                kind = kind_of(file.read(SLACK))
+            if kind == Kind.IMAGE:
+                images.append(load_fitted_image(upload.path, limits))
+            else:
+                data = upload.path.read_bytes()
+                documents.append(DocumentFile(upload.name, kind, data, hashlib.sha256(data).hexdigest()))
         except ImageRejected as rejected:
-            problems.append(f"- **{upload.name}**: {text(rejected.reason, language, **rejected.details)}")
+            problems.append((upload.name, rejected))
     if problems:
-        raise UploadsRejected(text("rejected_files", language, problems="\n".join(problems)))
-    return images
+        raise UploadsRejected.naming(problems, language)
+    return images, documents
 
 
 def load_fitted_image(path: Path, limits: ImageLimits) -> Image.Image:
@@ -59,8 +89,7 @@ def load_fitted_image(path: Path, limits: ImageLimits) -> Image.Image:
     return fit_to_budget(image, limits.min_pixels, limits.max_pixels)
 
 
-def _read_one(upload: Upload, limits: ImageLimits) -> Image.Image:
+def _check_size(upload: Upload, limits: ImageLimits) -> None:
     size = upload.path.stat().st_size
     if size > limits.max_file_mb * 1024 * 1024:
         raise ImageRejected("file_too_big", size_mb=size / 1024 / 1024, limit_mb=limits.max_file_mb)
-    return load_fitted_image(upload.path, limits)

@@ -1,4 +1,5 @@
-"""documents: PDFs and text files, their pages searchable by each database's full-text engine, and users' libraries
+"""documents: PDFs and text files, their pages searchable by each database's full-text engine, users' libraries,
+and the pages each answer was shown (`generations.sources`)
 
 Revision ID: f1a7c3d9b2e5
 Revises: c4d9e2b7a1f3
@@ -55,6 +56,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("user_id", "sha256"),
     )
+    with op.batch_alter_table("generations") as batch_op:
+        batch_op.add_column(sa.Column("sources", sa.JSON(), nullable=True))
+    op.execute("UPDATE generations SET sources = '[]'")  # no answer before this revision was shown a page
+    with op.batch_alter_table("generations") as batch_op:
+        batch_op.alter_column("sources", existing_type=sa.JSON(), nullable=False)
     with op.batch_alter_table("library") as batch_op:
         batch_op.create_index(batch_op.f("ix_library_sha256"), ["sha256"], unique=False)
         batch_op.create_index(batch_op.f("ix_library_user_id"), ["user_id"], unique=False)
@@ -87,5 +93,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_library_user_id"))
         batch_op.drop_index(batch_op.f("ix_library_sha256"))
     op.drop_table("library")
+    with op.batch_alter_table("generations") as batch_op:
+        batch_op.drop_column("sources")
     op.drop_table("document_pages")
     op.drop_table("documents")

@@ -1,0 +1,118 @@
+"""Documents in the chat: attached PDFs and text files read into the user's library, the pages each
+question is answered from, and the citations under the answer (chat/documents/ holds the rules).
+
+A document is read once per content: one already in the database (anyone's upload of the same
+bytes) only joins this user's library. A long PDF is read in parts, with a progress line in the
+chat. A message with a file that cannot be read is refused whole, and none of its files is stored.
+The conversation's documents are kept in the session; ownership is the library's, checked by
+every query (chat/store/documents.py), so a document id from anywhere else finds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import chainlit as cl
+from langchain_core.messages import BaseMessage, HumanMessage
+from PIL import Image
+
+from chat.conversation import turn_text
+from chat.documents.reading import Kind, document_pages
+from chat.documents.retrieval import ShownPage, pages_for, shown_pages
+from chat.ui.runtime import serving
+from chat.ui.texts import text
+from chat.ui.uploads import DocumentFile, UploadsRejected
+from models.pdf import DocumentRejected, PageText, page_count, read_pages
+
+PROGRESS_FROM_PAGES = 20  # a shorter document is read before a progress line could be read
+PAGES_PER_PART = 10  # pages read between two progress updates
+SESSION_KEY = "documents"  # the sha256 of each document of this conversation, in the order attached
+
+
+async def add_to_library(files: list[DocumentFile], user: str, language: str) -> None:
+    """Read each new document and put every one into the user's library and this conversation.
+
+    Raises UploadsRejected, naming each file that cannot be read; then none of them is stored.
+    """
+    documents, max_pages = serving().documents, serving().settings.max_pdf_pages
+    read: list[tuple[DocumentFile, list[PageText] | None]] = []
+    problems = []
+    for file in files:
+        try:
+            pages = None if await documents.known(file.sha256) else await read_document(file, max_pages, language)
+        except DocumentRejected as rejected:
+            problems.append((file.name, rejected))
+            continue
+        read.append((file, pages))
+    if problems:
+        raise UploadsRejected.naming(problems, language)
+    attached = conversation_documents()
+    for file, pages in read:
+        await documents.ingest(user, file.sha256, file.name, file.kind, pages)
+        if file.sha256 not in attached:
+            attached.append(file.sha256)
+    cl.user_session.set(SESSION_KEY, attached)
+
+
+async def read_document(file: DocumentFile, max_pages: int, language: str) -> list[PageText]:
+    """The pages of a PDF or text file, off the event loop; a long PDF in parts, showing its progress."""
+    if file.kind != Kind.PDF:
+        return await asyncio.to_thread(document_pages, file.data, file.kind, max_pages)
+    total = await asyncio.to_thread(page_count, file.data, max_pages)
+    progress = cl.Message(content="") if total >= PROGRESS_FROM_PAGES else None
+    pages: list[PageText] = []
+    for first in range(1, total + 1, PAGES_PER_PART):
+        if progress is not None:
+            progress.content = text("reading_document", language, name=file.name, done=first, total=total)
+            await (progress.update() if pages else progress.send())
+        pages += await asyncio.to_thread(read_pages, file.data, first, min(first + PAGES_PER_PART - 1, total))
+    if progress is not None:
+        progress.content = text("read_document", language, name=file.name, total=total)
+        await progress.update()
+    return pages
+
+
+def conversation_documents() -> list[str]:
+    return list(cl.user_session.get(SESSION_KEY) or [])
+
+
+def restore_documents(thread: dict) -> None:
+    """On resume: the thread's attachments are its documents (those in the user's library count)."""
+    keys = [element["objectKey"] for element in thread.get("elements") or [] if element.get("objectKey")]
+    cl.user_session.set(SESSION_KEY, list(dict.fromkeys(keys)))
+
+
+async def pages_for_turn(earlier: list[BaseMessage], turn: HumanMessage, user: str) -> list[ShownPage]:
+    """The pages of the conversation's documents for this question and the one before it, as the model sees them."""
+    within = conversation_documents()
+    if not within:
+        return []
+    asked_before = [turn_text(message) for message in earlier if isinstance(message, HumanMessage)][-1:]
+    question = " ".join([*asked_before, turn_text(turn)])
+    runtime = serving()
+    hits = await pages_for(runtime.documents, user, question, within, runtime.settings.document_pages)
+    return await shown_pages(hits, runtime.store, runtime.settings.min_pixels, runtime.image_limits.max_pixels)
+
+
+async def pages_again(sources: list[dict], user: str) -> list[ShownPage]:
+    """The pages an earlier answer was shown (its record's sources), for another answer to the same question."""
+    runtime = serving()
+    hits = await runtime.documents.pages(user, [(source["sha256"], source["page"]) for source in sources])
+    return await shown_pages(hits, runtime.store, runtime.settings.min_pixels, runtime.image_limits.max_pixels)
+
+
+def page_elements(pages: list[ShownPage]) -> list[cl.Image | cl.Text]:
+    """A preview of each cited page beside the answer, named as the answer cites it (Chainlit links the name)."""
+    return [
+        cl.Image(name=page.source.label, content=_png(page.image), display="side")
+        if page.image is not None
+        else cl.Text(name=page.source.label, content=page.text, display="side")
+        for page in pages
+    ]
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()

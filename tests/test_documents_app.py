@@ -1,0 +1,111 @@
+"""PDF and text attachments in the real app, over socket.io: read into the library, the right pages shown
+to the model and cited under the answer, the same pages for a regenerated answer, bad files refused
+with their reason while the app keeps serving, and another user's documents out of reach."""
+
+from __future__ import annotations
+
+import hashlib
+
+import httpx
+
+from tests.helpers import pdfs
+from tests.helpers.client import GREEDY, ChatClient, only_answer
+from tests.helpers.server import Server, add_account, generations, stored
+
+PASSWORD = "documents-password-1"
+
+
+def record(answer: dict) -> dict:
+    return answer["metadata"]["generation"]
+
+
+def cited(answer: dict) -> list[tuple[str, int]]:
+    return [(source["name"], source["page"]) for source in record(answer)["sources"]]
+
+
+async def test_the_page_holding_the_answer_is_shown_to_the_model_and_cited(server: Server) -> None:
+    data, facts = pdfs.facts_pdf(12, seed=7)
+    fact = facts[8]
+    async with ChatClient(server.url) as client:
+        await client.change_settings(GREEDY)
+        datasheet = await client.upload("datasheet.pdf", data, "application/pdf")
+        reply = await client.ask(fact.question, [datasheet])
+        answer = only_answer(reply)
+        assert answer["metadata"]["ended"] == "finished" and reply.tokens
+        assert ("datasheet.pdf", fact.page) in cited(answer), "the page with the fact is among those shown"
+        assert len(cited(answer)) == 3, "LOUPE_DOCUMENT_PAGES pages of a 12-page document"
+        sha256 = hashlib.sha256(data).hexdigest()
+        assert all(source["sha256"] == sha256 and source["kind"] == "pdf" for source in record(answer)["sources"])
+        assert answer["output"].endswith(
+            "**Sources:** " + " · ".join(f"datasheet.pdf, p. {page}" for _, page in cited(answer))
+        )
+        # Each cited page has its preview beside the answer, named as cited: an image of the page.
+        previews = {element["name"]: element for element in reply.of("element") if element["forId"] == answer["id"]}
+        assert set(previews) == {f"datasheet.pdf, p. {page}" for _, page in cited(answer)}
+        assert {element["type"] for element in previews.values()} == {"image"}
+        # The page images are in the prompt: it is far longer than the question alone.
+        [stored] = await generations(server, client.thread_id, expected=1)
+        assert stored["prompt_tokens"] > 3 * 64
+
+        # Another answer to the same question is shown the same pages, so the two can be compared.
+        again = only_answer(await client.regenerate(answer["id"]))
+        assert cited(again) == cited(answer)
+
+
+async def test_a_short_document_goes_whole_and_text_files_are_read_as_text(server: Server) -> None:
+    data, facts = pdfs.facts_pdf(2, seed=8, korean=True)
+    notes = b"Bench notes\nThe relay K3 chatters above 48 V.\n"
+    async with ChatClient(server.url, language="ko-KR") as client:
+        await client.change_settings(GREEDY)
+        files = [await client.upload("데이터시트.png", data, "image/png"), await client.upload("notes.md", notes)]
+        answer = only_answer(await client.ask(facts[0].question, files))
+        assert cited(answer) == [("데이터시트.png", 1), ("데이터시트.png", 2), ("notes.md", 1)]
+        assert answer["output"].endswith("**출처:** 데이터시트.png, p. 1 · 데이터시트.png, p. 2 · notes.md")
+        # The next question in the chat still has the conversation's documents.
+        follow_up = only_answer(await client.ask("K3 릴레이는 몇 V에서 떨리나요?"))
+        assert ("notes.md", 1) in cited(follow_up)
+
+
+async def test_bad_documents_are_refused_by_name_and_nothing_is_stored(server: Server) -> None:
+    bad = {
+        "locked.pdf": (pdfs.encrypted_pdf(), "the PDF is protected by a password"),
+        "cut.pdf": (pdfs.text_pdf(["cut short"] * 3)[:-300], "the PDF is cut short"),
+        "empty-tree.pdf": (pdfs.zero_page_pdf(), "the PDF has no pages"),
+        "garbled.pdf": (pdfs.HEADER + b"1.7\n" + bytes(range(256)) * 8 + pdfs.END_MARKER, "the PDF is damaged"),
+        "nothing.pdf": (b"", "the file is empty"),
+    }
+    async with ChatClient(server.url) as client:
+        await client.change_settings(GREEDY)
+        good = await client.upload("good.pdf", pdfs.text_pdf(["The fuse is rated 2 A."]), "application/pdf")
+        for name, (content, reason) in bad.items():
+            file_id = await client.upload(name, content, "application/pdf")
+            [refusal] = [message["output"] for message in (await client.ask("Summarize.", [good, file_id])).messages]
+            assert f"**{name}**: {reason}" in refusal, refusal
+            good = await client.upload("good.pdf", pdfs.text_pdf(["The fuse is rated 2 A."]), "application/pdf")
+        scripted = await client.upload("form.pdf", pdfs.scripted_pdf(), "application/pdf")
+        answer = only_answer(await client.ask("What does the form ask for?", [scripted]))
+        assert cited(answer) == [("form.pdf", 1)], "a PDF with scripts and forms is read, never run"
+        # Nothing of a refused message was kept: its good file is not in the conversation.
+        assert "good.pdf" not in {name for name, _ in cited(answer)}
+
+
+async def test_another_user_can_neither_search_nor_see_a_users_pages(server: Server) -> None:
+    add_account(server, "pages-owner", PASSWORD)
+    add_account(server, "pages-other", PASSWORD)
+    data, facts = pdfs.facts_pdf(5, seed=9)
+    async with ChatClient(server.url, username="pages-owner", password=PASSWORD) as owner:
+        await owner.change_settings(GREEDY)
+        reply = await owner.ask(facts[1].question, [await owner.upload("private.pdf", data, "application/pdf")])
+        assert cited(only_answer(reply))
+        [[page_image]] = await stored(
+            server, "SELECT object_key FROM elements WHERE name = ?", f"private.pdf, p. {facts[1].page}", count=1
+        )
+        async with httpx.AsyncClient(base_url=server.url, cookies=owner.cookies) as http:
+            assert (await http.get(f"/loupe/files/{page_image}")).status_code == 200
+
+    async with ChatClient(server.url, username="pages-other", password=PASSWORD) as other:
+        await other.change_settings(GREEDY)
+        theirs = only_answer(await other.ask(facts[1].question))
+        assert cited(theirs) == [], "no pages of anyone else's documents"
+        async with httpx.AsyncClient(base_url=server.url, cookies=other.cookies) as http:
+            assert (await http.get(f"/loupe/files/{page_image}")).status_code == 404, "nor their page images"
