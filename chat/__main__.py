@@ -68,7 +68,7 @@ def serve_vllm() -> None:
         settings.vllm_model,
         settings.vllm_url,
         max_model_len=settings.context_tokens,
-        max_images=settings.max_images_per_message,
+        max_images=settings.images_per_prompt,
         min_pixels=settings.min_pixels,
         max_pixels=settings.image_max_pixels(device),
         api_key=settings.vllm_api_key,

@@ -101,9 +101,10 @@ def to_qwen(message: BaseMessage, **pixel_budget: int) -> dict[str, Any]:
 class PromptBuilder:
     """Builds the prompt for the next answer and keeps it within the token budget."""
 
-    def __init__(self, tokens: TokenCounter, min_pixels: int, max_pixels: int) -> None:
+    def __init__(self, tokens: TokenCounter, min_pixels: int, max_pixels: int, max_images: int | None = None) -> None:
         self.tokens = tokens
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.max_images = max_images  # per prompt: a serving engine refuses more (vLLM's --limit-mm-per-prompt)
         # The template adds a default system prompt before a conversation without one, so a
         # lone message is rendered behind an empty system turn whose tokens are then taken off.
         self._empty_system = {"role": "system", "content": [{"type": "text", "text": ""}]}
@@ -125,7 +126,8 @@ class PromptBuilder:
         return tokens
 
     def build(self, system_prompt: str, history: list[BaseMessage], budget: int) -> list[dict[str, Any]]:
-        """Qwen-format messages: the system prompt and as many of the newest turns as fit `budget`.
+        """Qwen-format messages: the system prompt and as many of the newest turns as fit `budget`
+        (and, all together, hold at most `max_images` images).
 
         `history` ends with the user turn to answer. Raises PromptTooLong if even that turn
         and the system prompt do not fit.
@@ -144,4 +146,10 @@ class PromptBuilder:
         if not kept or kept[-1] is not messages[-1] or not isinstance(kept[0], SystemMessage):
             needed = self.count_tokens(messages[0]) + self.count_tokens(messages[-1])
             raise PromptTooLong(needed, available)
+        while self.max_images is not None and sum(len(turn_images(m)) for m in kept) > self.max_images:
+            if len(kept) <= 2:
+                break  # the turn to answer alone: its images are within the per-message limits
+            del kept[1]  # the oldest turn goes, question and answer together
+            while len(kept) > 2 and not isinstance(kept[1], HumanMessage):
+                del kept[1]
         return [to_qwen(message, min_pixels=self.min_pixels, max_pixels=self.max_pixels) for message in kept]

@@ -82,6 +82,12 @@ class Settings(ModelSettings):
         """Where uploaded images are kept, by content (chat/store/files.py)."""
         return self.data_dir / "files"
 
+    @property
+    def images_per_prompt(self) -> int:
+        """The most images one prompt holds: a message's own and the document pages shown with it
+        (older turns' images give way, chat/conversation.py); a vLLM server is started to accept them."""
+        return self.max_images_per_message + self.document_pages
+
     def image_max_pixels(self, device_type: str) -> int:
         if self.max_pixels is not None:
             return self.max_pixels

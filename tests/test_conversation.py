@@ -120,3 +120,27 @@ def test_history_goes_on_from_the_newest_answer_to_the_last_turn() -> None:
         ("q2", "second"),
         ("a2b", "two again"),
     ]
+
+
+def test_older_turns_give_way_when_the_prompt_holds_more_images_than_allowed(processor) -> None:
+    """A serving engine takes a fixed number of images per prompt (vLLM's --limit-mm-per-prompt)."""
+    builder = PromptBuilder(ChatTemplateTokens(processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS, max_images=3)
+    history = [
+        user_turn("First board?", [chart(), chart()]),
+        AIMessage(content="A motor driver."),
+        user_turn("Second board?", [chart(), chart()]),
+        AIMessage(content="A charger."),
+        user_turn("Compare them with this one.", [chart()]),
+    ]
+    prompt = builder.build(SYSTEM, history, 8000)
+    assert [turn_text_of(message) for message in prompt] == [
+        SYSTEM,
+        "Second board?",
+        "A charger.",
+        history[-1].content[-1]["text"],
+    ]
+    assert sum(block["type"] == "image" for message in prompt for block in message["content"]) == 3
+
+
+def turn_text_of(message: dict) -> str:
+    return "".join(block["text"] for block in message["content"] if block["type"] == "text")

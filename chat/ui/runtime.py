@@ -77,7 +77,9 @@ class Runtime:
         self.backend = await start_backend(self.settings)
         precision = f", in {self.backend.precision}" if self.backend.precision else ""
         print(f"Loupe: answering with {self.backend.name} ({self.backend.kind} backend{precision})", flush=True)
-        self.prompts = PromptBuilder(self.backend, self.settings.min_pixels, self.image_limits.max_pixels)
+        self.prompts = PromptBuilder(
+            self.backend, self.settings.min_pixels, self.image_limits.max_pixels, self.settings.images_per_prompt
+        )
 
     @property
     def context_tokens(self) -> int:
