@@ -33,7 +33,7 @@ from chat.ui.choices import (
 )
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.panel import chat_settings, show_panel, take_settings
-from chat.ui.runtime import serving
+from chat.ui.runtime import LIBRARY_COMMAND, serving
 from chat.ui.signin import signed_in
 from chat.ui.texts import describe_profile, language_of, text
 
@@ -91,6 +91,7 @@ async def start() -> None:
     runtime, language = serving(), session_language()
     cl.user_session.set("history", [])
     await show_panel(language)
+    await documents.offer_library(language)
     if current_profile().is_arena:
         table = leaderboard.as_markdown(leaderboard.standings(await leaderboard.outcomes(runtime.sessions)))
         await cl.Message(content=text("arena_intro", language, leaderboard=table)).send()
@@ -104,6 +105,7 @@ async def resume(thread: ThreadDict) -> None:
     runtime, language = serving(), session_language()
     cl.user_session.set("history", await stored_history(thread))
     documents.restore_documents(thread)
+    await documents.offer_library(language)
     await show_panel(language, (thread.get("metadata") or {}).get("chat_settings"))
     answers, comparisons = await runtime.preferences.in_thread(current_user(), thread["id"])
     await restore_choices(answers, comparisons, current_profile().is_arena, runtime.settings, language)
@@ -124,6 +126,10 @@ async def update_settings(values: dict[str, Any]) -> None:
 @cl.on_message
 async def answer(message: cl.Message) -> None:
     runtime, language = serving(), session_language()
+    across_library = message.command == LIBRARY_COMMAND
+    if across_library and not message.content.strip() and not message.elements:
+        await documents.show_library(current_user(), language)
+        return
     if (turn := await answers.user_turn_of(message, current_user(), language)) is None:
         return
     # The thread remembers its settings, so a resumed chat continues with them.
@@ -133,7 +139,7 @@ async def answer(message: cl.Message) -> None:
     def keep(reply: cl.Message) -> None:
         history.extend([turn, model_turn(reply)])
 
-    pages = await documents.pages_for_turn(history, turn, current_user())
+    pages = await documents.pages_for_turn(history, turn, current_user(), across_library)
     profile = current_profile()
     if profile.is_arena:
         await arena.battle(history.copy(), turn, language, keep, pages)

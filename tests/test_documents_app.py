@@ -109,3 +109,33 @@ async def test_another_user_can_neither_search_nor_see_a_users_pages(server: Ser
         assert cited(theirs) == [], "no pages of anyone else's documents"
         async with httpx.AsyncClient(base_url=server.url, cookies=other.cookies) as http:
             assert (await http.get(f"/loupe/files/{page_image}")).status_code == 404, "nor their page images"
+
+
+async def test_a_new_chat_asks_across_the_whole_library_and_lists_it(server: Server) -> None:
+    add_account(server, "librarian", PASSWORD)
+    add_account(server, "outsider", PASSWORD)
+    first, first_facts = pdfs.facts_pdf(6, seed=10)
+    second, _ = pdfs.facts_pdf(6, seed=11)
+    async with ChatClient(server.url, username="librarian", password=PASSWORD) as client:
+        assert "set_commands" in client.seen, "the composer offers the Library command"
+        [empty] = (await client.ask("", command="Library")).messages
+        assert empty["output"].startswith("Your library is empty")
+        files = [
+            await client.upload(name, data, "application/pdf") for name, data in [("a.pdf", first), ("b.pdf", second)]
+        ]
+        [read] = (await client.ask("", files)).messages
+        assert read["output"] == "Read a.pdf, b.pdf: ask about them in your next message."
+
+    async with ChatClient(server.url, username="librarian", password=PASSWORD) as fresh:
+        await fresh.change_settings(GREEDY)
+        fact = first_facts[3]
+        assert cited(only_answer(await fresh.ask(fact.question))) == [], "a new chat has no documents of its own"
+        across = only_answer(await fresh.ask(fact.question, command="Library"))
+        assert ("a.pdf", fact.page) in cited(across), "the Library command searches every document"
+        [listing] = (await fresh.ask("", command="Library")).messages
+        assert listing["output"].startswith("**Your documents** (2):")
+        assert "- a.pdf: 6 pages, added " in listing["output"] and "- b.pdf: 6 pages" in listing["output"]
+
+    async with ChatClient(server.url, username="outsider", password=PASSWORD) as other:
+        theirs = only_answer(await other.ask(first_facts[3].question, command="Library"))
+        assert cited(theirs) == [], "only one's own library"

@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -104,8 +104,9 @@ class MessageRefused(ValueError):
         self.reason, self.details = reason, details
 
 
-def client_message_step(sent: Any, author: str, max_chars: int) -> StepDict:
-    """What Loupe keeps of a message a client sent: a new user message with its id and text, nothing else.
+def client_message_step(sent: Any, author: str, max_chars: int, commands: Collection[str] = ()) -> StepDict:
+    """What Loupe keeps of a message a client sent: a new user message with its id and text, and the
+    command it was sent with if it is one of Loupe's `commands`; nothing else.
 
     Chainlit's `Message.from_dict` takes the client's type, metadata, parent and author, so a client
     could store a "model answer" with a generation record (and the export trained on it), or hang
@@ -122,7 +123,16 @@ def client_message_step(sent: Any, author: str, max_chars: int) -> StepDict:
         raise MessageRefused("message_malformed") from None
     if len(sent["output"]) > max_chars:
         raise MessageRefused("message_too_long", length=len(sent["output"]), limit=max_chars)
-    return {"id": sent["id"], "output": sent["output"], "name": author, "type": "user_message", "createdAt": utc_now()}
+    step: StepDict = {
+        "id": sent["id"],
+        "output": sent["output"],
+        "name": author,
+        "type": "user_message",
+        "createdAt": utc_now(),
+    }
+    if sent.get("command") in commands:
+        step["command"] = sent["command"]
+    return step
 
 
 def guard_client_messages(
@@ -130,6 +140,7 @@ def guard_client_messages(
     rate: RateLimit,
     login_is_current: Callable[[str | None], Awaitable[bool]],
     step_exists: Callable[[str], Awaitable[bool]],
+    commands: Collection[str] = (),
 ) -> None:
     """Check every message a client sends before Chainlit stores it or Loupe answers it.
 
@@ -147,7 +158,7 @@ def guard_client_messages(
         if not isinstance(payload, dict):
             raise MessageRefused("message_malformed")
         author = self.session.user.identifier if self.session.user else "User"
-        step = client_message_step(payload.get("message"), author, max_chars)
+        step = client_message_step(payload.get("message"), author, max_chars, commands)
         if await step_exists(step["id"]):
             log.warning("Refused a message from %s reusing the id of step %s", author, step["id"])
             raise MessageRefused("message_malformed")

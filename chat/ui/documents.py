@@ -20,7 +20,7 @@ from PIL import Image
 from chat.conversation import turn_text
 from chat.documents.reading import Kind, document_pages
 from chat.documents.retrieval import ShownPage, pages_for, shown_pages
-from chat.ui.runtime import serving
+from chat.ui.runtime import LIBRARY_COMMAND, serving
 from chat.ui.texts import text
 from chat.ui.uploads import DocumentFile, UploadsRejected
 from models.pdf import DocumentRejected, PageText, page_count, read_pages
@@ -83,10 +83,32 @@ def restore_documents(thread: dict) -> None:
     cl.user_session.set(SESSION_KEY, list(dict.fromkeys(keys)))
 
 
-async def pages_for_turn(earlier: list[BaseMessage], turn: HumanMessage, user: str) -> list[ShownPage]:
-    """The pages of the conversation's documents for this question and the one before it, as the model sees them."""
-    within = conversation_documents()
-    if not within:
+async def offer_library(language: str) -> None:
+    """The composer's Library command: ask across all of one's documents."""
+    command = {"id": LIBRARY_COMMAND, "icon": "library", "description": text("library_command", language)}
+    await cl.context.emitter.set_commands([command | {"button": True, "persistent": False}])
+
+
+async def show_library(user: str, language: str) -> None:
+    """The user's documents, newest first (the Library command sent without a question)."""
+    entries = await serving().documents.library(user)
+    if not entries:
+        await cl.Message(content=text("library_empty", language)).send()
+        return
+    lines = [
+        text("library_entry", language, name=entry.name, pages=entry.page_count, added=entry.added.date().isoformat())
+        for entry in entries
+    ]
+    await cl.Message(content=text("library_list", language, count=len(entries), entries="\n".join(lines))).send()
+
+
+async def pages_for_turn(
+    earlier: list[BaseMessage], turn: HumanMessage, user: str, whole_library: bool = False
+) -> list[ShownPage]:
+    """The pages for this question and the one before it, as the model sees them: from the conversation's
+    documents, or from all of the user's documents (the Library command)."""
+    within = None if whole_library else conversation_documents()
+    if within == []:
         return []
     asked_before = [turn_text(message) for message in earlier if isinstance(message, HumanMessage)][-1:]
     question = " ".join([*asked_before, turn_text(turn)])

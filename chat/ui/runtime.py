@@ -50,6 +50,10 @@ from models.checkpoint import load_model, load_processor, pick_device
 from models.generation import Generator
 from models.vllm_client import VllmBackend
 
+# The composer's commands (Chainlit's), the only ones a client message may carry. Library: ask across all
+# of one's documents, or, sent empty, list them (chat/ui/documents.py).
+LIBRARY_COMMAND = "Library"
+COMMANDS = (LIBRARY_COMMAND,)
 PENDING_MESSAGES_OF_FILES = 5  # the pending-upload quota in files: five full messages' worth
 
 
@@ -162,6 +166,7 @@ def install(runtime: Runtime) -> None:
         RateLimit(settings.messages_per_minute, 60),
         runtime.login_is_current,
         runtime.data_layer.step_exists,
+        COMMANDS,
     )
     remember_issued_actions()
     honour_config_flags()

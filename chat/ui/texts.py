@@ -108,6 +108,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "read_document": "Read **{name}**: {total} pages, now in your library.",
         "sources": "Sources",
         "documents_read": "Read {names}: ask about them in your next message.",
+        "library_command": "Ask across all your documents (send it empty to list them)",
+        "library_empty": "Your library is empty: attach a PDF or a text file to a message to add it.",
+        "library_list": "**Your documents** ({count}):\n{entries}",
+        "library_entry": "- {name}: {pages} pages, added {added}",
     },
     "ko": {
         "demo_notice": (
@@ -203,6 +207,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "read_document": "**{name}**을(를) 읽었습니다: {total}페이지, 내 문서함에 넣었습니다.",
         "sources": "출처",
         "documents_read": "{names}을(를) 읽었습니다. 다음 메시지로 질문해 보세요.",
+        "library_command": "내 모든 문서에서 찾아 답하기 (비워서 보내면 목록)",
+        "library_empty": "문서함이 비어 있습니다. PDF나 텍스트 파일을 메시지에 첨부하면 들어갑니다.",
+        "library_list": "**내 문서** ({count}개):\n{entries}",
+        "library_entry": "- {name}: {pages}페이지, {added} 추가",
     },
 }
 

@@ -177,10 +177,11 @@ class ChatClient:
             "createdAt": datetime.now(UTC).isoformat(),
         }
 
-    async def send(self, text: str, file_ids: list[str] | None = None) -> None:
+    async def send(self, text: str, file_ids: list[str] | None = None, command: str | None = None) -> None:
+        """A message as the page sends it, with the composer's `command` if one is chosen."""
+        message = self.user_message(text) | ({"command": command} if command else {})
         await self.sio.emit(
-            "client_message",
-            {"message": self.user_message(text), "fileReferences": [{"id": file_id} for file_id in file_ids or []]},
+            "client_message", {"message": message, "fileReferences": [{"id": file_id} for file_id in file_ids or []]}
         )
 
     def actions_for(self, message_id: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -242,8 +243,14 @@ class ChatClient:
                 if event == "task_end":
                     return reply
 
-    async def ask(self, text: str, file_ids: list[str] | None = None, timeout: float = ANSWER_TIMEOUT_S) -> Reply:
-        await self.send(text, file_ids)
+    async def ask(
+        self,
+        text: str,
+        file_ids: list[str] | None = None,
+        timeout: float = ANSWER_TIMEOUT_S,
+        command: str | None = None,
+    ) -> Reply:
+        await self.send(text, file_ids, command)
         await self.wait_for("task_start", timeout)  # events before it belong to earlier runs
         reply = await self.collect(timeout)
         if self.thread_id is None:  # Chainlit names the new thread once it is stored; it may come last
