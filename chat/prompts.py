@@ -9,8 +9,14 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+from langchain_core.prompts import PromptTemplate
+
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_PROMPT = "engineering"
+# How document pages go to the model with a question (chat/documents/retrieval.py), and to training (the export).
+PAGES_PROMPT = PromptTemplate.from_file(PROMPTS_DIR / "documents" / "pages.txt", encoding="utf-8")
+PAGE_BLOCK = PromptTemplate.from_file(PROMPTS_DIR / "documents" / "page.txt", encoding="utf-8")
+NO_TEXT_LAYER = "(no text layer: a scanned page, read its image)"
 
 
 @cache
@@ -23,3 +29,10 @@ def system_prompt(name: str | None) -> str:
     """The text of the style `name`; the default style's when the name is missing or unknown, as in the chat."""
     prompts = system_prompts()
     return prompts.get(name or DEFAULT_PROMPT) or prompts[DEFAULT_PROMPT]
+
+
+def pages_prompt(question: str, pages: list[tuple[str, str]]) -> str:
+    """The user's question with document pages, each (citation, text layer), before it; the page images
+    go before this text in the same order."""
+    blocks = "\n\n".join(PAGE_BLOCK.format(citation=citation, text=text or NO_TEXT_LAYER) for citation, text in pages)
+    return PAGES_PROMPT.format(pages=blocks, question=question)

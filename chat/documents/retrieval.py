@@ -10,46 +10,18 @@ answer should use. The pages an answer was shown are its `sources`, in its gener
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import HumanMessage
-from langchain_core.prompts import PromptTemplate
 from PIL import Image
 
 from chat.conversation import turn_images, turn_text
-from chat.prompts import PROMPTS_DIR
+from chat.prompts import pages_prompt
 from chat.store.documents import Documents, PageHit
 from chat.store.files import ContentStore
+from chat.store.generations import Source
 from models.pdf import render_page
-
-PAGES_PROMPT = PromptTemplate.from_file(PROMPTS_DIR / "documents" / "pages.txt", encoding="utf-8")
-PAGE_BLOCK = PromptTemplate.from_file(PROMPTS_DIR / "documents" / "page.txt", encoding="utf-8")
-NO_TEXT_LAYER = "(no text layer: a scanned page, read its image)"
-
-
-@dataclass(frozen=True)
-class Source:
-    """A page an answer was shown: what its generation record stores, and what the answer cites."""
-
-    name: str
-    sha256: str
-    page: int  # 1-based
-    kind: str  # pdf, text: a PDF's pages are "p. N", a text file's are "part N"
-
-    @classmethod
-    def of(cls, hit: PageHit) -> Source:
-        return cls(hit.name, hit.sha256, hit.number, hit.kind)
-
-    def as_record(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def label(self) -> str:
-        """How the model is told to cite it, and how the page shows it: "datasheet.pdf, p. 14"."""
-        if self.kind == "pdf":
-            return f"{self.name}, p. {self.page}"
-        return self.name if self.page == 1 else f"{self.name}, part {self.page}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +56,8 @@ async def shown_pages(hits: list[PageHit], store: ContentStore, min_pixels: int,
         return render_page(store.path(hit.sha256).read_bytes(), hit.number, min_pixels, max_pixels)
 
     images = await asyncio.gather(*(asyncio.to_thread(render, hit) for hit in hits))
-    return [ShownPage(Source.of(hit), hit.text, image) for hit, image in zip(hits, images, strict=True)]
+    sources = [Source(hit.name, hit.sha256, hit.number, hit.kind) for hit in hits]
+    return [ShownPage(source, hit.text, image) for source, hit, image in zip(sources, hits, images, strict=True)]
 
 
 def with_pages(turn: HumanMessage, pages: list[ShownPage]) -> HumanMessage:
@@ -92,22 +65,8 @@ def with_pages(turn: HumanMessage, pages: list[ShownPage]) -> HumanMessage:
     text under their citations, then the question (prompts/documents/)."""
     if not pages:
         return turn
-    blocks = "\n\n".join(
-        PAGE_BLOCK.format(citation=page.source.label, text=page.text or NO_TEXT_LAYER) for page in pages
-    )
+    asked = pages_prompt(turn_text(turn), [(page.source.label, page.text) for page in pages])
     content: list[str | dict[str, Any]] = [{"type": "image", "image": image} for image in turn_images(turn)]
     content += [{"type": "image", "image": page.image} for page in pages if page.image is not None]
-    content.append({"type": "text", "text": PAGES_PROMPT.format(pages=blocks, question=turn_text(turn))})
+    content.append({"type": "text", "text": asked})
     return HumanMessage(content=content, id=turn.id)
-
-
-def citations(sources: list[Source]) -> str:
-    """ "datasheet.pdf, p. 14, p. 15; notes.md": each document once, its pages in order."""
-    by_document: dict[str, list[Source]] = {}
-    for source in sources:
-        by_document.setdefault(source.sha256, []).append(source)
-    cited = []
-    for pages in by_document.values():
-        first, *rest = sorted(pages, key=lambda source: source.page)
-        cited.append(", ".join([first.label, *(source.label.removeprefix(f"{source.name}, ") for source in rest)]))
-    return "; ".join(cited)

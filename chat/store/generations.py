@@ -17,6 +17,23 @@ from models.backend import Ended
 BASE = "base"  # how battles, exported rows, filters and the leaderboard name the model without an adapter
 
 
+@dataclass(frozen=True)
+class Source:
+    """A document page an answer was shown (chat/documents/retrieval.py), as its record stores it."""
+
+    name: str  # the document's name in its owner's library
+    sha256: str  # the document's content key
+    page: int  # 1-based
+    kind: str  # pdf, text: a PDF's pages are "p. N", a text file's are "part N"
+
+    @property
+    def label(self) -> str:
+        """How the model is told to cite it, and how the page shows it: "datasheet.pdf, p. 14"."""
+        if self.kind == "pdf":
+            return f"{self.name}, p. {self.page}"
+        return self.name if self.page == 1 else f"{self.name}, part {self.page}"
+
+
 @dataclass
 class GenerationRecord:
     model: str
@@ -32,7 +49,7 @@ class GenerationRecord:
     adapter_version: str | None = None
     context: list[str] = field(default_factory=list)  # the earlier answers the model was shown, oldest first
     settings: dict[str, Any] = field(default_factory=dict)  # sampling settings and the system prompt's name
-    # The document pages the model was shown: {"name", "sha256", "page" (1-based), "kind"} (chat/documents/retrieval.py)
+    # The document pages the model was shown, as Source fields: {"name", "sha256", "page", "kind"}
     sources: list[dict[str, Any]] = field(default_factory=list)
 
     def as_metadata(self) -> dict[str, Any]:

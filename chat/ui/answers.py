@@ -94,7 +94,7 @@ async def respond(
                 content=text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
             ).send()
             return None
-    sources = [page.source.as_record() for page in pages]
+    sources = [asdict(page.source) for page in pages]
 
     usage, queue_notice = Usage(), QueueNotice(language)
     reply = cl.Message(

@@ -7,7 +7,7 @@ language is the browser's (Accept-Language), as Chainlit picks it.
 from __future__ import annotations
 
 from chat.arena.profiles import Profile
-from chat.documents.retrieval import Source
+from chat.store.generations import Source
 from models.backend import Ended
 
 TEXTS: dict[str, dict[str, str]] = {
