@@ -34,5 +34,7 @@ def system_prompt(name: str | None) -> str:
 def pages_prompt(question: str, pages: list[tuple[str, str]]) -> str:
     """The user's question with document pages, each (citation, text layer), before it; the page images
     go before this text in the same order."""
-    blocks = "\n\n".join(PAGE_BLOCK.format(citation=citation, text=text or NO_TEXT_LAYER) for citation, text in pages)
-    return PAGES_PROMPT.format(pages=blocks, question=question)
+    blocks = "\n\n".join(
+        PAGE_BLOCK.format(citation=citation, text=text or NO_TEXT_LAYER).strip() for citation, text in pages
+    )
+    return PAGES_PROMPT.format(pages=blocks, question=question).strip()  # the files end with a line break

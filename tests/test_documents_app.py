@@ -5,12 +5,16 @@ with their reason while the app keeps serving, and another user's documents out 
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import httpx
+from PIL import Image
 
+from models.settings import CPU_MAX_PIXELS
 from tests.helpers import pdfs
 from tests.helpers.client import GREEDY, ChatClient, only_answer
-from tests.helpers.server import Server, add_account, generations, stored
+from tests.helpers.server import Server, add_account, export_rows, generations, stored
 
 PASSWORD = "documents-password-1"
 
@@ -139,3 +143,34 @@ async def test_a_new_chat_asks_across_the_whole_library_and_lists_it(server: Ser
     async with ChatClient(server.url, username="outsider", password=PASSWORD) as other:
         theirs = only_answer(await other.ask(first_facts[3].question, command="Library"))
         assert cited(theirs) == [], "only one's own library"
+
+
+async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_model_saw(
+    server: Server, tmp_path: Path
+) -> None:
+    add_account(server, "exporter", PASSWORD)
+    data, facts = pdfs.facts_pdf(8, seed=12)
+    async with ChatClient(server.url, username="exporter", password=PASSWORD) as client:
+        await client.change_settings({**GREEDY, "temperature": 1.0})
+        first = only_answer(await client.ask(facts[5].question, [await client.upload("spec.pdf", data)]))
+        second = only_answer(await client.regenerate(first["id"]))
+        prefer = next(a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == "b")
+        (await client.click(prefer)).raise_for_status()
+        thread_id = client.thread_id
+
+    async with ChatClient(server.url, username="exporter", password=PASSWORD, thread_id=thread_id) as resumed:
+        await resumed.change_settings(GREEDY)
+        later = only_answer(await resumed.ask(facts[2].question))
+        assert ("spec.pdf", facts[2].page) in cited(later), "the resumed chat still reads its document"
+
+    await stored(server, "SELECT 1 FROM comparisons WHERE answer_b = ?", second["id"], count=1)
+    [row] = [row for row in export_rows(server, tmp_path / "export") if "spec.pdf" in json.dumps(row["prompt"])]
+    question = row["prompt"][-1]["content"]
+    page_images = [block for block in question if block["type"] == "image"]
+    assert len(page_images) == len(row["images"]) == len(cited(first)), "one image per page shown"
+    asked = question[-1]["text"]
+    assert asked.endswith(facts[5].question) and all(f"[spec.pdf, p. {page}]" in asked for _, page in cited(first))
+    assert facts[5].answer in asked, "the page's text layer is in the prompt"
+    for image in row["images"]:
+        with Image.open(tmp_path / "export" / image) as page:
+            assert page.width * page.height <= CPU_MAX_PIXELS, "the page as the model saw it, within the budget"

@@ -24,9 +24,14 @@ def down(minute: int) -> Rating:
 
 
 def answer(
-    id: str, rating: Rating | None = None, ended: str = "finished", context: tuple[str, ...] = (), system: str = SYSTEM
+    id: str,
+    rating: Rating | None = None,
+    ended: str = "finished",
+    context: tuple[str, ...] = (),
+    system: str = SYSTEM,
+    pages: tuple[tuple[str, int], ...] = (),
 ) -> Answer:
-    return Answer(id=id, ended=ended, context=context, system_prompt=system, rating=rating)
+    return Answer(id=id, ended=ended, context=context, system_prompt=system, rating=rating, pages=pages)
 
 
 def pair(chosen: str, rejected: str, rule: str) -> Pair:
@@ -145,7 +150,8 @@ def test_answers_after_an_unfinished_or_missing_earlier_answer_are_left_out() ->
 def test_answers_shown_different_prompts_are_not_paired_but_keep_their_labels() -> None:
     other_turns = [answer("A", up(1), context=("x",)), answer("B", down(2), context=("y",))]
     other_system = [answer("A", up(1)), answer("B", down(2), system="Be brief.")]
-    for answers in (other_turns, other_system):
+    other_pages = [answer("A", up(1), pages=(("d" * 64, 3),)), answer("B", down(2), pages=(("d" * 64, 4),))]
+    for answers in (other_turns, other_system, other_pages):
         judgement = judge(answers, [Comparison("A", "B", "a", at(3))], [], finished={"x", "y"})
         assert judgement.pairs == []
         assert judgement.labels == [label("A", True, "comparison"), label("B", False, "comparison")]

@@ -9,7 +9,8 @@ their ids (keyset pagination), so memory stays flat however many there are, and 
 always exports to the same bytes. DIR receives:
 
     train.jsonl             one row per line (UTF-8 JSON, keys sorted)
-    images/<sha256>.<ext>   every image the rows show, once, as it was uploaded
+    images/<sha256>.<ext>   every image the rows show, once: as it was uploaded, or a document page as the
+                            model saw it
     README.md               the dataset card: what is in it, counts, and the pairing rules
     dataset_info.json       LLaMA-Factory formats only: the entry describing train.jsonl
 
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from string import Template
@@ -50,9 +51,9 @@ from chat.dataset.pairing import (
     Response,
     judge,
 )
-from chat.prompts import system_prompt
+from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
-from chat.store.generations import BASE
+from chat.store.generations import BASE, Source
 from models.backend import Ended
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class StoredAnswer(Answer):
     prompt_id: str | None  # None in records written before Loupe kept it: such answers are never judged
     text: str  # as the model wrote it (the generation record's completion), not as the page showed it
     adapter: str | None
+    sources: tuple[Source, ...]  # the document pages shown with the question
     created_at: datetime
     reasons: tuple[str, ...]  # of its rating
 
@@ -119,6 +121,10 @@ class StoredThread:
     answers: dict[str, StoredAnswer]  # answers with a generation record, by step id, oldest first
     comparisons: dict[str, list[Comparison]]  # by prompt id, oldest verdict first
     corrections: dict[str, Correction]  # by the id of the answer corrected
+    # What answers were shown of documents: each answer's page images by citation (the previews the
+    # chat stored beside it, rendered as the model saw them), and the pages' text by (sha256, page).
+    page_images: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    page_texts: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def judged(self) -> Iterator[Judged]:
         """chat/dataset/pairing.py's judgement of each user message that has answers, oldest first."""
@@ -137,8 +143,19 @@ class StoredThread:
         return Conversation(
             system=answer.system_prompt,
             exchanges=tuple((self.turns[self.answers[e].prompt_id], self.answers[e].text) for e in answer.context),
-            question=self.turns[answer.prompt_id],
+            question=self.question(answer),
         )
+
+    def question(self, answer: StoredAnswer) -> UserTurn:
+        """The question as the model got it: with the document pages it was shown, as the chat puts them
+        (chat/documents/retrieval.py). A page image that is gone is the key "", which no file has."""
+        asked = self.turns[answer.prompt_id]
+        if not answer.sources:
+            return asked
+        cited = [(source.label, self.page_texts.get((source.sha256, source.page), "")) for source in answer.sources]
+        shown = self.page_images.get(answer.id, {})
+        pages = tuple(shown.get(source.label, "") for source in answer.sources if source.kind == "pdf")
+        return UserTurn(pages_prompt(asked.text, cited), asked.images + pages)
 
     def text(self, response: Response) -> str:
         if response.corrected:
@@ -185,13 +202,23 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
     def in_page(column: Any) -> Any:
         return column.between(page[0].id, page[-1].id)
 
+    element = schema.Element
+    elements = (
+        await connection.execute(
+            select(element.thread_id, element.for_id, element.object_key, element.type, element.name)
+            .where(in_page(element.thread_id), element.object_key.is_not(None))
+            .order_by(element.created_at, element.id)
+        )
+    ).all()
+    # A user message's attachments are its images and documents; documents reach the model as pages.
+    keys = {row.object_key for row in elements}
+    documents = set(await connection.scalars(select(schema.Document.sha256).where(schema.Document.sha256.in_(keys))))
     images: dict[str, list[str]] = defaultdict(list)
-    for for_id, key in await connection.execute(
-        select(schema.Element.for_id, schema.Element.object_key)
-        .where(in_page(schema.Element.thread_id), schema.Element.object_key.is_not(None))
-        .order_by(schema.Element.created_at, schema.Element.id)
-    ):
-        images[for_id].append(key)
+    for row in elements:
+        if row.object_key not in documents:
+            images[row.for_id].append(row.object_key)
+        if row.type == "image":  # on an answer: a page preview, the page as the model saw it
+            threads[row.thread_id].page_images[row.for_id][row.name] = row.object_key
 
     # The questions; an answer's own text is its generation record's completion, read below.
     for step in await connection.execute(
@@ -220,6 +247,7 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
             generation.ended,
             generation.adapter,
             generation.completion,
+            generation.sources,
             generation.created_at,
             generation.settings["system_prompt"].as_string().label("style"),
             schema.Step.parent_id.label("run_id"),
@@ -236,12 +264,25 @@ async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThre
             context=tuple(row.context),
             system_prompt=system_prompt(row.style),
             rating=Rating(up=rating.value == 1, at=rating.updated_at) if rating else None,
+            pages=tuple((source["sha256"], source["page"]) for source in row.sources),
             prompt_id=row.prompt_id,
             text=row.completion,
             adapter=row.adapter,
+            sources=tuple(Source(**source) for source in row.sources),
             created_at=row.created_at,
             reasons=tuple(rating.reasons) if rating else (),
         )
+
+    shown = {source.sha256 for thread in threads.values() for a in thread.answers.values() for source in a.sources}
+    pages = schema.DocumentPage
+    page_texts = {
+        (sha256, number): text
+        for sha256, number, text in await connection.execute(
+            select(pages.sha256, pages.number, pages.text).where(pages.sha256.in_(shown))
+        )
+    }
+    for thread in threads.values():  # one dict for the page of threads: a document is often in several
+        thread.page_texts = page_texts
 
     comparison = schema.Comparison
     for row in await connection.execute(
@@ -590,7 +631,8 @@ def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
         "",
         "## Columns",
         "",
-        "- `images`: the images of the prompt, in order, as uploaded (`images/<sha256>.<ext>`).",
+        "- `images`: the images of the prompt, in order (`images/<sha256>.<ext>`): as uploaded, then the document"
+        " pages shown with the question, as the model saw them.",
         "- `rule`: the pairing rule the row comes from (below). `thread`, `user`: pseudonyms, the first 16 hex",
         "  digits of sha256(salt + id), with the salt given to the export (empty if none was).",
         "- `chosen_by`, `rejected_by`, `completion_by`: the adapter that wrote that answer (`base`: none), or",

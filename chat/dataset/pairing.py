@@ -22,9 +22,10 @@ Answers are judged per user message, among its answers (regenerated answers are 
 - **Only clean conversations count.** Every earlier answer the model was shown with a question must
   have finished; if one was stopped, failed or deleted, the answers to that question are left out.
 - **A pair needs one prompt.** Two answers are paired only when the model was shown the same
-  system prompt and the same earlier turns for both, as regenerating does. A row's prompt is that
-  whole conversation: the system prompt, each earlier question (with its images) and answer, and
-  the question itself (with its images).
+  system prompt, the same earlier turns and the same document pages for both, as regenerating
+  does. A row's prompt is that whole conversation: the system prompt, each earlier question (with
+  its images) and answer, and the question itself (with its images, and the document pages shown
+  with it: their images as the model saw them and their text under their citations).
 
 DPO pairs (chosen, rejected):
 
@@ -65,9 +66,10 @@ class Answer:
     context: tuple[str, ...]  # the earlier answers shown, with their questions, oldest first
     system_prompt: str  # its text
     rating: Rating | None
+    pages: tuple[tuple[str, int], ...]  # the document pages shown with the question: (sha256, page number)
 
     def shown_same_prompt(self, other: Answer) -> bool:
-        return (self.context, self.system_prompt) == (other.context, other.system_prompt)
+        return (self.context, self.system_prompt, self.pages) == (other.context, other.system_prompt, other.pages)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from chat.ui.documents import add_to_library, page_elements, pages_again, pages_
 from chat.ui.panel import chosen_sampling
 from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
-from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_attachments
+from chat.ui.uploads import Upload, UploadsRejected, is_image, load_fitted_image, read_attachments
 from models.adapters import Adapter
 from models.backend import AdapterRefused, BackendUnavailable, Ended, OutOfMemory, Usage
 
@@ -193,7 +193,9 @@ async def stored_history(thread: dict[str, Any]) -> list[BaseMessage]:
             images.setdefault(element["forId"], []).append(element["objectKey"])
 
     def images_of(step_id: str) -> list[Image.Image]:
-        return [load_fitted_image(runtime.store.path(key), runtime.image_limits) for key in images.get(step_id, [])]
+        """The message's images; its documents reach the model as pages, chosen per question."""
+        paths = [runtime.store.path(key) for key in images.get(step_id, [])]
+        return [load_fitted_image(path, runtime.image_limits) for path in paths if is_image(path)]
 
     return await asyncio.to_thread(history_from_thread, thread["steps"], images_of)
 

@@ -69,18 +69,23 @@ def read_attachments(
     for upload in uploads:
         try:
             _check_size(upload, limits)
-            with upload.path.open("rb") as file:
-                kind = kind_of(file.read(SLACK))
-            if kind == Kind.IMAGE:
+            if is_image(upload.path):
                 images.append(load_fitted_image(upload.path, limits))
             else:
                 data = upload.path.read_bytes()
+                kind = kind_of(data[:SLACK])
                 documents.append(DocumentFile(upload.name, kind, data, hashlib.sha256(data).hexdigest()))
         except ImageRejected as rejected:
             problems.append((upload.name, rejected))
     if problems:
         raise UploadsRejected.naming(problems, language)
     return images, documents
+
+
+def is_image(path: Path) -> bool:
+    """Whether the file at `path` is an attachment read as an image (not a PDF or text file)."""
+    with path.open("rb") as file:
+        return kind_of(file.read(SLACK)) == Kind.IMAGE
 
 
 def load_fitted_image(path: Path, limits: ImageLimits) -> Image.Image:
