@@ -24,6 +24,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSize, async_playwright, expect
 
+from tests.helpers.pdfs import facts_pdf
 from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, generations, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -469,6 +470,40 @@ async def readme_screenshot(destination: Path) -> None:
         finally:
             process.terminate()
             process.wait(timeout=20)
+
+
+async def test_a_dropped_pdf_is_answered_from_and_its_cited_page_opens(
+    page: Page, server: Server, artifacts: Path, tmp_path: Path
+) -> None:
+    """Drop a datasheet on the page, ask about one of its facts: the answer streams, names the pages it
+    was shown, and the cited page opens beside the chat as the image the model saw."""
+    data, facts = facts_pdf(6, seed=21)
+    fact = facts[3]
+    datasheet = tmp_path / "datasheet.pdf"
+    datasheet.write_bytes(data)
+    await open_chat(page, server.url)
+    await set_max_new_tokens(page, 64)
+
+    before = await page.locator(ANSWERS).count()
+    await page.locator("#chat-input").fill(fact.question)
+    await page.locator("#upload-button-input").set_input_files(datasheet)
+    await expect(page.locator("#attachments")).to_contain_text(datasheet.name, timeout=START)
+    await expect(page.locator("#chat-submit")).to_be_enabled(timeout=START)
+    await page.locator("#chat-input").press("Enter")
+    answer = await new_answer(page, before)
+    await wait_until_longer(page, answer, len(await text_of(answer)))
+    await wait_until_finished(page)
+
+    citation = f"datasheet.pdf, p. {fact.page}"
+    await expect(answer).to_contain_text("Sources:", timeout=START)
+    await expect(answer).to_contain_text(citation)
+    await answer.get_by_text(citation, exact=True).click()
+    preview = page.locator(f"img[alt='{citation}']")
+    await expect(preview).to_be_visible(timeout=START)
+    width = await expect_loaded(preview)
+    assert 0 < width <= 1280, "the page as rendered for the model, within the CPU pixel budget"
+    await page.mouse.move(0, VIEWPORT["height"])
+    await page.screenshot(path=artifacts / "browser-cited-page.png")
 
 
 async def set_max_new_tokens(page: Page, tokens: int) -> None:
