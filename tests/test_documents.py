@@ -4,6 +4,10 @@ search index, found for a question within the asking user's library only, on SQL
 from __future__ import annotations
 
 import hashlib
+import os
+import random
+import shutil
+import subprocess
 import tracemalloc
 from collections.abc import AsyncIterator
 
@@ -12,7 +16,7 @@ from sqlalchemy import func, select, text
 
 from chat.store.accounts import add_user
 from chat.store.database import create_engine, session_factory
-from chat.store.documents import Documents
+from chat.store.documents import LARGE_SCOPE_PAGES, Documents
 from chat.store.schema import Base, Document, DocumentPage, LibraryDocument
 from chat.store.terms import query_terms, terms
 from models.images import visual_tokens
@@ -49,6 +53,25 @@ def test_tables_figures_and_scanned_pages() -> None:
     assert scanned.text == "", "a scanned page has no text layer..."
     image = render_page(pdfs.datasheet_pdf(), 4, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
     assert image.mode == "RGB" and image.getextrema() != ((255, 255),) * 3, "...and is still seen, as an image"
+
+
+def test_korean_text_without_an_embedded_font_is_rendered_with_a_system_font() -> None:
+    """The test PDFs' Korean font (a CID font) is not embedded, like many real ones: PDFium draws it with an
+    installed Korean font (Debian's fonts-nanum, which .ci/run installs); without one the page is blank."""
+    fonts = (
+        subprocess.run(["fc-list", ":lang=ko"], capture_output=True, text=True).stdout
+        if shutil.which("fc-list")
+        else ""
+    )
+    if not fonts.strip():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs a Korean font: apt-get install fonts-nanum (.ci/run does)")
+        pytest.skip("no Korean font installed: apt-get install fonts-nanum")
+    image = render_page(
+        pdfs.text_pdf(["최대 공급 전압은 오 볼트입니다"], korean=True), 1, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
+    )
+    ink = sum(value < 128 for value in image.convert("L").get_flattened_data())
+    assert ink > 300, "the Korean glyphs were drawn"
 
 
 def test_a_page_not_made_by_loupe() -> None:
@@ -144,6 +167,19 @@ async def test_the_page_holding_a_fact_is_found_in_english_and_korean(documents:
             assert (key, fact.page) in [(hit.sha256, hit.number) for hit in found], fact.question
     [best] = await documents.search("ada", "How does the magic file start? MIME-Magic", 1)
     assert (best.name, best.number) == ("mime-spec.pdf", 9)
+
+
+async def test_a_library_past_the_large_scope_still_finds_each_fact(documents: Documents) -> None:
+    """Over LARGE_SCOPE_PAGES the commonest terms (each English part number's "lx", on half the pages)
+    are left out of the search; the fact's page must still come first."""
+    made, questions = pdfs.library(24, seed=1)  # 1,200 pages
+    assert sum(len(pages) for _, _, pages in made) > LARGE_SCOPE_PAGES
+    for name, sha256, pages in made:
+        await documents.ingest("ada", sha256, name, "pdf", pages)
+    for question in random.Random(0).sample(questions, 40):
+        found = [(hit.sha256, hit.number) for hit in await documents.search("ada", question.text, 3)]
+        assert (question.sha256, question.page) in found, question.text
+    assert await documents.search("bob", questions[0].text, 3) == []
 
 
 async def test_a_document_is_stored_once_whoever_uploads_it(documents: Documents) -> None:

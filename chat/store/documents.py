@@ -3,7 +3,8 @@ searched only within what the asking user may read, their library.
 
 Ranking is each engine's own. SQLite ranks with FTS5's BM25. PostgreSQL's ts_rank knows no
 document frequencies, so each question term's ts_rank on a page is weighted by the term's inverse
-document frequency, counted within the user's scope with the GIN index.
+document frequency, counted within the user's scope with the GIN index. Over a large library, the
+terms on a tenth of its pages or more are left out of the search (_informative).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.rows import dialect_insert, utcnow
@@ -23,6 +24,11 @@ from chat.store.terms import query_terms, terms
 from models.pdf import PageText
 
 MAX_TSVECTOR_POSITION = 16383  # PostgreSQL's limit; later occurrences count at the last position
+# Past this many pages in scope (a library, not a conversation's few documents), a search leaves out the
+# terms on more than COMMON_SHARE of the pages: at 50,000 pages that keeps p99 within 100 ms (bench/RESULTS.md).
+LARGE_SCOPE_PAGES = 1000
+COMMON_SHARE = 0.1
+CANDIDATES = 50  # PostgreSQL: pages ranked again with ts_rank after the first, index-only score
 
 
 @dataclass(frozen=True)
@@ -161,9 +167,40 @@ def _scope(within: list[str] | None) -> tuple[str, dict]:
     return " AND p.sha256 IN :within", {"within": within}
 
 
+def _expanding(query: TextClause, within: list[str] | None) -> TextClause:
+    return query if within is None else query.bindparams(bindparam("within", expanding=True))
+
+
+async def _scope_pages(session: AsyncSession, user_id: str, within: list[str] | None) -> int:
+    """How many pages the search may find: those of the user's library (or of its documents `within`)."""
+    scope, parameters = _scope(within)
+    query = text(
+        "SELECT coalesce(sum(d.page_count), 0) FROM library l JOIN documents d ON d.sha256 = l.sha256"
+        f" WHERE l.user_id = :user_id{scope.replace('p.sha256', 'l.sha256')}"
+    )
+    return await session.scalar(_expanding(query, within), {"user_id": user_id, **parameters})
+
+
+def _informative(wanted: list[str], frequencies: dict[str, int], pages: int, scope_pages: int) -> list[str]:
+    """The terms worth searching for in a large scope: not on more than COMMON_SHARE of `pages` (BM25 gives
+    such a term little weight, and its long list of pages is most of a search's cost); all of them when
+    every term is that common, or when the scope is small enough to rank whole."""
+    if scope_pages < LARGE_SCOPE_PAGES:
+        return wanted
+    return [term for term in wanted if frequencies.get(term, 0) <= COMMON_SHARE * pages] or wanted
+
+
 async def _search_sqlite(
     session: AsyncSession, user_id: str, wanted: list[str], limit: int, within: list[str] | None
 ) -> list[PageHit]:
+    scope_pages = await _scope_pages(session, user_id, within)
+    if scope_pages >= LARGE_SCOPE_PAGES:  # FTS5's own counts: each term's pages, over every document indexed
+        vocabulary = text("SELECT term, doc FROM page_search_vocab WHERE term IN :terms").bindparams(
+            bindparam("terms", expanding=True)
+        )
+        frequencies = dict((await session.execute(vocabulary, {"terms": wanted})).all())
+        pages = await session.scalar(select(func.count()).select_from(DocumentPage))
+        wanted = _informative(wanted, frequencies, pages, scope_pages)
     scope, parameters = _scope(within)
     query = text(
         "SELECT l.name, p.sha256, d.kind, p.number, p.text, bm25(page_search) AS rank FROM page_search"
@@ -171,45 +208,56 @@ async def _search_sqlite(
         " JOIN documents d ON d.sha256 = p.sha256"
         f" WHERE page_search MATCH :match AND l.user_id = :user_id{scope} ORDER BY rank LIMIT :limit"
     )
-    if within is not None:
-        query = query.bindparams(bindparam("within", expanding=True))
     match = " OR ".join(f'"{term}"' for term in wanted)  # terms hold no quotes (chat/store/terms.py)
-    result = await session.execute(query, {"match": match, "user_id": user_id, "limit": limit, **parameters})
+    result = await session.execute(
+        _expanding(query, within), {"match": match, "user_id": user_id, "limit": limit, **parameters}
+    )
     return [PageHit(*row[:-1], score=-row.rank) for row in result]
 
 
 async def _search_postgresql(
     session: AsyncSession, user_id: str, wanted: list[str], limit: int, within: list[str] | None
 ) -> list[PageHit]:
+    """Each term's pages come from the GIN index; a page's first score is the sum of the IDF of the terms
+    it holds, and the best CANDIDATES are ranked again with ts_rank, which reads their tsvectors."""
     scope, parameters = _scope(within)
-    in_scope = (
-        "FROM document_pages p JOIN library l ON l.sha256 = p.sha256 JOIN documents d ON d.sha256 = p.sha256"
-        f" WHERE l.user_id = :user_id{scope}"
-    )
-    term_parameters = {f"t{index}": f"'{term}'" for index, term in enumerate(wanted)}
+    in_scope = f"FROM document_pages p JOIN library l ON l.sha256 = p.sha256 WHERE l.user_id = :user_id{scope}"
+    base = {"user_id": user_id, **parameters}
+    scope_pages = await _scope_pages(session, user_id, within)
+    # Document frequencies within the scope, counted no further than a common term's share.
+    cap = int(COMMON_SHARE * scope_pages) + 1 if scope_pages >= LARGE_SCOPE_PAGES else scope_pages
+    terms_in = {f"t{index}": f"'{term}'" for index, term in enumerate(wanted)}  # tsquery literals
     counts = ", ".join(
-        f"(SELECT count(*) {in_scope} AND p.terms @@ CAST(:t{index} AS tsquery))" for index in range(len(wanted))
+        f"(SELECT count(*) FROM (SELECT 1 {in_scope} AND p.terms @@ CAST(:{key} AS tsquery) LIMIT :cap) AS found)"
+        for key in terms_in
     )
-    count_query = text(f"SELECT (SELECT count(*) {in_scope}), {counts}")
-    if within is not None:
-        count_query = count_query.bindparams(bindparam("within", expanding=True))
-    pages, *frequencies = (
-        await session.execute(count_query, {"user_id": user_id, **parameters, **term_parameters})
-    ).one()
+    found = (await session.execute(_expanding(text(f"SELECT {counts}"), within), base | terms_in | {"cap": cap})).one()
+    frequencies = dict(zip(wanted, found, strict=True))
+    kept = [term for term in _informative(wanted, frequencies, scope_pages, scope_pages) if frequencies[term]]
+    if not kept:
+        return []
+    terms_in = {f"t{index}": f"'{term}'" for index, term in enumerate(kept)}
     # BM25's inverse document frequency, kept positive.
-    idf = {f"w{index}": math.log(1 + (pages - df + 0.5) / (df + 0.5)) for index, df in enumerate(frequencies)}
+    weights = {
+        f"w{index}": math.log(1 + (scope_pages - frequencies[term] + 0.5) / (frequencies[term] + 0.5))
+        for index, term in enumerate(kept)
+    }
+    matched = " UNION ALL ".join(
+        f"SELECT p.id, CAST(:w{index} AS float8) AS weight {in_scope} AND p.terms @@ CAST(:t{index} AS tsquery)"
+        for index in range(len(kept))
+    )
     # ts_rank of one term saturates with its count on the page, and normalization 1 divides by the log
     # of the page's length: with the IDF weights, BM25's three ingredients.
-    score = " + ".join(f":w{index} * ts_rank(p.terms, CAST(:t{index} AS tsquery), 1)" for index in range(len(wanted)))
+    score = " + ".join(f":w{index} * ts_rank(p.terms, CAST(:t{index} AS tsquery), 1)" for index in range(len(kept)))
     query = text(
-        f"SELECT l.name, p.sha256, d.kind, p.number, p.text, {score} AS rank {in_scope}"
-        " AND p.terms @@ CAST(:match AS tsquery)"
+        f"WITH candidates AS (SELECT id, sum(weight) AS coverage FROM ({matched}) AS matched"
+        " GROUP BY id ORDER BY coverage DESC, id LIMIT :candidates)"
+        f" SELECT l.name, p.sha256, d.kind, p.number, p.text, {score} AS rank FROM candidates c"
+        " JOIN document_pages p ON p.id = c.id JOIN documents d ON d.sha256 = p.sha256"
+        " JOIN library l ON l.sha256 = p.sha256 AND l.user_id = :user_id"
         " ORDER BY rank DESC, p.id LIMIT :limit"
     )
-    if within is not None:
-        query = query.bindparams(bindparam("within", expanding=True))
-    match = " | ".join(term_parameters.values())
     result = await session.execute(
-        query, {"match": match, "user_id": user_id, "limit": limit, **parameters, **term_parameters, **idf}
+        _expanding(query, within), base | terms_in | weights | {"candidates": CANDIDATES, "limit": limit}
     )
     return [PageHit(*row[:-1], score=float(row.rank)) for row in result]

@@ -71,6 +71,8 @@ def upgrade() -> None:
             "CREATE VIRTUAL TABLE page_search USING fts5(terms, content='document_pages', content_rowid='id', "
             "tokenize='unicode61 remove_diacritics 0')"
         )
+        # Each term's page count, read to leave the commonest terms out of a search in a large library.
+        op.execute("CREATE VIRTUAL TABLE page_search_vocab USING fts5vocab(page_search, 'row')")
         # FTS5's pattern for an external-content index: triggers keep it in step with the rows.
         op.execute(
             "CREATE TRIGGER page_search_insert AFTER INSERT ON document_pages BEGIN "
@@ -88,6 +90,7 @@ def downgrade() -> None:
     else:
         op.execute("DROP TRIGGER page_search_delete")
         op.execute("DROP TRIGGER page_search_insert")
+        op.execute("DROP TABLE page_search_vocab")
         op.execute("DROP TABLE page_search")
     with op.batch_alter_table("library") as batch_op:
         batch_op.drop_index(batch_op.f("ix_library_user_id"))

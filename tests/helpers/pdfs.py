@@ -7,6 +7,7 @@ is real Unicode without shipping a font file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfgen import canvas
 from reportlab.platypus import Table
 
-from models.pdf import END_MARKER, HEADER
+from models.pdf import END_MARKER, HEADER, PageText
 
 EXTERNAL_PDF = "tests/fixtures/shared-mime-info-spec.pdf"  # not made by Loupe: see tests/fixtures/PROVENANCE.md
 KOREAN_FONT = "HYSMyeongJo-Medium"
@@ -174,3 +175,170 @@ def _assembled(objects: list[bytes]) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n" % (len(objects) + 1, xref) + END_MARKER + b"\n"
     return bytes(out)
+
+
+# A large library, as text pages (no PDFs to make): for search at scale ------------------------------
+
+LIBRARY = """\
+Per document: one part (a unique part number such as LX-0042 or KR-0043), 50 pages, every second
+document in Korean. Each page states one of 60 parameters of that part with its value, between two
+paragraphs of boilerplate that every datasheet repeats, and mentions the part number once more; no
+parameter repeats within a document. A question names the part and the parameter, in the document's
+language, and its answer is on exactly one page.
+"""
+PARAMETERS = (
+    "supply voltage",
+    "quiescent current",
+    "shutdown current",
+    "output current",
+    "input offset voltage",
+    "input bias current",
+    "gain bandwidth product",
+    "slew rate",
+    "switching frequency",
+    "dropout voltage",
+    "line regulation",
+    "load regulation",
+    "thermal resistance",
+    "junction temperature",
+    "storage temperature",
+    "ESD rating",
+    "rise time",
+    "fall time",
+    "propagation delay",
+    "output impedance",
+    "input capacitance",
+    "noise density",
+    "power supply rejection ratio",
+    "common mode rejection ratio",
+    "startup time",
+    "soft-start time",
+    "reference voltage",
+    "undervoltage lockout threshold",
+    "overvoltage threshold",
+    "current limit",
+    "on-resistance",
+    "gate charge",
+    "leakage current",
+    "breakdown voltage",
+    "forward voltage",
+    "reverse recovery time",
+    "clock frequency",
+    "sample rate",
+    "resolution",
+    "integral nonlinearity",
+    "differential nonlinearity",
+    "settling time",
+    "wake-up time",
+    "standby power",
+    "efficiency",
+    "package height",
+    "pin pitch",
+    "moisture sensitivity level",
+    "operating humidity",
+    "vibration rating",
+    "insulation resistance",
+    "isolation voltage",
+    "creepage distance",
+    "maximum duty cycle",
+    "minimum on-time",
+    "feedback voltage",
+    "enable threshold",
+    "watchdog timeout",
+    "baud rate",
+    "flash endurance",
+)
+KOREAN_PARAMETERS = (
+    "공급 전압",
+    "대기 전류",
+    "차단 전류",
+    "출력 전류",
+    "입력 오프셋 전압",
+    "입력 바이어스 전류",
+    "이득 대역폭",
+    "슬루율",
+    "스위칭 주파수",
+    "드롭아웃 전압",
+    "라인 레귤레이션",
+    "로드 레귤레이션",
+    "열저항",
+    "접합 온도",
+    "보관 온도",
+    "정전기 내성",
+    "상승 시간",
+    "하강 시간",
+    "전파 지연",
+    "출력 임피던스",
+    "입력 커패시턴스",
+    "잡음 밀도",
+    "전원 제거비",
+    "동상 제거비",
+    "기동 시간",
+    "소프트 스타트 시간",
+    "기준 전압",
+    "저전압 차단 문턱",
+    "과전압 문턱",
+    "전류 제한",
+    "온 저항",
+    "게이트 전하",
+    "누설 전류",
+    "항복 전압",
+    "순방향 전압",
+    "역회복 시간",
+    "클록 주파수",
+    "샘플링 속도",
+    "분해능",
+    "적분 비선형성",
+    "미분 비선형성",
+    "정착 시간",
+    "웨이크업 시간",
+    "대기 전력",
+    "효율",
+    "패키지 높이",
+    "핀 간격",
+    "습기 민감도",
+    "동작 습도",
+    "진동 등급",
+    "절연 저항",
+    "절연 전압",
+    "연면 거리",
+    "최대 듀티비",
+    "최소 온 시간",
+    "피드백 전압",
+    "활성화 문턱",
+    "워치독 시간",
+    "통신 속도",
+    "플래시 내구성",
+)
+PAGES_PER_DOCUMENT = 50
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    sha256: str
+    page: int
+
+
+def library(documents: int, seed: int) -> tuple[list[tuple[str, str, list[PageText]]], list[Question]]:
+    """The library's documents (name, sha256, pages) and one labelled question per page."""
+    rng = random.Random(seed)
+    made, questions = [], []
+    for number in range(documents):
+        korean = number % 2 == 1
+        part = f"{'KR' if korean else 'LX'}-{number:04d}"
+        parameters = KOREAN_PARAMETERS if korean else PARAMETERS
+        chosen = rng.sample(range(len(parameters)), PAGES_PER_DOCUMENT)
+        pages, sha256 = [], hashlib.sha256(f"document {number}".encode()).hexdigest()
+        for page, index in enumerate(chosen, start=1):
+            value = f"{rng.randint(1, 999)}.{rng.randint(0, 9)}"
+            filler = KOREAN_FILLER if korean else FILLER
+            if korean:
+                fact = f"{part}의 {parameters[index]}은 {value}입니다. {part} 사용 시 주의 사항은 뒤에 있습니다."
+                questions.append(Question(f"{part}의 {parameters[index]}은 얼마인가요?", sha256, page))
+            else:
+                fact = f"The {parameters[index]} of the {part} is {value}. See the {part} application notes."
+                questions.append(Question(f"What is the {parameters[index]} of the {part}?", sha256, page))
+            pages.append(PageText(page, f"{filler}\n{fact}\n{filler}", 595.0, 842.0))
+        made.append((f"{part}.pdf", sha256, pages))
+    return made, questions
