@@ -174,3 +174,22 @@ async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_
     for image in row["images"]:
         with Image.open(tmp_path / "export" / image) as page:
             assert page.width * page.height <= CPU_MAX_PIXELS, "the page as the model saw it, within the budget"
+
+
+async def test_a_long_document_shows_its_progress_and_is_read_only_once(server: Server) -> None:
+    data, facts = pdfs.facts_pdf(25, seed=13)
+    async with ChatClient(server.url) as client:
+        await client.change_settings(GREEDY)
+        reply = await client.ask(facts[20].question, [await client.upload("long.pdf", data, "application/pdf")])
+        progress = [m["output"] for m in client.seen_messages if m["output"].startswith(("Reading", "Read **"))]
+        assert progress[0] == "Reading **long.pdf**: page 1 of 25…"
+        assert "Reading **long.pdf**: page 21 of 25…" in progress
+        assert progress[-1] == "Read **long.pdf**: 25 pages, now in your library."
+        assert ("long.pdf", facts[20].page) in cited(reply.messages[-1])
+
+    add_account(server, "second-reader", PASSWORD)  # another user's upload of the same bytes
+    async with ChatClient(server.url, username="second-reader", password=PASSWORD) as again:
+        await again.change_settings(GREEDY)
+        reply = await again.ask(facts[4].question, [await again.upload("same.pdf", data, "application/pdf")])
+        assert not [m for m in again.seen_messages if m["output"].startswith("Reading")], "not read again"
+        assert ("same.pdf", facts[4].page) in cited(only_answer(reply)), "under the name this user gave it"
