@@ -4,19 +4,41 @@ with their reason while the app keeps serving, and another user's documents out 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 from models.settings import CPU_MAX_PIXELS
 from tests.helpers import pdfs
 from tests.helpers.client import GREEDY, ChatClient, only_answer
-from tests.helpers.server import Server, add_account, export_rows, generations, stored
+from tests.helpers.databases import postgres_database
+from tests.helpers.server import Server, add_account, export_rows, start_server, stop_server, stored
 
 PASSWORD = "documents-password-1"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def on_each_database(
+    request: pytest.FixtureRequest, server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
+    """The shared server (SQLite), or one of its own on a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield server
+        return
+    async with postgres_database("loupe_documents") as url:
+        process, postgres_server = await asyncio.to_thread(
+            start_server, tmp_path_factory.mktemp("documents-postgresql"), LOUPE_DATABASE_URL=url
+        )
+        try:
+            yield postgres_server
+        finally:
+            stop_server(process)
 
 
 def record(answer: dict) -> dict:
@@ -27,7 +49,8 @@ def cited(answer: dict) -> list[tuple[str, int]]:
     return [(source["name"], source["page"]) for source in record(answer)["sources"]]
 
 
-async def test_the_page_holding_the_answer_is_shown_to_the_model_and_cited(server: Server) -> None:
+async def test_the_page_holding_the_answer_is_shown_to_the_model_and_cited(on_each_database: Server) -> None:
+    server = on_each_database
     data, facts = pdfs.facts_pdf(12, seed=7)
     fact = facts[8]
     async with ChatClient(server.url) as client:
@@ -48,8 +71,7 @@ async def test_the_page_holding_the_answer_is_shown_to_the_model_and_cited(serve
         assert set(previews) == {f"datasheet.pdf, p. {page}" for _, page in cited(answer)}
         assert {element["type"] for element in previews.values()} == {"image"}
         # The page images are in the prompt: it is far longer than the question alone.
-        [stored] = await generations(server, client.thread_id, expected=1)
-        assert stored["prompt_tokens"] > 3 * 64
+        assert record(answer)["prompt_tokens"] > 3 * 64
 
         # Another answer to the same question is shown the same pages, so the two can be compared.
         again = only_answer(await client.regenerate(answer["id"]))
@@ -70,13 +92,15 @@ async def test_a_short_document_goes_whole_and_text_files_are_read_as_text(serve
         assert ("notes.md", 1) in cited(follow_up)
 
 
-async def test_bad_documents_are_refused_by_name_and_nothing_is_stored(server: Server) -> None:
+async def test_bad_documents_are_refused_by_name_and_nothing_is_stored(on_each_database: Server) -> None:
+    server = on_each_database
     bad = {
         "locked.pdf": (pdfs.encrypted_pdf(), "the PDF is protected by a password"),
         "cut.pdf": (pdfs.text_pdf(["cut short"] * 3)[:-300], "the PDF is cut short"),
         "empty-tree.pdf": (pdfs.zero_page_pdf(), "the PDF has no pages"),
         "garbled.pdf": (pdfs.HEADER + b"1.7\n" + bytes(range(256)) * 8 + pdfs.END_MARKER, "the PDF is damaged"),
         "nothing.pdf": (b"", "the file is empty"),
+        "tome.pdf": (pdfs.text_pdf(["page"] * 501), "the PDF has 501 pages; the limit is 500"),
     }
     async with ChatClient(server.url) as client:
         await client.change_settings(GREEDY)
@@ -89,8 +113,13 @@ async def test_bad_documents_are_refused_by_name_and_nothing_is_stored(server: S
         scripted = await client.upload("form.pdf", pdfs.scripted_pdf(), "application/pdf")
         answer = only_answer(await client.ask("What does the form ask for?", [scripted]))
         assert cited(answer) == [("form.pdf", 1)], "a PDF with scripts and forms is read, never run"
-        # Nothing of a refused message was kept: its good file is not in the conversation.
+        huge = await client.upload("sheet.pdf", pdfs.sized_pdf(14400, 14400), "application/pdf")  # 200 x 200 in
+        reply = await client.ask("What is on the drawing sheet?", [huge])
+        assert ("sheet.pdf", 1) in cited(only_answer(reply)), "a page of any size is shown within the budget"
+        # Nothing of a refused message was kept: its good file is neither in the conversation nor the library.
         assert "good.pdf" not in {name for name, _ in cited(answer)}
+        [listing] = (await client.ask("", command="Library")).messages
+        assert "form.pdf" in listing["output"] and "good.pdf" not in listing["output"]
 
 
 async def test_another_user_can_neither_search_nor_see_a_users_pages(server: Server) -> None:
