@@ -133,8 +133,12 @@ async def test_another_user_can_neither_search_nor_see_a_users_pages(server: Ser
         [[page_image]] = await stored(
             server, "SELECT object_key FROM elements WHERE name = ?", f"private.pdf, p. {facts[1].page}", count=1
         )
+        document = f"/loupe/files/{hashlib.sha256(data).hexdigest()}"
         async with httpx.AsyncClient(base_url=server.url, cookies=owner.cookies) as http:
             assert (await http.get(f"/loupe/files/{page_image}")).status_code == 200
+            download = await http.get(document)
+            assert download.headers["content-type"] == "application/pdf" and download.content == data
+            assert download.headers["content-disposition"] == "attachment", "downloaded, never rendered by Loupe"
 
     async with ChatClient(server.url, username="pages-other", password=PASSWORD) as other:
         await other.change_settings(GREEDY)
@@ -142,6 +146,7 @@ async def test_another_user_can_neither_search_nor_see_a_users_pages(server: Ser
         assert cited(theirs) == [], "no pages of anyone else's documents"
         async with httpx.AsyncClient(base_url=server.url, cookies=other.cookies) as http:
             assert (await http.get(f"/loupe/files/{page_image}")).status_code == 404, "nor their page images"
+            assert (await http.get(document)).status_code == 404, "nor the document"
 
 
 async def test_a_new_chat_asks_across_the_whole_library_and_lists_it(server: Server) -> None:

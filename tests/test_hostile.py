@@ -214,7 +214,7 @@ async def test_a_forged_model_answer_is_stored_as_a_user_message_and_never_expor
 # 4. Stored files are served as the image Loupe decoded, or not at all --------------------------
 
 
-async def test_uploaded_html_is_never_served_and_polyglots_only_as_sandboxed_images(
+async def test_uploaded_html_is_served_only_as_text_and_polyglots_only_as_sandboxed_images(
     hostile: Hostile, victim: OwnedThread
 ):
     page = b"<html><script>fetch('/project/threads')</script></html>"
@@ -227,8 +227,10 @@ async def test_uploaded_html_is_never_served_and_polyglots_only_as_sandboxed_ima
         image_file = await mallory.upload("picture.png", polyglot, "text/html")
         await mallory.ask("And this?", [image_file])
 
-        never = await http(mallory, "GET", f"/loupe/files/{hashlib.sha256(page).hexdigest()}")
-        assert never.status_code == 404
+        as_text = await http(mallory, "GET", f"/loupe/files/{hashlib.sha256(page).hexdigest()}")
+        assert as_text.headers["content-type"] == "text/plain; charset=utf-8", "HTML is served as text, never HTML"
+        assert as_text.headers["x-content-type-options"] == "nosniff"
+        assert "sandbox" in as_text.headers["content-security-policy"]
         served = await http(mallory, "GET", f"/loupe/files/{hashlib.sha256(polyglot).hexdigest()}")
         assert served.status_code == 200
         assert served.headers["content-type"] == "image/png"

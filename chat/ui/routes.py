@@ -3,8 +3,9 @@
 Chainlit checks the thread's author on its thread routes but not on `/feedback`, has no route
 for files kept by a storage client, no login throttling, and takes uploads without a per-user
 quota. Here only the owner of a thread may rate, un-rate, or download what is in it; anyone
-else gets 404, so ids reveal nothing. Stored files are served as the image type Loupe decoded,
-never as the type a client declared, so an uploaded HTML page can never render as one.
+else gets 404, so ids reveal nothing. Stored files are served as what their content is to Loupe
+(an image as the type it decoded, a PDF as a download, text as plain text), never as the type a
+client declared, so an uploaded HTML page can never render as one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 
+from chat.documents.reading import Kind, kind_of
 from chat.store.files import ContentStore
 from chat.store.rows import NotYours, owned_by
 from chat.store.schema import Element, Feedback, Step, Thread
@@ -37,6 +39,7 @@ from chat.ui.chainlit_fixes import issued_action
 from chat.ui.limits import LoginThrottle, retry_after
 from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
+from models.pdf import SLACK
 
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
@@ -102,10 +105,11 @@ def add_routes(
         if not await owns(current_user, query):
             raise HTTPException(status_code=404, detail="File not found")
         try:
-            mime = await asyncio.to_thread(checked_image_mime, store.path(object_key))
-        except (ImageRejected, OSError):  # stored as sent, but never passed as an image: not served
+            mime, disposition = await asyncio.to_thread(served_as, store.path(object_key))
+        except (ImageRejected, OSError):  # stored as sent, but neither an image nor a document: not served
             raise HTTPException(status_code=404, detail="File not found") from None
-        return FileResponse(store.path(object_key), media_type=mime, headers=FILE_HEADERS)
+        headers = FILE_HEADERS | {"Content-Disposition": disposition}
+        return FileResponse(store.path(object_key), media_type=mime, headers=headers)
 
     @server.put("/feedback")
     async def rate(request: Request, update: UpdateFeedbackRequest, current_user: UserParam) -> Response:
@@ -241,7 +245,14 @@ def add_routes(
 
 
 @lru_cache(maxsize=4096)
-def checked_image_mime(path: Path) -> str:
-    """The type of the image stored at `path`, as decoded (the key is the content's hash, so the
-    answer never changes); ImageRejected for bytes that are not an image Loupe accepts."""
-    return image_mime(path)
+def served_as(path: Path) -> tuple[str, str]:
+    """The type and disposition a stored file is served with, from its content (the key is the content's
+    hash, so the answer never changes): an image as decoded, inline; a PDF as a download, never rendered
+    in Loupe's origin; text (a cited part of a text file) as plain text. ImageRejected for anything else."""
+    with path.open("rb") as file:
+        kind = kind_of(file.read(SLACK))
+    if kind == Kind.PDF:
+        return "application/pdf", "attachment"
+    if kind == Kind.TEXT:
+        return "text/plain; charset=utf-8", "inline"
+    return image_mime(path), "inline"
