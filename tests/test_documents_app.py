@@ -186,7 +186,8 @@ async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_
     data, facts = pdfs.facts_pdf(8, seed=12)
     async with ChatClient(server.url, username="exporter", password=PASSWORD) as client:
         await client.change_settings({**GREEDY, "temperature": 1.0})
-        first = only_answer(await client.ask(facts[5].question, [await client.upload("spec.pdf", data)]))
+        spec = await client.upload("spec.pdf", data, "application/pdf")
+        first = only_answer(await client.ask(facts[5].question, [spec]))
         second = only_answer(await client.regenerate(first["id"]))
         prefer = next(a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == "b")
         (await client.click(prefer)).raise_for_status()
@@ -196,6 +197,10 @@ async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_
         await resumed.change_settings(GREEDY)
         later = only_answer(await resumed.ask(facts[2].question))
         assert ("spec.pdf", facts[2].page) in cited(later), "the resumed chat still reads its document"
+        async with httpx.AsyncClient(base_url=server.url, cookies=resumed.cookies) as http:
+            thread = (await http.get(f"/project/thread/{thread_id}")).json()
+        [attached] = [element for element in thread["elements"] if element["name"] == "spec.pdf"]
+        assert attached["type"] == "file", "the attached PDF comes back as a file to download"
 
     await stored(server, "SELECT 1 FROM comparisons WHERE answer_b = ?", second["id"], count=1)
     [row] = [row for row in export_rows(server, tmp_path / "export") if "spec.pdf" in json.dumps(row["prompt"])]
