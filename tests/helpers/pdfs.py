@@ -1,5 +1,6 @@
 """PDF documents made up for tests and benchmarks, with reportlab: text layers in English and Korean,
-a table, a figure, scanned pages without a text layer, and the broken files users send.
+a table, a figure, scanned pages without a text layer, and the broken files users send; and a large
+library of datasheet pages as text, with a labelled question per page, for search at scale.
 
 Korean text uses reportlab's built-in CID font (HYSMyeongJo-Medium, Adobe-Korea1): the text layer
 is real Unicode without shipping a font file.
