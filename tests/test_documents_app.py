@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from models.settings import CPU_MAX_PIXELS
 from tests.helpers import pdfs
 from tests.helpers.client import GREEDY, ChatClient, only_answer
 from tests.helpers.databases import postgres_database
-from tests.helpers.server import Server, add_account, export_rows, start_server, stop_server, stored
+from tests.helpers.server import REPO, Server, add_account, export_rows, start_server, stop_server, stored
 
 PASSWORD = "documents-password-1"
 
@@ -213,6 +215,14 @@ async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_
     for image in row["images"]:
         with Image.open(tmp_path / "export" / image) as page:
             assert page.width * page.height <= CPU_MAX_PIXELS, "the page as the model saw it, within the budget"
+
+    # TRL trains on it: `python -m models train`, one DPO step on the demo model.
+    command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(tmp_path / "export")]
+    command += ["--out", str(tmp_path / "adapter"), "--base", "demo", "--max-steps", "1", "--batch-size", "1"]
+    command += ["--gradient-accumulation", "1", "--eval-fraction", "0"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
 async def test_a_long_document_shows_its_progress_and_is_read_only_once(server: Server) -> None:
