@@ -32,8 +32,10 @@ from chainlit.step import StepDict
 from chainlit.utils import utc_now
 from fastapi import HTTPException
 
+from chat.documents.reading import Kind, kind_of
 from chat.ui.limits import RateLimit
 from chat.ui.texts import language_of, text
+from models.pdf import SLACK
 
 log = logging.getLogger("loupe")
 
@@ -135,6 +137,16 @@ def client_message_step(sent: Any, author: str, max_chars: int, commands: Collec
     return step
 
 
+# The type a PDF or text attachment is given, whatever the browser declared: Chainlit then shows it as a
+# file (a download), as Loupe serves it (routes.served_as), not in an inline viewer of its declared type.
+DOCUMENT_MIME = "application/octet-stream"
+
+
+def _is_document(path: Path) -> bool:
+    with path.open("rb") as file:
+        return kind_of(file.read(SLACK)) != Kind.IMAGE
+
+
 def guard_client_messages(
     max_chars: int,
     rate: RateLimit,
@@ -167,6 +179,8 @@ def guard_client_messages(
         for reference in files:  # sent with a message: no longer pending (routes.py counts pending uploads)
             if (pending := self.session.files.get(reference.get("id"))) is not None:
                 pending["sent"] = True
+                if _is_document(Path(pending["path"])):  # shown as a file to download, never an inline viewer
+                    pending["type"] = DOCUMENT_MIME
         return await process_message(self, {"message": step, "fileReferences": files})
 
     async def checked_message(session: WebsocketSession, payload: Any) -> None:

@@ -370,9 +370,7 @@ class LoupeDataLayer(BaseDataLayer):
             "id": element.id,
             "threadId": element.thread_id,
             "forId": element.for_id,
-            # An attached PDF comes back as a file to download (routes.served_as), not as Chainlit's inline
-            # PDF viewer: Loupe serves PDFs only as attachments, which a viewer cannot show.
-            "type": "file" if element.type == "pdf" else element.type,
+            "type": element.type,
             "name": element.name,
             "mime": element.mime,
             "display": element.display,
