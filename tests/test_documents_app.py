@@ -18,7 +18,7 @@ from PIL import Image
 
 from models.settings import CPU_MAX_PIXELS
 from tests.helpers import pdfs
-from tests.helpers.client import GREEDY, ChatClient, only_answer
+from tests.helpers.client import GREEDY, ChatClient, only_answer, png
 from tests.helpers.databases import postgres_database
 from tests.helpers.server import REPO, Server, add_account, export_rows, start_server, stop_server, stored
 
@@ -242,3 +242,16 @@ async def test_a_long_document_shows_its_progress_and_is_read_only_once(server: 
         reply = await again.ask(facts[4].question, [await again.upload("same.pdf", data, "application/pdf")])
         assert not [m for m in again.seen_messages if m["output"].startswith("Reading")], "not read again"
         assert ("same.pdf", facts[4].page) in cited(only_answer(reply)), "under the name this user gave it"
+
+
+async def test_cited_pages_do_not_count_as_uploads_waiting_to_be_sent(server: Server) -> None:
+    """The previews are the server's files: a user who asked about documents can still upload a full quota."""
+    add_account(server, "quota-reader", PASSWORD)
+    data, facts = pdfs.facts_pdf(6, seed=14)
+    async with ChatClient(server.url, username="quota-reader", password=PASSWORD) as client:
+        await client.change_settings(GREEDY)
+        for fact in facts[:3]:
+            reply = await client.ask(fact.question, [await client.upload("q.pdf", data, "application/pdf")])
+            assert len(cited(only_answer(reply))) == 3
+        quota = 5 * 4  # chat/ui/runtime.py: five messages of LOUPE_MAX_IMAGES_PER_MESSAGE files
+        assert len([await client.upload(f"{n}.png", png(), "image/png") for n in range(quota)]) == quota

@@ -11,6 +11,7 @@ every query (chat/store/documents.py), so a document id from anywhere else finds
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 
 import chainlit as cl
@@ -125,13 +126,22 @@ async def pages_again(sources: list[dict], user: str) -> list[ShownPage]:
 
 
 def page_elements(pages: list[ShownPage]) -> list[cl.Image | cl.Text]:
-    """A preview of each cited page beside the answer, named as the answer cites it (Chainlit links the name)."""
-    return [
-        cl.Image(name=page.source.label, content=_png(page.image), display="side")
-        if page.image is not None
-        else cl.Text(name=page.source.label, content=page.text, display="side")
-        for page in pages
-    ]
+    """A preview of each cited page beside the answer, named as the answer cites it (Chainlit links the name).
+
+    The data layer stores each preview's content in the content store, and the page loads it from
+    Loupe's own route by that key. Given no url, Chainlit would also keep it among the session's files,
+    where it would count against the user's quota of uploads waiting to be sent.
+    """
+    elements: list[cl.Image | cl.Text] = []
+    for page in pages:
+        if page.image is not None:
+            content = _png(page.image)
+            url = f"/loupe/files/{hashlib.sha256(content).hexdigest()}"
+            elements.append(cl.Image(name=page.source.label, content=content, url=url, display="side"))
+        else:
+            url = f"/loupe/files/{hashlib.sha256(page.text.encode()).hexdigest()}"
+            elements.append(cl.Text(name=page.source.label, content=page.text, url=url, display="side"))
+    return elements
 
 
 def _png(image: Image.Image) -> bytes:
