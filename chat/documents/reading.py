@@ -9,8 +9,9 @@ breaks, so a long log is retrieved and cited by the part that matters ("server.l
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
-from models.pdf import DocumentRejected, PageText, is_pdf, read_pdf
+from models.pdf import SLACK, DocumentRejected, PageText, is_pdf, read_pdf
 
 TEXT_PAGE_CHARS = 3000  # ~800 tokens of English: a few of them fit beside page images in the context
 # Control characters that never occur in text people write (all but tab, line feed, form feed and
@@ -31,6 +32,12 @@ def kind_of(head: bytes) -> Kind:
     if head and not BINARY_BYTES & set(head) and _utf8(head):
         return Kind.TEXT
     return Kind.IMAGE
+
+
+def file_kind(path: Path) -> Kind:
+    """What the file at `path` is, from its first bytes (kind_of)."""
+    with path.open("rb") as file:
+        return kind_of(file.read(SLACK))
 
 
 def document_pages(data: bytes, kind: Kind, max_pages: int) -> list[PageText]:

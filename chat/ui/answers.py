@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from PIL import Image
 
 from chat.conversation import PromptTooLong, history_from_thread, user_turn
+from chat.documents.reading import Kind, file_kind
 from chat.documents.retrieval import ShownPage, with_pages
 from chat.prompts import system_prompt
 from chat.store.generations import GenerationRecord
@@ -30,7 +31,7 @@ from chat.ui.documents import add_to_library, page_elements, pages_again, pages_
 from chat.ui.panel import chosen_sampling
 from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
-from chat.ui.uploads import Upload, UploadsRejected, is_image, load_fitted_image, read_attachments
+from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_attachments
 from models.adapters import Adapter
 from models.backend import AdapterRefused, BackendUnavailable, Ended, OutOfMemory, Usage
 
@@ -195,7 +196,7 @@ async def stored_history(thread: dict[str, Any]) -> list[BaseMessage]:
     def images_of(step_id: str) -> list[Image.Image]:
         """The message's images; its documents reach the model as pages, chosen per question."""
         paths = [runtime.store.path(key) for key in images.get(step_id, [])]
-        return [load_fitted_image(path, runtime.image_limits) for path in paths if is_image(path)]
+        return [load_fitted_image(path, runtime.image_limits) for path in paths if file_kind(path) == Kind.IMAGE]
 
     return await asyncio.to_thread(history_from_thread, thread["steps"], images_of)
 

@@ -32,10 +32,9 @@ from chainlit.step import StepDict
 from chainlit.utils import utc_now
 from fastapi import HTTPException
 
-from chat.documents.reading import Kind, kind_of
+from chat.documents.reading import Kind, file_kind
 from chat.ui.limits import RateLimit
 from chat.ui.texts import language_of, text
-from models.pdf import SLACK
 
 log = logging.getLogger("loupe")
 
@@ -142,11 +141,6 @@ def client_message_step(sent: Any, author: str, max_chars: int, commands: Collec
 DOCUMENT_MIME = "application/octet-stream"
 
 
-def _is_document(path: Path) -> bool:
-    with path.open("rb") as file:
-        return kind_of(file.read(SLACK)) != Kind.IMAGE
-
-
 def guard_client_messages(
     max_chars: int,
     rate: RateLimit,
@@ -179,7 +173,9 @@ def guard_client_messages(
         for reference in files:  # sent with a message: no longer pending (routes.py counts pending uploads)
             if (pending := self.session.files.get(reference.get("id"))) is not None:
                 pending["sent"] = True
-                if _is_document(Path(pending["path"])):  # shown as a file to download, never an inline viewer
+                if (
+                    file_kind(Path(pending["path"])) != Kind.IMAGE
+                ):  # shown as a file to download, never an inline viewer
                     pending["type"] = DOCUMENT_MIME
         return await process_message(self, {"message": step, "fileReferences": files})
 

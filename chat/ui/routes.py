@@ -31,7 +31,7 @@ from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 
-from chat.documents.reading import Kind, kind_of
+from chat.documents.reading import Kind, file_kind
 from chat.store.files import ContentStore
 from chat.store.rows import NotYours, owned_by
 from chat.store.schema import Element, Feedback, Step, Thread
@@ -39,7 +39,6 @@ from chat.ui.chainlit_fixes import issued_action
 from chat.ui.limits import LoginThrottle, retry_after
 from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
-from models.pdf import SLACK
 
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
@@ -249,8 +248,7 @@ def served_as(path: Path) -> tuple[str, str]:
     """The type and disposition a stored file is served with, from its content (the key is the content's
     hash, so the answer never changes): an image as decoded, inline; a PDF as a download, never rendered
     in Loupe's origin; text (a cited part of a text file) as plain text. ImageRejected for anything else."""
-    with path.open("rb") as file:
-        kind = kind_of(file.read(SLACK))
+    kind = file_kind(path)
     if kind == Kind.PDF:
         return "application/pdf", "attachment"
     if kind == Kind.TEXT:

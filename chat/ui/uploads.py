@@ -16,10 +16,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from chat.documents.reading import Kind, kind_of
+from chat.documents.reading import Kind, file_kind
 from chat.ui.texts import text
 from models.images import ImageRejected, fit_to_budget, open_image
-from models.pdf import SLACK, DocumentRejected
+from models.pdf import DocumentRejected
 
 
 @dataclass
@@ -69,23 +69,16 @@ def read_attachments(
     for upload in uploads:
         try:
             _check_size(upload, limits)
-            if is_image(upload.path):
+            if (kind := file_kind(upload.path)) == Kind.IMAGE:
                 images.append(load_fitted_image(upload.path, limits))
             else:
                 data = upload.path.read_bytes()
-                kind = kind_of(data[:SLACK])
                 documents.append(DocumentFile(upload.name, kind, data, hashlib.sha256(data).hexdigest()))
         except ImageRejected as rejected:
             problems.append((upload.name, rejected))
     if problems:
         raise UploadsRejected.naming(problems, language)
     return images, documents
-
-
-def is_image(path: Path) -> bool:
-    """Whether the file at `path` is an attachment read as an image (not a PDF or text file)."""
-    with path.open("rb") as file:
-        return kind_of(file.read(SLACK)) == Kind.IMAGE
 
 
 def load_fitted_image(path: Path, limits: ImageLimits) -> Image.Image:
