@@ -10,8 +10,10 @@
                           [--user-hash-salt SALT]
                                          write preference data for training (README, "Preference data")
     python -m chat stats                 count conversations, feedback and the preference data they give
-    python -m chat leaderboard           rank the adapters by their blind A/B battles in the arena
-    python -m chat promote NAME          make adapter NAME (or "base") the profile new chats start with
+    python -m chat leaderboard [--json]  rank the adapters by their blind A/B battles in the arena
+    python -m chat promote NAME [--force]
+                                         make adapter NAME (or "base") the profile new chats start with,
+                                         if the arena's evidence says it beats the current default
 
 Passwords are asked for twice on a terminal, or read as one line from standard input.
 """
@@ -153,25 +155,48 @@ async def print_stats() -> None:
         print(table(await collect(engine)))
 
 
-async def print_leaderboard() -> None:
+async def print_leaderboard(as_json: bool) -> None:
     from chat.arena import leaderboard
     from chat.store.database import session_factory
-
-    async with database() as engine:
-        battles = await leaderboard.outcomes(session_factory(engine))
-    print(leaderboard.as_markdown(leaderboard.standings(battles)))
-
-
-def promote(name: str) -> None:
-    from chat.arena.profiles import Profiles, UnknownAdapter
     from models.adapters import AdapterDirectory
 
     settings = get_settings()
+    async with database() as engine:
+        board = await leaderboard.current_board(
+            session_factory(engine), AdapterDirectory(settings.adapters_dir), settings
+        )
+    print(leaderboard.as_json(board) if as_json else leaderboard.as_markdown(board))
+
+
+async def promote(name: str, force: bool) -> None:
+    """Promote NAME when the arena says it beats the current default (or when forced), showing both standings."""
+    from chat.arena import leaderboard
+    from chat.arena.profiles import Profiles, UnknownAdapter
+    from chat.store.database import session_factory
+    from models.adapters import AdapterDirectory
+
+    settings = get_settings()
+    adapters = AdapterDirectory(settings.adapters_dir)
+    profiles = Profiles(adapters, settings.data_dir, settings.adapter)
     try:
-        Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter).promote(name)
+        candidate = leaderboard.contender_of(profiles.named(name))
     except UnknownAdapter as error:
         raise SystemExit(f"Error: {error}.") from None
-    print(f"New chats now start with '{name}' (open chats keep their profile).")
+    default = leaderboard.contender_of(profiles.default().adapter)
+    if candidate == default:
+        print(f"'{name}' is already the default.")
+        return
+    async with database() as engine:
+        board = await leaderboard.current_board(session_factory(engine), adapters, settings)
+    shown = {standing.contender: standing for standing in board.standings}
+    for contender, role in ((candidate, "candidate"), (default, "current default")):
+        standing = shown.get(contender)
+        print(f"{role}: " + (leaderboard.standing_line(standing) if standing else f"{contender}: no counted battles"))
+    if (objections := leaderboard.objections_to_promoting(board, candidate, default)) and not force:
+        raise SystemExit(f"Not promoted: {'; '.join(objections)}. Promote anyway with --force.")
+    profiles.promote(name)
+    forced = " despite: " + "; ".join(objections) if objections else ""
+    print(f"New chats now start with '{name}' (open chats keep their profile){forced}.")
 
 
 def iso_time(text: str) -> datetime:
@@ -208,9 +233,13 @@ def main(argv: list[str] | None = None) -> None:
         "--user-hash-salt", default="", help="secret mixed into the user and thread pseudonyms (recommended)"
     )
     commands.add_parser("stats", help="count conversations, feedback and the preference data they give")
-    commands.add_parser("leaderboard", help="rank the adapters by their blind A/B battles")
-    commands.add_parser("promote", help="make an adapter the default profile").add_argument(
-        "name", help='an adapter folder name in LOUPE_ADAPTERS_DIR, or "base"'
+    commands.add_parser("leaderboard", help="rank the adapters by their blind A/B battles").add_argument(
+        "--json", action="store_true", help="the standings and counts as JSON, for scripts"
+    )
+    promotion = commands.add_parser("promote", help="make an adapter the default profile, given the evidence")
+    promotion.add_argument("name", help='an adapter folder name in LOUPE_ADAPTERS_DIR, or "base"')
+    promotion.add_argument(
+        "--force", action="store_true", help="promote even if it is provisional or does not clear the default"
     )
     args = parser.parse_args(argv)
 
@@ -228,9 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "stats":
         asyncio.run(print_stats())
     elif args.command == "leaderboard":
-        asyncio.run(print_leaderboard())
+        asyncio.run(print_leaderboard(args.json))
     elif args.command == "promote":
-        promote(args.name)
+        asyncio.run(promote(args.name, args.force))
     else:
         asyncio.run(manage_users(args.action, getattr(args, "name", None)))
 

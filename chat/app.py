@@ -93,7 +93,8 @@ async def start() -> None:
     await show_panel(language)
     await documents.offer_library(language)
     if current_profile().is_arena:
-        table = leaderboard.as_markdown(leaderboard.standings(await leaderboard.outcomes(runtime.sessions)))
+        board = await leaderboard.current_board(runtime.sessions, runtime.profiles.adapters, runtime.settings)
+        table = leaderboard.as_markdown(board)
         await cl.Message(content=text("arena_intro", language, leaderboard=table)).send()
     if runtime.backend.demo_reason is not None:
         await cl.Message(content=text("demo_notice", language, reason=runtime.backend.demo_reason)).send()

@@ -51,6 +51,10 @@ class Settings(ModelSettings):
     max_message_chars: int = Field(32_000, ge=1, description="Longest message accepted, in characters.")
     messages_per_minute: int = Field(20, ge=1, description="Messages one user may send per minute.")
     pending_uploads_mb: float = Field(100, gt=0, description="Uploads one user may have waiting to be sent.")
+    arena_min_battles: int = Field(
+        50, ge=1, description="Counted battles before a contender's rank is more than provisional."
+    )
+    arena_daily_votes: int = Field(25, ge=1, description="Battles one user may have counted per UTC day.")
     reasons_down: Annotated[list[str], NoDecode] = Field(
         ["wrong", "incomplete", "misread_image", "wrong_language", "unsafe", "other"],
         description="Reasons offered after a thumbs down, comma-separated codes.",

@@ -1,35 +1,235 @@
-"""Bradley-Terry scores with bootstrap intervals, from battles only."""
+"""The leaderboard's statistics on synthetic battles whose truth is known: Bradley-Terry scores with and
+without style control, bootstrap intervals, the rank rule, provisional and retired contenders, vote hygiene
+and the evidence promotion asks for."""
 
 from __future__ import annotations
 
-from chat.arena.leaderboard import Outcome, as_markdown, standings
+import json
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from chat.arena.leaderboard import (
+    ELO,
+    OVER_DAILY_CAP,
+    REPEATED_PROMPT,
+    Design,
+    Interval,
+    Outcome,
+    as_json,
+    as_markdown,
+    counted,
+    fit,
+    objections_to_promoting,
+    rank_by_intervals,
+    standings,
+    style_differences,
+    style_of,
+)
+
+START = datetime(2026, 11, 2, 9)
 
 
 def battles(a: str, b: str, choice: str, times: int) -> list[Outcome]:
-    return [Outcome(a, b, choice)] * times
+    """`times` battles of a against b, each by its own user on its own prompt (all of them count)."""
+    return [
+        Outcome(a, b, choice, user=f"{a}-{b}-{choice}-{i}", prompt=str(i), voted_at=START + timedelta(seconds=i))
+        for i in range(times)
+    ]
+
+
+def simulated(count: int, strength: dict[str, float], verbose: set[str], length_effect: float, seed: int = 1):
+    """Battles where P(A wins) = logistic(strength A - strength B + length_effect x normalised length difference):
+    an answer is long (three times the length) 80% of the time from a contender in `verbose`, 20% from the others."""
+    rng = np.random.default_rng(seed)
+    names = sorted(strength)
+    simulated = []
+    for i in range(count):
+        a, b = (str(name) for name in rng.choice(names, 2, replace=False))
+        length_a, length_b = (
+            int(300 * (3 if rng.random() < (0.8 if n in verbose else 0.2) else 1) * rng.uniform(0.8, 1.2))
+            for n in (a, b)
+        )
+        logit = strength[a] - strength[b] + length_effect * (length_a - length_b) / (length_a + length_b)
+        choice = "a" if rng.random() < 1 / (1 + np.exp(-logit)) else "b"
+        simulated.append(
+            Outcome(
+                a,
+                b,
+                choice,
+                (length_a, 0, 0, 0),
+                (length_b, 0, 0, 0),
+                user=f"user{i}",
+                prompt=f"prompt {i}",
+                voted_at=START + timedelta(seconds=i),
+            )
+        )
+    return simulated
+
+
+def by_name(board) -> dict:
+    return {standing.contender: standing for standing in board.standings}
 
 
 def test_the_contender_that_wins_more_ranks_first_with_an_interval_around_its_score() -> None:
-    table = standings(battles("v2", "base", "a", 8) + battles("base", "v2", "a", 2) + battles("v1", "base", "tie", 4))
+    board = standings(battles("v2", "base", "a", 8) + battles("base", "v2", "a", 2) + battles("v1", "base", "tie", 4))
+    table = board.standings
     assert [standing.contender for standing in table] == ["v2", "v1", "base"]
     for standing in table:
-        assert standing.low <= standing.score <= standing.high
+        assert standing.score.low <= standing.score.score <= standing.score.high
+        assert standing.plain.low <= standing.plain.score <= standing.plain.high
     v2, v1, base = table
     assert (v2.wins, v2.ties, v2.losses, v2.win_rate) == (8, 0, 2, 0.8)
     assert (v1.wins, v1.ties, v1.losses, v1.win_rate) == (0, 4, 0, 0.5)
     assert base.battles == 14
-    assert abs(sum(standing.score for standing in table) / 3 - 1000) < 1e-6, "scores average 1000"
+    assert abs(sum(standing.plain.score for standing in table) / 3 - 1000) < 1e-6, "scores average 1000"
 
 
 def test_an_unbeaten_contender_gets_a_finite_score_and_the_same_battles_the_same_table() -> None:
     unbeaten = battles("v3", "base", "a", 5)
     first, second = standings(unbeaten), standings(unbeaten)
     assert first == second
-    assert 1000 < first[0].score < 2000
+    assert 1000 < first.standings[0].score.score < 2000
 
 
 def test_both_bad_counts_as_a_tie_and_no_battles_say_so() -> None:
-    [one, other] = standings(battles("v1", "base", "both_bad", 3))
+    [one, other] = standings(battles("v1", "base", "both_bad", 3)).standings
     assert one.score == other.score and one.ties == 3
-    assert as_markdown([]) == "No battles yet."
-    assert "| 1 | v1 |" in as_markdown([one, other]) or "| 1 | base |" in as_markdown([one, other])
+    assert as_markdown(standings([])) == "No battles yet."
+
+
+def test_style_control_takes_the_lead_from_length_and_leaves_it_to_quality() -> None:
+    """`wordy` is no better than `base` but writes three times as long, and voters favour length; `better`
+    is really better at the same length. Without style control `wordy` leads; with it, `better` does."""
+    truth = {"base": 0.0, "better": 0.6, "wordy": 0.0}
+    board = by_name(standings(simulated(3000, truth, verbose={"wordy"}, length_effect=3.0)))
+    plain = {name: standing.plain.score for name, standing in board.items()}
+    controlled = {name: standing.score.score for name, standing in board.items()}
+    assert max(plain, key=plain.get) == "wordy", plain
+    assert max(controlled, key=controlled.get) == "better", controlled
+    assert board["better"].rank == 1 and board["wordy"].rank > 1
+    # The truth is recovered: wordy and base are equal (within their intervals), better is 0.6 log-odds up.
+    assert board["wordy"].score.low < board["base"].score.score < board["wordy"].score.high
+    assert abs((controlled["better"] - controlled["base"]) / ELO - 0.6) < 0.2
+
+
+def test_style_control_changes_nothing_when_style_does_not_sway_votes() -> None:
+    truth = {"base": 0.0, "better": 0.6, "wordy": 0.0}
+    board = standings(simulated(3000, truth, verbose={"wordy"}, length_effect=0.0))
+    assert abs(board.style_coefficients["length"]) < 40, board.style_coefficients
+    for standing in board.standings:
+        assert abs(standing.score.score - standing.plain.score) < 40, standing
+
+
+def test_style_is_length_and_markdown_structure() -> None:
+    answer = "# Pull-ups\n\n- **2.2k** for fast edges\n- 10k for low power\n1. measure\n\nSee __datasheet__."
+    assert style_of(answer) == (len(answer), 1, 3, 2)
+    plain = Outcome("a", "b", "a", (100, 0, 0, 0), (100, 0, 0, 0))
+    longer = Outcome("a", "b", "a", (300, 2, 0, 0), (100, 0, 0, 0))
+    difference = style_differences([plain, longer])
+    assert difference[0].tolist() == [0, 0, 0, 0], "the same style is no difference, not the mean"
+    assert difference[1, 0] > 0 and difference[1, 1] > 0 and difference[1, 2:].tolist() == [0, 0]
+
+
+def test_the_one_step_bootstrap_agrees_with_refitting_every_round() -> None:
+    """The intervals come from one Newton step per resample; refitting each resample fully gives the same."""
+    truth = {"base": 0.0, "better": 0.5, "wordy": 0.0}
+    simulated_battles = simulated(600, truth, verbose={"wordy"}, length_effect=1.5)
+    board = by_name(standings(simulated_battles))
+    names = sorted(truth)
+    index = {name: i for i, name in enumerate(names)}
+    a = np.array([index[b.contender_a] for b in simulated_battles])
+    b = np.array([index[b.contender_b] for b in simulated_battles])
+    y = np.array([1.0 if battle.choice == "a" else 0.0 for battle in simulated_battles])
+    covariates = style_differences(simulated_battles)
+    rng = np.random.default_rng(7)
+    refits = []
+    for _ in range(300):
+        chosen = rng.integers(0, len(y), len(y))
+        theta, _ = fit(Design(a[chosen], b[chosen], covariates[chosen], y[chosen], len(names)))
+        refits.append(theta[: len(names)] - theta[: len(names)].mean())
+    low, high = np.percentile(np.array(refits), [2.5, 97.5], axis=0) * ELO + 1000
+    for name in names:
+        score = board[name].score
+        assert abs(score.low - low[index[name]]) < 20 and abs(score.high - high[index[name]]) < 20, (score, low, high)
+
+
+def test_a_rank_is_one_plus_the_contenders_clearly_above() -> None:
+    intervals = [Interval(1100, 1080, 1120), Interval(1060, 1030, 1090), Interval(1000, 980, 1020)]
+    # The second overlaps the first: both rank 1. The third lies below both: two contenders clearly above it.
+    assert rank_by_intervals(intervals) == [1, 1, 3]
+    assert rank_by_intervals([Interval(1000, 900, 1100)] * 3) == [1, 1, 1]
+
+
+def test_contenders_with_few_counted_battles_are_provisional_and_old_versions_retired() -> None:
+    board = standings(
+        battles("v1@aaaa", "base", "a", 30) + battles("v1@bbbb", "base", "b", 5),
+        current={"base", "v1@bbbb"},
+        min_battles=10,
+    )
+    rows = by_name(board)
+    assert (rows["v1@aaaa"].provisional, rows["v1@aaaa"].retired) == (False, True)
+    assert (rows["v1@bbbb"].provisional, rows["v1@bbbb"].retired) == (True, False)
+    assert (rows["base"].provisional, rows["base"].retired) == (False, False)
+    table = as_markdown(board)
+    assert "| v1@aaaa |" in table and "| retired |" in table and "| provisional |" in table
+
+
+def test_one_vote_per_user_per_prompt_and_a_daily_cap_count() -> None:
+    day = START
+    votes = [
+        Outcome("v1", "base", "a", user="ann", prompt="Which pull-up?", voted_at=day),
+        Outcome("v1", "base", "a", user="ann", prompt="  which PULL-UP? ", voted_at=day + timedelta(minutes=1)),
+        Outcome("v1", "base", "a", user="bob", prompt="Which pull-up?", voted_at=day + timedelta(minutes=2)),
+        *(
+            Outcome("base", "v1", "b", user="ann", prompt=f"question {i}", voted_at=day + timedelta(minutes=10 + i))
+            for i in range(5)
+        ),
+        Outcome("base", "v1", "b", user="ann", prompt="next day", voted_at=day + timedelta(days=1)),
+    ]
+    kept, dropped = counted(votes, daily_cap=3)
+    assert dropped == {REPEATED_PROMPT: 1, OVER_DAILY_CAP: 3}
+    assert [(vote.user, vote.prompt) for vote in kept] == [
+        ("ann", "Which pull-up?"),
+        ("bob", "Which pull-up?"),
+        ("ann", "question 0"),
+        ("ann", "question 1"),
+        ("ann", "next day"),
+    ]
+    board = standings(votes, daily_cap=3)
+    assert (board.stored, board.counted) == (9, 5)
+    assert f"5 of 9 battles counted (3 {OVER_DAILY_CAP}; 1 {REPEATED_PROMPT})" in as_markdown(board)
+
+
+def test_a_vote_changed_after_the_reveal_counts_as_first_cast() -> None:
+    first_cast = Outcome("v1", "base", "a", user="ann", prompt="p", voted_at=START, changed_after_reveal=True)
+    board = standings([first_cast])
+    assert by_name(board)["v1"].wins == 1 and board.changed_after_reveal == 1
+    assert "1 changed after the reveal count as first cast" in as_markdown(board)
+
+
+def test_promotion_needs_a_settled_contender_whose_interval_clears_the_default() -> None:
+    board = standings(
+        battles("strong", "base", "a", 60)
+        + battles("base", "strong", "a", 10)
+        + battles("new", "base", "a", 3)
+        + battles("new", "base", "b", 2),
+        min_battles=20,
+    )
+    assert objections_to_promoting(board, "strong", "base") == []
+    [provisional, overlapping] = objections_to_promoting(board, "new", "base")
+    assert provisional.startswith("new is provisional (5 counted battles of the 20 needed)")
+    assert "does not clear base's" in overlapping
+    assert objections_to_promoting(board, "base", "strong")[0].startswith("base's interval")
+    assert objections_to_promoting(board, "unseen", "base") == ["unseen has no counted battles"]
+
+
+@pytest.mark.parametrize("votes", [[], battles("v1", "base", "a", 3)])
+def test_the_json_has_every_standing_and_the_counts(votes: list[Outcome]) -> None:
+    data = json.loads(as_json(standings(votes, min_battles=5)))
+    assert data["stored"] == data["counted"] == len(votes)
+    assert [row["contender"] for row in data["standings"]] == (["v1", "base"] if votes else [])
+    for row in data["standings"]:
+        assert set(row) >= {"rank", "score", "plain", "battles", "win_rate", "provisional", "retired"}
+        assert row["score"]["low"] <= row["score"]["score"] <= row["score"]["high"]

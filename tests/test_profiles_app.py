@@ -3,6 +3,7 @@ compared blind in the arena, ranked on the leaderboard, and promoted to the defa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,14 +67,16 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
         (await client.click(votes["a"])).raise_for_status()
         reveal = client.seen_messages[-1]["output"]
         assert reveal.startswith("Answer A was **")
+        # Once the contenders are known, voting again changes the preference exported, not the battle counted.
+        (await client.click(votes["b"])).raise_for_status()
 
-    [(contender_a, contender_b, choice)] = await stored(
+    [(contender_a, contender_b, choice, blind_choice)] = await stored(
         server_with_adapters,
-        "SELECT contender_a, contender_b, choice FROM battles WHERE answer_a = ?",
+        "SELECT contender_a, contender_b, choice, blind_choice FROM battles WHERE answer_a = ?",
         a["id"],
         count=1,
     )
-    assert contender_a != contender_b and choice == "a"
+    assert contender_a != contender_b and (choice, blind_choice) == ("b", "a")
     shown_a, shown_b = ("the base model" if name == "base" else name for name in (contender_a, contender_b))
     assert reveal == f"Answer A was **{shown_a}**; answer B was **{shown_b}**."
     generated = await stored(
@@ -86,14 +89,22 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
     assert [name for (name,) in generated] == [contender_a, contender_b], "each side answered as recorded"
     assert (
         await stored(server_with_adapters, "SELECT choice FROM comparisons WHERE answer_a = ?", a["id"], count=1)
-    ) == [("a",)], "the vote is also a preference pair for export"
+    ) == [("b",)], "the vote is also a preference pair for export, as the user last said"
 
-    board = chat(server_with_adapters, adapters_dir, "leaderboard")
-    assert contender_a in board and contender_b in board
+    board = json.loads(chat(server_with_adapters, adapters_dir, "leaderboard", "--json"))
+    assert (board["stored"], board["counted"], board["changed_after_reveal"]) == (1, 1, 1)
+    standing = {row["contender"].split("@")[0]: row for row in board["standings"]}
+    assert (standing[contender_a]["wins"], standing[contender_b]["losses"]) == (1, 1), "the blind vote counts"
+    assert all(row["provisional"] and not row["retired"] for row in board["standings"])
+    table = chat(server_with_adapters, adapters_dir, "leaderboard")
+    assert "1 of 1 battles counted (1 changed after the reveal count as first cast)" in table
 
 
 async def test_promotion_makes_an_adapter_the_default_profile(server_with_adapters: Server, adapters_dir: Path) -> None:
-    chat(server_with_adapters, adapters_dir, "promote", "engineering-v1")
+    refused = chat(server_with_adapters, adapters_dir, "promote", "engineering-v1", fails=True)
+    assert "Not promoted: engineering-v1@" in refused and "Promote anyway with --force." in refused
+    assert (await listed_profiles(server_with_adapters))["Base model"] is True, "refused: nothing changed"
+    chat(server_with_adapters, adapters_dir, "promote", "engineering-v1", "--force")
     assert (await listed_profiles(server_with_adapters))["engineering-v1"] is True
     async with ChatClient(server_with_adapters.url) as client:  # no profile chosen: the default
         await client.change_settings(GREEDY)
@@ -102,5 +113,5 @@ async def test_promotion_makes_an_adapter_the_default_profile(server_with_adapte
         server_with_adapters, "SELECT adapter FROM generations WHERE step_id = ?", answer["id"], count=1
     )
     assert adapter == "engineering-v1"
-    chat(server_with_adapters, adapters_dir, "promote", "base")
+    chat(server_with_adapters, adapters_dir, "promote", "base", "--force")
     assert (await listed_profiles(server_with_adapters))["Base model"] is True

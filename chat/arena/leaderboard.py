@@ -1,49 +1,132 @@
-"""Rank adapters from blind A/B battles: win rates and Bradley-Terry scores with bootstrap intervals.
+"""Rank adapters from blind A/B battles: Bradley-Terry scores with and without style control, bootstrap
+intervals, ranks that only claim what the intervals support.
 
-Only battles count (not thumbs or comparisons of an adapter with itself): both answers were
-written for the same prompt by two contenders the user could not tell apart. A tie and "both
-bad" count as half a win for each side. Scores are on the Elo scale (400 points = 10:1 odds,
-mean 1000) as in Chatbot Arena; each pair of contenders gets one virtual tie so that a
-contender that has never lost still gets a finite score. The 95% interval comes from
-recomputing the scores on battles resampled with replacement.
+Only battles count (not thumbs or comparisons of an adapter with itself): both answers were written
+for the same prompt by two contenders the user could not tell apart. Each adapter *version* is its
+own contender (`name@version`), so retraining an adapter starts a new record; a version that is no
+longer in the adapters folder is shown as retired. Before anything is fitted, vote hygiene decides
+which stored battles count (`counted`): one per user per prompt, a daily cap per user, and the vote
+the user cast blind (a vote changed after the reveal keeps its first choice).
+
+Two scores, both on the Elo scale (400 points = 10:1 odds, mean 1000) as in Chatbot Arena:
+- **plain**: the Bradley-Terry model, a logistic regression of the outcome on +1 for A's contender
+  and -1 for B's;
+- **style-controlled** (the headline, and what ranks): the same regression with covariates for how A's
+  answer differs from B's in length and markdown structure (headers, list items, bold), following
+  LMSYS's "style control". A contender whose answers win only because they are longer or more
+  formatted loses that lead; the fitted style coefficients say how much voters reward each.
+
+A tie and "both bad" count as half a win for each side. A Gaussian prior on the strengths (`PRIOR`)
+keeps an unbeaten contender's score finite. Rank = 1 + the number of contenders whose interval lies
+entirely above this one's, so contenders whose intervals overlap share a rank. A contender with
+fewer than `min_battles` counted battles is provisional.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
-from chat.store.schema import Battle
+from chat.settings import Settings
+from chat.store.generations import BASE
+from chat.store.schema import Battle, Generation, Step
+from models.adapters import Adapter, AdapterDirectory
 
 BOOTSTRAP_ROUNDS = 1000
 SEED = 0  # the same battles always give the same intervals
-MAX_ITERATIONS = 1000  # minorization-maximization steps; a handful of contenders converge in tens
-TOLERANCE = 1e-9
+ELO = 400 / math.log(10)  # log-odds to Elo points: 400 points are 10:1 odds
+MEAN_SCORE = 1000
+# The prior's precision on each strength, in log-odds: the curvature of one even battle (p(1-p) = 1/4), so a
+# contender is pulled toward the mean by about one battle's worth of evidence; an unbeaten one stays finite.
+PRIOR = 0.25
+NEWTON_STEPS = 50  # the fit converges quadratically: under ten steps even for 100,000 battles
+TOLERANCE = 1e-10
+BOOTSTRAP_CHUNK = 100  # rounds resampled at once: 100 x 100,000 counts are 80 MB
+VERSION_DIGITS = 8  # of the adapter version's 16 hex digits: enough to tell versions apart on a page
+
+# What a vote may be, and what each gives contender A (B gets 1 minus it).
+A_SCORE = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
+
+# Markdown structure, counted per answer (the style covariates besides length).
+STYLE = ("length", "headers", "lists", "bold")
+HEADER = re.compile(r"^#{1,6}\s", re.MULTILINE)
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.MULTILINE)
+BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
+
+# Why a stored battle is not counted (vote hygiene), as the leaderboard reports them.
+REPEATED_PROMPT = "the user already voted on this prompt"
+OVER_DAILY_CAP = "over the user's daily cap"
+
+
+def style_of(answer: str) -> tuple[int, int, int, int]:
+    """An answer's length in characters and its counts of markdown headers, list items and bold spans."""
+    return len(answer), len(HEADER.findall(answer)), len(LIST_ITEM.findall(answer)), len(BOLD.findall(answer))
+
+
+def contender_key(adapter: str | None, version: str | None) -> str:
+    """How a contender is named: `base`, or the adapter's folder name and version (`v2@1a2b3c4d`)."""
+    if adapter is None or adapter == BASE:
+        return BASE
+    return f"{adapter}@{(version or 'unknown')[:VERSION_DIGITS]}"
+
+
+def contender_of(adapter: Adapter | None) -> str:
+    """The contender an adapter's present version (or, for None, the base model) fights as."""
+    return contender_key(adapter.name, adapter.version) if adapter else BASE
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """One stored battle: who wrote A and B, the blind vote, and what hygiene needs to know."""
+
     contender_a: str
     contender_b: str
-    choice: str  # a, b, tie, both_bad
+    choice: str  # the vote cast blind: a, b, tie, both_bad
+    style_a: tuple[int, ...] = (0, 0, 0, 0)  # style_of(answer A)
+    style_b: tuple[int, ...] = (0, 0, 0, 0)
+    user: str = ""
+    prompt: str = ""  # the prompt's text, as asked
+    voted_at: datetime | None = None
+    changed_after_reveal: bool = False  # the user voted again once they knew who was who
+
+
+@dataclass(frozen=True)
+class Interval:
+    score: float
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
 class Standing:
     contender: str
-    score: float
-    low: float
-    high: float
+    rank: int
+    score: Interval  # style-controlled: what ranks
+    plain: Interval  # Bradley-Terry without style control
     wins: int
     ties: int
     losses: int
+    provisional: bool  # fewer counted battles than the leaderboard's minimum
+    retired: bool  # an adapter version no longer in the adapters folder
 
     @property
     def battles(self) -> int:
         return self.wins + self.ties + self.losses
+
+    @property
+    def flags(self) -> str:
+        """ "provisional", "retired", both or neither, as the tables show it."""
+        return ", ".join(word for word, on in (("provisional", self.provisional), ("retired", self.retired)) if on)
 
     @property
     def win_rate(self) -> float:
@@ -51,83 +134,343 @@ class Standing:
         return (self.wins + self.ties / 2) / self.battles
 
 
+@dataclass(frozen=True)
+class Leaderboard:
+    standings: list[Standing]
+    stored: int  # battles in the database
+    counted: int  # battles the scores are fitted on
+    not_counted: dict[str, int] = field(default_factory=dict)  # reason -> battles
+    changed_after_reveal: int = 0  # counted with the vote cast blind, not the later one
+    style_coefficients: dict[str, float] = field(default_factory=dict)  # Elo points per standard deviation
+    min_battles: int = 0
+
+
+# Reading battles ----------------------------------------------------------------------------------
+
+
 async def outcomes(sessions: async_sessionmaker[AsyncSession]) -> list[Outcome]:
-    async with sessions() as session:
-        rows = await session.execute(
-            select(Battle.contender_a, Battle.contender_b, Battle.choice).order_by(Battle.created_at, Battle.id)
-        )
-        return [Outcome(*row) for row in rows]
-
-
-def standings(battles: list[Outcome]) -> list[Standing]:
-    """Every contender that fought, best score first."""
-    names = sorted({battle.contender_a for battle in battles} | {battle.contender_b for battle in battles})
-    if not names:
-        return []
-    index = {name: position for position, name in enumerate(names)}
-    pairs = np.array([(index[b.contender_a], index[b.contender_b]) for b in battles])
-    a_score = np.array([{"a": 1.0, "b": 0.0}.get(b.choice, 0.5) for b in battles])
-    scores = bradley_terry(len(names), pairs, a_score)
-    rng = np.random.default_rng(SEED)
-    samples = np.array(
-        [
-            bradley_terry(len(names), pairs[chosen], a_score[chosen])
-            for chosen in rng.integers(0, len(battles), size=(BOOTSTRAP_ROUNDS, len(battles)))
-        ]
+    """Every stored battle, oldest vote first, with its contenders' versions and answers' style."""
+    answer_a, answer_b, prompt = aliased(Generation), aliased(Generation), aliased(Step)
+    query = (
+        select(Battle, answer_a, answer_b, prompt.output)
+        .join(answer_a, answer_a.step_id == Battle.answer_a)
+        .join(answer_b, answer_b.step_id == Battle.answer_b)
+        .join(prompt, prompt.id == Battle.prompt_id)
+        .order_by(Battle.created_at, Battle.id)
     )
-    low, high = np.percentile(samples, [2.5, 97.5], axis=0)
-    table = []
-    for name, position in index.items():
-        results = [
-            score if a == position else 1 - score
-            for (a, b), score in zip(pairs, a_score, strict=True)
-            if position in (a, b)
-        ]
-        table.append(
-            Standing(
-                contender=name,
-                score=float(scores[position]),
-                low=float(low[position]),
-                high=float(high[position]),
-                wins=sum(result == 1 for result in results),
-                ties=sum(result == 0.5 for result in results),
-                losses=sum(result == 0 for result in results),
+    async with sessions() as session:
+        rows = await session.execute(query)
+        return [
+            Outcome(
+                contender_a=contender_key(a.adapter, a.adapter_version),
+                contender_b=contender_key(b.adapter, b.adapter_version),
+                choice=battle.blind_choice,
+                style_a=style_of(a.completion),
+                style_b=style_of(b.completion),
+                user=battle.user_id,
+                prompt=prompt_text or "",
+                voted_at=battle.created_at,
+                changed_after_reveal=battle.choice != battle.blind_choice,
             )
-        )
-    return sorted(table, key=lambda standing: (-standing.score, standing.contender))
+            for battle, a, b, prompt_text in rows
+        ]
 
 
-def bradley_terry(count: int, pairs: np.ndarray, a_score: np.ndarray) -> np.ndarray:
-    """Elo-scale strengths of `count` contenders from battles (a, b) where a scored `a_score` (1, 0.5, 0).
+async def current_board(
+    sessions: async_sessionmaker[AsyncSession], adapters: AdapterDirectory, settings: Settings
+) -> Leaderboard:
+    """The leaderboard as the app and the command line show it: the adapters' present versions are current,
+    hygiene and the provisional mark as configured."""
+    current = {contender_of(adapter) for adapter in [None, *adapters.list()]}
+    return standings(await outcomes(sessions), current, settings.arena_min_battles, settings.arena_daily_votes)
 
-    Hunter's (2004) minorization-maximization for the Bradley-Terry model, with one virtual tie
-    per pair of contenders.
+
+# Vote hygiene -------------------------------------------------------------------------------------
+
+
+def same_prompt(text: str) -> str:
+    """A prompt as hygiene compares them: case and spacing do not make a new prompt."""
+    return " ".join(text.casefold().split())
+
+
+def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Counter[str]]:
+    """The battles that count, and why the others do not.
+
+    In the order voted: a user's first battle on a prompt counts, later ones on the same prompt (asked
+    again to vote again) do not; of the rest, at most `daily_cap` per user per UTC day count, so that one
+    eager user cannot decide the board alone.
     """
-    wins = np.zeros((count, count))  # wins[i, j]: what i scored against j
-    np.add.at(wins, (pairs[:, 0], pairs[:, 1]), a_score)
-    np.add.at(wins, (pairs[:, 1], pairs[:, 0]), 1 - a_score)
-    wins += 0.5 * (1 - np.eye(count))
-    games = wins + wins.T
-    strength = np.ones(count)
-    for _ in range(MAX_ITERATIONS):
-        previous = strength
-        strength = wins.sum(axis=1) / (games / (strength[:, None] + strength[None, :])).sum(axis=1)
-        strength /= np.exp(np.log(strength).mean())
-        if np.abs(strength - previous).max() < TOLERANCE:
-            break
-    return 1000 + 400 * np.log10(strength)
+    ordered = sorted(battles, key=lambda battle: battle.voted_at or datetime.min)
+    seen: set[tuple[str, str]] = set()
+    per_day: Counter[tuple[str, Any]] = Counter()
+    kept, dropped = [], Counter()
+    for battle in ordered:
+        prompt = (battle.user, same_prompt(battle.prompt))
+        day = (battle.user, battle.voted_at.date() if battle.voted_at else None)
+        if prompt in seen:
+            dropped[REPEATED_PROMPT] += 1
+            continue
+        seen.add(prompt)
+        if per_day[day] >= daily_cap:
+            dropped[OVER_DAILY_CAP] += 1
+            continue
+        per_day[day] += 1
+        kept.append(battle)
+    return kept, dropped
 
 
-def as_markdown(table: list[Standing]) -> str:
-    if not table:
-        return "No battles yet."
-    lines = [
-        "| # | contender | score | 95% interval | win rate | battles | wins / ties / losses |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for rank, standing in enumerate(table, start=1):
-        lines.append(
-            f"| {rank} | {standing.contender} | {standing.score:.0f} | {standing.low:.0f} to {standing.high:.0f} "
-            f"| {standing.win_rate:.0%} | {standing.battles} | {standing.wins} / {standing.ties} / {standing.losses} |"
+# The models ---------------------------------------------------------------------------------------
+
+
+def style_differences(battles: list[Outcome]) -> np.ndarray:
+    """Per battle and style feature: (A - B) / (A + B), 0 where both are 0, divided by its spread.
+
+    Normalised by the sum, as LMSYS does, so 900 against 1,000 characters is a small difference and 100
+    against 1,000 a large one. Not centred: a difference of 0 must keep meaning "the same style".
+    """
+    a = np.array([battle.style_a for battle in battles], dtype=float)
+    b = np.array([battle.style_b for battle in battles], dtype=float)
+    total = a + b
+    difference = np.divide(a - b, total, out=np.zeros_like(total), where=total > 0)
+    spread = difference.std(axis=0)
+    return difference / np.where(spread > 0, spread, 1)
+
+
+@dataclass
+class Design:
+    """The battles as a regression: contender indices of A and B, covariates, and A's score."""
+
+    a: np.ndarray
+    b: np.ndarray
+    covariates: np.ndarray  # battles x features (no columns: plain Bradley-Terry)
+    y: np.ndarray
+    contenders: int
+
+    @property
+    def parameters(self) -> int:
+        return self.contenders + self.covariates.shape[1]
+
+    def linear(self, theta: np.ndarray) -> np.ndarray:
+        return theta[self.a] - theta[self.b] + self.covariates @ theta[self.contenders :]
+
+    def per_battle_gradient(self, residual: np.ndarray) -> np.ndarray:
+        """battles x parameters: each battle's part of the log-likelihood's gradient."""
+        gradient = np.zeros((len(residual), self.parameters))
+        rows = np.arange(len(residual))
+        gradient[rows, self.a] = residual
+        gradient[rows, self.b] = -residual
+        gradient[:, self.contenders :] = residual[:, None] * self.covariates
+        return gradient
+
+    def prior(self) -> np.ndarray:
+        """The prior's precision per parameter: on the strengths only, not on the style coefficients."""
+        return np.r_[np.full(self.contenders, PRIOR), np.zeros(self.covariates.shape[1])]
+
+
+def fit(design: Design) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum a posteriori parameters (strengths in log-odds, then style coefficients) by Newton's
+    method, and the Hessian of the negative log-posterior there (what the bootstrap steps with)."""
+    theta, prior = np.zeros(design.parameters), design.prior()
+    count = design.contenders
+    for _ in range(NEWTON_STEPS):
+        p = 1 / (1 + np.exp(-design.linear(theta)))
+        residual, weight = design.y - p, p * (1 - p)
+        gradient = (
+            np.r_[
+                np.bincount(design.a, residual, count) - np.bincount(design.b, residual, count),
+                design.covariates.T @ residual,
+            ]
+            - prior * theta
         )
+        hessian = _hessian(design, weight) + np.diag(prior)
+        step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]  # lstsq: a style column may be all zero
+        theta += step
+        if np.abs(step).max() < TOLERANCE:
+            break
+    return theta, hessian
+
+
+def _hessian(design: Design, weight: np.ndarray) -> np.ndarray:
+    """Fisher information of the logistic likelihood, built from the design's structure: each battle touches
+    only its two contenders and the covariates, so no battles x parameters matrix is formed."""
+    count = design.contenders
+    hessian = np.zeros((design.parameters, design.parameters))
+    pair = np.bincount(design.a * count + design.b, weight, count * count).reshape(count, count)
+    hessian[:count, :count] = np.diag(pair.sum(axis=0) + pair.sum(axis=1)) - pair - pair.T
+    weighted = weight[:, None] * design.covariates
+    for feature in range(design.covariates.shape[1]):
+        column = weighted[:, feature]
+        hessian[:count, count + feature] = np.bincount(design.a, column, count) - np.bincount(design.b, column, count)
+    hessian[count:, :count] = hessian[:count, count:].T
+    hessian[count:, count:] = design.covariates.T @ weighted
+    return hessian
+
+
+def bootstrap(designs: list[Design], fits: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """rounds x parameters per design: the parameters refitted on battles resampled with replacement.
+
+    Each round takes one Newton step from the full data's fit, with its Hessian, on the resampled
+    battles (the one-step bootstrap): a full refit per round would cost 1,000 fits, this costs one
+    matrix product, and tests/test_leaderboard.py checks it agrees with full refits. All designs share
+    the same resamples (they describe the same battles).
+    """
+    battles = len(designs[0].y)
+    gradients, steps = [], []
+    for design, (theta, hessian) in zip(designs, fits, strict=True):
+        p = 1 / (1 + np.exp(-design.linear(theta)))
+        gradients.append(design.per_battle_gradient(design.y - p))
+        steps.append(np.linalg.pinv(hessian))
+    per_battle = np.hstack(gradients)
+    rng = np.random.default_rng(SEED)
+    resampled = []
+    for start in range(0, BOOTSTRAP_ROUNDS, BOOTSTRAP_CHUNK):
+        rounds = min(BOOTSTRAP_CHUNK, BOOTSTRAP_ROUNDS - start)
+        counts = np.stack([np.bincount(rng.integers(0, battles, battles), minlength=battles) for _ in range(rounds)])
+        resampled.append(counts.astype(float) @ per_battle)
+    sums = np.vstack(resampled)
+    samples, column = [], 0
+    for design, (theta, _), step in zip(designs, fits, steps, strict=True):
+        gradient = sums[:, column : column + design.parameters] - design.prior() * theta
+        samples.append(theta + gradient @ step)
+        column += design.parameters
+    return samples
+
+
+# The table ----------------------------------------------------------------------------------------
+
+
+def rank_by_intervals(intervals: list[Interval]) -> list[int]:
+    """1 + how many contenders' lower bounds lie above this one's upper bound."""
+    return [1 + sum(other.low > this.high for other in intervals) for this in intervals]
+
+
+def standings(
+    battles: list[Outcome], current: set[str] | None = None, min_battles: int = 0, daily_cap: int | None = None
+) -> Leaderboard:
+    """The leaderboard of `battles`, best first. `current`: the contenders that can still be drawn (BASE and
+    the adapters' present versions); any other is retired. None: nothing is retired."""
+    kept, dropped = counted(battles, daily_cap if daily_cap is not None else len(battles) + 1)
+    names = sorted({b.contender_a for b in kept} | {b.contender_b for b in kept})
+    board = Leaderboard(
+        standings=[],
+        stored=len(battles),
+        counted=len(kept),
+        not_counted=dict(sorted(dropped.items())),
+        changed_after_reveal=sum(battle.changed_after_reveal for battle in kept),
+        min_battles=min_battles,
+    )
+    if not names:
+        return board
+    index = {name: position for position, name in enumerate(names)}
+    a = np.array([index[battle.contender_a] for battle in kept])
+    b = np.array([index[battle.contender_b] for battle in kept])
+    y = np.array([A_SCORE[battle.choice] for battle in kept])
+    style = Design(a, b, style_differences(kept), y, len(names))
+    plain = Design(a, b, np.zeros((len(kept), 0)), y, len(names))
+    fits = [fit(style), fit(plain)]
+    style_samples, plain_samples = bootstrap([style, plain], fits)
+
+    count = len(names)
+    scores = elo_intervals(fits[0][0][:count], style_samples[:, :count])
+    plains = elo_intervals(fits[1][0][:count], plain_samples[:, :count])
+    results: dict[str, Counter[str]] = defaultdict(Counter)
+    for battle in kept:
+        score = A_SCORE[battle.choice]
+        for contender, result in ((battle.contender_a, score), (battle.contender_b, 1 - score)):
+            results[contender][{1.0: "wins", 0.5: "ties", 0.0: "losses"}[result]] += 1
+    table = [
+        Standing(
+            contender=name,
+            rank=rank,
+            score=scores[index[name]],
+            plain=plains[index[name]],
+            wins=results[name]["wins"],
+            ties=results[name]["ties"],
+            losses=results[name]["losses"],
+            provisional=results[name].total() < min_battles,
+            retired=current is not None and name not in current,
+        )
+        for name, rank in zip(names, rank_by_intervals(scores), strict=True)
+    ]
+    table.sort(key=lambda standing: (-standing.score.score, standing.contender))
+    coefficients = {name: float(ELO * value) for name, value in zip(STYLE, fits[0][0][count:], strict=True)}
+    return replace(board, standings=table, style_coefficients=coefficients)
+
+
+def elo_intervals(strengths: np.ndarray, sampled: np.ndarray) -> list[Interval]:
+    """Strengths (log-odds) and their bootstrap samples (rounds x contenders) as Elo scores with 95%
+    intervals. Each round is centred like the fit, so an interval is about standing, not about the scale."""
+    centre = strengths.mean()
+    centred = sampled - sampled.mean(axis=1, keepdims=True) + centre
+    low, high = np.percentile(centred, [2.5, 97.5], axis=0)
+    # Where every round gives the same number (identical battles), its percentiles may differ in the last bit.
+    low, high = np.minimum(low, strengths), np.maximum(high, strengths)
+    elo = MEAN_SCORE + ELO * (np.stack([strengths, low, high]) - centre)
+    return [Interval(float(score), float(lo), float(hi)) for score, lo, hi in elo.T]
+
+
+def objections_to_promoting(board: Leaderboard, candidate: str, default: str) -> list[str]:
+    """Why the evidence does not (yet) support `candidate` replacing `default`; none when it does: the
+    candidate is not provisional and its interval lies entirely above the default's."""
+    standing = {row.contender: row for row in board.standings}
+    ours, theirs = standing.get(candidate), standing.get(default)
+    if ours is None:
+        return [f"{candidate} has no counted battles"]
+    objections = []
+    if ours.provisional:
+        objections.append(
+            f"{candidate} is provisional ({ours.battles} counted battles of the {board.min_battles} needed)"
+        )
+    if theirs is None:
+        objections.append(f"the default, {default}, has no counted battles to compare with")
+    elif ours.score.low <= theirs.score.high:
+        objections.append(
+            f"{candidate}'s interval ({ours.score.low:.0f} to {ours.score.high:.0f}) does not clear "
+            f"{default}'s ({theirs.score.low:.0f} to {theirs.score.high:.0f})"
+        )
+    return objections
+
+
+def standing_line(standing: Standing) -> str:
+    """One contender's standing in a sentence, for the command line."""
+    flags = f", {standing.flags}" if standing.flags else ""
+    return (
+        f"{standing.contender}: rank {standing.rank}, score {standing.score.score:.0f} "
+        f"({standing.score.low:.0f} to {standing.score.high:.0f}), {standing.battles} battles{flags}"
+    )
+
+
+def as_markdown(board: Leaderboard) -> str:
+    if not board.standings:
+        return "No battles yet." if not board.stored else f"No counted battles yet ({counts_line(board)})."
+    lines = [
+        "| rank | contender | score (style-controlled) | 95% interval | plain score | win rate | battles "
+        "| wins / ties / losses | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for standing in board.standings:
+        score, plain = standing.score, standing.plain
+        lines.append(
+            f"| {standing.rank} | {standing.contender} | {score.score:.0f} | {score.low:.0f} to {score.high:.0f} "
+            f"| {plain.score:.0f} ({plain.low:.0f} to {plain.high:.0f}) | {standing.win_rate:.0%} "
+            f"| {standing.battles} | {standing.wins} / {standing.ties} / {standing.losses} | {standing.flags} |"
+        )
+    lines += ["", counts_line(board) + "."]
     return "\n".join(lines)
+
+
+def counts_line(board: Leaderboard) -> str:
+    """Battles stored and counted, and why the rest are not."""
+    line = f"{board.counted} of {board.stored} battles counted"
+    reasons = [f"{count} {reason}" for reason, count in board.not_counted.items()]
+    if board.changed_after_reveal:
+        reasons.append(f"{board.changed_after_reveal} changed after the reveal count as first cast")
+    return line + (f" ({'; '.join(reasons)})" if reasons else "")
+
+
+def as_json(board: Leaderboard) -> str:
+    """The leaderboard for scripts: every standing with both scores and its flags, and the counts."""
+    data = asdict(board)
+    for standing, row in zip(board.standings, data["standings"], strict=True):
+        row.update(battles=standing.battles, win_rate=standing.win_rate)
+    return json.dumps(data, indent=2, ensure_ascii=False)

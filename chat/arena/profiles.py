@@ -63,11 +63,18 @@ class Profiles:
         except (OSError, ValueError, KeyError):
             return None
 
-    def promote(self, contender: str) -> None:
-        """Make an adapter (or BASE) the profile new chats start with."""
-        if contender != BASE and self.adapters.get(contender) is None:
+    def named(self, contender: str) -> Adapter | None:
+        """The adapter of that folder name, None for BASE; UnknownAdapter for any other name."""
+        if contender == BASE:
+            return None
+        if (adapter := self.adapters.get(contender)) is None:
             names = ", ".join(adapter.name for adapter in self.adapters.list()) or "none"
             raise UnknownAdapter(f"no adapter '{contender}' in {self.adapters.folder} (adapters: {names})")
+        return adapter
+
+    def promote(self, contender: str) -> None:
+        """Make an adapter (or BASE) the profile new chats start with."""
+        self.named(contender)
         self.promoted_file.parent.mkdir(parents=True, exist_ok=True)
         self.promoted_file.write_text(json.dumps({"adapter": contender}) + "\n")
 

@@ -91,7 +91,8 @@ class Preferences:
     async def battle(self, user: str, answer_a: str, answer_b: str, choice: str) -> tuple[str, str]:
         """Record a blind A/B vote: a battle between the answers' contenders, and a comparison (for export).
 
-        Returns the contenders (adapter names, BASE for none) of answers A and B, to reveal them.
+        Returns the contenders (adapter names, BASE for none) of answers A and B, to reveal them. Voting
+        again changes the choice, but the leaderboard keeps counting the first one, cast blind.
         """
         async with self.sessions.begin() as session:
             thread, prompt_id = await _compare(session, user, answer_a, answer_b, choice)
@@ -116,6 +117,8 @@ class Preferences:
                 contender_a=contenders[0],
                 contender_b=contenders[1],
                 choice=choice,
+                blind_choice=choice,
+                first_only=("blind_choice",),
             )
         return contenders
 
@@ -178,11 +181,19 @@ async def _compare(session: AsyncSession, user: str, answer_a: str, answer_b: st
     return thread, prompt_id
 
 
-async def _upsert(session: AsyncSession, table: type, thread: Thread, unique: list[str], **values: Any) -> None:
-    """A row of `thread` by its owner; where one with the same `unique` columns exists, its values are updated."""
+async def _upsert(
+    session: AsyncSession,
+    table: type,
+    thread: Thread,
+    unique: list[str],
+    first_only: tuple[str, ...] = (),
+    **values: Any,
+) -> None:
+    """A row of `thread` by its owner; where one with the same `unique` columns exists, its values are updated,
+    except the `first_only` ones (and when it was made)."""
     now = utcnow()
     insert = dialect_insert(session, table).values(
         id=str(uuid.uuid4()), thread_id=thread.id, user_id=thread.user_id, created_at=now, updated_at=now, **values
     )
-    updates = {column: value for column, value in values.items() if column not in unique}
+    updates = {column: value for column, value in values.items() if column not in [*unique, *first_only]}
     await session.execute(insert.on_conflict_do_update(index_elements=unique, set_={**updates, "updated_at": now}))

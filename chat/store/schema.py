@@ -185,8 +185,10 @@ class Battle(Base):
     answer_b: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"))
     contender_a: Mapped[str] = mapped_column(String(255), index=True)
     contender_b: Mapped[str] = mapped_column(String(255), index=True)
-    choice: Mapped[str] = mapped_column(String(16))  # a, b, tie, both_bad
-    created_at: Mapped[datetime]
+    choice: Mapped[str] = mapped_column(String(16))  # a, b, tie, both_bad: the latest vote
+    # The first vote, cast before the reveal: what the leaderboard counts (a later one knew who was who).
+    blind_choice: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]  # when the first vote was cast
     updated_at: Mapped[datetime]
 
 

@@ -137,8 +137,9 @@ async def generations(server, thread_id: str, expected: int) -> list[dict]:
     return [{"prompt_tokens": tokens, "settings": json.loads(settings)} for tokens, settings in rows]
 
 
-def chat(server: Server, adapters_dir: Path, *args: str) -> str:
-    """`python -m chat ...` on the server's data directory and adapters."""
+def chat(server: Server, adapters_dir: Path, *args: str, fails: bool = False) -> str:
+    """`python -m chat ...` on the server's data directory and adapters: what it printed, or with `fails`,
+    what it printed on failing (it must fail)."""
     environment = {"LOUPE_DATA_DIR": str(server.data_dir), "LOUPE_ADAPTERS_DIR": str(adapters_dir)}
     done = subprocess.run(
         [sys.executable, "-m", "chat", *args],
@@ -147,5 +148,8 @@ def chat(server: Server, adapters_dir: Path, *args: str) -> str:
         cwd=REPO,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **environment},
     )
+    if fails:
+        assert done.returncode != 0, done.stdout
+        return done.stderr
     assert done.returncode == 0, done.stderr
     return done.stdout
