@@ -7,8 +7,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from chat.store.generations import CONTENDER_FIELDS
 from tests.helpers.client import GREEDY, ChatClient, listed_profiles, only_answer
 from tests.helpers.datasets import save_adapter
 from tests.helpers.server import Server, chat, start_server, stored
@@ -63,6 +65,15 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
         a, b = reply.messages
         assert a["output"].startswith("*Answer A*\n\n") and b["output"].startswith("*Answer B*\n\n")
         assert not client.actions_for(a["id"], "regenerate")
+        # Blind means blind on the socket too: nothing the browser was sent names who wrote A or B.
+        sent = [message for message in client.seen_messages if message["id"] in (a["id"], b["id"])]
+        assert sent and all(set(message["metadata"]["generation"]).isdisjoint(CONTENDER_FIELDS) for message in sent)
+        async with httpx.AsyncClient(base_url=server_with_adapters.url, cookies=client.cookies) as http:
+            thread = (await http.get(f"/project/thread/{client.thread_id}")).json()
+        answers = [step for step in thread["steps"] if step["id"] in (a["id"], b["id"])]
+        assert len(answers) == 2
+        assert all(set(step["metadata"]["generation"]).isdisjoint(CONTENDER_FIELDS) for step in answers)
+        assert all(step["metadata"]["generation"]["completion"] for step in answers), "the rest is there"
         votes = {action["payload"]["choice"]: action for action in client.actions_for(b["id"], "vote")}
         (await client.click(votes["a"])).raise_for_status()
         reveal = client.seen_messages[-1]["output"]

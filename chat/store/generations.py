@@ -15,6 +15,8 @@ from typing import Any
 from models.backend import Ended
 
 BASE = "base"  # how battles, exported rows, filters and the leaderboard name the model without an adapter
+# What an arena answer's record keeps from the browser: who wrote it (the reveal message says so after the vote).
+CONTENDER_FIELDS = ("adapter", "adapter_version")
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,13 @@ class GenerationRecord:
             settings=record.get("settings", {}),
             sources=record.get("sources", []),
         )
+
+
+def as_the_browser_sees_it(step: dict[str, Any]) -> dict[str, Any]:
+    """A step to send to its owner's browser: an arena answer (`metadata.blind`) without its contender, so
+    that a vote cannot be cast knowing who is who; any other step as it is. The stored step keeps everything."""
+    metadata = step.get("metadata") or {}
+    if not metadata.get("blind") or not isinstance(metadata.get("generation"), dict):
+        return step
+    record = {key: value for key, value in metadata["generation"].items() if key not in CONTENDER_FIELDS}
+    return {**step, "metadata": {**metadata, "generation": record}}

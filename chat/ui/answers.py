@@ -69,13 +69,15 @@ async def respond(
     label: str | None = None,
     regenerable: bool = True,
     pages: list[ShownPage] | None = None,
+    blind: bool = False,
 ) -> cl.Message | None:
     """Answer `turn` after the `earlier` conversation, streaming, with the chat's current settings,
     from the base model or `adapter`, shown the document `pages` (best first) that fit the context.
 
     `keep(reply)` is called with an answer that belongs in the model's history (finished, or
     stopped with some text), also when Stop cancels this task. `label` goes on the answer's
-    first line ("Answer 2 of 2", "Answer A"). Returns the answer sent, if one was.
+    first line ("Answer 2 of 2", "Answer A"). A `blind` answer (the arena's) reaches the browser without
+    the name of who wrote it (chat/ui/chainlit_fixes.py). Returns the answer sent, if one was.
     """
     runtime = serving()
     backend = runtime.backend
@@ -105,6 +107,10 @@ async def respond(
     )
     stream = BatchedStream(reply)
 
+    def metadata(completion: str) -> dict[str, Any]:
+        """The generation record, marked blind in the arena, for the answer's (or the failure's) metadata."""
+        return {"generation": record(completion), **({"blind": True} if blind else {})}
+
     def record(completion: str) -> dict[str, Any]:
         return GenerationRecord(
             model=backend.name,
@@ -130,16 +136,16 @@ async def respond(
         await stream.flush()
         failure = cl.ErrorMessage(content=explain_failure(error, reference, language))
         if stream.text:  # what was written stays, marked as failed, with its record; the notice follows
-            reply.metadata = {"ended": usage.ended, "generation": record(stream.text)}
+            reply.metadata = {"ended": usage.ended, **metadata(stream.text)}
             await reply.send()
         else:
-            failure.metadata = {"generation": record(stream.text)}
+            failure.metadata = metadata(stream.text)
         await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
         await queue_notice.clear()
         await stream.flush()
         if usage.ended == Ended.FINISHED or (usage.ended == Ended.STOPPED and stream.text):
-            reply.metadata = {"ended": usage.ended, "generation": record(stream.text)}
+            reply.metadata = {"ended": usage.ended, **metadata(stream.text)}
             keep(reply)
             reply.content = shown_answer(stream.text, usage.ended, language, label, sources)
             await reply.send()

@@ -37,7 +37,9 @@ async def battle(
         async with cl.Step(name="on_message", type="run", parent_id=turn.id):
             label = text("arena_label", language, side=side)
             kept = keep if side == "A" else lambda reply: None
-            reply = await respond(earlier, turn, language, kept, adapter, label, regenerable=False, pages=pages)
+            reply = await respond(
+                earlier, turn, language, kept, adapter, label, regenerable=False, pages=pages, blind=True
+            )
         if reply is None or reply.metadata["ended"] != Ended.FINISHED:
             return
         answers.append(reply)

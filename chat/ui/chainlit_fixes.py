@@ -33,6 +33,7 @@ from chainlit.utils import utc_now
 from fastapi import HTTPException
 
 from chat.documents.reading import Kind, file_kind
+from chat.store.generations import as_the_browser_sees_it
 from chat.ui.limits import RateLimit
 from chat.ui.texts import language_of, text
 
@@ -243,6 +244,25 @@ async def thread_author_or_404(username: str, thread_id: str) -> bool:
 
 def hide_other_users_threads() -> None:
     chainlit.server.is_thread_author = thread_author_or_404  # looked up by name when a route runs
+
+
+def keep_contenders_blind() -> None:
+    """Send arena answers to the browser without the record of who wrote them.
+
+    Chainlit sends a message's whole metadata with it, and an answer's generation record names its
+    adapter: anyone reading the socket would know who wrote A and B before voting. The data layer
+    stores the step as sent to the emitter; only the copy that goes over the socket is blinded
+    (threads read back for the browser are blinded by the data layer).
+    """
+    send_step, update_step = ChainlitEmitter.send_step, ChainlitEmitter.update_step
+
+    async def send_blinded(self: ChainlitEmitter, step_dict: StepDict) -> None:
+        await send_step(self, as_the_browser_sees_it(step_dict))
+
+    async def update_blinded(self: ChainlitEmitter, step_dict: StepDict) -> None:
+        await update_step(self, as_the_browser_sees_it(step_dict))
+
+    ChainlitEmitter.send_step, ChainlitEmitter.update_step = send_blinded, update_blinded
 
 
 # The buttons each session was sent and not yet told to remove, by id: the server's own copies.

@@ -47,7 +47,7 @@ from sqlalchemy import JSON, ColumnElement, Select, case, delete, exists, func, 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.files import ContentStore
-from chat.store.generations import GenerationRecord
+from chat.store.generations import GenerationRecord, as_the_browser_sees_it
 from chat.store.rows import NotYours, dialect_insert, iso, owned_by, parse_time, utcnow
 from chat.store.schema import Element, Feedback, Generation, Step, Thread, User
 
@@ -250,7 +250,8 @@ class LoupeDataLayer(BaseDataLayer):
             }
             elements = (await session.scalars(select(Element).where(Element.thread_id == thread_id))).all()
         thread = _thread_dict(*row)
-        thread["steps"] = [_step_dict(step, feedback.get(step.id)) for step in steps]
+        # Threads go to browsers (the thread API, a resumed chat), so arena answers leave without their contenders.
+        thread["steps"] = [as_the_browser_sees_it(_step_dict(step, feedback.get(step.id))) for step in steps]
         thread["elements"] = [self._element_dict(element) for element in elements]
         return thread
 

@@ -35,6 +35,7 @@ from chat.ui.chainlit_fixes import (
     guard_client_messages,
     hide_other_users_threads,
     honour_config_flags,
+    keep_contenders_blind,
     remember_issued_actions,
     uploads_in,
 )
@@ -169,6 +170,7 @@ def install(runtime: Runtime) -> None:
         COMMANDS,
     )
     remember_issued_actions()
+    keep_contenders_blind()
     honour_config_flags()
     hide_other_users_threads()
     secure(server, settings.allowed_origins, int(settings.max_upload_mb * MB), runtime.login_is_current)
