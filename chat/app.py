@@ -20,7 +20,7 @@ from chat.arena.profiles import Profile
 from chat.store.accounts import check_password
 from chat.store.logins import claims, revoke
 from chat.store.rows import NotYours
-from chat.ui import answers, arena, documents, feedback
+from chat.ui import answers, arena, dashboard, documents, feedback
 from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.choices import (
     COMPARE,
@@ -32,8 +32,8 @@ from chat.ui.choices import (
     show_rating,
 )
 from chat.ui.datalayer import LoupeDataLayer
-from chat.ui.panel import chat_settings, show_panel, take_settings
-from chat.ui.runtime import LIBRARY_COMMAND, serving
+from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
+from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, serving
 from chat.ui.signin import signed_in
 from chat.ui.texts import describe_profile, language_of, text
 
@@ -91,7 +91,7 @@ async def start() -> None:
     runtime, language = serving(), session_language()
     cl.user_session.set("history", [])
     await show_panel(language)
-    await documents.offer_library(language)
+    await offer_commands(language)
     if current_profile().is_arena:
         board = await leaderboard.current_board(runtime.sessions, runtime.profiles.adapters, runtime.settings)
         table = leaderboard.as_markdown(board)
@@ -106,7 +106,7 @@ async def resume(thread: ThreadDict) -> None:
     runtime, language = serving(), session_language()
     cl.user_session.set("history", await stored_history(thread))
     documents.restore_documents(thread)
-    await documents.offer_library(language)
+    await offer_commands(language)
     await show_panel(language, (thread.get("metadata") or {}).get("chat_settings"))
     answers, comparisons = await runtime.preferences.in_thread(current_user(), thread["id"])
     await restore_choices(answers, comparisons, current_profile().is_arena, runtime.settings, language)
@@ -127,6 +127,9 @@ async def update_settings(values: dict[str, Any]) -> None:
 @cl.on_message
 async def answer(message: cl.Message) -> None:
     runtime, language = serving(), session_language()
+    if message.command == DASHBOARD_COMMAND:
+        await dashboard.show_dashboard(current_user(), language)
+        return
     across_library = message.command == LIBRARY_COMMAND
     if across_library and not message.content.strip() and not message.elements:
         await documents.show_library(current_user(), language)
@@ -180,6 +183,15 @@ async def vote(action: cl.Action) -> None:
         return
     await show_choices(payload["b"], VOTE, redrawn_comparison(action, language))
     await cl.Message(content=arena.revealed(contenders, language)).send()
+
+
+@cl.action_callback(dashboard.FILTER)
+async def filter_dashboard(action: cl.Action) -> None:
+    """The dashboard again, narrowed to one contender (or to none: all of them)."""
+    contender = action.payload.get("contender")
+    await dashboard.show_dashboard(
+        current_user(), session_language(), contender if isinstance(contender, str) and contender else None
+    )
 
 
 # Reasons and corrections -----------------------------------------------------------------------

@@ -55,6 +55,9 @@ class Settings(ModelSettings):
         50, ge=1, description="Counted battles before a contender's rank is more than provisional."
     )
     arena_daily_votes: int = Field(25, ge=1, description="Battles one user may have counted per UTC day.")
+    admins: Annotated[list[str], NoDecode] = Field(
+        ["admin"], description="Users whose dashboard shows everyone's data, not only their own; comma-separated."
+    )
     reasons_down: Annotated[list[str], NoDecode] = Field(
         ["wrong", "incomplete", "misread_image", "wrong_language", "unsafe", "other"],
         description="Reasons offered after a thumbs down, comma-separated codes.",
@@ -63,7 +66,7 @@ class Settings(ModelSettings):
         ["correct", "helpful", "clear"], description="Reasons offered after a thumbs up, comma-separated codes."
     )
 
-    @field_validator("reasons_down", "reasons_up", "allowed_origins", mode="before")
+    @field_validator("reasons_down", "reasons_up", "allowed_origins", "admins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """'wrong, too_long' -> ['wrong', 'too_long']; origins the same way."""

@@ -148,8 +148,9 @@ class Leaderboard:
 # Reading battles ----------------------------------------------------------------------------------
 
 
-async def outcomes(sessions: async_sessionmaker[AsyncSession]) -> list[Outcome]:
-    """Every stored battle, oldest vote first, with its contenders' versions and answers' style."""
+async def outcomes(sessions: async_sessionmaker[AsyncSession], user_id: str | None = None) -> list[Outcome]:
+    """Every stored battle (or one user's: `users.id`), oldest vote first, with its contenders' versions and
+    answers' style."""
     answer_a, answer_b, prompt = aliased(Generation), aliased(Generation), aliased(Step)
     query = (
         select(Battle, answer_a, answer_b, prompt.output)
@@ -158,6 +159,8 @@ async def outcomes(sessions: async_sessionmaker[AsyncSession]) -> list[Outcome]:
         .join(prompt, prompt.id == Battle.prompt_id)
         .order_by(Battle.created_at, Battle.id)
     )
+    if user_id is not None:
+        query = query.where(Battle.user_id == user_id)
     async with sessions() as session:
         rows = await session.execute(query)
         return [
@@ -181,8 +184,14 @@ async def current_board(
 ) -> Leaderboard:
     """The leaderboard as the app and the command line show it: the adapters' present versions are current,
     hygiene and the provisional mark as configured."""
-    current = {contender_of(adapter) for adapter in [None, *adapters.list()]}
-    return standings(await outcomes(sessions), current, settings.arena_min_battles, settings.arena_daily_votes)
+    return standings(
+        await outcomes(sessions), current_contenders(adapters), settings.arena_min_battles, settings.arena_daily_votes
+    )
+
+
+def current_contenders(adapters: AdapterDirectory) -> set[str]:
+    """The contenders that can still be drawn: the base model and each adapter's present version."""
+    return {contender_of(adapter) for adapter in [None, *adapters.list()]}
 
 
 # Vote hygiene -------------------------------------------------------------------------------------

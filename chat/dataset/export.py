@@ -174,8 +174,11 @@ def adapter_name(adapter: str | None) -> str:
     return adapter or BASE
 
 
-async def read_threads(engine: AsyncEngine, activity: str, page_size: int = PAGE_SIZE) -> AsyncIterator[StoredThread]:
-    """Every thread with what pairing needs of it, in the order of thread ids, showing progress on stderr.
+async def read_threads(
+    engine: AsyncEngine, activity: str, page_size: int = PAGE_SIZE, user_id: str | None = None
+) -> AsyncIterator[StoredThread]:
+    """Every thread (or every one of a user's: `users.id`) with what pairing needs of it, in the order of
+    thread ids, showing progress on stderr.
 
     Keyset pagination on the primary key: each page is the next `page_size` thread ids, and its
     rows are read by that id range, which every table's thread_id index serves directly. Memory
@@ -184,8 +187,9 @@ async def read_threads(engine: AsyncEngine, activity: str, page_size: int = PAGE
     the whole steps table once per page.)
     """
     async with engine.connect() as connection:
-        total = await connection.scalar(select(func.count()).select_from(schema.Thread))
-        query = select(schema.Thread.id, schema.Thread.user_id).order_by(schema.Thread.id).limit(page_size)
+        mine = [schema.Thread.user_id == user_id] if user_id is not None else []
+        total = await connection.scalar(select(func.count()).select_from(schema.Thread).where(*mine))
+        query = select(schema.Thread.id, schema.Thread.user_id).where(*mine).order_by(schema.Thread.id).limit(page_size)
         with tqdm(total=total, unit=" conversations", desc=activity) as progress:
             page = (await connection.execute(query)).all()
             while page:

@@ -21,7 +21,7 @@ from PIL import Image
 from chat.conversation import turn_text
 from chat.documents.reading import Kind, document_pages
 from chat.documents.retrieval import ShownPage, pages_for, shown_pages
-from chat.ui.runtime import LIBRARY_COMMAND, serving
+from chat.ui.runtime import serving
 from chat.ui.texts import text
 from chat.ui.uploads import DocumentFile, UploadsRejected
 from models.pdf import DocumentRejected, PageText, page_count, read_pages
@@ -82,12 +82,6 @@ def restore_documents(thread: dict) -> None:
     """On resume: the thread's attachments are its documents (those in the user's library count)."""
     keys = [element["objectKey"] for element in thread.get("elements") or [] if element.get("objectKey")]
     cl.user_session.set(SESSION_KEY, list(dict.fromkeys(keys)))
-
-
-async def offer_library(language: str) -> None:
-    """The composer's Library command: ask across all of one's documents."""
-    command = {"id": LIBRARY_COMMAND, "icon": "library", "description": text("library_command", language)}
-    await cl.context.emitter.set_commands([command | {"button": True, "persistent": False}])
 
 
 async def show_library(user: str, language: str) -> None:

@@ -1,4 +1,5 @@
-"""The chat settings panel: assistant style and sampling, checked before a chat answers with them.
+"""The composer's controls: its commands, and the chat settings panel (assistant style and sampling,
+checked before a chat answers with them).
 
 Chainlit copies whatever the client sends into the session's chat settings; the chat answers with
 the checked copy kept here (chat.settings.checked_chat_settings), and the thread stores that copy.
@@ -14,7 +15,7 @@ from chainlit.input_widget import Select, Slider
 
 from chat.prompts import DEFAULT_PROMPT, system_prompts
 from chat.settings import SLIDERS, checked_chat_settings
-from chat.ui.runtime import serving
+from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, serving
 from chat.ui.texts import text
 from models.backend import SamplingSettings
 
@@ -27,6 +28,15 @@ async def show_panel(language: str, chosen: object = None) -> None:
     defaults = default_values(serving().backend.default_sampling)
     valid, _ = checked_chat_settings(chosen if isinstance(chosen, dict) else {}, system_prompts(), defaults)
     use_chat_settings(await settings_panel(language, {**defaults, **valid}).send())
+
+
+async def offer_commands(language: str) -> None:
+    """The composer's commands: Library (ask across all of one's documents, or list them) and Dashboard."""
+    commands = [
+        {"id": LIBRARY_COMMAND, "icon": "library", "description": text("library_command", language)},
+        {"id": DASHBOARD_COMMAND, "icon": "chart-bar", "description": text("dashboard_command", language)},
+    ]
+    await cl.context.emitter.set_commands([command | {"button": True, "persistent": False} for command in commands])
 
 
 def take_settings(values: dict[str, Any]) -> list[str]:

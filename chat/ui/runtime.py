@@ -19,7 +19,7 @@ from typing import Any
 
 from chainlit.config import config as chainlit_config
 from chainlit.server import app as server
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat.arena.profiles import Profiles
 from chat.conversation import PromptBuilder
@@ -54,13 +54,15 @@ from models.vllm_client import VllmBackend
 # The composer's commands (Chainlit's), the only ones a client message may carry. Library: ask across all
 # of one's documents, or, sent empty, list them (chat/ui/documents.py).
 LIBRARY_COMMAND = "Library"
-COMMANDS = (LIBRARY_COMMAND,)
+DASHBOARD_COMMAND = "Dashboard"  # the leaderboard, feedback, battles and dataset charts (chat/ui/dashboard.py)
+COMMANDS = (LIBRARY_COMMAND, DASHBOARD_COMMAND)
 PENDING_MESSAGES_OF_FILES = 5  # the pending-upload quota in files: five full messages' worth
 
 
 @dataclass
 class Runtime:
     settings: Settings
+    engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     store: ContentStore
     data_layer: LoupeDataLayer
@@ -118,9 +120,11 @@ async def start_backend(settings: Settings) -> Backend:
 def build_runtime(settings: Settings) -> Runtime:
     """Everything a server of these settings is made of; nothing is loaded or connected yet."""
     store = ContentStore(settings.files_dir)
-    sessions = session_factory(create_engine(settings.database_url))
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
     return Runtime(
         settings=settings,
+        engine=engine,
         sessions=sessions,
         store=store,
         data_layer=LoupeDataLayer(sessions, store),

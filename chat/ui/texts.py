@@ -112,6 +112,29 @@ TEXTS: dict[str, dict[str, str]] = {
         "library_empty": "Your library is empty: attach a PDF or a text file to a message to add it.",
         "library_list": "**Your documents** ({count}):\n{entries}",
         "library_entry": "- {name}: {pages} pages, added {added}",
+        "dashboard_command": "Charts of the leaderboard, feedback, battles and preference data",
+        "dashboard_title": "Dashboard, {time}",
+        "dashboard_everyone": "everyone's data",
+        "dashboard_yours": "your data",
+        "dashboard_only": "; only {contender}",
+        "dashboard_summary": (
+            "{counted} of {stored} battles counted on the leaderboard. Each chart's numbers are in the CSV file "
+            "of the same name; the buttons narrow everything to one contender."
+        ),
+        "dashboard_all": "All contenders",
+        "dashboard_counting": "Counting the preference data…",
+        "dashboard_dataset": "**Preference data** that `python -m chat export` would write, by rule:",
+        "chart_leaderboard": "Leaderboard (95% intervals)",
+        "chart_score": "score (Elo scale)",
+        "chart_style_controlled": "style-controlled",
+        "chart_plain": "plain",
+        "chart_feedback": "Thumbs up per day",
+        "chart_up_share": "share of thumbs up",
+        "chart_reasons": "Reasons given with thumbs",
+        "chart_battles": "Battles per day",
+        "chart_stored": "stored",
+        "chart_counted": "counted",
+        "chart_dataset": "Rows by pairing rule",
     },
     "ko": {
         "demo_notice": (
@@ -211,6 +234,29 @@ TEXTS: dict[str, dict[str, str]] = {
         "library_empty": "문서함이 비어 있습니다. PDF나 텍스트 파일을 메시지에 첨부하면 들어갑니다.",
         "library_list": "**내 문서** ({count}개):\n{entries}",
         "library_entry": "- {name}: {pages}페이지, {added} 추가",
+        "dashboard_command": "순위표, 피드백, 대결, 선호 데이터 차트",
+        "dashboard_title": "대시보드, {time}",
+        "dashboard_everyone": "모든 사용자의 데이터",
+        "dashboard_yours": "내 데이터",
+        "dashboard_only": "; {contender}만",
+        "dashboard_summary": (
+            "대결 {stored}건 중 {counted}건이 순위표에 반영되었습니다. 각 차트의 수치는 같은 이름의 CSV 파일에 "
+            "있고, 버튼으로 모든 차트를 한 참가자로 좁힐 수 있습니다."
+        ),
+        "dashboard_all": "모든 참가자",
+        "dashboard_counting": "선호 데이터를 세는 중…",
+        "dashboard_dataset": "`python -m chat export`가 쓸 **선호 데이터**, 규칙별:",
+        "chart_leaderboard": "순위표 (95% 구간)",
+        "chart_score": "점수 (Elo 척도)",
+        "chart_style_controlled": "스타일 보정",
+        "chart_plain": "보정 없음",
+        "chart_feedback": "일별 좋아요 비율",
+        "chart_up_share": "좋아요 비율",
+        "chart_reasons": "평가와 함께 고른 이유",
+        "chart_battles": "일별 대결 수",
+        "chart_stored": "저장됨",
+        "chart_counted": "반영됨",
+        "chart_dataset": "페어링 규칙별 행 수",
     },
 }
 
