@@ -181,8 +181,10 @@ async def vote(action: cl.Action) -> None:
     except (NotYours, KeyError, ValueError):
         await refuse_click(language)
         return
-    await show_choices(payload["b"], VOTE, redrawn_comparison(action, language))
+    votes = redrawn_comparison(action, language)
+    await show_choices(payload["b"], VOTE, votes)
     await cl.Message(content=arena.revealed(contenders, language)).send()
+    await arena.show_vote(payload["b"], votes, payload["choice"], contenders, language)
 
 
 @cl.action_callback(dashboard.FILTER)

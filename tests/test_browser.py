@@ -17,15 +17,16 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSize, async_playwright, expect
 
+from tests.helpers.datasets import save_adapter
 from tests.helpers.pdfs import facts_pdf
-from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, generations, start_server
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, generations, start_server, stop_server, stored
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -504,6 +505,82 @@ async def test_a_dropped_pdf_is_answered_from_and_its_cited_page_opens(
     assert 0 < width <= 1280, "the page as rendered for the model, within the CPU pixel budget"
     await page.mouse.move(0, VIEWPORT["height"])
     await page.screenshot(path=artifacts / "browser-cited-page.png")
+
+
+@pytest.fixture(scope="module")
+def arena_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with one adapter beside the base model, so that the Arena profile is offered."""
+    adapters = tmp_path_factory.mktemp("adapters")
+    save_adapter(adapters / "engineering-v1", seed=1)
+    process, running = start_server(tmp_path_factory.mktemp("app"), LOUPE_ADAPTERS_DIR=str(adapters))
+    yield running
+    stop_server(process)
+
+
+async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_is_a_battle(
+    page: Page, arena_server: Server, artifacts: Path
+) -> None:
+    """In the Arena, answers A and B stream into two columns, A left and B right, with the vote row
+    under both; a vote stores the battle and names the contenders. On a narrow page they stack."""
+    await open_chat(page, arena_server.url)
+    await page.locator("#chat-profiles").click()
+    await page.locator("[data-test='select-item:Arena']").click()
+    await expect(page.get_by_text("Each question is answered by two models")).to_be_visible(timeout=START)
+    await set_max_new_tokens(page, 256)  # a few seconds per answer: long enough to watch both grow
+
+    await page.locator("#chat-input").fill("What torque for an M8 bolt?")
+    await page.locator("#chat-input").press("Enter")
+    battle = page.locator("[data-arena]")
+    columns = {side: battle.locator(f"[data-arena-side='{side}']") for side in "AB"}
+    for side in "AB":  # each column grows while the run is going: it streams in place
+        await wait_until_column_longer(page, side, 0)
+        await wait_until_column_longer(page, side, len(await columns[side].inner_text()))
+    await wait_until_finished(page)
+
+    a, b = [await columns[side].bounding_box() for side in "AB"]
+    assert a and b and a["x"] + a["width"] <= b["x"], "B is right of A"
+    assert abs(a["y"] - b["y"]) < 2, "A and B start on the same line"
+    for side in "AB":
+        shown = await columns[side].inner_text()
+        assert shown.startswith(f"Answer {side}") and len(shown) > len(f"Answer {side}") + 20, shown
+    for side in "AB":  # the answers' own messages, stored as any answer is, are not shown a second time
+        answer_id = await columns[side].get_attribute("data-answer-id")
+        await expect(page.locator(f"[id='step-{answer_id}']")).to_be_hidden()
+    votes = battle.locator("[data-arena-votes]")
+    row = await votes.bounding_box()
+    assert row and row["y"] >= max(a["y"] + a["height"], b["y"] + b["height"]), "the votes are under both"
+    assert row["x"] <= a["x"] + a["width"] and row["x"] + row["width"] >= b["x"], "...spanning both columns"
+    await battle.evaluate("(battle) => battle.scrollIntoView({ block: 'start' })")  # both headers in the picture
+    await page.mouse.move(0, VIEWPORT["height"])
+    await page.screenshot(path=artifacts / "browser-arena-side-by-side.png")
+
+    await votes.get_by_role("button", name="Answer A is better").click()
+    await expect(page.get_by_text("Answer A was ")).to_be_visible(timeout=START)
+    await expect(votes.get_by_role("button", name="✓ Answer A is better")).to_be_visible()
+    [(contender_a, contender_b, choice)] = await stored(
+        arena_server, "SELECT contender_a, contender_b, choice FROM battles", count=1
+    )
+    assert contender_a != contender_b and choice == "a"
+    shown_a = "the base model" if contender_a == "base" else contender_a
+    await expect(columns["A"].locator("header")).to_contain_text(f"Answer A · {shown_a}")
+    await page.screenshot(path=artifacts / "browser-arena-voted.png")
+
+    await page.set_viewport_size({"width": 560, "height": 800})
+    a, b = [await columns[side].bounding_box() for side in "AB"]
+    assert a and b and b["y"] >= a["y"] + a["height"], "on a narrow page B is under A"
+
+
+async def wait_until_column_longer(page: Page, side: str, length: int) -> None:
+    """Wait until the arena column's text exceeds `length` while the run is still going."""
+    await page.wait_for_function(
+        """([side, length]) => {
+            const column = document.querySelector(`[data-arena-side='${side}']`);
+            return column !== null && column.innerText.length > length
+                && document.getElementById("stop-button") !== null;
+        }""",
+        arg=[side, length],
+        timeout=FINISH,
+    )
 
 
 async def set_max_new_tokens(page: Page, tokens: int) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import chainlit as cl
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -69,6 +69,7 @@ async def respond(
     label: str | None = None,
     regenerable: bool = True,
     pages: list[ShownPage] | None = None,
+    shown_in: Callable[[cl.Message], AnswerStream] | None = None,
     blind: bool = False,
 ) -> cl.Message | None:
     """Answer `turn` after the `earlier` conversation, streaming, with the chat's current settings,
@@ -76,8 +77,10 @@ async def respond(
 
     `keep(reply)` is called with an answer that belongs in the model's history (finished, or
     stopped with some text), also when Stop cancels this task. `label` goes on the answer's
-    first line ("Answer 2 of 2", "Answer A"). A `blind` answer (the arena's) reaches the browser without
-    the name of who wrote it (chat/ui/chainlit_fixes.py). Returns the answer sent, if one was.
+    first line ("Answer 2 of 2", "Answer A"). The answer streams into its own message, or into
+    `shown_in(reply)` (an arena column); either way the reply is sent and stored once it ends. A `blind`
+    answer (the arena's) reaches the browser without the name of who wrote it (chat/ui/chainlit_fixes.py).
+    Returns the answer sent, if one was.
     """
     runtime = serving()
     backend = runtime.backend
@@ -99,13 +102,13 @@ async def respond(
             return None
     sources = [asdict(page.source) for page in pages]
 
-    usage, queue_notice = Usage(), QueueNotice(language)
+    usage = Usage()
     reply = cl.Message(
         content="",
         actions=[regenerate_action(turn.id, language)] if regenerable else [],
         elements=page_elements(pages),
     )
-    stream = BatchedStream(reply)
+    stream = shown_in(reply) if shown_in else MessageStream(reply, language)
 
     def metadata(completion: str) -> dict[str, Any]:
         """The generation record, marked blind in the arena, for the answer's (or the failure's) metadata."""
@@ -126,9 +129,8 @@ async def respond(
         ).as_metadata()
 
     try:
-        async with aclosing(backend.stream(prompt, sampling, usage, queue_notice.show, adapter)) as pieces:
+        async with aclosing(backend.stream(prompt, sampling, usage, stream.waiting, adapter)) as pieces:
             async for piece in pieces:
-                await queue_notice.clear()
                 await stream.add(piece)
     except Exception as error:
         reference = failure_reference()
@@ -142,8 +144,7 @@ async def respond(
             failure.metadata = metadata(stream.text)
         await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
-        await queue_notice.clear()
-        await stream.flush()
+        await stream.end(usage.ended, sources)
         if usage.ended == Ended.FINISHED or (usage.ended == Ended.STOPPED and stream.text):
             reply.metadata = {"ended": usage.ended, **metadata(stream.text)}
             keep(reply)
@@ -243,6 +244,50 @@ def explain_failure(error: BaseException, reference: str, language: str) -> str:
     if isinstance(error, AdapterRefused):
         return text("adapter_refused", language, reason=str(error))
     return text("model_error", language, reference=reference)
+
+
+class AnswerStream(Protocol):
+    """Where an answer shows while the model writes it; `text` is everything written so far."""
+
+    text: str
+
+    async def waiting(self, ahead: int) -> None:
+        """The request waits behind `ahead` others for the model."""
+
+    async def add(self, piece: str) -> None:
+        """The model wrote `piece`."""
+
+    async def flush(self) -> None:
+        """Show everything written so far now."""
+
+    async def end(self, ended: Ended, sources: list[dict[str, Any]]) -> None:
+        """The generation ended (also when stopped or failed): show all of it, and how it ended."""
+
+
+class MessageStream:
+    """An answer streaming into its own message, with the queue notice while it waits."""
+
+    def __init__(self, message: cl.Message, language: str) -> None:
+        self.batched = BatchedStream(message)
+        self.queue_notice = QueueNotice(language)
+
+    @property
+    def text(self) -> str:
+        return self.batched.text
+
+    async def waiting(self, ahead: int) -> None:
+        await self.queue_notice.show(ahead)
+
+    async def add(self, piece: str) -> None:
+        await self.queue_notice.clear()
+        await self.batched.add(piece)
+
+    async def flush(self) -> None:
+        await self.batched.flush()
+
+    async def end(self, ended: Ended, sources: list[dict[str, Any]]) -> None:
+        await self.queue_notice.clear()
+        await self.batched.flush()
 
 
 class BatchedStream:

@@ -69,7 +69,9 @@ def content_security_policy() -> str:
     hashes = " ".join(
         f"'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'" for script in inline
     )
-    sources = {**CSP_SOURCES, "script-src": f"'self' {hashes}".strip()}
+    # 'unsafe-eval': Chainlit compiles custom elements (public/elements/*.jsx, the arena's side-by-side
+    # view) in the page with `new Function`. Scripts still load only from this server.
+    sources = {**CSP_SOURCES, "script-src": f"'self' {hashes} 'unsafe-eval'"}
     return "; ".join(f"{directive} {value}" for directive, value in sources.items())
 
 
