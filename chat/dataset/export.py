@@ -40,6 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tqdm import tqdm
 
 from chat.dataset.pairing import (
+    IDENTICAL,
+    NEAR_DUPLICATE,
     RULES,
     Answer,
     Comparison,
@@ -50,7 +52,9 @@ from chat.dataset.pairing import (
     Rating,
     Response,
     judge,
+    prompt_key,
 )
+from chat.dataset.quality import PromptCap
 from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
 from chat.store.generations import BASE, Source
@@ -84,7 +88,6 @@ class UserTurn:
 @dataclass(frozen=True)
 class StoredAnswer(Answer):
     prompt_id: str | None  # None in records written before Loupe kept it: such answers are never judged
-    text: str  # as the model wrote it (the generation record's completion), not as the page showed it
     adapter: str | None
     sources: tuple[Source, ...]  # the document pages shown with the question
     created_at: datetime
@@ -103,6 +106,12 @@ class Conversation:
     def images(self) -> list[str]:
         """Every image, in the order the conversation shows them."""
         return [key for turn in (*(turn for turn, _ in self.exchanges), self.question) for key in turn.images]
+
+    @property
+    def key(self) -> str:
+        """What its near-duplicates share (pairing rule 8)."""
+        texts = [self.system, *(text for turn, answer in self.exchanges for text in (turn.text, answer))]
+        return prompt_key([*texts, self.question.text], self.images)
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,10 @@ class StoredThread:
                 corrections = [self.corrections[a.id] for a in answers if a.id in self.corrections]
                 judgement = judge(answers, self.comparisons.get(prompt_id, []), corrections, finished)
                 yield Judged(answers[0].created_at, judgement)
+
+    def prompt(self, item: Pair | Label) -> Conversation:
+        """The conversation a pair or KTO row is about: that of its answers (a pair's were shown the same)."""
+        return self.conversation(item.rejected if isinstance(item, Pair) else item.response.answer_id)
 
     def conversation(self, answer_id: str) -> Conversation:
         answer = self.answers[answer_id]
@@ -463,9 +476,11 @@ class Exporter:
         self.request = request
         self.folder = folder
         self.image_path = image_path
+        self.pairs = request.format in PAIR_FORMATS
         self.images: dict[str, str | None] = {}  # content key -> file in the export, None when unusable
         self.by_rule: Counter[str] = Counter()
         self.left_out: Counter[str] = Counter()
+        self.cap = PromptCap()
         self.threads: set[str] = set()
         self.users: set[str] = set()
         (folder / IMAGES_DIR).mkdir()
@@ -478,30 +493,40 @@ class Exporter:
         self.rows.close()
 
     def add(self, thread: StoredThread) -> None:
+        """Write the rows of one thread that the request selects and the quality rules (5 and 8) keep."""
         salt = self.request.user_hash_salt
         pseudonyms = {
             "thread": pseudonym(thread.id, salt),
             "user": pseudonym(thread.user_id, salt) if thread.user_id else None,
         }
+
+        def selected(item: Pair | Label) -> bool:
+            return self.request.adapter is None or thread.adapter_group(item.answers) == self.request.adapter
+
         for judged in thread.judged():
             if not self.request.covers(judged.first_answer_at):
                 continue
-            items: list[Pair] | list[Label]
-            items = judged.judgement.pairs if self.request.format in PAIR_FORMATS else judged.judgement.labels
-            for item in items:
-                if self.request.adapter is None or thread.adapter_group(item.answers) == self.request.adapter:
-                    self._write(thread, item, pseudonyms)
+            judgement = judged.judgement
+            if self.pairs and (identical := sum(map(selected, judgement.identical))):
+                self.left_out[IDENTICAL] += identical
+            items: list[Pair] | list[Label] = judgement.pairs if self.pairs else judgement.labels
+            for item in filter(selected, items):
+                conversation = thread.prompt(item)
+                if self.cap.admit(conversation.key):
+                    self._write(thread, item, conversation, pseudonyms)
+                else:
+                    self.left_out[NEAR_DUPLICATE] += 1
 
-    def _write(self, thread: StoredThread, item: Pair | Label, pseudonyms: dict[str, str | None]) -> None:
+    def _write(
+        self, thread: StoredThread, item: Pair | Label, conversation: Conversation, pseudonyms: dict[str, str | None]
+    ) -> None:
         # `outcome`: the (chosen, rejected) texts of a pair, or the (completion, label) of a KTO row.
         if isinstance(item, Pair):
-            conversation = thread.conversation(item.rejected)
             rejected = Response(item.rejected)
             outcome: tuple[str, str] | tuple[str, bool] = (thread.text(item.chosen), thread.text(rejected))
             kind = item.rule
             columns = {"chosen_by": thread.written_by(item.chosen), "rejected_by": thread.written_by(rejected)}
         else:
-            conversation = thread.conversation(item.response.answer_id)
             outcome = (thread.text(item.response), item.desirable)
             kind = f"{item.rule}, {'desirable' if item.desirable else 'undesirable'}"
             columns = {"completion_by": thread.written_by(item.response)}
