@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -54,7 +55,7 @@ from chat.dataset.pairing import (
     judge,
     prompt_key,
 )
-from chat.dataset.quality import PromptCap
+from chat.dataset.quality import Measures, PromptCap, Said
 from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
 from chat.store.generations import BASE, Source
@@ -107,9 +108,9 @@ class Conversation:
         """Every image, in the order the conversation shows them."""
         return [key for turn in (*(turn for turn, _ in self.exchanges), self.question) for key in turn.images]
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """What its near-duplicates share (pairing rule 8)."""
+        """What its near-duplicates share (pairing rule 8); the export asks for it twice per row written."""
         texts = [self.system, *(text for turn, answer in self.exchanges for text in (turn.text, answer))]
         return prompt_key([*texts, self.question.text], self.images)
 
@@ -174,6 +175,10 @@ class StoredThread:
         if response.corrected:
             return self.corrections[response.answer_id].text
         return self.answers[response.answer_id].text
+
+    def said(self, response: Response) -> Said:
+        """The text of a response and the reasons of its rating (a correction has none)."""
+        return self.text(response), () if response.corrected else self.answers[response.answer_id].reasons
 
     def written_by(self, response: Response) -> str:
         return CORRECTED_BY if response.corrected else adapter_name(self.answers[response.answer_id].adapter)
@@ -467,6 +472,7 @@ class ExportSummary:
     images: int
     threads: int
     users: int
+    measures: Measures  # of the rows written, for the card
 
 
 class Exporter:
@@ -481,8 +487,8 @@ class Exporter:
         self.by_rule: Counter[str] = Counter()
         self.left_out: Counter[str] = Counter()
         self.cap = PromptCap()
+        self.measures = Measures(pairs=self.pairs)
         self.threads: set[str] = set()
-        self.users: set[str] = set()
         (folder / IMAGES_DIR).mkdir()
         self.rows = (folder / DATA_FILE).open("w", encoding="utf-8", newline="\n")
 
@@ -544,8 +550,10 @@ class Exporter:
         self.rows.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
         self.by_rule[kind] += 1
         self.threads.add(thread.id)
-        if thread.user_id:
-            self.users.add(thread.user_id)
+        if isinstance(item, Pair):
+            self.measures.pair(thread.user_id, conversation.key, thread.said(item.chosen), thread.said(rejected))
+        else:
+            self.measures.label(thread.user_id, conversation.key, thread.said(item.response), item.desirable)
 
     def _image(self, key: str) -> str | None:
         if key not in self.images:
@@ -573,7 +581,8 @@ class Exporter:
             left_out=self.left_out,
             images=sum(path is not None for path in self.images.values()),
             threads=len(self.threads),
-            users=len(self.users),
+            users=self.measures.users,
+            measures=self.measures,
         )
         if info := DATASET_INFO.get(self.request.format):
             (self.folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -654,6 +663,7 @@ def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
         f"| conversations | {summary.threads} |",
         f"| users | {summary.users} |",
         "",
+        *summary.measures.markdown(),
         "## Columns",
         "",
         "- `images`: the images of the prompt, in order (`images/<sha256>.<ext>`): as uploaded, then the document"
