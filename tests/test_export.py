@@ -531,6 +531,125 @@ async def test_the_card_counts_the_export(migrated: str, layer: LoupeDataLayer, 
     assert SALT not in card
 
 
+async def test_the_card_measures_lengths_reasons_and_users(
+    migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path
+) -> None:
+    """Chosen: "About 160 Hz." (13 characters), Ada's correction (22), "10kΩ입니다." (8); rejected: "About 1 kHz."
+    (12) twice, with her reason "wrong", and "1kΩ입니다." (7). KTO adds the low-pass answer (24) and Bob's two
+    (8, 40)."""
+    await run_export(migrated, layer, tmp_path / "dpo", "trl-dpo")
+    await run_export(migrated, layer, tmp_path / "kto", "trl-kto")
+    dpo = (tmp_path / "dpo" / "README.md").read_text(encoding="utf-8")
+    for line in (
+        "| answers | chosen | rejected |",
+        "| mean length (characters) | 14.3 | 10.3 |",
+        "| median length (characters) | 13.0 | 12.0 |",
+        "| reason `wrong` | 0 | 2 |",
+        "| pairs whose chosen answer is longer | 3 of 3 (100%) |",
+        "| pairs whose chosen answer is shorter | 0 of 3 (0%) |",
+        "| rows per user: median | 3.0 |",
+        "| rows per user: most | 3 of 3 (100%) |",
+        "| rows of conversations without a user | 0 |",
+        "| judged by several users | 0 |",
+    ):
+        assert line in dpo
+    kto = (tmp_path / "kto" / "README.md").read_text(encoding="utf-8")
+    for line in (
+        "| answers | desirable | undesirable |",
+        "| mean length (characters) | 16.8 | 16.8 |",
+        "| median length (characters) | 17.5 | 10.0 |",
+        "| reason `wrong` | 0 | 1 |",
+        "| users | 2 |",
+        "| rows per user: median | 4.0 |",
+        "| rows per user: most | 6 of 8 (75%) |",
+    ):
+        assert line in kto
+    assert "chosen answer is longer" not in kto
+
+
+async def test_the_card_says_whether_users_who_judged_the_same_answers_agreed(
+    migrated: str, layer: LoupeDataLayer, tmp_path: Path
+) -> None:
+    """Ada and Bob prefer the same of the same two answers to the same question (Bob types it in lower case);
+    Ada and Carol prefer opposite answers to another. Dan's answers read differently: his pair is judged once."""
+    preferences = Preferences(layer.sessions)
+
+    async def prefer(name: str, question: str, better: str, worse: str) -> None:
+        person = await layer.create_user(ChainlitUser(identifier=name))
+        chat = Chat(layer, person, tmp_path)
+        asked = await chat.ask(question)
+        first = await chat.answer(asked, worse)
+        second = await chat.answer(asked, better)
+        await preferences.compare(name, first, second, "b")
+
+    await prefer("ada", "Which resistor for an LED on 5 V?", "220 Ω.", "22 Ω.")
+    await prefer("bob", "which resistor for an LED on 5 V", "220 Ω.", "22  Ω.")
+    await prefer("ada", "Unit of torque?", "N·m", "kg")
+    await prefer("carol", "Unit of torque?", "kg", "N·m")
+    await prefer("dan", "Unit of torque?", "newton-metre", "kg")
+    await run_export(migrated, layer, tmp_path / "dpo", "trl-dpo")
+    card = (tmp_path / "dpo" / "README.md").read_text(encoding="utf-8")
+    for line in (
+        "| users | 4 |",
+        "| rows per user: median | 1.0 |",
+        "| rows per user: most | 2 of 5 (40%) |",
+        "| judged by several users | 2 |",
+        "| judged by several users, who agreed | 1 of 2 (50%) |",
+    ):
+        assert line in card
+
+
+async def test_identical_pairs_and_rows_beyond_a_prompts_cap_are_left_out_and_counted(
+    migrated: str, layer: LoupeDataLayer, tmp_path: Path
+) -> None:
+    """Ada rates two answers that differ only in whitespace: no pair, and the card says why. Six users ask the
+    same question, but for case and punctuation, and each compares two answers: 4 pairs and 4 KTO rows are kept."""
+    preferences = Preferences(layer.sessions)
+    ada = await layer.create_user(ChainlitUser(identifier="ada"))
+    chat = Chat(layer, ada, tmp_path)
+    ohm = await chat.ask("Explain Ohm's law.")
+    same, spaced, other = "V = I R.", " V  =  I R.\n", "Voltage equals current times resistance."
+    for text, up in ((same, True), (spaced, False), (other, False)):
+        await chat.rate(await chat.answer(ohm, text), up=up)
+    for number, question in enumerate(
+        ["What is a pull-up resistor?", "what is a  pull-up resistor", "What is a PULL-UP resistor!"] * 2
+    ):
+        person = await layer.create_user(ChainlitUser(identifier=f"user{number}"))
+        chat = Chat(layer, person, tmp_path)
+        asked = await chat.ask(question)
+        first = await chat.answer(asked, f"It holds a line high ({number}).")
+        second = await chat.answer(asked, f"A resistor ({number}).")
+        await preferences.compare(person.identifier, first, second, "a")
+
+    def answers(row: dict[str, Any]) -> tuple[str, str]:
+        return row["chosen"][0]["content"][0]["text"], row["rejected"][0]["content"][0]["text"]
+
+    dpo = await run_export(migrated, layer, tmp_path / "dpo", "trl-dpo")
+    assert [answers(row) for row in dpo if row["prompt"][-1] == user("Explain Ohm's law.")] == [(same, other)]
+    assert len(dpo) == 1 + 4
+    card = (tmp_path / "dpo" / "README.md").read_text(encoding="utf-8")
+    assert "| rows left out: identical answers (rule 5) | 1 |" in card
+    assert "| rows left out: more than 4 rows for one prompt (rule 8) | 2 |" in card
+    assert "| rows | 5 |" in card
+
+    kto = await run_export(migrated, layer, tmp_path / "kto", "trl-kto")
+    assert len(kto) == 3 + 4  # all three of Ada's answers: each has its thumbs
+    card = (tmp_path / "kto" / "README.md").read_text(encoding="utf-8")
+    assert "| rows left out: more than 4 rows for one prompt (rule 8) | 8 |" in card
+    assert "identical answers" not in card
+
+    engine = create_engine(migrated)
+    try:
+        tally = (await collect(engine))["all"]
+    finally:
+        await engine.dispose()
+    assert tally["DPO pairs thumbs"] + tally["DPO pairs comparison"] == 5
+    assert tally["DPO pairs left out: identical answers (rule 5)"] == 1
+    assert tally["DPO pairs left out: more than 4 rows for one prompt (rule 8)"] == 2
+    assert tally["KTO rows desirable"] + tally["KTO rows undesirable"] == 7
+    assert tally["KTO rows left out: more than 4 rows for one prompt (rule 8)"] == 8
+
+
 async def test_a_missing_image_leaves_out_its_rows_and_says_so(
     migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path
 ) -> None:

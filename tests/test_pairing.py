@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from chat.dataset.pairing import RULES, Answer, Comparison, Correction, Label, Pair, Rating, Response, judge
+from chat.dataset.pairing import (
+    MAX_ROWS_PER_PROMPT,
+    RULES,
+    Answer,
+    Comparison,
+    Correction,
+    Label,
+    Pair,
+    Rating,
+    Response,
+    judge,
+    prompt_key,
+)
+from chat.dataset.quality import PromptCap
 
 START = datetime(2026, 11, 21, 10, 0)
 SYSTEM = "Answer like an engineer."
@@ -30,8 +43,11 @@ def answer(
     context: tuple[str, ...] = (),
     system: str = SYSTEM,
     pages: tuple[tuple[str, int], ...] = (),
+    text: str | None = None,
 ) -> Answer:
-    return Answer(id=id, ended=ended, context=context, system_prompt=system, rating=rating, pages=pages)
+    """An answer whose text, unless given, is its own: no two answers read the same."""
+    text = f"Answer {id}." if text is None else text
+    return Answer(id=id, text=text, ended=ended, context=context, system_prompt=system, rating=rating, pages=pages)
 
 
 def pair(chosen: str, rejected: str, rule: str) -> Pair:
@@ -155,6 +171,48 @@ def test_answers_shown_different_prompts_are_not_paired_but_keep_their_labels() 
         judgement = judge(answers, [Comparison("A", "B", "a", at(3))], [], finished={"x", "y"})
         assert judgement.pairs == []
         assert judgement.labels == [label("A", True, "comparison"), label("B", False, "comparison")]
+
+
+def test_a_pair_of_answers_that_read_the_same_but_for_whitespace_is_dropped() -> None:
+    answers = [
+        answer("A", up(1), text="  About 160 Hz.\n"),
+        answer("B", down(2), text="About\t160  Hz."),
+        answer("C", down(3), text="About 160Hz."),  # a different text: its pair stays
+    ]
+    judgement = judge(answers, [], [Correction("B", "About 160 Hz. ")], set())
+    assert judgement.pairs == [pair("A", "C", "thumbs")]
+    assert judgement.identical == [pair("A", "B", "thumbs"), Pair(Response("B", corrected=True), "B", "correction")]
+    assert len(judgement.labels) == 4, "KTO rows are not pairs: each answer keeps its row"
+
+
+def test_a_comparison_of_identical_answers_gives_no_pair() -> None:
+    answers = [answer("A", text="V = I R."), answer("B", text="V = I R.")]
+    judgement = judge(answers, [Comparison("A", "B", "a", at(1))], [], set())
+    assert (judgement.pairs, judgement.identical) == ([], [pair("A", "B", "comparison")])
+
+
+def test_near_duplicate_prompts_differ_only_in_case_punctuation_and_whitespace() -> None:
+    red, blue = "a" * 64, "b" * 64
+    asked = prompt_key([SYSTEM, "What does this circuit do?"], [red])
+    assert prompt_key([SYSTEM, "  what does this CIRCUIT do"], [red]) == asked
+    assert prompt_key([SYSTEM.upper(), "What does this circuit do?!"], [red]) == asked
+    assert prompt_key(["Be brief.", "What does this circuit do?"], [red]) != asked, "another system prompt"
+    assert prompt_key([SYSTEM, "What does this circuit show?"], [red]) != asked
+    assert prompt_key([SYSTEM, "What does this circuit do?"], [blue]) != asked, "another image"
+    assert prompt_key([SYSTEM, "What does this circuit do?"], [red, red]) != asked
+    assert prompt_key([SYSTEM, "Earlier.", "Answer.", "What does this circuit do?"], [red]) != asked
+    assert prompt_key(["이 회로도에서 저항값은?"], []) == prompt_key(["이 회로도에서  저항값은"], [])
+    full_width = "\uff36\uff1d\uff29\uff32?"  # "V=IR?" in full-width forms, as East Asian keyboards type it
+    assert prompt_key([full_width], []) == prompt_key(["v=ir"], []), "NFKC: full-width letters are letters"
+    assert prompt_key(["What's a pull-up?"], []) == prompt_key(["whats a pullup"], []), "punctuation is dropped"
+
+
+def test_a_prompt_gives_at_most_the_cap_of_rows_the_first_ones_kept() -> None:
+    cap = PromptCap()
+    circuit, ohm = prompt_key(["What does this circuit do?"], []), prompt_key(["Explain Ohm's law."], [])
+    kept = [cap.admit(key) for key in [circuit] * (MAX_ROWS_PER_PROMPT + 2) + [ohm]]
+    assert kept == [True] * MAX_ROWS_PER_PROMPT + [False, False, True]
+    assert cap.admit(prompt_key(["what does this circuit do"], [])) is False, "a near-duplicate counts as the same"
 
 
 def test_the_readme_states_the_rules_verbatim() -> None:

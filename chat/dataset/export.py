@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -40,6 +41,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tqdm import tqdm
 
 from chat.dataset.pairing import (
+    IDENTICAL,
+    NEAR_DUPLICATE,
     RULES,
     Answer,
     Comparison,
@@ -50,7 +53,9 @@ from chat.dataset.pairing import (
     Rating,
     Response,
     judge,
+    prompt_key,
 )
+from chat.dataset.quality import Measures, PromptCap, Said
 from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
 from chat.store.generations import BASE, Source
@@ -84,7 +89,6 @@ class UserTurn:
 @dataclass(frozen=True)
 class StoredAnswer(Answer):
     prompt_id: str | None  # None in records written before Loupe kept it: such answers are never judged
-    text: str  # as the model wrote it (the generation record's completion), not as the page showed it
     adapter: str | None
     sources: tuple[Source, ...]  # the document pages shown with the question
     created_at: datetime
@@ -103,6 +107,12 @@ class Conversation:
     def images(self) -> list[str]:
         """Every image, in the order the conversation shows them."""
         return [key for turn in (*(turn for turn, _ in self.exchanges), self.question) for key in turn.images]
+
+    @cached_property
+    def key(self) -> str:
+        """What its near-duplicates share (pairing rule 8); the export asks for it twice per row written."""
+        texts = [self.system, *(text for turn, answer in self.exchanges for text in (turn.text, answer))]
+        return prompt_key([*texts, self.question.text], self.images)
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,10 @@ class StoredThread:
                 judgement = judge(answers, self.comparisons.get(prompt_id, []), corrections, finished)
                 yield Judged(answers[0].created_at, judgement)
 
+    def prompt(self, item: Pair | Label) -> Conversation:
+        """The conversation a pair or KTO row is about: that of its answers (a pair's were shown the same)."""
+        return self.conversation(item.rejected if isinstance(item, Pair) else item.response.answer_id)
+
     def conversation(self, answer_id: str) -> Conversation:
         answer = self.answers[answer_id]
         return Conversation(
@@ -161,6 +175,10 @@ class StoredThread:
         if response.corrected:
             return self.corrections[response.answer_id].text
         return self.answers[response.answer_id].text
+
+    def said(self, response: Response) -> Said:
+        """The text of a response and the reasons of its rating (a correction has none)."""
+        return self.text(response), () if response.corrected else self.answers[response.answer_id].reasons
 
     def written_by(self, response: Response) -> str:
         return CORRECTED_BY if response.corrected else adapter_name(self.answers[response.answer_id].adapter)
@@ -458,6 +476,7 @@ class ExportSummary:
     images: int
     threads: int
     users: int
+    measures: Measures  # of the rows written, for the card
 
 
 class Exporter:
@@ -467,11 +486,13 @@ class Exporter:
         self.request = request
         self.folder = folder
         self.image_path = image_path
+        self.pairs = request.format in PAIR_FORMATS
         self.images: dict[str, str | None] = {}  # content key -> file in the export, None when unusable
         self.by_rule: Counter[str] = Counter()
         self.left_out: Counter[str] = Counter()
+        self.cap = PromptCap()
+        self.measures = Measures(pairs=self.pairs)
         self.threads: set[str] = set()
-        self.users: set[str] = set()
         (folder / IMAGES_DIR).mkdir()
         self.rows = (folder / DATA_FILE).open("w", encoding="utf-8", newline="\n")
 
@@ -482,30 +503,40 @@ class Exporter:
         self.rows.close()
 
     def add(self, thread: StoredThread) -> None:
+        """Write the rows of one thread that the request selects and the quality rules (5 and 8) keep."""
         salt = self.request.user_hash_salt
         pseudonyms = {
             "thread": pseudonym(thread.id, salt),
             "user": pseudonym(thread.user_id, salt) if thread.user_id else None,
         }
+
+        def selected(item: Pair | Label) -> bool:
+            return self.request.adapter is None or thread.adapter_group(item.answers) == self.request.adapter
+
         for judged in thread.judged():
             if not self.request.covers(judged.first_answer_at):
                 continue
-            items: list[Pair] | list[Label]
-            items = judged.judgement.pairs if self.request.format in PAIR_FORMATS else judged.judgement.labels
-            for item in items:
-                if self.request.adapter is None or thread.adapter_group(item.answers) == self.request.adapter:
-                    self._write(thread, item, pseudonyms)
+            judgement = judged.judgement
+            if self.pairs and (identical := sum(map(selected, judgement.identical))):
+                self.left_out[IDENTICAL] += identical
+            items: list[Pair] | list[Label] = judgement.pairs if self.pairs else judgement.labels
+            for item in filter(selected, items):
+                conversation = thread.prompt(item)
+                if self.cap.admit(conversation.key):
+                    self._write(thread, item, conversation, pseudonyms)
+                else:
+                    self.left_out[NEAR_DUPLICATE] += 1
 
-    def _write(self, thread: StoredThread, item: Pair | Label, pseudonyms: dict[str, str | None]) -> None:
+    def _write(
+        self, thread: StoredThread, item: Pair | Label, conversation: Conversation, pseudonyms: dict[str, str | None]
+    ) -> None:
         # `outcome`: the (chosen, rejected) texts of a pair, or the (completion, label) of a KTO row.
         if isinstance(item, Pair):
-            conversation = thread.conversation(item.rejected)
             rejected = Response(item.rejected)
             outcome: tuple[str, str] | tuple[str, bool] = (thread.text(item.chosen), thread.text(rejected))
             kind = item.rule
             columns = {"chosen_by": thread.written_by(item.chosen), "rejected_by": thread.written_by(rejected)}
         else:
-            conversation = thread.conversation(item.response.answer_id)
             outcome = (thread.text(item.response), item.desirable)
             kind = f"{item.rule}, {'desirable' if item.desirable else 'undesirable'}"
             columns = {"completion_by": thread.written_by(item.response)}
@@ -523,8 +554,10 @@ class Exporter:
         self.rows.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
         self.by_rule[kind] += 1
         self.threads.add(thread.id)
-        if thread.user_id:
-            self.users.add(thread.user_id)
+        if isinstance(item, Pair):
+            self.measures.pair(thread.user_id, conversation.key, thread.said(item.chosen), thread.said(rejected))
+        else:
+            self.measures.label(thread.user_id, conversation.key, thread.said(item.response), item.desirable)
 
     def _image(self, key: str) -> str | None:
         if key not in self.images:
@@ -552,7 +585,8 @@ class Exporter:
             left_out=self.left_out,
             images=sum(path is not None for path in self.images.values()),
             threads=len(self.threads),
-            users=len(self.users),
+            users=self.measures.users,
+            measures=self.measures,
         )
         if info := DATASET_INFO.get(self.request.format):
             (self.folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -633,6 +667,7 @@ def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
         f"| conversations | {summary.threads} |",
         f"| users | {summary.users} |",
         "",
+        *summary.measures.markdown(),
         "## Columns",
         "",
         "- `images`: the images of the prompt, in order (`images/<sha256>.<ext>`): as uploaded, then the document"

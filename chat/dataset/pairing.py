@@ -2,19 +2,33 @@
 
 Pure functions over plain records, with no database: chat/dataset/export.py and chat/dataset/stats.py read the
 records, and tests/test_pairing.py states each rule directly. RULES is the rule book in words;
-README.md and every exported dataset card print it verbatim.
+README.md and every exported dataset card print it verbatim. The two quality rules that are not about
+one user message, identical answers and near-duplicate prompts, are defined here too (what counts as
+the same text, the same prompt, and how many rows one prompt may give), so that the export and
+`python -m chat stats` apply one definition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+import hashlib
+import json
+import unicodedata
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import combinations
 
 from models.backend import Ended
 
-RULES = """\
+# One prompt asked again and again (a demo question everyone tries, a user regenerating and judging many
+# times) must not outweigh the rest: DPO and KTO weight every row alike. Four is what one question's
+# answers judged every way the chat offers give (a comparison, thumbs on a third answer, a correction).
+MAX_ROWS_PER_PROMPT = 4
+# Why a pair or row is left out by the quality rules, as the card and `python -m chat stats` name it.
+IDENTICAL = "identical answers (rule 5)"
+NEAR_DUPLICATE = f"more than {MAX_ROWS_PER_PROMPT} rows for one prompt (rule 8)"
+
+RULES = f"""\
 Answers are judged per user message, among its answers (regenerated answers are siblings).
 
 - **Only finished answers count.** Stopped and failed answers never become a chosen, rejected or KTO
@@ -38,14 +52,27 @@ DPO pairs (chosen, rejected):
    pair comes from any two answers.
 4. **Correction** of answer X gives (the user's text, X), whatever X's rating. Its prompt is X's
    conversation. A blank correction counts as none.
+5. **Identical answers**: a pair whose chosen and rejected texts are the same once each run of
+   whitespace is one space and the ends are stripped is dropped, as it teaches nothing; the card
+   counts it among the rows left out.
 
 KTO rows (completion, label):
 
-5. Each answer with a signal gets one row, labelled by its latest signal: thumbs up desirable,
+6. Each answer with a signal gets one row, labelled by its latest signal: thumbs up desirable,
    thumbs down undesirable; winning a comparison desirable, losing one undesirable, "both bad"
    undesirable for both; a tie is no signal. At equal times the comparison counts.
-6. Each correction gets a desirable row, also when the answer it corrects was stopped or failed
+7. Each correction gets a desirable row, also when the answer it corrects was stopped or failed
    (that answer is not in the row); its conversation must still be clean.
+
+Every export:
+
+8. **Near-duplicate prompts**: one prompt gives at most {MAX_ROWS_PER_PROMPT} rows of an export (after its
+   selection), so that no question asked again and again outweighs the rest; the first ones in the
+   export's order are kept (conversations in the order of their ids, their questions oldest first)
+   and the card counts the others among the rows left out. Two prompts are the same when their
+   texts (system prompt, earlier turns, question, document text) match once NFKC-normalised,
+   casefolded, stripped of punctuation and with each run of whitespace one space, and they show
+   the same images and document pages in the same order.
 """
 
 
@@ -62,6 +89,7 @@ class Answer:
     """A model's answer to a user message, and what the model was shown besides that message."""
 
     id: str
+    text: str  # as the model wrote it (the generation record's completion), not as the page showed it
     ended: str  # an Ended value as stored: finished, stopped or error
     context: tuple[str, ...]  # the earlier answers shown, with their questions, oldest first
     system_prompt: str  # its text
@@ -122,6 +150,24 @@ class Label:
 class Judgement:
     pairs: list[Pair]
     labels: list[Label]
+    identical: list[Pair]  # pairs dropped because their two texts are the same (rule 5)
+
+
+def normal_text(text: str) -> str:
+    """The text as rule 5 compares answers: each run of whitespace one space, the ends stripped."""
+    return " ".join(text.split())
+
+
+def normal_prompt_text(text: str) -> str:
+    """The text as rule 8 compares prompts: NFKC, casefolded, without punctuation, whitespace as normal_text."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return normal_text("".join(c for c in folded if not unicodedata.category(c).startswith("P")))
+
+
+def prompt_key(texts: Iterable[str], images: Iterable[str]) -> str:
+    """What near-duplicate prompts share (rule 8): a digest of their texts as normal_prompt_text reads them, in
+    order, and their images' content keys, in order."""
+    return hashlib.sha256(json.dumps([[normal_prompt_text(t) for t in texts], list(images)]).encode()).hexdigest()
 
 
 def judge(
@@ -134,22 +180,32 @@ def judge(
 
     `finished` holds the ids of the thread's finished answers whose questions are stored: an answer's
     conversation is clean when every answer in its context is one of them. Ties in time go to the
-    later signal in `comparisons`' order, so callers pass them in a fixed order.
+    later signal in `comparisons`' order, so callers pass them in a fixed order. Pairs whose two texts
+    are the same (rule 5) are set apart in `identical`, for the card to count.
     """
     clean = {answer.id: answer for answer in answers if all(earlier in finished for earlier in answer.context)}
     counting = [answer for answer in clean.values() if answer.ended == Ended.FINISHED]
     counted = {answer.id for answer in counting}
     usable_comparisons = [c for c in comparisons if c.answer_a in counted and c.answer_b in counted]
     usable_corrections = [c for c in corrections if c.text.strip() and c.answer_id in clean]
+    pairs = [
+        *_answer_pairs(counting, usable_comparisons),
+        *(
+            Pair(Response(c.answer_id, corrected=True), c.answer_id, "correction")
+            for c in usable_corrections
+            if c.answer_id in counted
+        ),
+    ]
+    texts = {answer.id: answer.text for answer in counting}
+    corrected = {c.answer_id: c.text for c in usable_corrections}
+
+    def identical(pair: Pair) -> bool:
+        chosen = corrected if pair.chosen.corrected else texts
+        return normal_text(chosen[pair.chosen.answer_id]) == normal_text(texts[pair.rejected])
+
     return Judgement(
-        pairs=[
-            *_answer_pairs(counting, usable_comparisons),
-            *(
-                Pair(Response(c.answer_id, corrected=True), c.answer_id, "correction")
-                for c in usable_corrections
-                if c.answer_id in counted
-            ),
-        ],
+        pairs=[pair for pair in pairs if not identical(pair)],
+        identical=[pair for pair in pairs if identical(pair)],
         labels=[
             *_answer_labels(counting, usable_comparisons),
             *(Label(Response(c.answer_id, corrected=True), True, "correction") for c in usable_corrections),

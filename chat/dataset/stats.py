@@ -4,7 +4,9 @@
 
 The pairs and KTO rows are counted by the export's own reading and chat/dataset/pairing.py, so they are
 what `python -m chat export` writes with no filters, less any rows the export's card reports as
-left out (missing image files, text LLaMA-Factory cannot carry).
+left out for a missing image file or text LLaMA-Factory cannot carry. The rows the quality rules
+leave out (identical answers, more rows than a prompt may give) are counted on lines of their own;
+each column caps near-duplicate prompts by itself, as `export --adapter` would.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections import Counter, defaultdict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat.dataset.export import StoredThread, read_threads
+from chat.dataset.pairing import IDENTICAL, NEAR_DUPLICATE
+from chat.dataset.quality import PromptCap
 
 ALL = "all"
 # Printed in this order; reasons (one line per code) come after the thumbs.
@@ -27,14 +31,18 @@ AFTER_REASONS = (
     "DPO pairs comparison",
     "DPO pairs thumbs",
     "DPO pairs correction",
+    f"DPO pairs left out: {IDENTICAL}",
+    f"DPO pairs left out: {NEAR_DUPLICATE}",
     "KTO rows desirable",
     "KTO rows undesirable",
+    f"KTO rows left out: {NEAR_DUPLICATE}",
 )
 
 Tally = dict[str, Counter[str]]  # column (ALL or an adapter group) -> metric -> count
+Caps = dict[tuple[str, str], PromptCap]  # (column, "DPO pairs" or "KTO rows") -> rule 8's count
 
 
-def tally_thread(thread: StoredThread, tally: Tally) -> None:
+def tally_thread(thread: StoredThread, tally: Tally, caps: Caps) -> None:
     """Add one thread's counts, each under ALL and under the adapter (group) of the answers it is about."""
 
     def add(metric: str, answer_ids: tuple[str, ...]) -> None:
@@ -56,16 +64,25 @@ def tally_thread(thread: StoredThread, tally: Tally) -> None:
     for correction in thread.corrections.values():
         add("corrections", (correction.answer_id,))
     for judged in thread.judged():
-        for pair in judged.judgement.pairs:
-            add(f"DPO pairs {pair.rule}", pair.answers)
-        for label in judged.judgement.labels:
-            add(f"KTO rows {'desirable' if label.desirable else 'undesirable'}", label.answers)
+        for pair in judged.judgement.identical:
+            add(f"DPO pairs left out: {IDENTICAL}", pair.answers)
+        labels = judged.judgement.labels
+        rows = [
+            *(("DPO pairs", pair.rule, pair) for pair in judged.judgement.pairs),
+            *(("KTO rows", "desirable" if label.desirable else "undesirable", label) for label in labels),
+        ]
+        for data, kind, item in rows:
+            prompt = thread.prompt(item).key
+            for column in (ALL, thread.adapter_group(item.answers)):
+                kept = caps[column, data].admit(prompt)
+                tally[column][f"{data} {kind}" if kept else f"{data} left out: {NEAR_DUPLICATE}"] += 1
 
 
 async def collect(engine: AsyncEngine) -> Tally:
     tally: Tally = defaultdict(Counter)
+    caps: Caps = defaultdict(PromptCap)
     async for thread in read_threads(engine, "Counting"):
-        tally_thread(thread, tally)
+        tally_thread(thread, tally, caps)
     return tally
 
 
