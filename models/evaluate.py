@@ -96,9 +96,9 @@ class EvaluateSettings:
 class PreferenceScores:
     pairs: int
     accuracy: float  # share of pairs with a positive margin
-    accuracy_interval: tuple[float, float]
+    accuracy_interval: list[float]  # low, high: a list, as JSON keeps it
     mean_margin: float  # nats
-    mean_margin_interval: tuple[float, float]
+    mean_margin_interval: list[float]
 
 
 def preference_scores(
@@ -116,9 +116,9 @@ def preference_scores(
     return PreferenceScores(
         pairs=len(values),
         accuracy=(values > 0).double().mean().item(),
-        accuracy_interval=tuple(torch.quantile(accuracies, ends).tolist()),
+        accuracy_interval=torch.quantile(accuracies, ends).tolist(),
         mean_margin=values.mean().item(),
-        mean_margin_interval=tuple(torch.quantile(means, ends).tolist()),
+        mean_margin_interval=torch.quantile(means, ends).tolist(),
     )
 
 
