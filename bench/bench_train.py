@@ -117,7 +117,7 @@ class TrainResult:
 
 def baseline_trainer(settings: TrainSettings, train_dataset: Dataset) -> DPOTrainer:
     """TRL's DPOTrainer as its documentation sets one up for a vision-language model."""
-    loaded = load_model(settings.base, device=settings.device, dtype=training_dtype(settings))
+    loaded = load_model(settings.base, device=settings.device, dtype=training_dtype(settings.device, settings.dtype))
     arguments = DPOConfig(
         output_dir=str(settings.out),
         per_device_train_batch_size=settings.batch_size,

@@ -1,19 +1,22 @@
 """Model tools from the command line.
 
 python -m models train --method dpo --data DIR --out models/adapters/NAME   (models/train.py; --help)
+python -m models evaluate --data DIR [--adapter NAME ...] [--json]           (models/evaluate.py; --help)
 """
 
 from __future__ import annotations
 
 import sys
+from importlib import import_module
+
+# Command -> its module, imported only when it runs: TRL and torch take seconds to import.
+COMMANDS = {"train": "models.train", "evaluate": "models.evaluate"}
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] != "train":
+    if not argv or argv[0] not in COMMANDS:
         sys.exit(__doc__.strip())
-    from models.train import main as train  # TRL takes seconds to import: only when training
-
-    train(argv[1:])
+    import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from transformers import HfArgumentParser, ProcessorMixin, TrainingArguments
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
 from models.adapters import METADATA_FILE, adapter_version
-from models.checkpoint import DEMO, ModelLoadError, load_model, pick_device
+from models.checkpoint import DEMO, LoadedModel, ModelLoadError, load_model, pick_device
 from models.images import ImageRejected, fit_to_budget, open_image
 from models.report import write_report
 from models.settings import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
@@ -67,6 +67,15 @@ TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint, so only 
 
 class TrainingError(Exception):
     """Training cannot start or finish; the message says what is wrong and what to do."""
+
+
+class RowKindError(TrainingError):
+    """A row of the other kind (a KTO row where DPO pairs are read, or the reverse): the export is of the
+    wrong format. `where` (file and line) and `kind` let a command that reads rows say what it needs instead."""
+
+    def __init__(self, message: str, where: str, kind: Literal["dpo", "kto"]) -> None:
+        super().__init__(message)
+        self.where, self.kind = where, kind
 
 
 @dataclass
@@ -129,16 +138,23 @@ class TrainingData:
 
 
 def load_training_data(settings: TrainSettings) -> TrainingData:
-    path = find_data_file(settings)
+    path = find_data_file(settings.data, settings.method, settings.data_file)
     rows = read_rows(path, settings.method, settings.data)
     train_rows, held_out_rows = split_held_out(rows, settings.eval_fraction, settings.seed)
     if not train_rows:
         raise TrainingError(f"{path}: every row was held out; lower --eval-fraction (now {settings.eval_fraction}).")
+    fingerprint = data_fingerprint(path, rows, train_rows, held_out_rows)
+    if settings.method == "kto":
+        fingerprint["desirable_rows"] = sum(row["label"] for row in rows)
     open_images = partial(
-        fit_images, folder=settings.data, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
+        image_dataset, folder=settings.data, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
     )
-    held_out = Dataset.from_list(held_out_rows).with_transform(open_images) if held_out_rows else None
-    fingerprint = {
+    return TrainingData(open_images(train_rows), open_images(held_out_rows) if held_out_rows else None, fingerprint)
+
+
+def data_fingerprint(path: Path, rows: list[dict], train_rows: list[dict], held_out_rows: list[dict]) -> dict[str, Any]:
+    """Which data a run used, for loupe.json: the file, its sha256, and how its rows were split."""
+    return {
         "file": path.name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "rows": len(rows),
@@ -146,23 +162,20 @@ def load_training_data(settings: TrainSettings) -> TrainingData:
         "held_out_rows": len(held_out_rows),
         "images": len({image for row in rows for image in row["images"]}),
     }
-    if settings.method == "kto":
-        fingerprint["desirable_rows"] = sum(row["label"] for row in rows)
-    return TrainingData(Dataset.from_list(train_rows).with_transform(open_images), held_out, fingerprint)
 
 
-def find_data_file(settings: TrainSettings) -> Path:
-    folder = settings.data
-    export_hint = f"Export one with `python -m chat export --format trl-{settings.method} --out DIR`."
-    if settings.method == "sft":
+def find_data_file(folder: Path, method: Method, data_file: str | None) -> Path:
+    """The JSONL file in `folder` that `method` reads: `data_file` (--data-file), else by name, else the only one."""
+    export_hint = f"Export one with `python -m chat export --format trl-{method} --out DIR`."
+    if method == "sft":
         export_hint = "Export one with `python -m chat export --format trl-dpo --out DIR` (or trl-kto)."
     if not folder.is_dir():
         raise TrainingError(f"--data {folder} is not a folder. {export_hint}")
-    if settings.data_file:
-        if not (folder / settings.data_file).is_file():
-            raise TrainingError(f"--data-file {settings.data_file} is not a file in {folder}.")
-        return folder / settings.data_file
-    if named := [folder / name for name in DATA_FILES[settings.method] if (folder / name).is_file()]:
+    if data_file:
+        if not (folder / data_file).is_file():
+            raise TrainingError(f"--data-file {data_file} is not a file in {folder}.")
+        return folder / data_file
+    if named := [folder / name for name in DATA_FILES[method] if (folder / name).is_file()]:
         return named[0]
     candidates = sorted(folder.glob("*.jsonl"))
     if not candidates:
@@ -203,9 +216,11 @@ def as_training_row(row: Any, method: Method, where: str) -> dict[str, Any] | No
         completion = row["chosen"] if kind == "dpo" else row["completion"]
         return {"images": row["images"], "prompt": row["prompt"], "completion": completion}
     if kind != method:
-        raise TrainingError(
+        raise RowKindError(
             f"{where} is {ROW_KINDS[kind]}, not {ROW_KINDS[method]} as --method {method} needs. "
-            f"Train it with --method {kind}, or export with `python -m chat export --format trl-{method}`."
+            f"Train it with --method {kind}, or export with `python -m chat export --format trl-{method}`.",
+            where,
+            kind,
         )
     return {column: row[column] for column in COLUMNS[kind]}
 
@@ -240,6 +255,12 @@ def prompt_key(row: dict[str, Any]) -> str:
     return json.dumps([row["images"], row["prompt"]], sort_keys=True, ensure_ascii=False)
 
 
+def image_dataset(rows: list[dict[str, Any]], folder: Path, min_pixels: int, max_pixels: int) -> Dataset:
+    """The rows as a dataset whose images open, fitted to the budget, only when a batch is read (fit_images)."""
+    open_images = partial(fit_images, folder=folder, min_pixels=min_pixels, max_pixels=max_pixels)
+    return Dataset.from_list(rows).with_transform(open_images)
+
+
 def fit_images(batch: dict[str, list], folder: Path, min_pixels: int, max_pixels: int) -> dict[str, list]:
     """Open a batch's images when they are used, as the app opens uploads: the export holds them as uploaded,
     and a dataset's worth of decoded images would not fit in memory."""
@@ -260,15 +281,7 @@ def fit_image(path: Path, min_pixels: int, max_pixels: int) -> Image.Image:
 
 def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixin, LoraConfig | None]:
     """The base model, with the adapter to continue or the config of a new one (TRL creates it)."""
-    try:
-        loaded = load_model(settings.base, device=settings.device, dtype=training_dtype(settings))
-    except ModelLoadError as error:
-        raise TrainingError(f"--base {settings.base}: {error}") from None
-    if loaded.is_demo and settings.base != DEMO:
-        raise TrainingError(
-            f"--base {settings.base} cannot be loaded: {loaded.demo_reason}. Download it first "
-            "(`huggingface-cli download <id>` or a local folder), or train on the demo model with --base demo."
-        )
+    loaded = load_base(settings.base, settings.device, settings.dtype)
     if settings.from_adapter is None:
         lora = LoraConfig(
             r=settings.lora_rank,
@@ -286,11 +299,25 @@ def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixi
     return PeftModel.from_pretrained(loaded.model, adapter, is_trainable=True), loaded.processor, None
 
 
-def training_dtype(settings: TrainSettings) -> str:
+def load_base(base: str, device: str, dtype: str) -> LoadedModel:
+    """The base model (--base) in the precision training uses; never the demo model in place of another."""
+    try:
+        loaded = load_model(base, device=device, dtype=training_dtype(device, dtype))
+    except ModelLoadError as error:
+        raise TrainingError(f"--base {base}: {error}") from None
+    if loaded.is_demo and base != DEMO:
+        raise TrainingError(
+            f"--base {base} cannot be loaded: {loaded.demo_reason}. Download it first "
+            "(`huggingface-cli download <id>` or a local folder), or use the demo model with --base demo."
+        )
+    return loaded
+
+
+def training_dtype(device: str, dtype: str) -> str:
     """bf16 on CUDA, under mixed precision; float32 elsewhere, even on a CPU that serves in bf16: the
     optimizer's small LoRA updates need fp32 weights, and CPU autocast to bf16 is slow."""
-    if settings.dtype != "auto" or pick_device(settings.device).type == "cuda":
-        return settings.dtype
+    if dtype != "auto" or pick_device(device).type == "cuda":
+        return dtype
     return "float32"
 
 

@@ -2,7 +2,8 @@
 
 Export folders as `python -m chat export --format trl-dpo / trl-kto` writes them, made up for training runs.
 
-The rows say "LOUPE-OK" in every chosen answer and never in a rejected one, so DPO has something to learn.
+The rows say "LOUPE-OK" in every chosen answer and "LOUPE-ERR" in the rejected one, with the same words
+otherwise, so DPO has something to learn and a pair's margin can turn positive.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from PIL import Image
 from models.checkpoint import DEMO_SIZE, TinySize, build_demo_model
 
 MARKER = "LOUPE-OK"
+# What every rejected answer says instead, before the chosen answer's own words: "-OK" and "-ERR" are one token
+# each in Qwen's vocabulary, so the two answers differ in one token, and a pair's margin measures which marker
+# the model prefers, not which answer is shorter (5 marker tokens cost the demo model ~50 nats, more than
+# training moves). The untrained demo model prefers neither: "-OK" wins 44% of 48 pairs (seeds 0-2), where
+# "-NO", "-NA" or "-FAIL" win 90% or more, and an adapter could not do better than the base model.
+COUNTER_MARKER = "LOUPE-ERR"
 
 
 PARTS = ("gear", "shaft", "bolt", "spring", "lever", "pulley", "valve", "relay", "fuse", "diode", "resistor", "cam")
@@ -58,7 +65,7 @@ def conversation(index: int, images: list[str], rng: random.Random) -> tuple[lis
 def write_export(
     folder: Path, kind: str, prompts: int, seed: int, image_size: tuple[int, int] = (64, 48), answer_words: int = 3
 ) -> Path:
-    """`prompts` questions, each with a chosen answer (with the marker) and a rejected one (without): as DPO
+    """`prompts` questions, each with a chosen answer (the marker) and a rejected one (the counter-marker): as DPO
     pairs, or as KTO rows (the chosen one desirable, the rejected one not). Metadata columns as the export's."""
     (folder / "images").mkdir(parents=True)
     images = []
@@ -71,8 +78,8 @@ def write_export(
     rows = []
     for index in range(prompts):
         shown, prompt, words = conversation(index, images, rng)
-        chosen = text("assistant", f"{MARKER} {' '.join(rng.choices(words, k=answer_words))}")
-        rejected = text("assistant", " ".join(rng.choices(words, k=answer_words)))
+        answer = " ".join(rng.choices(words, k=answer_words))
+        chosen, rejected = text("assistant", f"{MARKER} {answer}"), text("assistant", f"{COUNTER_MARKER} {answer}")
         common = {"images": shown, "prompt": prompt, "rule": "comparison", "thread": f"{index:016x}", "user": "ab12"}
         if kind == "dpo":
             rows.append(
