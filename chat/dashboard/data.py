@@ -29,8 +29,7 @@ from chat.arena.leaderboard import (
     outcomes,
     standings,
 )
-from chat.dataset.export import read_threads
-from chat.dataset.stats import ALL, Tally, tally_thread
+from chat.dataset.stats import ALL, Tally, collect
 from chat.settings import Settings
 from chat.store.schema import Feedback, Generation, Step, User
 from models.adapters import AdapterDirectory
@@ -139,9 +138,7 @@ async def dataset_sizes(engine: AsyncEngine, scope: Scope) -> Tally:
     """The pairs and KTO rows the scope's conversations give, by rule, under ALL and per adapter (name: the
     export groups by the adapter that wrote an answer, not its version); narrowed to `scope.contender`'s
     adapter when there is one."""
-    tally: Tally = defaultdict(Counter)
-    async for thread in read_threads(engine, "Counting for the dashboard", user_id=scope.user_id):
-        tally_thread(thread, tally)
+    tally = await collect(engine, scope.user_id)
     rules = {
         column: Counter({m: c for m, c in counts.items() if m.startswith(("DPO pairs", "KTO rows"))})
         for column, counts in tally.items()

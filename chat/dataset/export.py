@@ -211,18 +211,22 @@ async def read_threads(
         with tqdm(total=total, unit=" conversations", desc=activity) as progress:
             page = (await connection.execute(query)).all()
             while page:
-                for thread in await _load(connection, page):
+                for thread in await _load(connection, page, whole_range=user_id is None):
                     yield thread
                 progress.update(len(page))
                 page = (await connection.execute(query.where(schema.Thread.id > page[-1].id))).all()
 
 
-async def _load(connection: AsyncConnection, page: list[Row]) -> list[StoredThread]:
-    """The threads of `page`, with all their turns, answers, ratings, comparisons and corrections."""
+async def _load(connection: AsyncConnection, page: list[Row], whole_range: bool = True) -> list[StoredThread]:
+    """The threads of `page`, with all their turns, answers, ratings, comparisons and corrections.
+
+    `whole_range`: the page is every thread between its first and last id (read by that range, see
+    read_threads); else (one user's threads, among others') by the page's ids.
+    """
     threads = {row.id: StoredThread(row.id, row.user_id, {}, {}, defaultdict(list), {}) for row in page}
 
     def in_page(column: Any) -> Any:
-        return column.between(page[0].id, page[-1].id)
+        return column.between(page[0].id, page[-1].id) if whole_range else column.in_(list(threads))
 
     element = schema.Element
     elements = (

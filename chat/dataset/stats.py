@@ -78,10 +78,11 @@ def tally_thread(thread: StoredThread, tally: Tally, caps: Caps) -> None:
                 tally[column][f"{data} {kind}" if kept else f"{data} left out: {NEAR_DUPLICATE}"] += 1
 
 
-async def collect(engine: AsyncEngine) -> Tally:
+async def collect(engine: AsyncEngine, user_id: str | None = None) -> Tally:
+    """The counts of every conversation, or of one user's (`users.id`)."""
     tally: Tally = defaultdict(Counter)
     caps: Caps = defaultdict(PromptCap)
-    async for thread in read_threads(engine, "Counting"):
+    async for thread in read_threads(engine, "Counting", user_id=user_id):
         tally_thread(thread, tally, caps)
     return tally
 

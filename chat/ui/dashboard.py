@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from chat.arena.leaderboard import Interval
 from chat.dashboard.data import Dashboard, as_csv, dashboard, dataset_sizes, scope_for
 from chat.dataset.stats import Tally
+from chat.ui.routes import stored_file_url
 from chat.ui.runtime import serving
 from chat.ui.texts import reason_label, text
 
@@ -38,20 +39,27 @@ async def show_dashboard(user: str, language: str, contender: str | None = None)
     title = text("dashboard_title", language, time=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     message = cl.Message(
         content=f"**{title}** ({whose}{narrowed})\n\n{summary}",
-        elements=[*charts(data, language), *csv_files(data)],
         actions=filter_actions(data.contenders, contender, language),
     )
-    await message.send()
+    await send_with_files(message, [*charts(data, language), *csv_files(data)])
+    # Counting reads every conversation in scope (seconds for everyone's on a large database): said first.
     counting = await cl.Message(content=text("dashboard_counting", language)).send()
     sizes = await dataset_sizes(runtime.engine, scope)
-    counting.content = text("dashboard_dataset", language)
-    counting.elements = [
-        cl.Plotly(name="dataset", figure=dataset_chart(sizes, language), display="inline"),
-        cl.File(name="dataset.csv", content=dataset_csv(sizes).encode(), mime="text/csv", display="inline"),
-    ]
-    await counting.update()
-    for element in counting.elements:
-        await element.send(for_id=counting.id)
+    await counting.remove()
+    elements = [plotly("dataset", dataset_chart(sizes, language)), csv_file("dataset.csv", dataset_csv(sizes))]
+    await send_with_files(cl.Message(content=text("dashboard_dataset", language)), elements)
+
+
+async def send_with_files(message: cl.Message, elements: list[cl.Plotly | cl.File]) -> None:
+    """Send `message`, then its elements once each is stored: the page loads a chart as soon as it is shown,
+    from Loupe's route, which serves only what is stored (Chainlit would store it in the background)."""
+    await message.send()
+    data_layer = serving().data_layer
+    await data_layer.settle_step(message.id)  # the message and its thread are stored
+    for element in elements:
+        element.for_id = message.id
+        await data_layer.create_element(element)
+        await element.send(for_id=message.id, persist=False)
 
 
 def filter_actions(contenders: list[str], chosen: str | None, language: str) -> list[cl.Action]:
@@ -77,7 +85,19 @@ def charts(data: Dashboard, language: str) -> list[cl.Plotly]:
         "reasons": reasons_chart(data, language),
         "battles": battles_chart(data, language),
     }
-    return [cl.Plotly(name=name, figure=figure, display="inline") for name, figure in figures.items()]
+    return [plotly(name, figure) for name, figure in figures.items()]
+
+
+def plotly(name: str, figure: go.Figure) -> cl.Plotly:
+    """A chart the page loads from Loupe's own route (chat/ui/routes.py `stored_file_url`)."""
+    element = cl.Plotly(name=name, figure=figure, display="inline")
+    element.url = stored_file_url(element.content)
+    return element
+
+
+def csv_file(name: str, table: str) -> cl.File:
+    content = table.encode()
+    return cl.File(name=name, content=content, url=stored_file_url(content), mime="text/csv", display="inline")
 
 
 def _figure(title: str, **layout: object) -> go.Figure:
@@ -212,9 +232,7 @@ def csv_files(data: Dashboard) -> list[cl.File]:
             [[day.isoformat(), stored, kept] for day, stored, kept in data.battles_per_day],
         ),
     }
-    return [
-        cl.File(name=name, content=table.encode(), mime="text/csv", display="inline") for name, table in tables.items()
-    ]
+    return [csv_file(name, table) for name, table in tables.items()]
 
 
 def dataset_csv(sizes: Tally) -> str:

@@ -11,7 +11,6 @@ every query (chat/store/documents.py), so a document id from anywhere else finds
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 
 import chainlit as cl
@@ -21,6 +20,7 @@ from PIL import Image
 from chat.conversation import turn_text
 from chat.documents.reading import Kind, document_pages
 from chat.documents.retrieval import ShownPage, pages_for, shown_pages
+from chat.ui.routes import stored_file_url
 from chat.ui.runtime import serving
 from chat.ui.texts import text
 from chat.ui.uploads import DocumentFile, UploadsRejected
@@ -123,17 +123,16 @@ def page_elements(pages: list[ShownPage]) -> list[cl.Image | cl.Text]:
     """A preview of each cited page beside the answer, named as the answer cites it (Chainlit links the name).
 
     The data layer stores each preview's content in the content store, and the page loads it from
-    Loupe's own route by that key. Given no url, Chainlit would also keep it among the session's files,
-    where it would count against the user's quota of uploads waiting to be sent.
+    Loupe's own route by that key (`stored_file_url`).
     """
     elements: list[cl.Image | cl.Text] = []
     for page in pages:
         if page.image is not None:
             content = _png(page.image)
-            url = f"/loupe/files/{hashlib.sha256(content).hexdigest()}"
+            url = stored_file_url(content)
             elements.append(cl.Image(name=page.source.label, content=content, url=url, display="side"))
         else:
-            url = f"/loupe/files/{hashlib.sha256(page.text.encode()).hexdigest()}"
+            url = stored_file_url(page.text)
             elements.append(cl.Text(name=page.source.label, content=page.text, url=url, display="side"))
     return elements
 

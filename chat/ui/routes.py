@@ -11,6 +11,7 @@ client declared, so an uploaded HTML page can never render as one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -241,6 +242,14 @@ def add_routes(
         ours.add(sharing_is_off)
     # Chainlit matches routes in order and ends with a catch-all for its frontend: ours go first.
     server.router.routes.sort(key=lambda route: getattr(route, "endpoint", None) not in ours)
+
+
+def stored_file_url(content: bytes | str) -> str:
+    """Where the page loads content the data layer keeps in the content store (by its sha256), from Loupe's
+    own route: an element given this url is not also kept among the session's files by Chainlit, where it
+    would count against the user's quota of uploads waiting to be sent."""
+    data = content.encode() if isinstance(content, str) else content
+    return f"/loupe/files/{hashlib.sha256(data).hexdigest()}"
 
 
 @lru_cache(maxsize=4096)

@@ -87,6 +87,7 @@ class ChatClient:
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.seen: list[str] = []  # every event name received, including those wait_for skipped
         self.actions: dict[str, dict[str, Any]] = {}  # the buttons on screen, by id
+        self.elements: dict[str, dict[str, Any]] = {}  # every element received, by id
         self.seen_messages: list[dict[str, Any]] = []  # every message sent or updated, in order
         self.ask_answers: asyncio.Queue[str] = asyncio.Queue()  # what the user types when asked
         self.sio.on("*", self._record)
@@ -102,6 +103,8 @@ class ChatClient:
             self.actions[payload["id"]] = payload
         elif event == "remove_action":
             self.actions.pop(payload["id"], None)
+        elif event == "element":
+            self.elements[payload["id"]] = payload
         await self._events.put((event, payload))
 
     async def _answer_ask(self, payload: dict[str, Any]) -> dict[str, Any]:
