@@ -19,6 +19,7 @@ FORBIDDEN = {
     "chat/dataset": ("chat.ui", "chat.arena", "chat.app", "chainlit"),
     "chat/arena": ("chat.ui", "chat.dataset", "chat.app", "chainlit"),
     "chat/documents": ("chat.ui", "chat.arena", "chat.dataset", "chat.app", "chainlit"),
+    "chat/dashboard": ("chat.ui", "chat.app", "chainlit"),
     "chat/ui": ("chat.app",),
 }
 
