@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 METADATA_FILE = "loupe.json"  # written by `python -m models train`: base model, method, metrics
+EVALUATIONS = "evaluations"  # loupe.json's offline results (`python -m models evaluate`), one per data and base
 
 
 class AdapterError(RuntimeError):
@@ -42,6 +43,11 @@ class Adapter:
             return json.loads((self.path / METADATA_FILE).read_text())
         except (OSError, ValueError):
             return {}
+
+    def latest_evaluation(self) -> dict[str, Any] | None:
+        """The newest offline evaluation of this version of the adapter, if any (models/evaluate.py)."""
+        mine = [entry for entry in self.metadata().get(EVALUATIONS, []) if entry.get("version") == self.version]
+        return max(mine, key=lambda entry: entry["evaluated_at"], default=None)
 
 
 def adapter_version(folder: Path) -> str:

@@ -28,7 +28,7 @@ from transformers import HfArgumentParser, ProcessorMixin
 from trl.trainer import add_fused_lm_head
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from models.adapters import METADATA_FILE, Adapter, AdapterDirectory, AdapterError, AdapterSwitch
+from models.adapters import EVALUATIONS, METADATA_FILE, Adapter, AdapterDirectory, AdapterError, AdapterSwitch
 from models.settings import ModelSettings
 from models.train import (
     ROW_KINDS,
@@ -51,7 +51,6 @@ CONFIDENCE = 0.95
 # percentage point from one seed to the next at 10,000, and resampling costs well under a second.
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed, so the same margins always give the same intervals
-EVALUATIONS = "evaluations"  # loupe.json's list of results, one per data file, split and base model
 
 
 class EvaluationError(Exception):

@@ -27,15 +27,7 @@ from chat.arena.leaderboard import (
     style_differences,
     style_of,
 )
-from tests.helpers.battles import START, simulated
-
-
-def battles(a: str, b: str, choice: str, times: int) -> list[Outcome]:
-    """`times` battles of a against b, each by its own user on its own prompt (all of them count)."""
-    return [
-        Outcome(a, b, choice, user=f"{a}-{b}-{choice}-{i}", prompt=str(i), voted_at=START + timedelta(seconds=i))
-        for i in range(times)
-    ]
+from tests.helpers.battles import START, battles, simulated
 
 
 def by_name(board) -> dict:

@@ -25,11 +25,13 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 
-from models.adapters import METADATA_FILE, adapter_version
+from chat.arena.leaderboard import as_markdown, contender_of, held_out_cell, standings, with_held_out
+from models.adapters import METADATA_FILE, AdapterDirectory, adapter_version
 from models.checkpoint import load_model
 from models.evaluate import EvaluateSettings, evaluate, logp_margins, preference_scores, scoring_model, table
 from models.evaluate import main as evaluate_command
 from models.train import TrainingError, TrainSettings, image_dataset, main, read_rows, split_held_out, train
+from tests.helpers.battles import battles
 from tests.helpers.datasets import MARKER, write_export
 from tests.helpers.server import REPO
 
@@ -219,6 +221,13 @@ def test_the_adapters_metadata_keeps_its_result_beside_the_base_models(dpo_run: 
     assert entry["base"] == "demo" and entry["version"] == dpo_run.metadata["version"]
     assert entry["data"] == dpo_run.metadata["data"] | {"eval_fraction": 0.25, "seed": 0}  # the run's own split
     assert entry["evaluated_at"] == evaluated.result["evaluated_at"]
+
+    # Shown beside the arena score: on the leaderboard, the adapter's present version carries it.
+    adapters = AdapterDirectory(evaluated.adapters_dir)
+    board = with_held_out(standings(battles(contender_of(adapters.get(ADAPTER)), "base", "a", 3)), adapters)
+    held_out = board.held_out[contender_of(adapters.get(ADAPTER))]
+    assert (held_out.accuracy, held_out.base_accuracy) == (scores[ADAPTER]["accuracy"], scores["base"]["accuracy"])
+    assert held_out_cell(held_out) in as_markdown(board)
 
 
 @pytest.mark.slow

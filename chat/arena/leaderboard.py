@@ -135,6 +135,25 @@ class Standing:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """An adapter version's latest offline evaluation (`python -m models evaluate`): its preference accuracy on
+    an export's held-out pairs, with its interval, and the base model's on the same pairs."""
+
+    accuracy: float
+    low: float
+    high: float
+    base_accuracy: float
+    pairs: int
+
+    @classmethod
+    def of(cls, adapter: Adapter) -> HeldOut | None:
+        if (evaluation := adapter.latest_evaluation()) is None:
+            return None
+        ours, base = evaluation["scores"]["adapter"], evaluation["scores"][BASE]
+        return cls(ours["accuracy"], *ours["accuracy_interval"], base["accuracy"], ours["pairs"])
+
+
+@dataclass(frozen=True)
 class Leaderboard:
     standings: list[Standing]
     stored: int  # battles in the database
@@ -143,6 +162,7 @@ class Leaderboard:
     changed_after_reveal: int = 0  # counted with the vote cast blind, not the later one
     style_coefficients: dict[str, float] = field(default_factory=dict)  # Elo points per standard deviation
     min_battles: int = 0
+    held_out: dict[str, HeldOut] = field(default_factory=dict)  # contender -> its offline evaluation, if any
 
 
 # Reading battles ----------------------------------------------------------------------------------
@@ -184,9 +204,15 @@ async def current_board(
 ) -> Leaderboard:
     """The leaderboard as the app and the command line show it: the adapters' present versions are current,
     hygiene and the provisional mark as configured."""
-    return standings(
-        await outcomes(sessions), current_contenders(adapters), settings.arena_min_battles, settings.arena_daily_votes
-    )
+    battles = await outcomes(sessions)
+    board = standings(battles, current_contenders(adapters), settings.arena_min_battles, settings.arena_daily_votes)
+    return with_held_out(board, adapters)
+
+
+def with_held_out(board: Leaderboard, adapters: AdapterDirectory) -> Leaderboard:
+    """The board with each present adapter version's offline evaluation, to show beside its arena score."""
+    held_out = {contender_of(adapter): score for adapter in adapters.list() if (score := HeldOut.of(adapter))}
+    return replace(board, held_out=held_out)
 
 
 def current_contenders(adapters: AdapterDirectory) -> set[str]:
@@ -457,18 +483,27 @@ def as_markdown(board: Leaderboard) -> str:
         return "No battles yet." if not board.stored else f"No counted battles yet ({counts_line(board)})."
     lines = [
         "| rank | contender | score (style-controlled) | 95% interval | plain score | win rate | battles "
-        "| wins / ties / losses | |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| wins / ties / losses | held-out accuracy | |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for standing in board.standings:
         score, plain = standing.score, standing.plain
         lines.append(
             f"| {standing.rank} | {standing.contender} | {score.score:.0f} | {score.low:.0f} to {score.high:.0f} "
             f"| {plain.score:.0f} ({plain.low:.0f} to {plain.high:.0f}) | {standing.win_rate:.0%} "
-            f"| {standing.battles} | {standing.wins} / {standing.ties} / {standing.losses} | {standing.flags} |"
+            f"| {standing.battles} | {standing.wins} / {standing.ties} / {standing.losses} "
+            f"| {held_out_cell(board.held_out.get(standing.contender))} | {standing.flags} |"
         )
     lines += ["", counts_line(board) + "."]
     return "\n".join(lines)
+
+
+def held_out_cell(score: HeldOut | None) -> str:
+    """An offline evaluation beside the arena score: "83% (71% to 93%; base 52%, 40 pairs)"."""
+    if score is None:
+        return ""
+    interval = f"{score.low:.0%} to {score.high:.0%}"
+    return f"{score.accuracy:.0%} ({interval}; base {score.base_accuracy:.0%}, {score.pairs} pairs)"
 
 
 def counts_line(board: Leaderboard) -> str:

@@ -12,6 +12,14 @@ START = datetime(2026, 11, 2, 9)
 LENGTH = 300  # characters of a short answer; a long one is three times as long
 
 
+def battles(a: str, b: str, choice: str, times: int) -> list[Outcome]:
+    """`times` battles of a against b, each by its own user on its own prompt (all of them count)."""
+    return [
+        Outcome(a, b, choice, user=f"{a}-{b}-{choice}-{i}", prompt=str(i), voted_at=START + timedelta(seconds=i))
+        for i in range(times)
+    ]
+
+
 def simulated(
     count: int, strength: dict[str, float], verbose: set[str], length_effect: float, seed: int = 1
 ) -> list[Outcome]:
