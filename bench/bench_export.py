@@ -58,6 +58,9 @@ question answered once, 40% regenerated once more and 10% twice; answers 90% fin
 a third of the ratings), a comparison on half the questions with several answers, a correction
 of 1 answer in 20; 1 conversation in 5 in Korean; 200 users; spread over 30 days.
 """
+BATTLES = """With battles (bench/bench_dashboard.py): half the questions with several answers are also a blind
+battle between their first two answers (whoever wrote them; a vote of a, b, tie or both bad).
+"""
 
 
 def synthetic_images(store: ContentStore, count: int, rng: random.Random) -> list[str]:
@@ -73,8 +76,9 @@ class Writer:
     """Makes deterministic conversations shaped like SYNTHETIC (ids are uuid4-shaped but seeded), as rows
     for bulk inserts: by model, keyed by column name, in the order the foreign keys need."""
 
-    def __init__(self, image_keys: list[str], seed: int = 0) -> None:
+    def __init__(self, image_keys: list[str], seed: int = 0, battles: bool = False) -> None:
         self.rng = random.Random(seed)
+        self.battles = battles  # BATTLES below: off for the export's own bench, whose data it would change
         self.rows: dict[type, list[dict[str, Any]]] = {}
         self.image_keys = image_keys
         self.styles = list(system_prompts())
@@ -160,6 +164,8 @@ class Writer:
                     created_at=clock,
                     updated_at=clock + timedelta(seconds=rng.randint(-20, 20)),
                 )
+            if self.battles and len(answers) > 1 and rng.random() < 0.5:
+                self.battle(thread_id, user_id, prompt_id, answers[0], answers[1], clock)
             for answer in answers:
                 if rng.random() < 0.05:
                     add(
@@ -174,6 +180,27 @@ class Writer:
                         updated_at=clock,
                     )
             context = [*context, answers[-1]]  # the conversation continues from the last answer shown
+
+    def battle(self, thread_id: str, user_id: str, prompt_id: str, a: str, b: str, clock: datetime) -> None:
+        """A blind vote between two answers, as the arena stores it (BATTLES)."""
+        generations = {row["step_id"]: row for row in self.rows[schema.Generation][-4:]}
+        contenders = [generations[answer]["adapter"] or "base" for answer in (a, b)]
+        choice = self.rng.choice(("a", "b", "tie", "both_bad"))
+        self.add(
+            schema.Battle,
+            id=self.new_id(),
+            thread_id=thread_id,
+            user_id=user_id,
+            prompt_id=prompt_id,
+            answer_a=a,
+            answer_b=b,
+            contender_a=contenders[0],
+            contender_b=contenders[1],
+            choice=choice,
+            blind_choice=choice,
+            created_at=clock,
+            updated_at=clock,
+        )
 
     def answer(
         self, thread_id: str, user_id: str, prompt_id: str, context: list[str], clock: datetime, korean: bool
@@ -225,14 +252,14 @@ class Writer:
         return answer_id
 
 
-async def fill(url: str, threads: int, image_keys: list[str]) -> tuple[float, Counter[str]]:
+async def fill(url: str, threads: int, image_keys: list[str], battles: bool = False) -> tuple[float, Counter[str]]:
     """Write `threads` synthetic conversations, CHUNK at a time so the bench's own memory stays small.
 
     Core INSERTs on the ORM models' tables, through the data layer's session factory (5x faster than
     ORM bulk inserts here). PostgreSQL is then ANALYZEd, as its autovacuum would after such a load.
     Returns the seconds taken and the rows written per table.
     """
-    writer, written = Writer(image_keys), Counter[str]()
+    writer, written = Writer(image_keys, battles=battles), Counter[str]()
     started = time.perf_counter()
     engine = create_engine(url)
     sessions = session_factory(engine)
