@@ -26,7 +26,16 @@ from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSiz
 
 from tests.helpers.datasets import save_adapter
 from tests.helpers.pdfs import facts_pdf
-from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, generations, start_server, stop_server, stored
+from tests.helpers.server import (
+    ADMIN_PASSWORD,
+    REPO,
+    Server,
+    add_account,
+    generations,
+    start_server,
+    stop_server,
+    stored,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -135,11 +144,11 @@ def draw_circuit(path: Path) -> Path:
     return path
 
 
-async def open_chat(page: Page, url: str) -> None:
-    """Log in as admin and wait for the demo notice: on_chat_start has run, so a message will be heard."""
+async def open_chat(page: Page, url: str, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+    """Log in (as admin) and wait for the demo notice: on_chat_start has run, so a message will be heard."""
     await page.goto(url)
-    await page.locator("#email").fill("admin")
-    await page.locator("#password").fill(ADMIN_PASSWORD)
+    await page.locator("#email").fill(username)
+    await page.locator("#password").fill(password)
     await page.locator("#password").press("Enter")
     await expect(page.locator(ANSWERS)).to_have_count(1, timeout=START)
 
@@ -568,6 +577,33 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
     await page.set_viewport_size({"width": 560, "height": 800})
     a, b = [await columns[side].bounding_box() for side in "AB"]
     assert a and b and b["y"] >= a["y"] + a["height"], "on a narrow page B is under A"
+
+
+async def test_the_dashboard_draws_its_charts_for_an_admin_and_for_a_user(
+    browser: Browser, arena_server: Server, artifacts: Path
+) -> None:
+    """The Dashboard command draws the five Plotly charts, with their CSV files, of everyone's data for an
+    admin and of the user's own for anyone else."""
+    add_account(arena_server, "carol", "carol-password-1")
+    for username, password, whose in (
+        ("admin", ADMIN_PASSWORD, "(everyone's data)"),
+        ("carol", "carol-password-1", "(your data)"),
+    ):
+        context = await browser.new_context(viewport=VIEWPORT, locale="en-US")
+        page = await context.new_page()
+        await open_chat(page, arena_server.url, username, password)
+        await page.locator("#command-Dashboard").click()
+        await page.locator("#chat-submit").click()
+        await expect(page.get_by_text(whose)).to_be_visible(timeout=START)
+        charts = page.locator(".js-plotly-plot")
+        await expect(charts).to_have_count(5, timeout=FINISH)  # leaderboard, thumbs, reasons, battles, data
+        for chart in await charts.all():
+            await expect(chart.locator(".main-svg").first).to_be_visible()
+        for name in ("leaderboard.csv", "feedback.csv", "reasons.csv", "battles.csv", "dataset.csv"):
+            await expect(page.get_by_text(name, exact=True)).to_be_visible()
+        await page.mouse.move(0, VIEWPORT["height"])
+        await page.screenshot(path=artifacts / f"browser-dashboard-{username}.png")
+        await context.close()
 
 
 async def wait_until_column_longer(page: Page, side: str, length: int) -> None:
