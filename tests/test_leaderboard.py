@@ -14,20 +14,18 @@ from chat.arena.leaderboard import (
     ELO,
     OVER_DAILY_CAP,
     REPEATED_PROMPT,
-    Design,
     Interval,
     Outcome,
     as_json,
     as_markdown,
     counted,
-    fit,
     objections_to_promoting,
     rank_by_intervals,
     standings,
     style_differences,
     style_of,
 )
-from tests.helpers.battles import START, battles, simulated
+from tests.helpers.battles import START, battles, refitted_strengths, simulated
 
 
 def by_name(board) -> dict:
@@ -100,22 +98,11 @@ def test_the_one_step_bootstrap_agrees_with_refitting_every_round() -> None:
     truth = {"base": 0.0, "better": 0.5, "wordy": 0.0}
     simulated_battles = simulated(600, truth, verbose={"wordy"}, length_effect=1.5)
     board = by_name(standings(simulated_battles))
-    names = sorted(truth)
-    index = {name: i for i, name in enumerate(names)}
-    a = np.array([index[b.contender_a] for b in simulated_battles])
-    b = np.array([index[b.contender_b] for b in simulated_battles])
-    y = np.array([1.0 if battle.choice == "a" else 0.0 for battle in simulated_battles])
-    covariates = style_differences(simulated_battles)
-    rng = np.random.default_rng(7)
-    refits = []
-    for _ in range(300):
-        chosen = rng.integers(0, len(y), len(y))
-        theta, _ = fit(Design(a[chosen], b[chosen], covariates[chosen], y[chosen], len(names)))
-        refits.append(theta[: len(names)] - theta[: len(names)].mean())
-    low, high = np.percentile(np.array(refits), [2.5, 97.5], axis=0) * ELO + 1000
-    for name in names:
+    names, refits = refitted_strengths(simulated_battles, rounds=300, seed=7)
+    low, high = np.percentile(refits, [2.5, 97.5], axis=0) * ELO + 1000
+    for name, refit_low, refit_high in zip(names, low, high, strict=True):
         score = board[name].score
-        assert abs(score.low - low[index[name]]) < 20 and abs(score.high - high[index[name]]) < 20, (score, low, high)
+        assert abs(score.low - refit_low) < 20 and abs(score.high - refit_high) < 20, (name, score, low, high)
 
 
 def test_a_rank_is_one_plus_the_contenders_clearly_above() -> None:

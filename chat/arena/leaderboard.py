@@ -302,6 +302,15 @@ class Design:
         return np.r_[np.full(self.contenders, PRIOR), np.zeros(self.covariates.shape[1])]
 
 
+def design_of(battles: list[Outcome], names: list[str]) -> Design:
+    """The battles between contenders `names` as the style-controlled regression."""
+    index = {name: position for position, name in enumerate(names)}
+    a = np.array([index[battle.contender_a] for battle in battles], dtype=int)
+    b = np.array([index[battle.contender_b] for battle in battles], dtype=int)
+    y = np.array([A_SCORE[battle.choice] for battle in battles])
+    return Design(a, b, style_differences(battles), y, len(names))
+
+
 def fit(design: Design) -> tuple[np.ndarray, np.ndarray]:
     """The maximum a posteriori parameters (strengths in log-odds, then style coefficients) by Newton's
     method, and the Hessian of the negative log-posterior there (what the bootstrap steps with)."""
@@ -400,11 +409,8 @@ def standings(
     if not names:
         return board
     index = {name: position for position, name in enumerate(names)}
-    a = np.array([index[battle.contender_a] for battle in kept])
-    b = np.array([index[battle.contender_b] for battle in kept])
-    y = np.array([A_SCORE[battle.choice] for battle in kept])
-    style = Design(a, b, style_differences(kept), y, len(names))
-    plain = Design(a, b, np.zeros((len(kept), 0)), y, len(names))
+    style = design_of(kept, names)
+    plain = replace(style, covariates=np.zeros((len(kept), 0)))
     fits = [fit(style), fit(plain)]
     style_samples, plain_samples = bootstrap([style, plain], fits)
 

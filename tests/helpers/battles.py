@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from chat.arena.leaderboard import Outcome
+from chat.arena.leaderboard import Design, Outcome, design_of, fit
 
 START = datetime(2026, 11, 2, 9)
 LENGTH = 300  # characters of a short answer; a long one is three times as long
@@ -55,3 +55,18 @@ def simulated(
             )
         )
     return battles
+
+
+def refitted_strengths(battles: list[Outcome], rounds: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """The textbook bootstrap the leaderboard's one-step bootstrap stands in for: the style-controlled
+    model refitted on `rounds` resamples of the battles. Returns the contenders, and rounds x contenders
+    strengths in log-odds, each round centred."""
+    names = sorted({battle.contender_a for battle in battles} | {battle.contender_b for battle in battles})
+    full = design_of(battles, names)
+    rng = np.random.default_rng(seed)
+    refits = []
+    for _ in range(rounds):
+        chosen = rng.integers(0, len(full.y), len(full.y))
+        theta, _ = fit(Design(full.a[chosen], full.b[chosen], full.covariates[chosen], full.y[chosen], len(names)))
+        refits.append(theta[: len(names)] - theta[: len(names)].mean())
+    return names, np.array(refits)
