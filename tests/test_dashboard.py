@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers.client import GREEDY, ChatClient, only_answer
+from tests.helpers.client import GREEDY, ChatClient, arena_answers, only_answer
 from tests.helpers.datasets import save_adapter
 from tests.helpers.server import Server, add_account, start_server, stop_server
 
@@ -40,7 +40,7 @@ async def rated_answer(client: ChatClient, question: str, value: int, reason: st
 
 async def battle(client: ChatClient, question: str, choice: str) -> None:
     reply = await client.ask(question)
-    _, b = reply.messages
+    _, b = arena_answers(reply)
     [vote] = [action for action in client.actions_for(b["id"], "vote") if action["payload"]["choice"] == choice]
     (await client.click(vote)).raise_for_status()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from models.adapters import adapter_version
-from tests.helpers.client import GREEDY, ChatClient, listed_profiles, only_answer
+from tests.helpers.client import GREEDY, ChatClient, arena_answers, listed_profiles, only_answer
 from tests.helpers.server import REPO, chat, export_rows, start_server, stored
 
 QUESTIONS = ["What does a pull-up resistor do?", "Why derate a capacitor?", "What is a Kelvin connection?"]
@@ -57,7 +57,7 @@ async def test_feedback_trains_an_adapter_that_is_served_compared_and_ranked(tmp
         # 6. A blind battle between it and the base model, stored and ranked.
         async with ChatClient(server.url, profile="Arena") as client:
             await client.change_settings(GREEDY)
-            _, b = (await client.ask("Which is better for I2C, 2.2k or 10k pull-ups?")).messages
+            _, b = arena_answers(await client.ask("Which is better for I2C, 2.2k or 10k pull-ups?"))
             vote = next(action for action in client.actions_for(b["id"], "vote") if action["payload"]["choice"] == "b")
             (await client.click(vote)).raise_for_status()
         [contenders] = await stored(server, "SELECT contender_a, contender_b FROM battles", count=1)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chat.store.generations import CONTENDER_FIELDS
-from tests.helpers.client import GREEDY, ChatClient, listed_profiles, only_answer
+from tests.helpers.client import GREEDY, ChatClient, arena_answers, listed_profiles, only_answer
 from tests.helpers.datasets import save_adapter
 from tests.helpers.server import Server, chat, start_server, stored
 
@@ -62,7 +62,7 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
         assert any(greeting["output"].startswith("**Arena.**") for greeting in client.greetings)
         await client.change_settings(GREEDY)
         reply = await client.ask("What torque for an M8 bolt?")
-        a, b = reply.messages
+        a, b = arena_answers(reply)
         assert a["output"].startswith("*Answer A*\n\n") and b["output"].startswith("*Answer B*\n\n")
         assert not client.actions_for(a["id"], "regenerate")
         # Blind means blind on the socket too: nothing the browser was sent names who wrote A or B.

@@ -25,7 +25,7 @@ import pytest
 from models.adapters import adapter_version
 from models.checkpoint import SERVABLE_SIZE, build_demo_model, write_checkpoint
 from models.vllm_client import VLLM_PYTHON
-from tests.helpers.client import ChatClient, listed_profiles, only_answer, png
+from tests.helpers.client import ChatClient, arena_answers, listed_profiles, only_answer, png
 from tests.helpers.datasets import save_adapter, write_export
 from tests.helpers.server import REPO, Server, start_server, stop_server, stored
 from tests.helpers.vllm import VllmServer
@@ -181,7 +181,7 @@ async def test_an_adapter_trained_by_loupe_is_served_by_vllm_and_battles_the_bas
 
     async with ChatClient(app.url, profile="Arena") as client:
         await client.change_settings(GREEDY)
-        a, b = (await client.ask("Which is better for I2C, 2.2k or 10k pull-ups?")).messages
+        a, b = arena_answers(await client.ask("Which is better for I2C, 2.2k or 10k pull-ups?"))
         vote = next(action for action in client.actions_for(b["id"], "vote") if action["payload"]["choice"] == "b")
         (await client.click(vote)).raise_for_status()
     [(contender_a, contender_b, choice)] = await stored(

@@ -305,6 +305,13 @@ def png(width: int = 320, height: int = 240) -> bytes:
 GREEDY = {"temperature": 0, "max_new_tokens": 16}  # short, repeatable answers
 
 
+def arena_answers(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Answers A and B of an arena question, by their labels: a server that writes both at once (vLLM)
+    may finish, and so send, B first."""
+    by_label = {message["output"].split("\n\n")[0]: message for message in reply.messages}
+    return by_label["*Answer A*"], by_label["*Answer B*"]
+
+
 def only_answer(reply: Reply) -> dict[str, Any]:
     [answer] = reply.messages
     return answer
