@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chat.arena.leaderboard import contender_key
 from models.adapters import adapter_version
 from tests.helpers.client import GREEDY, ChatClient, arena_answers, listed_profiles, only_answer
 from tests.helpers.server import REPO, chat, export_rows, start_server, stored
@@ -63,7 +64,7 @@ async def test_feedback_trains_an_adapter_that_is_served_compared_and_ranked(tmp
         [contenders] = await stored(server, "SELECT contender_a, contender_b FROM battles", count=1)
         assert sorted(contenders) == ["base", "loop-v1"]
         board = chat(server, adapters, "leaderboard")
-        assert "| loop-v1 |" in board and "| base |" in board
+        assert f"| {contender_key('loop-v1', version)} |" in board and "| base |" in board  # this version's record
     finally:
         process.terminate()
         process.wait(timeout=20)
