@@ -227,9 +227,13 @@ async def outcomes(sessions: async_sessionmaker[AsyncSession], user_id: str | No
 async def current_board(
     sessions: async_sessionmaker[AsyncSession], adapters: AdapterDirectory, settings: Settings
 ) -> Leaderboard:
-    """The leaderboard as the app and the command line show it: the adapters' present versions are current,
-    hygiene and the provisional mark as configured."""
-    battles = await outcomes(sessions)
+    """The leaderboard of every stored battle, as the app and the command line show it."""
+    return board_of(await outcomes(sessions), adapters, settings)
+
+
+def board_of(battles: list[Outcome], adapters: AdapterDirectory, settings: Settings) -> Leaderboard:
+    """The leaderboard of `battles`: the adapters' present versions are current (and carry their offline
+    evaluations), hygiene and the provisional mark as configured."""
     board = standings(battles, current_contenders(adapters), settings.arena_min_battles, settings.arena_daily_votes)
     return with_held_out(board, adapters)
 
@@ -433,7 +437,6 @@ def standings(
     )
     if not names:
         return board
-    index = {name: position for position, name in enumerate(names)}
     style = design_of(kept, names)
     plain = replace(style, covariates=np.zeros((len(kept), 0)))
     fits = [fit(style), fit(plain)]
@@ -451,15 +454,15 @@ def standings(
         Standing(
             contender=name,
             rank=rank,
-            score=scores[index[name]],
-            plain=plains[index[name]],
+            score=score,
+            plain=plain,
             wins=results[name]["wins"],
             ties=results[name]["ties"],
             losses=results[name]["losses"],
             provisional=results[name].total() < min_battles,
             retired=current is not None and name not in current,
         )
-        for name, rank in zip(names, rank_by_intervals(scores), strict=True)
+        for name, score, plain, rank in zip(names, scores, plains, rank_by_intervals(scores), strict=True)
     ]
     table.sort(key=lambda standing: (-standing.score.score, standing.contender))
     coefficients = {name: float(ELO * value) for name, value in zip(STYLE, fits[0][0][count:], strict=True)}

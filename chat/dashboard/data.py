@@ -20,15 +20,7 @@ from datetime import date, datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat.arena.leaderboard import (
-    Leaderboard,
-    Outcome,
-    contender_key,
-    counted,
-    current_contenders,
-    outcomes,
-    standings,
-)
+from chat.arena.leaderboard import Leaderboard, Outcome, board_of, contender_key, counted, outcomes
 from chat.dataset.stats import ALL, Tally, collect
 from chat.settings import Settings
 from chat.store.schema import Feedback, Generation, Step, User
@@ -88,7 +80,7 @@ async def dashboard(
         battles = [b for b in battles if scope.contender in (b.contender_a, b.contender_b)]
         feedback = [f for f in feedback if f.contender == scope.contender]
         reasons = {name: count for name, count in reasons.items() if name == scope.contender}
-    board = standings(battles, current_contenders(adapters), settings.arena_min_battles, settings.arena_daily_votes)
+    board = board_of(battles, adapters, settings)
     return Dashboard(board, feedback, reasons, _per_day(battles, settings.arena_daily_votes), sorted(seen))
 
 

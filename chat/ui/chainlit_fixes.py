@@ -174,9 +174,8 @@ def guard_client_messages(
         for reference in files:  # sent with a message: no longer pending (routes.py counts pending uploads)
             if (pending := self.session.files.get(reference.get("id"))) is not None:
                 pending["sent"] = True
-                if (
-                    file_kind(Path(pending["path"])) != Kind.IMAGE
-                ):  # shown as a file to download, never an inline viewer
+                # A document is shown as a file to download, never in an inline viewer.
+                if file_kind(Path(pending["path"])) != Kind.IMAGE:
                     pending["type"] = DOCUMENT_MIME
         return await process_message(self, {"message": step, "fileReferences": files})
 
