@@ -150,6 +150,9 @@ async def respond(
             keep(reply)
             reply.content = shown_answer(stream.text, usage.ended, language, label, sources)
             await reply.send()
+            # Chainlit stores it in the background: wait, so that the buttons offered about it next (compare, vote)
+            # find it stored, however soon they are clicked.
+            await runtime.data_layer.settle_step(reply.id)
     return reply if usage.ended != Ended.ERROR else None
 
 

@@ -126,6 +126,9 @@ class WriteOrder:
 
     async def settled(self, key: str) -> None:
         """Return once every write to `key` called so far has finished (committed or failed)."""
+        # Chainlit starts its writes as tasks: one created just now has not yet taken its turn. Yield once, so
+        # that it does (it takes it before its first await), and counts.
+        await asyncio.sleep(0)
         if (last := self._last.get(key)) is not None:
             await asyncio.wait([last])
 
