@@ -20,7 +20,7 @@ from chat.arena.profiles import Profile
 from chat.store.accounts import check_password
 from chat.store.logins import claims, revoke
 from chat.store.rows import NotYours
-from chat.ui import answers, arena, dashboard, documents, feedback
+from chat.ui import answers, arena, dashboard, documents, feedback, siblings
 from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.choices import (
     COMPARE,
@@ -153,10 +153,10 @@ async def answer(message: cl.Message) -> None:
 
 @cl.action_callback("regenerate")
 async def regenerate(action: cl.Action) -> None:
-    """Another answer to the same user message, beside the old ones (chat/ui/answers.py)."""
+    """Another answer to the same user message, beside the old ones (chat/ui/siblings.py)."""
     history, language = cl.user_session.get("history"), session_language()
     prompt_id, adapter = action.payload.get("prompt_id"), current_profile().adapter
-    if not await answers.regenerate(history, prompt_id, adapter, current_user(), language):
+    if not await siblings.regenerate(history, prompt_id, adapter, current_user(), language):
         await refuse_click(language)
 
 
@@ -170,6 +170,7 @@ async def compare(action: cl.Action) -> None:
         await refuse_click(language)
         return
     await show_choices(payload["b"], COMPARE, redrawn_comparison(action, language))
+    await siblings.chosen(payload["b"])
 
 
 @cl.action_callback("vote")

@@ -383,24 +383,43 @@ async def test_rated_answer_and_image_come_back_from_the_history(
 async def test_regenerate_compare_reason_and_correction_from_the_page(
     page: Page, server: Server, artifacts: Path, tmp_path: Path
 ) -> None:
-    """Ask with an image, regenerate, say which answer is better, thumbs down the first with a
-    reason, and write the answer wanted: every click lands in the database as a preference."""
+    """Ask with an image, regenerate (the new answer streams beside the first), say which answer is
+    better under both, thumbs down the first with a reason, and write the answer wanted: every click
+    lands in the database as a preference."""
     await open_chat(page, server.url)
     await set_max_new_tokens(page, 16)
     circuit = draw_circuit(tmp_path / "circuit.png")
     first = await ask(page, "Which resistor limits the LED current?", circuit)
     await wait_until_finished(page)
+    first_shown = await text_of(first)
 
-    before = await page.locator(ANSWERS).count()
+    await set_max_new_tokens(page, 256)  # a few seconds: long enough to watch the new answer grow
     await first.get_by_role("button", name="Regenerate").click()
-    second = await new_answer(page, before)
+    view = page.locator("[data-side-by-side]")
+    columns = {side: view.locator(f"[data-column='{side}']") for side in "12"}
+    await wait_until_column_longer(page, "2", 0)
+    await wait_until_column_longer(page, "2", len(await columns["2"].inner_text()))  # it streams in place
+    await expect(first).to_be_hidden()  # shown in the view, not a second time
     await wait_until_finished(page)
+
+    one, two = [await columns[side].bounding_box() for side in "12"]
+    assert one and two and one["x"] + one["width"] <= two["x"] and abs(one["y"] - two["y"]) < 2, "side by side"
+    await expect(columns["1"]).to_contain_text(first_shown)
+    second = page.locator(f"[id='step-{await columns['2'].get_attribute('data-answer-id')}']")
+    await expect(second).to_be_hidden()
+    choices = view.locator("[data-choices]")
+    row = await choices.bounding_box()
+    assert row and row["y"] >= max(one["y"] + one["height"], two["y"] + two["height"]), "the choice is under both"
+    await view.evaluate("(view) => view.scrollIntoView({ block: 'start' })")
+    await page.mouse.move(0, VIEWPORT["height"])
+    await page.screenshot(path=artifacts / "browser-compare-side-by-side.png")
+
+    await choices.get_by_role("button", name="Answer 2 is better").click()
+    await expect(view).to_have_count(0, timeout=START)  # chosen: the answers show one under the other again
+    await expect(second.get_by_role("button", name="✓ Answer 2 is better")).to_be_visible(timeout=START)
     await expect(second).to_contain_text("Answer 2 of 2")
     await expect(first).to_contain_text("Answer 1 of 2")
     await expect(page.get_by_text("Used on_message")).to_have_count(0)  # shown like any answer
-
-    await second.get_by_role("button", name="Answer 2 is better").click()
-    await expect(second.get_by_role("button", name="✓ Answer 2 is better")).to_be_visible(timeout=START)
 
     await rate_down(page, first, "It never names a resistor.")
     await first.get_by_role("button", name="Misread the image").click()
@@ -539,8 +558,8 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
 
     await page.locator("#chat-input").fill("What torque for an M8 bolt?")
     await page.locator("#chat-input").press("Enter")
-    battle = page.locator("[data-arena]")
-    columns = {side: battle.locator(f"[data-arena-side='{side}']") for side in "AB"}
+    battle = page.locator("[data-side-by-side]")
+    columns = {side: battle.locator(f"[data-column='{side}']") for side in "AB"}
     for side in "AB":  # each column grows while the run is going: it streams in place
         await wait_until_column_longer(page, side, 0)
         await wait_until_column_longer(page, side, len(await columns[side].inner_text()))
@@ -555,7 +574,7 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
     for side in "AB":  # the answers' own messages, stored as any answer is, are not shown a second time
         answer_id = await columns[side].get_attribute("data-answer-id")
         await expect(page.locator(f"[id='step-{answer_id}']")).to_be_hidden()
-    votes = battle.locator("[data-arena-votes]")
+    votes = battle.locator("[data-choices]")
     row = await votes.bounding_box()
     assert row and row["y"] >= max(a["y"] + a["height"], b["y"] + b["height"]), "the votes are under both"
     assert row["x"] <= a["x"] + a["width"] and row["x"] + row["width"] >= b["x"], "...spanning both columns"
@@ -607,10 +626,10 @@ async def test_the_dashboard_draws_its_charts_for_an_admin_and_for_a_user(
 
 
 async def wait_until_column_longer(page: Page, side: str, length: int) -> None:
-    """Wait until the arena column's text exceeds `length` while the run is still going."""
+    """Wait until the side-by-side column's text exceeds `length` while the run is still going."""
     await page.wait_for_function(
         """([side, length]) => {
-            const column = document.querySelector(`[data-arena-side='${side}']`);
+            const column = document.querySelector(`[data-column='${side}']`);
             return column !== null && column.innerText.length > length
                 && document.getElementById("stop-button") !== null;
         }""",

@@ -472,3 +472,33 @@ async def test_migration_back_fills_what_the_model_wrote(migrated: str) -> None:
     assert {step_id: record["completion"] for step_id, record in records.items()} == wrote
     assert all(record["model"] == "demo" for record in records.values()), "the rest of the record is kept"
     assert backends == {"local"}, "c4d9e2b7a1f3: every earlier answer came from the in-process model"
+
+
+async def test_migration_renames_stored_battles_element(migrated: str) -> None:
+    """Before b3d5f7a9c2e4 a stored battle was drawn by ArenaBattle.jsx, now SideBySide.jsx; other
+    elements named so (an uploaded file called ArenaBattle) keep their names."""
+    engine = create_engine(migrated)
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM threads"))
+    downgrade(migrated, "a7e4b2c9d1f0")
+    thread, now = str(uuid.uuid4()), datetime(2026, 12, 1, 10)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO threads (id, tags, metadata, created_at) VALUES (:id, '[]', '{}', :now)"),
+            {"id": thread, "now": now},
+        )
+        for element_id, type_ in (("battle", "custom"), ("upload", "file")):
+            await connection.execute(
+                text(
+                    "INSERT INTO elements (id, thread_id, type, name, display, props, created_at)"
+                    " VALUES (:id, :thread, :type, 'ArenaBattle', 'inline', '{}', :now)"
+                ),
+                {"id": element_id, "thread": thread, "type": type_, "now": now},
+            )
+    upgrade(migrated)
+    async with engine.connect() as connection:
+        names = dict((await connection.execute(text("SELECT id, name FROM elements"))).all())
+        await connection.execute(text("DELETE FROM threads"))
+        await connection.commit()
+    await engine.dispose()
+    assert names == {"battle": "SideBySide", "upload": "ArenaBattle"}

@@ -57,13 +57,23 @@ async def test_compare_is_stored_as_an_explicit_choice_and_can_be_changed(server
             "Tie",
             "Both bad",
         ]
+        # The second answer was written beside the first, the same choice offered under both.
+        [view] = [element for element in client.elements.values() if element["name"] == "SideBySide"]
+        assert [column["answerId"] for column in view["props"]["columns"]] == [first["id"], second["id"]]
+        assert [column["title"] for column in view["props"]["columns"]] == ["Answer 1", "Answer 2"]
+        assert [vote["id"] for vote in view["props"]["votes"]] == [action["id"] for action in buttons.values()]
+        assert view["props"]["closeLabel"] == "Show one under the other"
+
         (await client.click(buttons["b"])).raise_for_status()
         assert "✓ Answer 2 is better" in [action["label"] for action in client.actions_for(second["id"], "compare")]
+        assert client.deleted == [view["forId"]], "chosen: the view closes, the answers show stacked again"
         (await client.click(buttons["both_bad"])).raise_for_status()
 
     choices = rows(server, "SELECT answer_a, answer_b, choice FROM comparisons WHERE thread_id = ?", client.thread_id)
     assert choices == [(first["id"], second["id"], "both_bad")], "the latest choice replaces the earlier one"
     assert not rows(server, "SELECT 1 FROM feedbacks WHERE thread_id = ?", client.thread_id), "not folded into thumbs"
+    shown_only = "SELECT 1 FROM steps WHERE id = ? UNION ALL SELECT 1 FROM elements WHERE for_id = ?"
+    assert not rows(server, shown_only, view["forId"], view["forId"]), "the view is never stored"
 
 
 async def test_thumbs_down_offers_reasons_and_a_correction(server) -> None:

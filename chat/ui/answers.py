@@ -26,8 +26,8 @@ from chat.documents.retrieval import ShownPage, with_pages
 from chat.prompts import system_prompt
 from chat.store.generations import GenerationRecord
 from chat.ui.chainlit_fixes import browser_only_message, failure_reference
-from chat.ui.choices import COMPARE, offer_comparison, regenerate_action
-from chat.ui.documents import add_to_library, page_elements, pages_again, pages_for_turn
+from chat.ui.choices import regenerate_action
+from chat.ui.documents import add_to_library, page_elements
 from chat.ui.panel import chosen_sampling
 from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
@@ -154,45 +154,6 @@ async def respond(
             # find it stored, however soon they are clicked.
             await runtime.data_layer.settle_step(reply.id)
     return reply if usage.ended != Ended.ERROR else None
-
-
-async def regenerate(
-    history: list[BaseMessage], prompt_id: str, adapter: Adapter | None, user: str, language: str
-) -> bool:
-    """A new answer to the user message `prompt_id`, with the chat's current settings, beside the old ones.
-
-    It goes under its own run step (so it has its own thumbs) below the user message, and the
-    siblings are numbered anew. If that message is the last turn, the conversation continues from
-    the new answer. False if `prompt_id` is no user message of this chat's history.
-    """
-    at = next((i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == prompt_id), None)
-    if at is None:
-        return False
-    siblings = [a for a in await serving().preferences.answers_to(user, prompt_id) if a.ended != Ended.ERROR]
-    count = len(siblings) + 1
-    # The pages the first answer was shown, so that the answers compared were shown the same pages.
-    if siblings and (first := await serving().data_layer.get_step(siblings[0].id)):
-        pages = await pages_again(first["metadata"]["generation"].get("sources", []), user)
-    else:
-        pages = await pages_for_turn(history[:at], history[at], user)
-
-    def keep(reply: cl.Message) -> None:
-        if at + 2 == len(history):  # the last turn: continue from the new answer
-            history[at + 1] = model_turn(reply)
-
-    async def generate() -> cl.Message | None:
-        # Named like the run Chainlit wraps around on_message, which its page shows as just the answer.
-        async with cl.Step(name="on_message", type="run", parent_id=prompt_id):
-            label = text("answer_label", language, number=count, count=count)
-            return await respond(history[:at], history[at], language, keep, adapter, label, pages=pages)
-
-    reply = await as_stoppable_task(generate(), language)
-    if reply is not None and siblings:
-        for number, sibling in enumerate(siblings, start=1):
-            await relabel(sibling.id, number, count, language)
-        if reply.metadata["ended"] == Ended.FINISHED:
-            await offer_comparison(COMPARE, siblings, reply.id, language)
-    return True
 
 
 async def stored_history(thread: dict[str, Any]) -> list[BaseMessage]:
@@ -345,15 +306,3 @@ class QueueNotice:
         if self.step is not None:
             await cl.context.emitter.delete_step(self.step)
             self.step = None
-
-
-async def relabel(step_id: str, number: int, count: int, language: str) -> None:
-    """Show a stored answer as number `number` of `count` siblings: only the page's text changes,
-    rebuilt from what the model wrote (its record is untouched)."""
-    data_layer = serving().data_layer
-    if shown := await data_layer.get_step(step_id):
-        record = GenerationRecord.from_metadata(shown["metadata"]["generation"])
-        label = text("answer_label", language, number=number, count=count)
-        shown["output"] = shown_answer(record.completion, record.ended, language, label, record.sources)
-        await cl.context.emitter.update_step(shown)
-        await data_layer.update_step(shown)

@@ -64,18 +64,20 @@ async def offer_comparison(
     answer_id: str,
     language: str,
     comparisons: dict[tuple[str, str], str] | None = None,
-) -> None:
-    """Under a finished answer, ask how it compares with its newest finished sibling (if it has one).
+) -> list[cl.Action]:
+    """Under a finished answer, ask how it compares with its newest finished sibling (if it has one);
+    returns the buttons shown (none without such a sibling).
 
     Under Compare the two are numbered as the page labels them (the new one is number len(earlier)+1);
     in the arena they are A and B. `comparisons` ((a, b) -> choice) marks a choice already made.
     """
     if (a := compared_with(earlier)) is None:
-        return
+        return []
     labels = ("A", "B") if group == VOTE else (str(earlier.index(a) + 1), str(len(earlier) + 1))
     chosen = (comparisons or {}).get((a.id, answer_id))
     buttons = comparison_actions(group, a.id, labels[0], answer_id, labels[1], chosen, language)
     await show_choices(answer_id, group, buttons)
+    return buttons
 
 
 def reasons_for(rating: int | None, settings: Settings) -> list[str]:

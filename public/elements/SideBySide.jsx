@@ -1,33 +1,40 @@
-// Loupe's arena battle (chat/ui/arena.py): answers A and B side by side while they stream, the vote
-// row under both, and who wrote which above each once voted. Two columns on a wide page, stacked on a narrow one.
-// The server sends every text (in the user's language); the buttons click the vote buttons it issued,
-// by id, so the server runs its own copy of each (chat/ui/routes.py). The stacked copies of the two
-// answers (stored as any answer is) are hidden while this renders.
+// Loupe's side-by-side view (chat/ui/side_by_side.py): two answers next to each other while they stream
+// (the arena's A and B, or a regenerated answer beside the one it is compared with), the choice between
+// them under both, and in the arena who wrote which above each once voted. Two columns on a wide page,
+// stacked on a narrow one. The server sends every text (in the user's language); the buttons click the
+// buttons it issued, by id, so the server runs its own copy of each (chat/ui/routes.py). The answers'
+// own stacked messages (stored as any answer is) are hidden while this shows; a view that can be closed
+// (Compare) gives them back.
 import { Button } from "@/components/ui/button";
 import { Markdown } from "@/components/markdown";
 import { useState } from "react";
 
 const STEP_ID = /^[0-9a-f-]{36}$/;
 
-export default function ArenaBattle() {
+export default function SideBySide() {
   const [sending, setSending] = useState(false);
+  const [closed, setClosed] = useState(false);
+  if (closed) {
+    return null;
+  }
   const hidden = props.columns
     .map((column) => column.answerId)
     .filter((id) => typeof id === "string" && STEP_ID.test(id))
     .map((id) => `.step:has([id="step-${id}"]) { display: none; }`)
     .join("\n");
 
-  const vote = async (id) => {
+  // A button's id is "<group>:<answer id>:<choice>" (chat/ui/choices.py); its group is the action's name.
+  const choose = async (id) => {
     setSending(true);
     try {
-      await callAction({ id, name: "vote", payload: {} });
+      await callAction({ id, name: id.split(":")[0], payload: {} });
     } finally {
       setSending(false);
     }
   };
 
   return (
-    <div className="loupe-arena flex flex-col gap-3 w-full" data-arena>
+    <div className="loupe-side-by-side flex flex-col gap-3 w-full" data-side-by-side>
       <style>{hidden}</style>
       <div
         style={{
@@ -39,7 +46,7 @@ export default function ArenaBattle() {
         {props.columns.map((column) => (
           <section
             key={column.side}
-            data-arena-side={column.side}
+            data-column={column.side}
             data-answer-id={column.answerId || undefined}
             data-state={column.state}
             className="rounded-lg border bg-card p-3 flex flex-col gap-2"
@@ -52,7 +59,7 @@ export default function ArenaBattle() {
               </span>
               {column.status ? <span className="text-sm text-muted-foreground">{column.status}</span> : null}
             </header>
-            <div className="arena-answer" style={{ overflowWrap: "anywhere" }}>
+            <div className="side-by-side-answer" style={{ overflowWrap: "anywhere" }}>
               <Markdown allowHtml={false} latex={true}>
                 {column.text}
               </Markdown>
@@ -61,7 +68,7 @@ export default function ArenaBattle() {
         ))}
       </div>
       {props.votes.length ? (
-        <div className="flex flex-col gap-2" data-arena-votes>
+        <div className="flex flex-col gap-2" data-choices>
           <span className="text-sm text-muted-foreground">{props.question}</span>
           <div className="flex flex-wrap gap-2" style={{ justifyContent: "center" }}>
             {props.votes.map((choice) => (
@@ -70,12 +77,19 @@ export default function ArenaBattle() {
                 variant={choice.chosen ? "default" : "outline"}
                 size="sm"
                 disabled={sending}
-                onClick={() => vote(choice.id)}
+                onClick={() => choose(choice.id)}
               >
                 {choice.label}
               </Button>
             ))}
           </div>
+        </div>
+      ) : null}
+      {props.closeLabel ? (
+        <div className="flex" style={{ justifyContent: "flex-end" }}>
+          <Button variant="ghost" size="sm" data-close onClick={() => setClosed(true)}>
+            {props.closeLabel}
+          </Button>
         </div>
       ) : null}
     </div>
