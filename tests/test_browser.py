@@ -396,7 +396,7 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
     await set_max_new_tokens(page, 256)  # a few seconds: long enough to watch the new answer grow
     await first.get_by_role("button", name="Regenerate").click()
     view = page.locator("[data-side-by-side]")
-    columns = {side: view.locator(f"[data-column='{side}']") for side in "12"}
+    columns = {side: view.locator(f"[data-column='{side}']") for side in "123"}
     await wait_until_column_longer(page, "2", 0)
     await wait_until_column_longer(page, "2", len(await columns["2"].inner_text()))  # it streams in place
     await expect(first).to_be_hidden()  # shown in the view, not a second time
@@ -461,6 +461,19 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
         ("correction", wanted, answer_text(first_text)),
     ]
     assert all(row["images"] == [f"images/{hashlib.sha256(circuit.read_bytes()).hexdigest()}.png"] for row in mine)
+
+    # A third answer, beside the second; closed without a choice, the three show one under the other.
+    await second.get_by_role("button", name="Regenerate").click()
+    await expect(columns["3"]).to_be_visible(timeout=START)
+    await expect(second).to_be_hidden()
+    await wait_until_finished(page)
+    third = page.locator(f"[id='step-{await columns['3'].get_attribute('data-answer-id')}']")
+    await view.get_by_role("button", name="Show one under the other").click()
+    await expect(view).to_have_count(0)
+    for shown, label in ((first, "Answer 1 of 3"), (second, "Answer 2 of 3"), (third, "Answer 3 of 3")):
+        await expect(shown).to_be_visible()
+        await expect(shown).to_contain_text(label)
+    await expect(third.get_by_role("button", name="Answer 3 is better")).to_be_visible()
 
 
 async def preferences_of(server: Server, thread_id: str) -> dict[str, list[tuple]]:
