@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.database import create_engine, session_factory
 from chat.store.schema import Battle, Comparison, Element, Generation, Step, Thread
-from tests.helpers.client import ChatClient, OwnedThread, Reply, login, png, rated_thread_with_image
+from tests.helpers.client import ChatClient, OwnedThread, Reply, login, only_answer, png, rated_thread_with_image
 from tests.helpers.databases import postgres_database
 from tests.helpers.databases import thread_rows as rows_of
 from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, start_server, stop_server
@@ -163,8 +163,16 @@ async def test_another_users_elements_can_be_neither_deleted_nor_added_to(hostil
                 "sessionId": mallory.session_id,
             },
         )
-        assert (deleted.status_code, added.status_code) == (404, 404), (deleted.text, added.text)
+        assert (deleted.status_code, added.status_code) == (404, 403), (deleted.text, added.text)
         assert await rows_of(hostile.sessions, victim.thread_id) == before
+
+        # Nor into one's own thread: Loupe's elements are the server's (a forged battle view, say).
+        await mallory.change_settings(SHORT)
+        own = only_answer(await mallory.ask("Hello?"))
+        forged = {**custom, "name": "SideBySide", "id": str(uuid.uuid4()), "threadId": mallory.thread_id}
+        body = {"element": {**forged, "forId": own["id"]}, "sessionId": mallory.session_id}
+        assert (await http(mallory, "PUT", "/project/element", json=body)).status_code == 403
+        assert await stored(hostile, select(Element.id).where(Element.id == forged["id"])) == []
         await still_served(hostile, victim, mallory)
 
 

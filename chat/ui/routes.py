@@ -188,14 +188,9 @@ def add_routes(
 
     @server.put("/project/element")
     async def update_element(payload: ElementRequest, current_user: UserParam) -> Response:
-        """Chainlit's custom-element update, only into this session's thread or another of the user's."""
-        session = WebsocketSession.get_by_id(payload.sessionId)
-        thread_id = payload.element.get("threadId") or ""
-        if session is None or not (
-            thread_id == session.thread_id or await owns(current_user, select(Thread.id).where(Thread.id == thread_id))
-        ):
-            raise HTTPException(status_code=404, detail="Thread not found")
-        return await chainlit_server.update_thread_element(payload, current_user)
+        """Refused: Chainlit lets a page update (or add) a custom element, storing what it sends. Loupe's
+        custom elements are drawn by the server and never update themselves, so any such write is forged."""
+        raise HTTPException(status_code=403, detail="Elements are drawn by the server.")
 
     @server.delete("/project/element")
     async def delete_element(payload: ElementRequest, current_user: UserParam) -> Response:
