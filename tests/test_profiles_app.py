@@ -80,6 +80,9 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
         assert reveal.startswith("Answer A was **")
         # Once the contenders are known, voting again changes the preference exported, not the battle counted.
         (await client.click(votes["b"])).raise_for_status()
+        async with httpx.AsyncClient(base_url=server_with_adapters.url, cookies=client.cookies) as http:
+            thread = (await http.get(f"/project/thread/{client.thread_id}")).json()
+        [view] = [element["props"] for element in thread["elements"] if element["name"] == "SideBySide"]
 
     [(contender_a, contender_b, choice, blind_choice)] = await stored(
         server_with_adapters,
@@ -90,6 +93,9 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
     assert contender_a != contender_b and (choice, blind_choice) == ("b", "a")
     shown_a, shown_b = ("the base model" if name == "base" else name for name in (contender_a, contender_b))
     assert reveal == f"Answer A was **{shown_a}**; answer B was **{shown_b}**."
+    # A resumed chat shows the battle as it now stands: the latest vote marked, who wrote which named.
+    assert [vote["chosen"] for vote in view["votes"]] == [False, True, False, False]
+    assert [column["contender"] for column in view["columns"]] == [shown_a, shown_b]
     generated = await stored(
         server_with_adapters,
         "SELECT COALESCE(adapter, 'base') FROM generations WHERE step_id IN (?, ?) ORDER BY created_at",

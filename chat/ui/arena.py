@@ -89,7 +89,7 @@ async def show_vote(b_id: str, votes: list[cl.Action], chosen: str, contenders: 
     view.offer(votes, chosen)
     for column, name in zip(view.columns, contenders, strict=True):
         column.contender = contender_name(name, language)
-    await view.show()
+    await view.store()
 
 
 def contender_name(name: str, language: str) -> str:

@@ -43,7 +43,7 @@ from chainlit.types import (
 )
 from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
-from sqlalchemy import JSON, ColumnElement, Select, case, delete, exists, func, literal, or_, select, true
+from sqlalchemy import JSON, ColumnElement, Select, case, delete, exists, func, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.files import ContentStore
@@ -323,8 +323,11 @@ class LoupeDataLayer(BaseDataLayer):
     @queue_until_user_message()
     async def create_element(self, element: ChainlitElement) -> None:
         """Copy the element's file into the content store, so history outlives Chainlit's .files."""
-        if not element.thread_id:
-            return
+        if element.thread_id:
+            async with self.order.turn(element.id):  # before a redraw of it (`redraw_element`)
+                await self._insert_element(element)
+
+    async def _insert_element(self, element: ChainlitElement) -> None:
         content = element.content
         if content is None and element.path:
             async with aiofiles.open(element.path, "rb") as file:
@@ -353,6 +356,12 @@ class LoupeDataLayer(BaseDataLayer):
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
             )
+
+    async def redraw_element(self, element_id: str, props: dict[str, Any]) -> None:
+        """New props for a custom element the server drew and stored (Chainlit stores an element once, as
+        first sent): a battle's view once voted on. Server code only; no client reaches this."""
+        async with self.order.turn(element_id), self.sessions.begin() as session:
+            await session.execute(update(Element).where(Element.id == element_id).values(props=props))
 
     async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
         async with self.sessions() as session:

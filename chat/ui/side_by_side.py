@@ -25,6 +25,7 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from chat.ui.answers import STREAM_INTERVAL_S
+from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
 from models.backend import Ended
 
@@ -158,10 +159,15 @@ class SideBySide:
         self.sent_at = time.monotonic()
 
     async def store(self) -> None:
-        """Store a kept view as it ended (Chainlit stores an element's content and props)."""
+        """Store a kept view as it stands: as it ended (Chainlit stores an element's content and props),
+        and again once voted on, so that a resumed chat shows the vote and who wrote which."""
         self.element.props = self.props()
-        self.element.content = json.dumps(self.element.props)
-        await self.element.send(for_id=self.message.id)
+        if self.element.persisted:
+            await serving().data_layer.redraw_element(self.element.id, self.element.props)
+            await self.show()
+        else:
+            self.element.content = json.dumps(self.element.props)
+            await self.element.send(for_id=self.message.id)
 
     async def close(self) -> None:
         """Take a view that is not kept off the page; the answers' stacked messages show again."""
