@@ -80,6 +80,11 @@ def contender_key(adapter: str | None, version: str | None) -> str:
     return f"{adapter}@{(version or 'unknown')[:VERSION_DIGITS]}"
 
 
+def adapter_named(contender: str) -> str:
+    """The adapter (folder name) a contender is a version of, or `base`: `contender_key` undone, less the version."""
+    return contender.partition("@")[0]
+
+
 def contender_of(adapter: Adapter | None) -> str:
     """The contender an adapter's present version (or, for None, the base model) fights as."""
     return contender_key(adapter.name, adapter.version) if adapter else BASE

@@ -20,7 +20,7 @@ from datetime import date, datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chat.arena.leaderboard import Leaderboard, Outcome, board_of, contender_key, counted, outcomes
+from chat.arena.leaderboard import Leaderboard, Outcome, adapter_named, board_of, contender_key, counted, outcomes
 from chat.dataset.stats import ALL, Tally, collect
 from chat.settings import Settings
 from chat.store.schema import Feedback, Generation, Step, User
@@ -139,7 +139,7 @@ async def dataset_sizes(engine: AsyncEngine, scope: Scope) -> Tally:
         for column, counts in tally.items()
     }
     if scope.contender is not None:
-        name = scope.contender.split("@")[0]
+        name = adapter_named(scope.contender)
         return {name: rules.get(name, Counter())}
     return {ALL: rules.get(ALL, Counter()), **{c: n for c, n in sorted(rules.items()) if c != ALL}}
 
