@@ -167,6 +167,20 @@ async def test_element_is_stored_by_content_and_outlives_the_upload(layer: Loupe
     assert await layer.get_element(thread_id, element.id) == stored
 
 
+async def test_a_file_asked_for_before_its_element_is_written_is_found_once_writes_settle(
+    layer: LoupeDataLayer,
+) -> None:
+    """Chainlit writes an element in a task of its own and tells the page its url at once; the file route
+    waits for the writes under way (settle_writes) before it answers that no element names the file."""
+    thread_id = str(uuid.uuid4())
+    preview = ChainlitImage(name="datasheet.pdf, p. 4", content=b"\x89PNG page", mime="image/png", thread_id=thread_id)
+    writing = asyncio.create_task(layer.create_element(preview))  # as Chainlit's Element.send does
+    await layer.settle_writes()
+    assert writing.done()
+    [stored] = (await layer.get_thread(thread_id))["elements"]
+    assert layer.store.path(stored["objectKey"]).read_bytes() == b"\x89PNG page"
+
+
 async def test_feedback_is_upserted_shown_and_withdrawn(layer: LoupeDataLayer) -> None:
     owner = await layer.create_user(ChainlitUser(identifier="ada"))
     run = step(str(uuid.uuid4()), type="run", output="")

@@ -72,6 +72,7 @@ STEP_FIELDS = {
 }
 TIME_FIELDS = {"created_at", "start", "end"}
 CLOSE_TIMEOUT_S = 10  # how long shutdown waits for writes under way
+SETTLE_TIMEOUT_S = 5  # a write takes milliseconds; a request waits no longer than this for those under way
 # Chainlit names a thread after its first message; the history sidebar shows one line of it.
 MAX_THREAD_NAME_CHARS = 200
 ANSWER = "assistant_message"  # the step type of a model answer, the only one with a generation record
@@ -134,6 +135,7 @@ class WriteOrder:
 
     async def drain(self, timeout: float) -> None:
         """Wait, at most `timeout` seconds, for every write under way (each key's last one ends last)."""
+        await asyncio.sleep(0)  # as in `settled`: a write task created just now takes its turn first
         if self._last:
             await asyncio.wait(list(self._last.values()), timeout=timeout)
 
@@ -395,6 +397,11 @@ class LoupeDataLayer(BaseDataLayer):
         }
 
     # Feedback ------------------------------------------------------------------------------
+
+    async def settle_writes(self) -> None:
+        """Wait for every write under way: an element's row (which grants access to its file) is written in
+        the background after the page is told its url, and the page may ask for the file first."""
+        await self.order.drain(SETTLE_TIMEOUT_S)
 
     async def settle_step(self, step_id: str) -> None:
         """Wait for the writes already started for this step and for its thread.

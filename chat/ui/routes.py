@@ -80,11 +80,13 @@ def add_routes(
     store: ContentStore,
     status: Callable[[], Any],
     settle_step: Callable[[str], Awaitable[None]],
+    settle_writes: Callable[[], Awaitable[None]],
     throttle: LoginThrottle,
     quota: UploadQuota,
 ) -> None:
     """`settle_step(step_id)` waits for the writes of a step still on their way to the database
-    (LoupeDataLayer.settle_step), so that an answer rated the moment it is shown can be found."""
+    (LoupeDataLayer.settle_step), so that an answer rated the moment it is shown can be found;
+    `settle_writes()` for all of them, so that a file shown the moment its element is sent can be."""
 
     async def owns(user: Any, query: Select) -> bool:
         """Whether `query` (a select of thread ids) names a thread of this logged-in user."""
@@ -103,7 +105,9 @@ def add_routes(
     async def stored_file(object_key: str, current_user: UserParam) -> Response:
         query = select(Thread.id).join(Element, Element.thread_id == Thread.id).where(Element.object_key == object_key)
         if not await owns(current_user, query):
-            raise HTTPException(status_code=404, detail="File not found")
+            await settle_writes()  # its element (a cited page's preview, say) may still be on its way
+            if not await owns(current_user, query):
+                raise HTTPException(status_code=404, detail="File not found")
         try:
             mime, disposition = await asyncio.to_thread(served_as, store.path(object_key))
         except (ImageRejected, OSError):  # stored as sent, but neither an image nor a document: not served

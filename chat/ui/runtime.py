@@ -184,6 +184,7 @@ def install(runtime: Runtime) -> None:
         runtime.store,
         status=runtime.status,
         settle_step=runtime.data_layer.settle_step,
+        settle_writes=runtime.data_layer.settle_writes,
         throttle=LoginThrottle(),
         quota=UploadQuota(
             max_bytes=int(settings.pending_uploads_mb * MB),
