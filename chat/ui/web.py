@@ -34,6 +34,10 @@ MB = 1024 * 1024
 # or a socket.io polling packet (engine.io's own cap is 1 MB).
 MAX_BODY_BYTES = 1 * MB
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers around an uploaded file
+# A body declared over its limit by at most this much is read and dropped before the 413: a client still
+# sending it would otherwise find the connection closed under it and never read the answer. A bigger one
+# is not worth the bandwidth: its connection is closed at once.
+DRAINED_EXCESS_BYTES = 16 * MB
 UPLOAD_PATH = "/project/file"  # POST uploads here; GET /project/file/<id> serves a session's upload back
 # For every file served (ours and Chainlit's session uploads): should a browser ever render one as
 # a page, it runs sandboxed with nothing allowed.
@@ -101,6 +105,8 @@ class Guard:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"").decode()
         if declared.isdigit() and int(declared) > limit:
+            if int(declared) <= limit + DRAINED_EXCESS_BYTES:
+                await self._drain(receive)
             await self._too_large(send, limit)
             return
         received, started = 0, False
@@ -131,6 +137,12 @@ class Guard:
         except BodyTooLarge:
             if not started:
                 await self._too_large(send, limit)
+
+    @staticmethod
+    async def _drain(receive: Receive) -> None:
+        """Read the rest of the request's body and drop it."""
+        while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+            pass
 
     async def _too_large(self, send: Send, limit: int) -> None:
         body = json.dumps({"detail": BodyTooLarge(limit).detail}).encode()
