@@ -58,6 +58,12 @@ def compared_with(earlier: list[AnswerFeedback]) -> AnswerFeedback | None:
     return next((sibling for sibling in reversed(earlier) if sibling.ended == Ended.FINISHED), None)
 
 
+def comparison_labels(group: str, earlier: list[AnswerFeedback], a: AnswerFeedback) -> tuple[str, str]:
+    """How sibling `a` and the answer after `earlier` are labelled: A and B in the arena; under Compare,
+    numbered as the page labels them (the new one is number len(earlier)+1)."""
+    return ("A", "B") if group == VOTE else (str(earlier.index(a) + 1), str(len(earlier) + 1))
+
+
 async def offer_comparison(
     group: str,
     earlier: list[AnswerFeedback],
@@ -68,12 +74,11 @@ async def offer_comparison(
     """Under a finished answer, ask how it compares with its newest finished sibling (if it has one);
     returns the buttons shown (none without such a sibling).
 
-    Under Compare the two are numbered as the page labels them (the new one is number len(earlier)+1);
-    in the arena they are A and B. `comparisons` ((a, b) -> choice) marks a choice already made.
+    `comparisons` ((a, b) -> choice) marks a choice already made.
     """
     if (a := compared_with(earlier)) is None:
         return []
-    labels = ("A", "B") if group == VOTE else (str(earlier.index(a) + 1), str(len(earlier) + 1))
+    labels = comparison_labels(group, earlier, a)
     chosen = (comparisons or {}).get((a.id, answer_id))
     buttons = comparison_actions(group, a.id, labels[0], answer_id, labels[1], chosen, language)
     await show_choices(answer_id, group, buttons)

@@ -17,7 +17,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from chat.store.generations import GenerationRecord
 from chat.store.preferences import AnswerFeedback
 from chat.ui.answers import as_stoppable_task, model_turn, respond
-from chat.ui.choices import COMPARE, compared_with, offer_comparison
+from chat.ui.choices import COMPARE, compared_with, comparison_labels, offer_comparison
 from chat.ui.documents import pages_again, pages_for_turn
 from chat.ui.runtime import serving
 from chat.ui.side_by_side import SideBySide, offered
@@ -49,7 +49,7 @@ async def regenerate(
         if at + 2 == len(history):  # the last turn: continue from the new answer
             history[at + 1] = model_turn(reply)
 
-    view = await comparison_view(siblings, count, prompt_id, language)
+    view = await comparison_view(siblings, prompt_id, language)
 
     async def generate() -> cl.Message | None:
         # Named like the run Chainlit wraps around on_message, which its page shows as just the answer.
@@ -76,15 +76,13 @@ async def regenerate(
     return True
 
 
-async def comparison_view(
-    siblings: list[AnswerFeedback], count: int, prompt_id: str, language: str
-) -> SideBySide | None:
-    """The view a new answer (number `count`) is written into, beside the sibling it will be compared
-    with, numbered as the page labels them; None if no earlier answer finished."""
+async def comparison_view(siblings: list[AnswerFeedback], prompt_id: str, language: str) -> SideBySide | None:
+    """The view the answer after `siblings` is written into, beside the sibling it will be compared with,
+    labelled as its Compare buttons are; None if no earlier answer finished."""
     earlier = compared_with(siblings)
     if earlier is None or (step := await serving().data_layer.get_step(earlier.id)) is None:
         return None
-    view = SideBySide(language, (str(siblings.index(earlier) + 1), str(count)), kept=False, parent_id=prompt_id)
+    view = SideBySide(language, comparison_labels(COMPARE, siblings, earlier), kept=False, parent_id=prompt_id)
     view.columns[0].written(earlier.id, shown_step(step, language))
     return await view.open()
 
