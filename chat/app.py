@@ -34,6 +34,7 @@ from chat.ui.choices import (
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
 from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, serving
+from chat.ui.side_by_side import reopen_stored
 from chat.ui.signin import signed_in
 from chat.ui.texts import describe_profile, language_of, text
 
@@ -102,7 +103,8 @@ async def start() -> None:
 
 @cl.on_chat_resume
 async def resume(thread: ThreadDict) -> None:
-    """Restore the model's history, with its images, the chat settings the thread last used, and the buttons."""
+    """Restore the model's history, with its images, the chat settings the thread last used, the buttons,
+    and the battles' views (a vote cast now marks itself there)."""
     runtime, language = serving(), session_language()
     cl.user_session.set("history", await stored_history(thread))
     documents.restore_documents(thread)
@@ -110,6 +112,7 @@ async def resume(thread: ThreadDict) -> None:
     await show_panel(language, (thread.get("metadata") or {}).get("chat_settings"))
     answers, comparisons = await runtime.preferences.in_thread(current_user(), thread["id"])
     await restore_choices(answers, comparisons, current_profile().is_arena, runtime.settings, language)
+    reopen_stored(thread, language)
 
 
 @cl.on_settings_update

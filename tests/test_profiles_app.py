@@ -117,6 +117,24 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
     assert "1 of 1 battles counted (1 changed after the reveal count as first cast)" in table
 
 
+async def test_a_battle_voted_in_a_later_session_shows_the_vote_when_resumed(server_with_adapters: Server) -> None:
+    async with ChatClient(server_with_adapters.url, profile="Arena") as client:
+        await client.change_settings(GREEDY)
+        a, b = arena_answers(await client.ask("Which thread pitch for an M6 bolt?"))
+    async with ChatClient(server_with_adapters.url, profile="Arena", thread_id=client.thread_id) as resumed:
+        [tie] = [action for action in resumed.actions_for(b["id"], "vote") if action["payload"]["choice"] == "tie"]
+        (await resumed.click(tie)).raise_for_status()
+        [shown] = [element["props"] for element in resumed.elements.values() if element["name"] == "SideBySide"]
+        async with httpx.AsyncClient(base_url=server_with_adapters.url, cookies=resumed.cookies) as http:
+            thread = (await http.get(f"/project/thread/{resumed.thread_id}")).json()
+    [view] = [element["props"] for element in thread["elements"] if element["name"] == "SideBySide"]
+    assert view == shown, "the page's view is the stored one, redrawn"
+    assert [vote["chosen"] for vote in view["votes"]] == [False, False, True, False]
+    assert [column["answerId"] for column in view["columns"]] == [a["id"], b["id"]]
+    assert all(column["contender"] for column in view["columns"]), "who wrote which, named"
+    assert all(column["text"] for column in view["columns"]), "the answers, as they were"
+
+
 async def test_promotion_makes_an_adapter_the_default_profile(server_with_adapters: Server, adapters_dir: Path) -> None:
     refused = chat(server_with_adapters, adapters_dir, "promote", "engineering-v1", fails=True)
     assert "Not promoted: engineering-v1@" in refused and "Promote anyway with --force." in refused

@@ -84,7 +84,7 @@ async def battle(
 
 async def show_vote(b_id: str, votes: list[cl.Action], chosen: str, contenders: tuple[str, str], language: str) -> None:
     """Mark the `chosen` vote in the battle's view and name who wrote each side above it."""
-    if (view := offered(b_id)) is None:  # a battle of an earlier session: its buttons are redrawn under answer B
+    if (view := offered(b_id)) is None:  # no view offers this vote (an answer did not finish)
         return
     view.offer(votes, chosen)
     for column, name in zip(view.columns, contenders, strict=True):

@@ -22,6 +22,8 @@ import time
 from typing import Any
 
 import chainlit as cl
+from chainlit.element import ElementDict
+from chainlit.types import ThreadDict
 from chainlit.utils import utc_now
 
 from chat.ui.answers import STREAM_INTERVAL_S
@@ -126,6 +128,18 @@ class SideBySide:
         await self.show()
         return self
 
+    @classmethod
+    def stored(cls, element: ElementDict, language: str) -> SideBySide:
+        """A kept view as a resumed chat's thread holds it, for this session to redraw (a vote cast now)."""
+        props = element["props"]
+        view = cls(language, tuple(column["side"] for column in props["columns"]), kept=True)
+        view.message.id, view.element.id, view.element.persisted = element["forId"], element["id"], True
+        for column, kept in zip(view.columns, props["columns"], strict=True):
+            column.written(kept["answerId"], kept["text"])
+            column.state, column.contender = kept["state"], kept["contender"]
+        view.votes = props["votes"]
+        return view
+
     def offer(self, votes: list[cl.Action], chosen: str | None) -> None:
         """The choice buttons, as choices.py issued them under the newer answer: the element's buttons
         click those (by id, so the server runs the button it issued, with its own payload)."""
@@ -174,6 +188,15 @@ class SideBySide:
         await cl.context.emitter.delete_step(self.message.to_dict())
         views = cl.user_session.get(OPEN_VIEWS) or {}
         cl.user_session.set(OPEN_VIEWS, {answer: view for answer, view in views.items() if view is not self})
+
+
+def reopen_stored(thread: ThreadDict, language: str) -> None:
+    """Make a resumed chat's stored battles, those offering a vote, this session's views: a vote cast
+    now marks itself in the stored view as one cast in the battle's own session does."""
+    for element in thread.get("elements") or []:
+        if element["type"] == "custom" and element["name"] == ELEMENT and (element.get("props") or {}).get("votes"):
+            view = SideBySide.stored(element, language)
+            view.offered_under(view.columns[1].answer_id)
 
 
 def offered(answer_id: str) -> SideBySide | None:
