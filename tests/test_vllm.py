@@ -137,6 +137,7 @@ async def test_eight_users_are_served_at_once_without_a_queue(app: Server, vllm:
         for client in clients:
             await client.stop()
         replies = await asyncio.gather(*(client.collect() for client in clients))
+        assert await running_at_once(vllm, 0, FREED_WITHIN_S) == 0, "Stop freed all eight"
         shown = [message["output"] for client in clients for message in client.seen_messages]
     assert all(reply.of("stream_start") for reply in replies), "every user saw their answer stream"
     assert not any(output.startswith("⏳") for output in shown), "no queue notice"
