@@ -8,7 +8,8 @@ sent and stored as any answer is (each under its own run, with its generation re
 pairing and history are unchanged; where the element cannot render, the page falls back to them.
 
 The two uses keep the view differently:
-- a battle is stored as it ended, so a resumed chat shows it again in place;
+- a battle is stored as it ended, so a resumed chat shows it again in place (and a vote cast there
+  marks itself in it: `reopen_stored`);
 - a comparison is shown only until the user chooses (or closes it, which the page does alone): its
   answers' stacked messages carry their thumbs, reasons, Correct and Regenerate, which the view has not,
   so they come back then, with the choice marked under the newer one.
