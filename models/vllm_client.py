@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import openai
 from transformers import GenerationConfig, ProcessorMixin
 
@@ -42,14 +41,14 @@ CONNECT_TIMEOUT_S = 10  # a server that takes longer to accept a connection is d
 READ_TIMEOUT_S = 300
 # How vLLM's engine wraps a worker's reason for refusing an adapter (vllm/v1/executor/multiproc_executor.py).
 WORKER_ERROR = re.compile(r"Worker failed with error '(?P<reason>.+?)', please check")
-# The server cannot take the request now (refused, overloaded, timing out, or gone mid-stream, which
-# surfaces as httpx's transport error): the user is told to try again.
+# The server cannot take the request now (refused, overloaded, timing out, or gone mid-stream): the user is
+# told to try again. Only the SDK's own classes: it wraps its HTTP stack's errors, mid-stream ones included,
+# so a change inside that stack (httpx became httpx2) cannot turn an outage into a crash here.
 UNAVAILABLE = (
     openai.APIConnectionError,
     openai.APITimeoutError,
     openai.RateLimitError,
     openai.InternalServerError,
-    httpx.TransportError,
 )
 
 
@@ -102,7 +101,7 @@ class VllmBackend(ChatTemplateTokens):
             base_url=url,
             api_key=api_key or "none",  # vLLM checks the key only when started with --api-key
             max_retries=0,  # a retried request would be answered twice; the user can ask again
-            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            timeout=openai.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
         )
         try:
             served = {model.id: model async for model in client.models.list()}
@@ -188,13 +187,13 @@ class VllmBackend(ChatTemplateTokens):
         Raises AdapterRefused with the server's reason (a rank above --max-lora-rank, another base model...).
         """
         try:
-            response = await self.client.post(f"/{action}", body=body, cast_to=httpx.Response)
+            answer = await self.client.post(f"/{action}", body=body, cast_to=str)
         except openai.APIStatusError as error:
             reason = error.body.get("message", error.message) if isinstance(error.body, dict) else error.message
             if worker_error := WORKER_ERROR.search(reason):  # the reason inside "...please check the stack trace"
                 reason = worker_error["reason"]
             raise AdapterRefused(f"{body['lora_name']}: {reason.rstrip('.')}") from error
-        log.info("vLLM %s %s: %s", action, body["lora_name"], response.text.strip())
+        log.info("vLLM %s %s: %s", action, body["lora_name"], answer.strip())
 
 
 def server_command(
