@@ -24,7 +24,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 # A lock's entry: `name==version ; marker \` at the start of a line, then `--hash` lines and `# via` lines.
-ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)(?:\s*;\s*(?P<marker>[^\\]+?))?\s*\\?$")
+ENTRY = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)(?:\s*;\s*(?P<marker>[^\\]+?))?\s*\\?$"
+)
 
 
 def requirements(path: Path) -> dict[str, Requirement]:
@@ -81,9 +83,16 @@ def environment_problems(lock_path: Path, environment: Path) -> list[str]:
     site_packages = sorted(environment.glob("lib/python*/site-packages"))
     if not site_packages:
         return [f"{environment} is not an environment (no lib/python*/site-packages)"]
-    installed = {canonicalize_name(found.metadata["Name"]): Version(found.version) for found in distributions(path=[str(p) for p in site_packages])}
-    problems = [f"{name} {expected[name]} is locked but not installed" for name in sorted(expected.keys() - installed.keys())]
-    problems += [f"{name} {installed[name]} is installed but not locked" for name in sorted(installed.keys() - expected.keys())]
+    installed = {
+        canonicalize_name(found.metadata["Name"]): Version(found.version)
+        for found in distributions(path=[str(p) for p in site_packages])
+    }
+    problems = [
+        f"{name} {expected[name]} is locked but not installed" for name in sorted(expected.keys() - installed.keys())
+    ]
+    problems += [
+        f"{name} {installed[name]} is installed but not locked" for name in sorted(installed.keys() - expected.keys())
+    ]
     problems += [
         f"{name} {installed[name]} is installed, {expected[name]} is locked"
         for name in sorted(expected.keys() & installed.keys())
@@ -101,12 +110,12 @@ def main(arguments: list[str]) -> int:
         if problems := lock_problems(requirements_path, lock_path):
             failed = True
             print(f"{lock_path} no longer matches {requirements_path}:", *problems, sep="\n  ", file=sys.stderr)
-            print(f"Run `make lock` to resolve it again, then commit both files.\n", file=sys.stderr)
+            print("Run `make lock` to resolve it again, then commit both files.\n", file=sys.stderr)
         elif environment_name and (problems := environment_problems(lock_path, Path(environment_name))):
             failed = True
             print(f"{environment_name} differs from {lock_path}:", *problems, sep="\n  ", file=sys.stderr)
             print(
-                f"Reinstall it from the lock: `rm -r {environment_name}`, then `make test` (or `make install`). "
+                f"Reinstall it from the lock: `rm -r {environment_name}` and run `make test` again. "
                 "To change a dependency, edit the requirements file and run `make lock`.\n",
                 file=sys.stderr,
             )
