@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -41,19 +42,27 @@ APP = Path(__file__).resolve().parent / "app.py"  # what Chainlit loads: the han
 
 def serve() -> None:
     """Build the server from the settings, then let Chainlit load chat/app.py and serve it on
-    LOUPE_HOST:LOUPE_PORT, without opening a browser. The model loads while the server starts."""
+    LOUPE_HOST:LOUPE_PORT, without opening a browser. The model loads while the server starts; if it cannot
+    (a migration, the model, the vLLM server), the process ends with the reason."""
     from chainlit.cli import run_chainlit
     from chainlit.config import config as chainlit_config
 
     from chat.ui.runtime import build_runtime, install
 
     settings = get_settings()
-    install(build_runtime(settings))
+    runtime = build_runtime(settings)
+    install(runtime)
     # Chainlit's own files (.chainlit/, public/, chainlit.md, uploads in .files/) are found in the working directory.
     chainlit_config.run.headless = True
     os.environ["CHAINLIT_HOST"], os.environ["CHAINLIT_PORT"] = settings.host, str(settings.port)
     print(f"Loupe: starting on http://{settings.host}:{settings.port}", flush=True)
-    run_chainlit(str(APP))
+    try:
+        run_chainlit(str(APP))
+    finally:  # uvicorn stops before taking a request when start-up fails (chat/app.py, start_server)
+        if runtime.failure is not None:
+            # uvicorn's own sys.exit(3) ends the event loop's task: asyncio would log it again after the reason.
+            logging.getLogger("asyncio").disabled = True
+            raise SystemExit(f"Loupe could not start: {runtime.failure}")
 
 
 def serve_vllm() -> None:

@@ -33,7 +33,7 @@ from chat.ui.choices import (
 )
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
-from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, serving
+from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, StartFailed, serving
 from chat.ui.side_by_side import reopen_stored
 from chat.ui.signin import signed_in
 from chat.ui.texts import describe_profile, language_of, text
@@ -48,7 +48,13 @@ def use_loupe_data_layer() -> LoupeDataLayer:
 
 @cl.on_app_startup
 async def start_server() -> None:
-    await serving().start()
+    """Migrate, create the first admin, load the model; if that fails, stop the server (never serve broken)."""
+    runtime = serving()
+    try:
+        await runtime.start()
+    except Exception as error:
+        runtime.failure = str(error) or type(error).__name__
+        raise StartFailed(runtime.failure) from error
 
 
 # Logging in and out ----------------------------------------------------------------------------

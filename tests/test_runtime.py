@@ -5,17 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from contextlib import aclosing
 from pathlib import Path
 from unittest.mock import ANY
+
+import httpx
+import pytest
+from fastapi import FastAPI
 
 from chat.conversation import user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompt
 from chat.settings import Settings
 from chat.store.accounts import check_password
+from chat.ui.limits import LoginThrottle
+from chat.ui.routes import STARTING, UploadQuota, add_routes
 from chat.ui.runtime import build_runtime
+from chat.ui.web import MB
 from models.backend import Ended, SamplingSettings, Usage
-from tests.helpers.server import ADMIN_PASSWORD, REPO
+from models.checkpoint import QWEN2_VL_FILES
+from tests.helpers.server import ADMIN_PASSWORD, REPO, free_port
 
 
 def test_importing_the_app_loads_no_model_and_touches_no_database(tmp_path: Path) -> None:
@@ -56,3 +65,76 @@ async def test_a_runtime_is_built_in_process_from_its_own_settings(tmp_path: Pat
         assert answer and usage.ended == Ended.FINISHED and usage.completion_tokens == 8
     finally:
         await runtime.sessions.kw["bind"].dispose()
+
+
+async def test_the_model_status_answers_503_until_the_runtime_has_started(tmp_path: Path) -> None:
+    """What a load balancer or the page polls: 'starting' with a 503 and a clear body, never a 500."""
+    runtime = build_runtime(Settings(model="demo", device="cpu", data_dir=tmp_path, admin_password=ADMIN_PASSWORD))
+    app = FastAPI()
+    add_routes(
+        app,
+        runtime.sessions,
+        runtime.store,
+        status=runtime.status,
+        settle_step=runtime.data_layer.settle_step,
+        settle_writes=runtime.data_layer.settle_writes,
+        throttle=LoginThrottle(),
+        quota=UploadQuota(max_bytes=MB, max_files=1),
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://loupe") as client:
+        starting = await client.get("/loupe/model")
+        assert starting.status_code == 503
+        assert starting.json() == {"detail": STARTING} and starting.headers["retry-after"]
+        await runtime.start()
+        try:
+            started = await client.get("/loupe/model")
+            assert started.status_code == 200 and started.json()["name"] == "demo"
+        finally:
+            await runtime.sessions.kw["bind"].dispose()
+
+
+NOTHING_LISTENS = "http://127.0.0.1:9/v1"  # the discard port: no server there
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        ({"LOUPE_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/loupe_no_such_db"}, "does not exist"),
+        (
+            {"LOUPE_BACKEND": "vllm", "LOUPE_MODEL": str(QWEN2_VL_FILES), "LOUPE_VLLM_URL": NOTHING_LISTENS},
+            f"no vLLM server answers at {NOTHING_LISTENS}",
+        ),
+    ],
+    ids=["migration", "model"],
+)
+def test_a_start_up_that_fails_ends_the_process_with_the_reason(
+    tmp_path: Path, settings: dict[str, str], reason: str
+) -> None:
+    """Chainlit logs a failing start-up hook and serves on; Loupe must stop instead, and never answer a 500."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "LOUPE_MODEL": "demo",
+        "LOUPE_DATA_DIR": str(tmp_path / "data"),
+        "LOUPE_PORT": str(port),
+        **settings,
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "chat", "serve"], cwd=REPO, env=environment, stderr=output)
+    answers = []
+    deadline = time.monotonic() + 120  # the demo model or the processor loads in seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            answers.append(httpx.get(f"http://127.0.0.1:{port}/loupe/model", timeout=2).status_code)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    if process.poll() is None:
+        process.kill()
+        pytest.fail(f"still running after its start-up failed, answering {answers[-3:]}:\n{log.read_text()[-3000:]}")
+    said = [line for line in log.read_text().splitlines() if line.startswith("Loupe could not start: ")]
+    assert process.returncode == 1
+    assert said and reason in said[0], log.read_text()[-3000:]
+    assert answers == [], "it never served"

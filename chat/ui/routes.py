@@ -41,6 +41,8 @@ from chat.ui.limits import LoginThrottle, retry_after
 from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
 
+STARTING = "Loupe is starting: migrating its database and loading its model. Try again in a few seconds."
+
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
 # render one anyway, it runs sandboxed with nothing allowed.
@@ -78,7 +80,7 @@ def add_routes(
     server: FastAPI,
     sessions: async_sessionmaker[AsyncSession],
     store: ContentStore,
-    status: Callable[[], Any],
+    status: Callable[[], dict[str, Any] | None],
     settle_step: Callable[[str], Awaitable[None]],
     settle_writes: Callable[[], Awaitable[None]],
     throttle: LoginThrottle,
@@ -98,8 +100,11 @@ def add_routes(
 
     @server.get("/loupe/model")
     async def model_status() -> Any:
-        """Read by public/loupe.js to show the permanent demo-model banner."""
-        return status()
+        """Read by public/loupe.js to show the permanent demo-model banner, and by load balancers: 503 until
+        the server has started (migrated, loaded its model)."""
+        if (current := status()) is None:
+            return JSONResponse({"detail": STARTING}, status_code=503, headers={"Retry-After": "5"})
+        return current
 
     @server.get("/loupe/files/{object_key}")
     async def stored_file(object_key: str, current_user: UserParam) -> Response:

@@ -75,6 +75,8 @@ class Runtime:
     # Set by start(): the model behind the chat, and the prompt builder that counts with its tokenizer.
     backend: Backend = field(init=False)
     prompts: PromptBuilder = field(init=False)
+    started: bool = False
+    failure: str | None = None  # why start() failed: `python -m chat serve` exits with it
 
     async def start(self) -> None:
         """What the server does before it takes requests: migrate, create the first admin, load the model."""
@@ -87,14 +89,17 @@ class Runtime:
         self.prompts = PromptBuilder(
             self.backend, self.settings.min_pixels, self.image_limits.max_pixels, self.settings.images_per_prompt
         )
+        self.started = True
 
     @property
     def context_tokens(self) -> int:
         """Prompt plus answer: the configured budget, within the model's context."""
         return min(self.settings.context_tokens, self.backend.context_length)
 
-    def status(self) -> dict[str, Any]:
-        """Read by public/loupe.js to show the permanent demo-model banner, and by operators."""
+    def status(self) -> dict[str, Any] | None:
+        """Read by public/loupe.js to show the permanent demo-model banner, and by operators; None until started."""
+        if not self.started:
+            return None
         backend = self.backend
         return {
             "name": backend.name,
@@ -140,6 +145,11 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         secret=auth_secret(settings.data_dir),
     )
+
+
+class StartFailed(BaseException):
+    """Runtime.start failed. A BaseException, so that Chainlit's guard around start-up hooks (which logs an
+    Exception and serves on, broken) lets it through: uvicorn then reports "Application startup failed" and stops."""
 
 
 _serving: Runtime | None = None
