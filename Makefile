@@ -20,9 +20,12 @@ COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generat
 run: $(INSTALLED)
 	$(BIN)/python -m chat serve
 
+# Two pytest-xdist workers, each test file on one of them (its module's servers start once): much of a test's
+# time is spent waiting on a server, a browser or a subprocess, which the other worker uses.
+PYTEST_WORKERS ?= 2
 test: $(INSTALLED) $(VLLM_INSTALLED) locked
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses $(PYTEST_WORKERS) --dist loadfile --durations 20
 
 install: $(INSTALLED)
 

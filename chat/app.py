@@ -22,6 +22,7 @@ from chat.store.logins import claims, revoke
 from chat.store.rows import NotYours
 from chat.ui import answers, arena, dashboard, documents, feedback, siblings
 from chat.ui.answers import model_turn, respond, stored_history
+from chat.ui.chainlit_fixes import failure_reference
 from chat.ui.choices import (
     COMPARE,
     VOTE,
@@ -135,6 +136,16 @@ async def update_settings(values: dict[str, Any]) -> None:
 
 @cl.on_message
 async def answer(message: cl.Message) -> None:
+    """Chainlit's on_message wrapper only logs an exception (the user would see nothing): say so, with a reference."""
+    try:
+        await answer_message(message)
+    except Exception:
+        reference = failure_reference()
+        log.exception("Failure %s while answering", reference)
+        await cl.ErrorMessage(content=text("server_error", session_language(), reference=reference)).send()
+
+
+async def answer_message(message: cl.Message) -> None:
     runtime, language = serving(), session_language()
     if message.command == DASHBOARD_COMMAND:
         await dashboard.show_dashboard(current_user(), language)

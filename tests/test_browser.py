@@ -202,6 +202,32 @@ async def wait_until_longer(page: Page, answer: Locator, length: int) -> None:
     )
 
 
+async def record_lengths_while_running(page: Page) -> None:
+    """From now on the page notes each length every answer's text takes while a run is going (stop button
+    shown), as it changes. A test reads the record after the run (`lengths_while_running`) instead of racing
+    to see a short answer mid-stream: on a busy machine a 64-token answer can end before the test looks."""
+    await page.evaluate(
+        """(selector) => {
+            window.loupeLengths = {};
+            new MutationObserver(() => {
+                if (document.getElementById("stop-button") === null) return;
+                for (const answer of document.querySelectorAll(selector)) {
+                    const step = answer.querySelector("[id^='step-']");
+                    const length = step === null ? 0 : step.innerText.length;
+                    if (!length) continue;
+                    const lengths = (window.loupeLengths[step.id] ??= []);
+                    if (lengths.at(-1) !== length) lengths.push(length);
+                }
+            }).observe(document.body, { childList: true, subtree: true, characterData: true });
+        }""",
+        ANSWERS,
+    )
+
+
+async def lengths_while_running(page: Page, answer: Locator) -> list[int]:
+    return await page.evaluate("(id) => window.loupeLengths[id] ?? []", await answer.get_attribute("id"))
+
+
 async def ask(page: Page, question: str, image: Path | None = None) -> Locator:
     """Type a question, optionally attach an image, send it, and return the answer's message."""
     before = await page.locator(ANSWERS).count()
@@ -531,10 +557,12 @@ async def test_a_dropped_pdf_is_answered_from_and_its_cited_page_opens(
     await page.locator("#upload-button-input").set_input_files(datasheet)
     await expect(page.locator("#attachments")).to_contain_text(datasheet.name, timeout=START)
     await expect(page.locator("#chat-submit")).to_be_enabled(timeout=START)
+    await record_lengths_while_running(page)
     await page.locator("#chat-input").press("Enter")
     answer = await new_answer(page, before)
-    await wait_until_longer(page, answer, len(await text_of(answer)))
     await wait_until_finished(page)
+    shown = await lengths_while_running(page, answer)
+    assert len(shown) >= 2 and shown[0] < shown[-1], f"the answer grows in place while it runs: {shown}"
 
     citation = f"datasheet.pdf, p. {fact.page}"
     await expect(answer).to_contain_text("Sources:", timeout=START)

@@ -50,6 +50,9 @@ async def add_to_library(files: list[DocumentFile], user: str, language: str) ->
         raise UploadsRejected.naming(problems, language)
     attached = conversation_documents()
     for file, pages in read:
+        # Its pages are rendered from the content store as soon as this message is answered: store the file
+        # now. Chainlit's element write also stores it, but in a background task that can land later.
+        await asyncio.to_thread(serving().store.put, file.data)
         await documents.ingest(user, file.sha256, file.name, file.kind, pages)
         if file.sha256 not in attached:
             attached.append(file.sha256)

@@ -4,6 +4,7 @@ its command line run against its data, and its SQLite database read once Chainli
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -31,10 +32,23 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)  # the LOUPE_* settings it was started with
 
 
+# Each pytest-xdist worker (make test runs several) takes its servers' ports from its own block, below the
+# kernel's ephemeral ports (32768 and up): two workers never pick the same free port, nor a client socket's.
+PORTS_PER_WORKER = 1000
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_ports = itertools.count(20000 + PORTS_PER_WORKER * WORKER)
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on, from this process's block; never the same one twice."""
+    while True:
+        port = next(_ports)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                continue
+            return port
 
 
 def start_server(app_root: Path, data_dir: Path | None = None, **env: str) -> tuple[subprocess.Popen, Server]:
