@@ -18,10 +18,8 @@ from chat.conversation import user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompt
 from chat.settings import Settings
 from chat.store.accounts import check_password
-from chat.ui.limits import LoginThrottle
-from chat.ui.routes import STARTING, UploadQuota, add_routes
+from chat.ui.routes import STARTING
 from chat.ui.runtime import build_runtime
-from chat.ui.web import MB
 from models.backend import Ended, SamplingSettings, Usage
 from models.checkpoint import QWEN2_VL_FILES
 from tests.helpers.server import ADMIN_PASSWORD, REPO, free_port
@@ -71,16 +69,7 @@ async def test_the_model_status_answers_503_until_the_runtime_has_started(tmp_pa
     """What a load balancer or the page polls: 'starting' with a 503 and a clear body, never a 500."""
     runtime = build_runtime(Settings(model="demo", device="cpu", data_dir=tmp_path, admin_password=ADMIN_PASSWORD))
     app = FastAPI()
-    add_routes(
-        app,
-        runtime.sessions,
-        runtime.store,
-        status=runtime.status,
-        settle_step=runtime.data_layer.settle_step,
-        settle_writes=runtime.data_layer.settle_writes,
-        throttle=LoginThrottle(),
-        quota=UploadQuota(max_bytes=MB, max_files=1),
-    )
+    runtime.add_routes_to(app)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://loupe") as client:
         starting = await client.get("/loupe/model")
         assert starting.status_code == 503

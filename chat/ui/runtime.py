@@ -19,6 +19,7 @@ from typing import Any
 
 from chainlit.config import config as chainlit_config
 from chainlit.server import app as server
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat.arena.profiles import Profiles
@@ -108,6 +109,22 @@ class Runtime:
             "precision": backend.precision,
         }
 
+    def add_routes_to(self, app: FastAPI) -> None:
+        """Loupe's own HTTP routes (chat/ui/routes.py) on `app`, answered from this runtime."""
+        add_routes(
+            app,
+            self.sessions,
+            self.store,
+            status=self.status,
+            settle_step=self.data_layer.settle_step,
+            settle_writes=self.data_layer.settle_writes,
+            throttle=LoginThrottle(),
+            quota=UploadQuota(
+                max_bytes=int(self.settings.pending_uploads_mb * MB),
+                max_files=PENDING_MESSAGES_OF_FILES * self.settings.max_images_per_message,
+            ),
+        )
+
     async def login_is_current(self, token: str | None) -> bool:
         return await is_current(self.sessions, token, self.secret)
 
@@ -188,18 +205,6 @@ def install(runtime: Runtime) -> None:
     honour_config_flags()
     hide_other_users_threads()
     secure(server, settings.allowed_origins, int(settings.max_upload_mb * MB), runtime.login_is_current)
-    add_routes(
-        server,
-        runtime.sessions,
-        runtime.store,
-        status=runtime.status,
-        settle_step=runtime.data_layer.settle_step,
-        settle_writes=runtime.data_layer.settle_writes,
-        throttle=LoginThrottle(),
-        quota=UploadQuota(
-            max_bytes=int(settings.pending_uploads_mb * MB),
-            max_files=PENDING_MESSAGES_OF_FILES * settings.max_images_per_message,
-        ),
-    )
+    runtime.add_routes_to(server)
     enable_external_logins(runtime.sessions, settings.trusted_user_header)
     _serving = runtime
