@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSize, async_playwright, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.helpers.datasets import save_adapter
 from tests.helpers.pdfs import facts_pdf
@@ -200,6 +201,22 @@ async def wait_until_longer(page: Page, answer: Locator, length: int) -> None:
         arg=[step_id, length],
         timeout=START,
     )
+
+
+async def click_until_sent(page: Page, button: Locator, tries: int = 3) -> None:
+    """Click a custom element's button until the click reaches the server (its POST /project/action).
+
+    Chainlit's CustomElement rebuilds the element's DOM whenever it renders again (react-runner evaluates the
+    JSX anew for each new scope object), also for page-side changes after a run ends; a rebuild between the
+    press and the release swallows the click, and nothing is sent. A click that sent nothing did nothing, so
+    clicking again cannot act twice."""
+    for attempt in range(1, tries + 1):
+        try:
+            async with page.expect_request(lambda request: request.url.endswith("/project/action"), timeout=5_000):
+                await button.click()
+            return
+        except PlaywrightTimeoutError:
+            assert attempt < tries, f"the button sent no click in {tries} tries"
 
 
 async def record_lengths_while_running(page: Page) -> None:
@@ -623,7 +640,7 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
     await page.mouse.move(0, VIEWPORT["height"])
     await page.screenshot(path=artifacts / "browser-arena-side-by-side.png")
 
-    await votes.get_by_role("button", name="Answer A is better").click()
+    await click_until_sent(page, votes.get_by_role("button", name="Answer A is better"))
     await expect(page.get_by_text("Answer A was ")).to_be_visible(timeout=START)
     await expect(votes.get_by_role("button", name="✓ Answer A is better")).to_be_visible()
     [(contender_a, contender_b, choice)] = await stored(
