@@ -204,7 +204,8 @@ async def wait_until_longer(page: Page, answer: Locator, length: int) -> None:
 
 
 async def click_until_sent(page: Page, button: Locator, tries: int = 3) -> None:
-    """Click a custom element's button until the click reaches the server (its POST /project/action).
+    """Click a custom element's button until the click reaches the server (its POST /project/action), which
+    must take it.
 
     Chainlit's CustomElement rebuilds the element's DOM whenever it renders again (react-runner evaluates the
     JSX anew for each new scope object), also for page-side changes after a run ends; a rebuild between the
@@ -212,11 +213,14 @@ async def click_until_sent(page: Page, button: Locator, tries: int = 3) -> None:
     clicking again cannot act twice."""
     for attempt in range(1, tries + 1):
         try:
-            async with page.expect_request(lambda request: request.url.endswith("/project/action"), timeout=5_000):
+            async with page.expect_request(lambda r: r.url.endswith("/project/action"), timeout=5_000) as sent:
                 await button.click()
-            return
         except PlaywrightTimeoutError:
             assert attempt < tries, f"the button sent no click in {tries} tries"
+            continue
+        answered = await (await sent.value).response()
+        assert answered is not None and answered.ok, f"the click was refused: {answered and await answered.text()}"
+        return
 
 
 async def record_lengths_while_running(page: Page) -> None:
