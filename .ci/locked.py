@@ -33,10 +33,10 @@ def requirements(path: Path) -> dict[str, Requirement]:
     """The file's requirements by normalised name (comments and blank lines skipped)."""
     found = {}
     for line in path.read_text().splitlines():
-        if line := line.split(" #", 1)[0].strip():
-            if not line.startswith("#"):
-                requirement = Requirement(line)
-                found[canonicalize_name(requirement.name)] = requirement
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            requirement = Requirement(line)
+            found[canonicalize_name(requirement.name)] = requirement
     return found
 
 

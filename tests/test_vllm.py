@@ -123,14 +123,10 @@ async def gauges(vllm: VllmServer) -> tuple[float, float]:
     return sum(map(float, RUNNING.findall(metrics))), sum(map(float, ENDED.findall(metrics)))
 
 
-async def running_requests(vllm: VllmServer) -> float:
-    return (await gauges(vllm))[0]
-
-
 async def running_at_once(vllm: VllmServer, expected: int, within_s: float) -> float:
     """Polls the server's gauge until `expected` sequences decode together or `within_s` passes."""
     deadline = time.monotonic() + within_s
-    while (running := await running_requests(vllm)) != expected and time.monotonic() < deadline:
+    while (running := (await gauges(vllm))[0]) != expected and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     return running
 
