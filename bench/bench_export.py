@@ -182,7 +182,7 @@ class Writer:
             context = [*context, answers[-1]]  # the conversation continues from the last answer shown
 
     def battle(self, thread_id: str, user_id: str, prompt_id: str, a: str, b: str, clock: datetime) -> None:
-        """A blind vote between two answers, as the arena stores it (BATTLES)."""
+        """A battle between two answers, voted, as the arena stores it (BATTLES)."""
         generations = {row["step_id"]: row for row in self.rows[schema.Generation][-4:]}
         contenders = [generations[answer]["adapter"] or "base" for answer in (a, b)]
         choice = self.rng.choice(("a", "b", "tie", "both_bad"))
@@ -199,6 +199,7 @@ class Writer:
             choice=choice,
             blind_choice=choice,
             created_at=clock,
+            voted_at=clock,
             updated_at=clock,
         )
 

@@ -23,15 +23,7 @@ from chat.store.rows import NotYours
 from chat.ui import answers, arena, dashboard, documents, feedback, siblings
 from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.chainlit_fixes import failure_reference
-from chat.ui.choices import (
-    COMPARE,
-    VOTE,
-    redrawn_comparison,
-    refuse_click,
-    restore_choices,
-    show_choices,
-    show_rating,
-)
+from chat.ui.choices import COMPARE, redrawn_comparison, refuse_click, restore_choices, show_choices, show_rating
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
 from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, StartFailed, serving
@@ -117,8 +109,8 @@ async def resume(thread: ThreadDict) -> None:
     documents.restore_documents(thread)
     await offer_commands(language)
     await show_panel(language, (thread.get("metadata") or {}).get("chat_settings"))
-    answers, comparisons = await runtime.preferences.in_thread(current_user(), thread["id"])
-    await restore_choices(answers, comparisons, current_profile().is_arena, runtime.settings, language)
+    stored = await runtime.preferences.in_thread(current_user(), thread["id"])
+    await restore_choices(stored, current_profile().is_arena, runtime.settings, language)
     reopen_stored(thread, language)
 
 
@@ -166,7 +158,7 @@ async def answer_message(message: cl.Message) -> None:
     pages = await documents.pages_for_turn(history, turn, current_user(), across_library)
     profile = current_profile()
     if profile.is_arena:
-        await arena.battle(history.copy(), turn, language, keep, pages)
+        await arena.battle(history.copy(), turn, current_user(), language, keep, pages)
     else:
         await respond(history.copy(), turn, language, keep, profile.adapter, pages=pages)
 
@@ -195,17 +187,8 @@ async def compare(action: cl.Action) -> None:
 
 @cl.action_callback("vote")
 async def vote(action: cl.Action) -> None:
-    """Store the blind vote as a battle (and a comparison), then reveal who wrote which answer."""
-    payload, language = action.payload, session_language()
-    try:
-        contenders = await serving().preferences.battle(current_user(), payload["a"], payload["b"], payload["choice"])
-    except (NotYours, KeyError, ValueError):
-        await refuse_click(language)
-        return
-    votes = redrawn_comparison(action, language)
-    await show_choices(payload["b"], VOTE, votes)
-    await cl.Message(content=arena.revealed(contenders, language)).send()
-    await arena.show_vote(payload["b"], votes, payload["choice"], contenders, language)
+    """Settle the battle with the blind vote, then reveal who wrote which answer."""
+    await arena.vote(action, current_user(), session_language())
 
 
 @cl.action_callback(dashboard.FILTER)

@@ -55,6 +55,8 @@ class Settings(ModelSettings):
         50, ge=1, description="Counted battles before a contender's rank is more than provisional."
     )
     arena_daily_votes: int = Field(25, ge=1, description="Battles one user may have counted per UTC day.")
+    arena_temperature: float = Field(0.7, gt=0, le=2, description="Sampling temperature of every arena answer.")
+    arena_top_p: float = Field(1.0, gt=0, le=1, description="Top-p of every arena answer.")
     admins: Annotated[list[str], NoDecode] = Field(
         ["admin"], description="Users whose dashboard shows everyone's data, not only their own; comma-separated."
     )

@@ -3,8 +3,6 @@ own data, or of everyone's for an admin (LOUPE_ADMINS); a filter button narrows 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 
@@ -12,6 +10,7 @@ import httpx
 import pytest
 
 from tests.helpers.client import GREEDY, ChatClient, arena_answers, only_answer
+from tests.helpers.dashboard import dashboard, table
 from tests.helpers.datasets import save_adapter
 from tests.helpers.server import Server, add_account, start_server, stop_server
 
@@ -43,29 +42,6 @@ async def battle(client: ChatClient, question: str, choice: str) -> None:
     _, b = arena_answers(reply)
     [vote] = [action for action in client.actions_for(b["id"], "vote") if action["payload"]["choice"] == choice]
     (await client.click(vote)).raise_for_status()
-
-
-async def dashboard(client: ChatClient, click: dict | None = None) -> tuple[str, dict[str, str]]:
-    """The Dashboard command's (or a filter button's) messages, and every file posted with them by name,
-    loaded as the page loads them."""
-    before = len(client.seen_messages)
-    if click is None:
-        await client.ask("", command="Dashboard")
-    else:
-        (await client.click(click)).raise_for_status()
-    messages = {message["id"]: message["output"] for message in client.seen_messages[before:]}
-    files = {}
-    async with httpx.AsyncClient(base_url=client.url, cookies=client.cookies) as http:
-        for element in client.elements.values():
-            if element["forId"] in messages:
-                response = await http.get(element["url"])
-                response.raise_for_status()
-                files[element["name"]] = response.text
-    return "\n".join(messages.values()), files
-
-
-def table(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 async def test_a_users_dashboard_shows_their_data_and_an_admins_everyones(server: Server) -> None:

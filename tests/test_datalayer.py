@@ -21,7 +21,8 @@ from chainlit.user import PersistedUser
 from chainlit.user import User as ChainlitUser
 from sqlalchemy import Connection, func, inspect, select, text, update
 
-from chat.store.database import create_engine, downgrade, upgrade
+from chat.arena.leaderboard import outcomes, standings
+from chat.store.database import create_engine, downgrade, session_factory, upgrade
 from chat.store.schema import Base, Element, Feedback, Generation, Step, Thread, is_orm_object
 from chat.ui.datalayer import MAX_THREAD_NAME_CHARS, LoupeDataLayer, NotYours
 from tests.helpers.databases import thread_rows
@@ -516,3 +517,75 @@ async def test_migration_renames_stored_battles_element(migrated: str) -> None:
         await connection.commit()
     await engine.dispose()
     assert names == {"battle": "SideBySide", "upload": "ArenaBattle"}
+
+
+async def test_migration_flags_battles_no_arena_held(migrated: str) -> None:
+    """Before e6b8d2f4a1c3 a vote made a battle of any two answers to one prompt that a resumed Arena chat
+    offered buttons for; the migration flags those whose answers are not both the arena's (blind), keeps
+    their votes as voted, and the leaderboard reports them and does not count them."""
+    engine = create_engine(migrated)
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(table.delete())
+    downgrade(migrated, "b3d5f7a9c2e4")
+    thread, now = str(uuid.uuid4()), datetime(2026, 12, 2, 10)
+    blind = '{"blind": true, "generation": {"completion": "x"}}'
+    answers = {  # answer step: (prompt, metadata, adapter)
+        "arena-a": ("arena-q", blind, None),
+        "arena-b": ("arena-q", blind, "v1"),
+        "asked": ("chat-q", "{}", None),  # asked under "Base model"
+        "regenerated": ("chat-q", "{}", "v1"),  # regenerated under the adapter's profile
+    }
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO users (id, identifier, token_version, metadata, created_at)"
+                " VALUES ('u', 'ann', 0, '{}', :now)"
+            ),
+            {"now": now},
+        )
+        await connection.execute(
+            text("INSERT INTO threads (id, user_id, tags, metadata, created_at) VALUES (:id, 'u', '[]', '{}', :now)"),
+            {"id": thread, "now": now},
+        )
+        steps = [(prompt, "user_message", "{}", "Which bolt?") for prompt in ("arena-q", "chat-q")]
+        steps += [(answer, "assistant_message", metadata, "x") for answer, (_, metadata, _) in answers.items()]
+        for step_id, type_, metadata, output in steps:
+            await connection.execute(
+                text(
+                    "INSERT INTO steps (id, thread_id, name, type, input, output, is_error, metadata,"
+                    " default_open, auto_collapse, created_at) VALUES (:id, :thread, 'x', :type, '', :output,"
+                    " false, :metadata, false, false, :now)"
+                ),
+                {"id": step_id, "thread": thread, "type": type_, "output": output, "metadata": metadata, "now": now},
+            )
+        for step_id, (prompt, _, adapter) in answers.items():
+            await connection.execute(
+                text(
+                    "INSERT INTO generations (id, step_id, thread_id, prompt_id, context, model, adapter, settings,"
+                    " sources, prompt_tokens, completion_tokens, duration, ended, completion, created_at) VALUES"
+                    " (:id, :id, :thread, :prompt, '[]', 'demo', :adapter, '{}', '[]', 1, 1, 1.0, 'finished', 'x',"
+                    " :now)"
+                ),
+                {"id": step_id, "thread": thread, "prompt": prompt, "adapter": adapter, "now": now},
+            )
+        for battle, (a, b) in {"held": ("arena-a", "arena-b"), "forged": ("asked", "regenerated")}.items():
+            await connection.execute(
+                text(
+                    "INSERT INTO battles (id, thread_id, user_id, prompt_id, answer_a, answer_b, contender_a,"
+                    " contender_b, choice, blind_choice, created_at, updated_at) VALUES (:id, :thread, 'u',"
+                    " :prompt, :a, :b, 'base', 'v1', 'b', 'b', :now, :now)"
+                ),
+                {"id": battle, "thread": thread, "prompt": answers[a][0], "a": a, "b": b, "now": now},
+            )
+    upgrade(migrated)
+    board = standings(await outcomes(session_factory(engine)))
+    async with engine.connect() as connection:
+        battles = (await connection.execute(text("SELECT id, flagged, voted_at FROM battles ORDER BY id"))).all()
+        await connection.execute(text("DELETE FROM threads"))
+        await connection.execute(text("DELETE FROM users"))
+        await connection.commit()
+    await engine.dispose()
+    assert [(battle, flagged) for battle, flagged, _ in battles] == [("forged", "no arena held it"), ("held", None)]
+    assert all(voted_at is not None for *_, voted_at in battles), "every stored battle was voted"
+    assert (board.stored, board.counted, board.not_counted) == (2, 1, {"no arena held it": 1})

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from chat.store.generations import CONTENDER_FIELDS
+from chat.ui.routes import VOTE_FIRST
 from tests.helpers.client import GREEDY, ChatClient, arena_answers, listed_profiles, only_answer
 from tests.helpers.datasets import save_adapter
 from tests.helpers.server import Server, chat, start_server, stored
@@ -74,12 +75,17 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
         assert len(answers) == 2
         assert all(set(step["metadata"]["generation"]).isdisjoint(CONTENDER_FIELDS) for step in answers)
         assert all(step["metadata"]["generation"]["completion"] for step in answers), "the rest is there"
+        # Until the vote, the answers cannot be rated: a thumb would be cast blind and show who wrote it.
+        refused = await client.rate(a["parentId"], 1)
+        assert (refused.status_code, refused.json()["detail"]) == (409, VOTE_FIRST)
         votes = {action["payload"]["choice"]: action for action in client.actions_for(b["id"], "vote")}
         (await client.click(votes["a"])).raise_for_status()
         reveal = client.seen_messages[-1]["output"]
         assert reveal.startswith("Answer A was **")
-        # Once the contenders are known, voting again changes the preference exported, not the battle counted.
+        # A battle has one vote: once the contenders are known, voting again changes nothing.
         (await client.click(votes["b"])).raise_for_status()
+        assert client.toasts[-1]["message"] == "This battle has its vote: a battle is voted once, before the reveal."
+        (await client.rate(a["parentId"], 1)).raise_for_status()
         async with httpx.AsyncClient(base_url=server_with_adapters.url, cookies=client.cookies) as http:
             thread = (await http.get(f"/project/thread/{client.thread_id}")).json()
         [view] = [element["props"] for element in thread["elements"] if element["name"] == "SideBySide"]
@@ -90,11 +96,11 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
         a["id"],
         count=1,
     )
-    assert contender_a != contender_b and (choice, blind_choice) == ("b", "a")
+    assert contender_a != contender_b and (choice, blind_choice) == ("a", "a")
     shown_a, shown_b = ("the base model" if name == "base" else name for name in (contender_a, contender_b))
     assert reveal == f"Answer A was **{shown_a}**; answer B was **{shown_b}**."
-    # A resumed chat shows the battle as it now stands: the latest vote marked, who wrote which named.
-    assert [vote["chosen"] for vote in view["votes"]] == [False, True, False, False]
+    # A resumed chat shows the battle as it now stands: the vote marked, who wrote which named.
+    assert [vote["chosen"] for vote in view["votes"]] == [True, False, False, False]
     assert [column["contender"] for column in view["columns"]] == [shown_a, shown_b]
     generated = await stored(
         server_with_adapters,
@@ -106,15 +112,15 @@ async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(
     assert [name for (name,) in generated] == [contender_a, contender_b], "each side answered as recorded"
     assert (
         await stored(server_with_adapters, "SELECT choice FROM comparisons WHERE answer_a = ?", a["id"], count=1)
-    ) == [("b",)], "the vote is also a preference pair for export, as the user last said"
+    ) == [("a",)], "the vote is also a preference pair for export"
 
     board = json.loads(chat(server_with_adapters, adapters_dir, "leaderboard", "--json"))
-    assert (board["stored"], board["counted"], board["changed_after_reveal"]) == (1, 1, 1)
+    assert (board["stored"], board["counted"], board["changed_after_reveal"]) == (1, 1, 0)
     standing = {row["contender"].split("@")[0]: row for row in board["standings"]}
     assert (standing[contender_a]["wins"], standing[contender_b]["losses"]) == (1, 1), "the blind vote counts"
     assert all(row["provisional"] and not row["retired"] for row in board["standings"])
     table = chat(server_with_adapters, adapters_dir, "leaderboard")
-    assert "1 of 1 battles counted (1 changed after the reveal count as first cast)" in table
+    assert "1 of 1 battles counted." in table
 
 
 async def test_a_battle_voted_in_a_later_session_shows_the_vote_when_resumed(server_with_adapters: Server) -> None:

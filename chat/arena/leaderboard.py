@@ -4,9 +4,11 @@ intervals, ranks that only claim what the intervals support.
 Only battles count (not thumbs or comparisons of an adapter with itself): both answers were written
 for the same prompt by two contenders the user could not tell apart. Each adapter *version* is its
 own contender (`name@version`), so retraining an adapter starts a new record; a version that is no
-longer in the adapters folder is shown as retired. Before anything is fitted, vote hygiene decides
-which stored battles count (`counted`): one per user per prompt, a daily cap per user, and the vote
-the user cast blind (a vote changed after the reveal keeps its first choice).
+longer in the adapters folder is shown as retired. Only voted battles are read, and only those the arena
+held count (a battle stored before the arena recorded its own is flagged if no arena held it). Before
+anything is fitted, vote hygiene decides which of them count (`counted`): one per user per prompt, a daily
+cap per user, and the vote the user cast blind (a battle voted again after the reveal, before votes were
+final, keeps its first choice).
 
 Two scores, both on the Elo scale (400 points = 10:1 odds, mean 1000) as in Chatbot Arena:
 - **plain**: the Bradley-Terry model, a logistic regression of the outcome on +1 for A's contender
@@ -102,7 +104,8 @@ class Outcome:
     user: str = ""
     prompt: str = ""  # the prompt's text, as asked
     voted_at: datetime | None = None
-    changed_after_reveal: bool = False  # the user voted again once they knew who was who
+    changed_after_reveal: bool = False  # the user voted again once they knew who was who (before votes were final)
+    flagged: str | None = None  # why it cannot count, whatever its vote: no arena held it
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,8 @@ class Leaderboard:
 
 
 async def outcomes(sessions: async_sessionmaker[AsyncSession], user_id: str | None = None) -> list[Outcome]:
-    """Every stored battle (or one user's: `users.id`), oldest vote first, with its contenders' versions and
-    answers' style."""
+    """Every voted battle (or one user's: `users.id`), oldest vote first, with its contenders' versions and
+    answers' style. A battle awaiting its vote is not an outcome yet: nothing may show who is in it."""
     answer_a, answer_b, prompt = aliased(Generation), aliased(Generation), aliased(Step)
     # Columns, not ORM objects: a board reads every battle, and entities cost ~5x as much to load.
     query = (
@@ -189,13 +192,15 @@ async def outcomes(sessions: async_sessionmaker[AsyncSession], user_id: str | No
             Battle.blind_choice,
             Battle.choice,
             Battle.user_id,
-            Battle.created_at,
+            Battle.voted_at,
+            Battle.flagged,
             prompt.output,
         )
         .join(answer_a, answer_a.step_id == Battle.answer_a)
         .join(answer_b, answer_b.step_id == Battle.answer_b)
         .join(prompt, prompt.id == Battle.prompt_id)
-        .order_by(Battle.created_at, Battle.id)
+        .where(Battle.blind_choice.is_not(None))
+        .order_by(Battle.voted_at, Battle.id)
     )
     if user_id is not None:
         query = query.where(Battle.user_id == user_id)
@@ -212,6 +217,7 @@ async def outcomes(sessions: async_sessionmaker[AsyncSession], user_id: str | No
                 prompt=prompt_text or "",
                 voted_at=voted_at,
                 changed_after_reveal=choice != blind_choice,
+                flagged=flagged,
             )
             for (
                 adapter_a,
@@ -224,6 +230,7 @@ async def outcomes(sessions: async_sessionmaker[AsyncSession], user_id: str | No
                 choice,
                 user,
                 voted_at,
+                flagged,
                 prompt_text,
             ) in rows
         ]
@@ -265,15 +272,18 @@ def same_prompt(text: str) -> str:
 def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Counter[str]]:
     """The battles that count, and why the others do not.
 
-    In the order voted: a user's first battle on a prompt counts, later ones on the same prompt (asked
-    again to vote again) do not; of the rest, at most `daily_cap` per user per UTC day count, so that one
-    eager user cannot decide the board alone.
+    In the order voted: a flagged battle (no arena held it) never counts; a user's first battle on a prompt
+    counts, later ones on the same prompt (asked again to vote again) do not; of the rest, at most `daily_cap`
+    per user per UTC day count, so that one eager user cannot decide the board alone.
     """
     ordered = sorted(battles, key=lambda battle: battle.voted_at or datetime.min)
     seen: set[tuple[str, str]] = set()
     per_day: Counter[tuple[str, Any]] = Counter()
     kept, dropped = [], Counter()
     for battle in ordered:
+        if battle.flagged:
+            dropped[battle.flagged] += 1
+            continue
         prompt = (battle.user, same_prompt(battle.prompt))
         day = (battle.user, battle.voted_at.date() if battle.voted_at else None)
         if prompt in seen:

@@ -130,9 +130,10 @@ def _per_day(battles: list[Outcome], daily_cap: int) -> list[tuple[date, int, in
 
 
 async def dataset_sizes(engine: AsyncEngine, scope: Scope) -> Tally:
-    """The pairs and KTO rows the scope's conversations give, by rule, under ALL and per adapter (name: the
-    export groups by the adapter that wrote an answer, not its version); narrowed to `scope.contender`'s
-    adapter when there is one."""
+    """The pairs and KTO rows the scope's conversations give, by rule, under ALL and per adapter that gives any
+    (name: the export groups by the adapter that wrote an answer, not its version); narrowed to
+    `scope.contender`'s adapter when there is one. An adapter that only answered is not named: its answers
+    may be the arena's, awaiting a vote, which nothing may tell the writer of."""
     tally = await collect(engine, scope.user_id)
     rules = {
         column: Counter({m: c for m, c in counts.items() if m.startswith(("DPO pairs", "KTO rows"))})
@@ -141,7 +142,7 @@ async def dataset_sizes(engine: AsyncEngine, scope: Scope) -> Tally:
     if scope.contender is not None:
         name = adapter_named(scope.contender)
         return {name: rules.get(name, Counter())}
-    return {ALL: rules.get(ALL, Counter()), **{c: n for c, n in sorted(rules.items()) if c != ALL}}
+    return {ALL: rules.get(ALL, Counter()), **{c: n for c, n in sorted(rules.items()) if c != ALL and n}}
 
 
 def as_csv(header: list[str], rows: list[list[object]]) -> str:

@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.store.generations import BASE
 from chat.store.rows import NotYours, dialect_insert, owned_by, owned_thread, utcnow
 from chat.store.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread
 
@@ -33,6 +32,20 @@ class AnswerFeedback:
     rating: int | None = None  # 1 up, 0 down, None unrated
     reasons: list[str] = field(default_factory=list)
     correction: str | None = None
+
+
+@dataclass
+class InThread:
+    """What a resumed thread's buttons show: its answers (oldest first), its comparisons, (a, b) -> choice,
+    and the battles the arena held in it, (a, b) -> the vote (None until cast)."""
+
+    answers: list[AnswerFeedback]
+    comparisons: dict[tuple[str, str], str]
+    battles: dict[tuple[str, str], str | None]
+
+
+class AlreadyVoted(Exception):
+    """The battle has its vote: one per battle, cast blind."""
 
 
 class Preferences:
@@ -60,8 +73,8 @@ class Preferences:
             raise NotYours(f"{answer_id} is not an answer")
         return answers[0]
 
-    async def in_thread(self, user: str, thread_id: str) -> tuple[list[AnswerFeedback], dict[tuple[str, str], str]]:
-        """Every answer in a thread of `user`'s, oldest first, and the comparisons: (a, b) -> choice."""
+    async def in_thread(self, user: str, thread_id: str) -> InThread:
+        """Every answer in a thread of `user`'s, oldest first, its comparisons and its battles."""
         async with self.sessions() as session:
             if await session.scalar(owned_by(user).where(Thread.id == thread_id)) is None:
                 raise NotYours(thread_id)
@@ -71,7 +84,12 @@ class Preferences:
                     Comparison.thread_id == thread_id
                 )
             )
-        return answers, {(a, b): choice for a, b, choice in comparisons}
+            battles = await session.execute(
+                select(Battle.answer_a, Battle.answer_b, Battle.blind_choice).where(
+                    Battle.thread_id == thread_id, Battle.flagged.is_(None)
+                )
+            )
+        return InThread(answers, {(a, b): choice for a, b, choice in comparisons}, {(a, b): c for a, b, c in battles})
 
     async def set_reasons(self, user: str, answer_id: str, reasons: list[str]) -> bool:
         """Replace the reasons of the answer's rating; False when the answer has no rating to explain."""
@@ -88,39 +106,68 @@ class Preferences:
         async with self.sessions.begin() as session:
             await _compare(session, user, answer_a, answer_b, choice)
 
-    async def battle(self, user: str, answer_a: str, answer_b: str, choice: str) -> tuple[str, str]:
-        """Record a blind A/B vote: a battle between the answers' contenders, and a comparison (for export).
-
-        Returns the contenders (adapter names, BASE for none) of answers A and B, to reveal them. Voting
-        again changes the choice, but the leaderboard keeps counting the first one, cast blind.
-        """
+    async def hold_battle(
+        self, user: str, session_id: str, answers: tuple[str, str], contenders: tuple[str, str]
+    ) -> None:
+        """Record the battle the arena just held in a thread of `user`'s: its blind answers A and B to one
+        prompt, who wrote each (adapter names, BASE for none) and the session; a vote settles it (`vote`)."""
         async with self.sessions.begin() as session:
-            thread, prompt_id = await _compare(session, user, answer_a, answer_b, choice)
-            adapters = dict(
-                (
-                    await session.execute(
-                        select(Generation.step_id, Generation.adapter).where(
-                            Generation.step_id.in_([answer_a, answer_b])
-                        )
-                    )
-                ).all()
+            thread = await owned_thread(session, user, answers[0])
+            prompt_id = await _one_prompt(session, *answers)
+            now = utcnow()
+            session.add(
+                Battle(
+                    id=str(uuid.uuid4()),
+                    thread_id=thread.id,
+                    user_id=thread.user_id,
+                    prompt_id=prompt_id,
+                    answer_a=answers[0],
+                    answer_b=answers[1],
+                    contender_a=contenders[0],
+                    contender_b=contenders[1],
+                    session_id=session_id,
+                    created_at=now,
+                    updated_at=now,
+                )
             )
-            contenders = (adapters[answer_a] or BASE, adapters[answer_b] or BASE)
-            await _upsert(
-                session,
-                Battle,
-                thread,
-                ["answer_a"],
-                prompt_id=prompt_id,
-                answer_a=answer_a,
-                answer_b=answer_b,
-                contender_a=contenders[0],
-                contender_b=contenders[1],
-                choice=choice,
-                blind_choice=choice,
-                first_only=("blind_choice",),
+
+    async def vote(self, user: str, answer_a: str, answer_b: str, choice: str) -> tuple[str, str]:
+        """Settle the battle the arena held between answers A and B with the user's blind vote, once; the vote
+        is also a comparison (for export). Returns the contenders of A and B, to reveal them.
+
+        NotYours unless such a battle, in a thread of `user`'s, awaits its vote; AlreadyVoted once it has one.
+        """
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
+        async with self.sessions.begin() as session:
+            thread = await owned_thread(session, user, answer_a)
+            held = (Battle.thread_id == thread.id) & (Battle.answer_a == answer_a) & (Battle.answer_b == answer_b)
+            now = utcnow()
+            # One statement decides: of two votes at once (two sockets), one settles it, the other finds it voted.
+            settled = await session.execute(
+                update(Battle)
+                .where(held, Battle.flagged.is_(None), Battle.blind_choice.is_(None))
+                .values(choice=choice, blind_choice=choice, voted_at=now, updated_at=now)
             )
-        return contenders
+            battle = await session.scalar(select(Battle).where(held, Battle.flagged.is_(None)))
+            if battle is None:
+                raise NotYours(f"no battle between {answer_a} and {answer_b}")
+            if settled.rowcount == 0:
+                raise AlreadyVoted(battle.id)
+            await _compare(session, user, answer_a, answer_b, choice)
+            return battle.contender_a, battle.contender_b
+
+    async def awaiting_vote(self, run_id: str) -> bool:
+        """Whether the answer under run step `run_id` is one side of a battle not yet voted: until the vote,
+        what users say about it (a thumb, a correction) would be said knowing nothing, and shown with who wrote it."""
+        async with self.sessions() as session:
+            answer = select(Step.id).where(Step.parent_id == run_id)
+            pending = select(Battle.id).where(
+                Battle.answer_a.in_(answer) | Battle.answer_b.in_(answer),
+                Battle.blind_choice.is_(None),
+                Battle.flagged.is_(None),
+            )
+            return await session.scalar(pending.limit(1)) is not None
 
     async def correct(self, user: str, answer_id: str, text: str) -> None:
         """Store the answer the user wanted instead of `answer_id`; a new correction replaces the old."""
@@ -162,12 +209,7 @@ async def _compare(session: AsyncSession, user: str, answer_a: str, answer_b: st
     if choice not in CHOICES:
         raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
     thread = await owned_thread(session, user, answer_a)
-    prompts = set(
-        await session.scalars(select(Generation.prompt_id).where(Generation.step_id.in_([answer_a, answer_b])))
-    )
-    if len(prompts) != 1 or answer_a == answer_b:
-        raise NotYours(f"{answer_a} and {answer_b} are not two answers to one prompt")
-    prompt_id = prompts.pop()
+    prompt_id = await _one_prompt(session, answer_a, answer_b)
     await _upsert(
         session,
         Comparison,
@@ -181,19 +223,28 @@ async def _compare(session: AsyncSession, user: str, answer_a: str, answer_b: st
     return thread, prompt_id
 
 
+async def _one_prompt(session: AsyncSession, answer_a: str, answer_b: str) -> str:
+    """The prompt two different answers both answer; NotYours if they are not two answers to one prompt."""
+    prompts = set(
+        await session.scalars(select(Generation.prompt_id).where(Generation.step_id.in_([answer_a, answer_b])))
+    )
+    if len(prompts) != 1 or answer_a == answer_b or None in prompts:
+        raise NotYours(f"{answer_a} and {answer_b} are not two answers to one prompt")
+    return prompts.pop()
+
+
 async def _upsert(
     session: AsyncSession,
     table: type,
     thread: Thread,
     unique: list[str],
-    first_only: tuple[str, ...] = (),
     **values: Any,
 ) -> None:
-    """A row of `thread` by its owner; where one with the same `unique` columns exists, its values are updated,
-    except the `first_only` ones (and when it was made)."""
+    """A row of `thread` by its owner; where one with the same `unique` columns exists, its values are updated
+    (not when it was made)."""
     now = utcnow()
     insert = dialect_insert(session, table).values(
         id=str(uuid.uuid4()), thread_id=thread.id, user_id=thread.user_id, created_at=now, updated_at=now, **values
     )
-    updates = {column: value for column, value in values.items() if column not in [*unique, *first_only]}
+    updates = {column: value for column, value in values.items() if column not in unique}
     await session.execute(insert.on_conflict_do_update(index_elements=unique, set_={**updates, "updated_at": now}))

@@ -5,7 +5,7 @@ in snake_case. The rest is ours: `generations` holds one record per assistant an
 model and adapter wrote it, with which settings, at what cost, how it ended, and which prompt and
 earlier answers it continued from); `comparisons` and `corrections` are the user's explicit
 preferences between answers, which chat/dataset/pairing.py turns into training pairs; `battles` are
-blind A/B votes between adapters, which chat/arena/leaderboard.py ranks; `documents` are the PDFs
+the arena's blind A/B battles between adapters, which chat/arena/leaderboard.py ranks; `documents` are the PDFs
 and text files users attach, page by page, and `library` says whose they are.
 Times are naive UTC; JSON columns are portable between SQLite and PostgreSQL.
 """
@@ -173,7 +173,11 @@ class Correction(Base):
 
 
 class Battle(Base):
-    """A blind A/B vote between two contenders (adapters, or the base model as "base") on one prompt."""
+    """A blind A/B battle between two contenders (adapters, or the base model as "base") on one prompt.
+
+    The arena records it when both answers are in (chat/ui/arena.py), before anyone could vote; the
+    user's vote settles it, once. A vote names no battle of its own: nothing else makes a battle.
+    """
 
     __tablename__ = "battles"
 
@@ -185,10 +189,15 @@ class Battle(Base):
     answer_b: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"))
     contender_a: Mapped[str] = mapped_column(String(255), index=True)
     contender_b: Mapped[str] = mapped_column(String(255), index=True)
-    choice: Mapped[str] = mapped_column(String(16))  # a, b, tie, both_bad: the latest vote
-    # The first vote, cast before the reveal: what the leaderboard counts (a later one knew who was who).
-    blind_choice: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime]  # when the first vote was cast
+    session_id: Mapped[str | None] = mapped_column(String(36))  # the chat session it was held in
+    # a, b, tie, both_bad; None until the vote. Battles voted before e6b8d2f4a1c3 could be voted again after
+    # the reveal: `choice` is their latest vote, `blind_choice` the first, cast blind, which the leaderboard counts.
+    choice: Mapped[str | None] = mapped_column(String(16))
+    blind_choice: Mapped[str | None] = mapped_column(String(16))
+    # Why it does not count whatever its vote: set by migration e6b8d2f4a1c3 on battles no arena held.
+    flagged: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]  # when the arena held it (before e6b8d2f4a1c3: when it was voted)
+    voted_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
 
 

@@ -28,7 +28,7 @@ from chat.store.generations import GenerationRecord
 from chat.ui.chainlit_fixes import browser_only_message, failure_reference
 from chat.ui.choices import regenerate_action
 from chat.ui.documents import add_to_library, page_elements
-from chat.ui.panel import chosen_sampling
+from chat.ui.panel import arena_sampling, chosen_sampling
 from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
 from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_attachments
@@ -79,12 +79,15 @@ async def respond(
     stopped with some text), also when Stop cancels this task. `label` goes on the answer's
     first line ("Answer 2 of 2", "Answer A"). The answer streams into its own message, or into
     `shown_in(reply)` (an arena column); either way the reply is sent and stored once it ends. A `blind`
-    answer (the arena's) reaches the browser without the name of who wrote it (chat/ui/chainlit_fixes.py).
+    answer (the arena's) is sampled as the arena samples (`arena_sampling`), and reaches the browser without
+    the name of who wrote it (chat/ui/chainlit_fixes.py).
     Returns the answer sent, if one was.
     """
     runtime = serving()
     backend = runtime.backend
     sampling, prompt_name = chosen_sampling(backend.default_sampling)
+    if blind:
+        sampling = arena_sampling(sampling, backend.default_sampling, runtime.settings)
     pages = list(pages or [])
     budget = runtime.context_tokens - sampling.max_new_tokens
     while True:  # tokenizing a long conversation takes long enough to stall every other chat: off the event loop

@@ -1,6 +1,8 @@
 """The arena in the chat: two contenders drawn at random answer as A and B; a vote reveals them.
 
-The vote becomes a battle (chat/arena/leaderboard.py ranks them) and a comparison (exported).
+The arena records the battle when both answers are in; the vote settles it, once (chat/arena/leaderboard.py
+ranks settled battles), and is also a comparison (exported). Nothing else makes a battle: buttons restored
+in a resumed chat vote only on the battles recorded in it.
 The page shows a battle side by side, A left and B right, both streaming at once, the vote row
 under both (chat/ui/side_by_side.py), stored as it ended.
 """
@@ -16,8 +18,10 @@ from langchain_core.messages import BaseMessage, HumanMessage
 
 from chat.documents.retrieval import ShownPage
 from chat.store.generations import BASE
+from chat.store.preferences import AlreadyVoted
+from chat.store.rows import NotYours
 from chat.ui.answers import respond
-from chat.ui.choices import VOTE, comparison_actions, show_choices
+from chat.ui.choices import VOTE, comparison_actions, redrawn_comparison, refuse_click, show_choices
 from chat.ui.runtime import serving
 from chat.ui.side_by_side import Column, SideBySide, offered
 from chat.ui.texts import text
@@ -27,17 +31,19 @@ from models.backend import Ended
 async def battle(
     earlier: list[BaseMessage],
     turn: HumanMessage,
+    user: str,
     language: str,
     keep: Callable[[cl.Message], None],
     pages: list[ShownPage],
 ) -> None:
     """Answer with two contenders drawn at random, as Answer A and Answer B, shown the same document
-    pages, then ask which is better.
+    pages, then record the battle and ask which is better.
 
     Both are asked at once, B as soon as A is in the model's hands (so A is always first in line, and
     first stored): a backend that serves requests concurrently (vLLM) writes both together, the local
     one in turn (B's column says it waits). Each answer has its own run. The conversation goes on
-    from answer A.
+    from answer A. Both are sampled with the arena's settings, not the chat's (`respond`'s `blind`).
+    Only a battle whose answers both finished is recorded, and only a recorded battle can be voted on.
     """
     runtime = serving()
     view = await SideBySide(language, ("A", "B"), kept=True).open()
@@ -74,12 +80,32 @@ async def battle(
                 column.failed()
         if all(reply is not None and reply.metadata["ended"] == Ended.FINISHED for reply in replies):
             a, b = replies
+            names = tuple(adapter.name if adapter else BASE for adapter in contenders)
+            await runtime.preferences.hold_battle(user, cl.context.session.id, (a.id, b.id), names)
             votes = comparison_actions(VOTE, a.id, "A", b.id, "B", None, language)
             await show_choices(b.id, VOTE, votes)
             view.offer(votes, None)
             view.offered_under(b.id)
     finally:  # also on Stop: the battle is kept as it ended
         await view.store()
+
+
+async def vote(action: cl.Action, user: str, language: str) -> None:
+    """Settle the battle with the user's blind vote (and store it as a comparison), then reveal who wrote
+    which answer; a battle has one vote."""
+    payload = action.payload
+    try:
+        contenders = await serving().preferences.vote(user, payload["a"], payload["b"], payload["choice"])
+    except AlreadyVoted:
+        await cl.context.emitter.send_toast(text("voted_once", language), "warning")
+        return
+    except (NotYours, KeyError, ValueError):
+        await refuse_click(language)
+        return
+    votes = redrawn_comparison(action, language)
+    await show_choices(payload["b"], VOTE, votes)
+    await cl.Message(content=revealed(contenders, language)).send()
+    await show_vote(payload["b"], votes, payload["choice"], contenders, language)
 
 
 async def show_vote(b_id: str, votes: list[cl.Action], chosen: str, contenders: tuple[str, str], language: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import chainlit as cl
 
 from chat.settings import Settings
-from chat.store.preferences import CHOICES, AnswerFeedback
+from chat.store.preferences import CHOICES, AnswerFeedback, InThread
 from chat.ui.texts import reason_label, text
 from models.backend import Ended
 
@@ -58,14 +58,13 @@ def compared_with(earlier: list[AnswerFeedback]) -> AnswerFeedback | None:
     return next((sibling for sibling in reversed(earlier) if sibling.ended == Ended.FINISHED), None)
 
 
-def comparison_labels(group: str, earlier: list[AnswerFeedback], a: AnswerFeedback) -> tuple[str, str]:
-    """How sibling `a` and the answer after `earlier` are labelled: A and B in the arena; under Compare,
-    numbered as the page labels them (the new one is number len(earlier)+1)."""
-    return ("A", "B") if group == VOTE else (str(earlier.index(a) + 1), str(len(earlier) + 1))
+def comparison_labels(earlier: list[AnswerFeedback], a: AnswerFeedback) -> tuple[str, str]:
+    """How sibling `a` and the answer after `earlier` are numbered, as the page labels them (the new one is
+    number len(earlier)+1)."""
+    return str(earlier.index(a) + 1), str(len(earlier) + 1)
 
 
 async def offer_comparison(
-    group: str,
     earlier: list[AnswerFeedback],
     answer_id: str,
     language: str,
@@ -78,10 +77,10 @@ async def offer_comparison(
     """
     if (a := compared_with(earlier)) is None:
         return []
-    labels = comparison_labels(group, earlier, a)
+    labels = comparison_labels(earlier, a)
     chosen = (comparisons or {}).get((a.id, answer_id))
-    buttons = comparison_actions(group, a.id, labels[0], answer_id, labels[1], chosen, language)
-    await show_choices(answer_id, group, buttons)
+    buttons = comparison_actions(COMPARE, a.id, labels[0], answer_id, labels[1], chosen, language)
+    await show_choices(answer_id, COMPARE, buttons)
     return buttons
 
 
@@ -127,16 +126,16 @@ async def show_choices(answer_id: str, group: str, actions: list[cl.Action]) -> 
     await _redraw(answer_id, group, [f"{group}:{answer_id}:{choice}" for choice in CHOICES], actions)
 
 
-async def restore_choices(
-    answers: list[AnswerFeedback],
-    comparisons: dict[tuple[str, str], str],
-    arena: bool,
-    settings: Settings,
-    language: str,
-) -> None:
-    """Chainlit does not store buttons: give a resumed thread's answers (oldest first) theirs, as they stand."""
+async def restore_choices(stored: InThread, arena: bool, settings: Settings, language: str) -> None:
+    """Chainlit does not store buttons: give a resumed thread's answers (oldest first) theirs, as they stand.
+
+    A vote is offered only under answer B of a battle the arena held (and recorded) in this thread: two answers
+    that merely share a prompt (one asked under an adapter's profile, one regenerated under another) are not a
+    battle, whatever the profile the thread is resumed in. Other siblings are compared outside the arena.
+    """
+    votes = {b: (a, choice) for (a, b), choice in stored.battles.items()}
     siblings: dict[str, list[AnswerFeedback]] = {}
-    for answer in answers:
+    for answer in stored.answers:
         if answer.ended == Ended.ERROR:
             continue
         earlier = siblings.setdefault(answer.prompt_id, [])
@@ -144,8 +143,11 @@ async def restore_choices(
             await regenerate_action(answer.prompt_id, language).send(for_id=answer.id)
         if answer.rating is not None:
             await show_rating(answer, settings, language)
-        if answer.ended == Ended.FINISHED:
-            await offer_comparison(VOTE if arena else COMPARE, earlier, answer.id, language, comparisons)
+        if answer.id in votes:
+            a, chosen = votes[answer.id]
+            await show_choices(answer.id, VOTE, comparison_actions(VOTE, a, "A", answer.id, "B", chosen, language))
+        elif answer.ended == Ended.FINISHED and not arena:
+            await offer_comparison(earlier, answer.id, language, stored.comparisons)
         earlier.append(answer)
 
 

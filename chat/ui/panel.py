@@ -7,14 +7,14 @@ the checked copy kept here (chat.settings.checked_chat_settings), and the thread
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import chainlit as cl
 from chainlit.input_widget import Select, Slider
 
 from chat.prompts import DEFAULT_PROMPT, system_prompts
-from chat.settings import SLIDERS, checked_chat_settings
+from chat.settings import SLIDERS, Settings, checked_chat_settings
 from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, serving
 from chat.ui.texts import text
 from models.backend import SamplingSettings
@@ -72,6 +72,19 @@ def chosen_sampling(model_defaults: SamplingSettings) -> tuple[SamplingSettings,
         repetition_penalty=float(chosen["repetition_penalty"]),
     )
     return sampling, chosen["system_prompt"]
+
+
+def arena_sampling(chosen: SamplingSettings, model_defaults: SamplingSettings, settings: Settings) -> SamplingSettings:
+    """How the arena samples, whatever the chat chose: the server's temperature and top-p and the model's
+    repetition penalty, for every battle alike (as LM Arena does). A chat's temperature 0 would make answer A
+    reproducible under each profile, and so tell who wrote it. Only the answer's length stays the chat's.
+    """
+    return replace(
+        model_defaults,
+        temperature=settings.arena_temperature,
+        top_p=settings.arena_top_p,
+        max_new_tokens=chosen.max_new_tokens,
+    )
 
 
 def settings_panel(language: str, defaults: dict[str, Any]) -> cl.ChatSettings:

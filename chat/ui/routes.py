@@ -42,6 +42,7 @@ from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
 
 STARTING = "Loupe is starting: migrating its database and loading its model. Try again in a few seconds."
+VOTE_FIRST = "Vote in the battle first: its answers can be rated once you know who wrote them."
 
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
@@ -83,12 +84,14 @@ def add_routes(
     status: Callable[[], dict[str, Any] | None],
     settle_step: Callable[[str], Awaitable[None]],
     settle_writes: Callable[[], Awaitable[None]],
+    awaiting_vote: Callable[[str], Awaitable[bool]],
     throttle: LoginThrottle,
     quota: UploadQuota,
 ) -> None:
     """`settle_step(step_id)` waits for the writes of a step still on their way to the database
     (LoupeDataLayer.settle_step), so that an answer rated the moment it is shown can be found;
-    `settle_writes()` for all of them, so that a file shown the moment its element is sent can be."""
+    `settle_writes()` for all of them, so that a file shown the moment its element is sent can be;
+    `awaiting_vote(run_id)` says whether the run's answer is in a battle not yet voted (Preferences)."""
 
     async def owns(user: Any, query: Select) -> bool:
         """Whether `query` (a select of thread ids) names a thread of this logged-in user."""
@@ -127,6 +130,8 @@ def add_routes(
         query = select(Thread.id).join(Step, Step.thread_id == Thread.id).where(Step.id == update.feedback.forId)
         if not await owns(current_user, query):
             raise HTTPException(status_code=404, detail="Message not found")
+        if await awaiting_vote(update.feedback.forId):  # a thumb now would be cast blind, and show who wrote it
+            raise HTTPException(status_code=409, detail=VOTE_FIRST)
         return await chainlit_server.update_feedback(request, update, current_user)
 
     @server.delete("/feedback")

@@ -118,6 +118,7 @@ class Runtime:
             status=self.status,
             settle_step=self.data_layer.settle_step,
             settle_writes=self.data_layer.settle_writes,
+            awaiting_vote=self.preferences.awaiting_vote,
             throttle=LoginThrottle(),
             quota=UploadQuota(
                 max_bytes=int(self.settings.pending_uploads_mb * MB),

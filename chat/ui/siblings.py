@@ -17,7 +17,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from chat.store.generations import GenerationRecord
 from chat.store.preferences import AnswerFeedback
 from chat.ui.answers import as_stoppable_task, model_turn, respond
-from chat.ui.choices import COMPARE, compared_with, comparison_labels, offer_comparison
+from chat.ui.choices import compared_with, comparison_labels, offer_comparison
 from chat.ui.documents import pages_again, pages_for_turn
 from chat.ui.runtime import serving
 from chat.ui.side_by_side import SideBySide, offered
@@ -66,7 +66,7 @@ async def regenerate(
             await relabel(sibling.id, number, count, language)
     choices: list[cl.Action] = []
     if reply is not None and reply.metadata["ended"] == Ended.FINISHED:
-        choices = await offer_comparison(COMPARE, siblings, reply.id, language)
+        choices = await offer_comparison(siblings, reply.id, language)
     if view and choices:
         view.offer(choices, None)
         view.offered_under(reply.id)
@@ -82,7 +82,7 @@ async def comparison_view(siblings: list[AnswerFeedback], prompt_id: str, langua
     earlier = compared_with(siblings)
     if earlier is None or (step := await serving().data_layer.get_step(earlier.id)) is None:
         return None
-    view = SideBySide(language, comparison_labels(COMPARE, siblings, earlier), kept=False, parent_id=prompt_id)
+    view = SideBySide(language, comparison_labels(siblings, earlier), kept=False, parent_id=prompt_id)
     view.columns[0].written(earlier.id, shown_step(step, language))
     return await view.open()
 

@@ -90,6 +90,7 @@ class ChatClient:
         self.elements: dict[str, dict[str, Any]] = {}  # every element received, by id
         self.seen_messages: list[dict[str, Any]] = []  # every message sent or updated, in order
         self.deleted: list[str] = []  # the ids of the messages taken off the page, in order
+        self.toasts: list[dict[str, Any]] = []  # every notice shown, in order
         self.ask_answers: asyncio.Queue[str] = asyncio.Queue()  # what the user types when asked
         self.sio.on("*", self._record)
         self.sio.on("ask", self._answer_ask)
@@ -108,6 +109,8 @@ class ChatClient:
             self.elements[payload["id"]] = payload
         elif event == "delete_message":
             self.deleted.append(payload["id"])
+        elif event == "toast":
+            self.toasts.append(payload)
         await self._events.put((event, payload))
 
     async def _answer_ask(self, payload: dict[str, Any]) -> dict[str, Any]:

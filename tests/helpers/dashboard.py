@@ -1,0 +1,33 @@
+"""The Dashboard as a user receives it: its messages and every file posted with them."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import httpx
+
+from tests.helpers.client import ChatClient
+
+
+async def dashboard(client: ChatClient, click: dict | None = None) -> tuple[str, dict[str, str]]:
+    """The Dashboard command's (or a filter button's) messages, and every file posted with them by name,
+    loaded as the page loads them."""
+    before = len(client.seen_messages)
+    if click is None:
+        await client.ask("", command="Dashboard")
+    else:
+        (await client.click(click)).raise_for_status()
+    messages = {message["id"]: message["output"] for message in client.seen_messages[before:]}
+    files = {}
+    async with httpx.AsyncClient(base_url=client.url, cookies=client.cookies) as http:
+        for element in client.elements.values():
+            if element["forId"] in messages:
+                response = await http.get(element["url"])
+                response.raise_for_status()
+                files[element["name"]] = response.text
+    return "\n".join(messages.values()), files
+
+
+def table(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
