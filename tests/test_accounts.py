@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jwt
 import pytest
 from sqlalchemy import select
 
 from chat.store.accounts import ADMIN, AccountError, add_user, check_password, ensure_admin, list_accounts, set_password
+from chat.store.logins import LOGIN_AT, TOKEN_VERSION, is_current
 from chat.store.schema import User
 from tests.helpers.server import REPO
 
@@ -42,6 +45,24 @@ async def test_first_run_creates_admin_once(layer) -> None:
     assert generated and await check_password(layer.sessions, ADMIN, generated)
     assert await ensure_admin(layer.sessions, "ignored-now") is None
     assert [account.identifier for account in await list_accounts(layer.sessions)] == [ADMIN]
+
+
+async def test_a_login_ends_its_lifetime_after_signing_in_whatever_its_expiry(layer) -> None:
+    """A token still unexpired, as tokens issued under a longer lifetime setting are, ends with its login."""
+    await add_user(layer.sessions, "ada", "correct horse")
+    secret, hour = "test-secret-" * 4, 3600
+
+    def token(signed_in_ago: float, **metadata: float) -> str:
+        now = time.time()
+        signed = {"identifier": "ada", "metadata": {TOKEN_VERSION: 0, **metadata}, "iat": int(now - signed_in_ago)}
+        return jwt.encode({**signed, "exp": int(now + hour)}, secret, algorithm="HS256")
+
+    now = time.time()
+    assert await is_current(layer.sessions, token(0, **{LOGIN_AT: now - 0.9 * hour}), secret, hour)
+    assert not await is_current(layer.sessions, token(0, **{LOGIN_AT: now - 1.1 * hour}), secret, hour)
+    # Tokens from before sign-in times were recorded count from when they were made.
+    assert await is_current(layer.sessions, token(0.9 * hour), secret, hour)
+    assert not await is_current(layer.sessions, token(1.1 * hour), secret, hour)
 
 
 def test_users_command(tmp_path: Path) -> None:

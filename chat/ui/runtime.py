@@ -43,7 +43,7 @@ from chat.ui.chainlit_fixes import (
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.limits import LoginThrottle, RateLimit
 from chat.ui.routes import UploadQuota, add_routes
-from chat.ui.signin import enable_external_logins
+from chat.ui.signin import enable_external_logins, expire_tokens_with_their_login
 from chat.ui.uploads import ImageLimits
 from chat.ui.web import MB, secure
 from models.adapters import AdapterDirectory
@@ -127,7 +127,7 @@ class Runtime:
         )
 
     async def login_is_current(self, token: str | None) -> bool:
-        return await is_current(self.sessions, token, self.secret)
+        return await is_current(self.sessions, token, self.secret, self.settings.login_lifetime_hours * 3600)
 
 
 async def start_backend(settings: Settings) -> Backend:
@@ -190,6 +190,7 @@ def install(runtime: Runtime) -> None:
     uploads.max_files = settings.max_images_per_message
     uploads.max_size_mb = math.ceil(settings.max_upload_mb)
     chainlit_config.project.user_session_timeout = int(settings.login_lifetime_hours * 3600)
+    expire_tokens_with_their_login(settings.login_lifetime_hours)
     os.environ["CHAINLIT_AUTH_SECRET"] = runtime.secret
     accept_empty_uploads()
     # One folder per process, so that no other instance's shutdown deletes this one's pending uploads.

@@ -75,12 +75,13 @@ class ChatClient:
         password: str | None = None,
         thread_id: str | None = None,
         profile: str | None = None,
+        cookies: dict[str, str] | None = None,
     ) -> None:
         self.url = url
         self.username, self.password = username, password or ADMIN_PASSWORD
         self.thread_id = thread_id
         self.profile = profile  # the chat profile chosen on the page (None: the default one)
-        self.cookies: dict[str, str] = {}
+        self.cookies = dict(cookies or {})  # a login made already (through a sign-in provider); else it logs in
         self.session_id = str(uuid.uuid4())
         self.language = language
         self.sio = socketio.AsyncClient(reconnection=False)
@@ -119,7 +120,7 @@ class ChatClient:
         return self.user_message(await self.ask_answers.get())
 
     async def __aenter__(self) -> ChatClient:
-        self.cookies = await login(self.url, self.username, self.password)
+        self.cookies = self.cookies or await login(self.url, self.username, self.password)
         await self.sio.connect(
             self.url,
             socketio_path="/ws/socket.io",
