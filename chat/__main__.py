@@ -6,6 +6,9 @@
     python -m chat users list            list accounts
     python -m chat users add NAME        create an account (asks for the password)
     python -m chat users passwd NAME     change an account's password
+    python -m chat users link IDENTITY ACCOUNT
+                                         let a sign-in provider's user (github:alice) sign in to ACCOUNT
+    python -m chat users unlink IDENTITY give the provider's user their own account again
     python -m chat export --format F --out DIR [--since DATE] [--until DATE] [--adapter NAME]
                           [--user-hash-salt SALT]
                                          write preference data for training (README, "Preference data")
@@ -98,23 +101,30 @@ def read_password() -> str:
     return password
 
 
-async def manage_users(action: str, name: str | None) -> None:
-    from chat.store.accounts import AccountError, add_user, list_accounts, set_password
+async def manage_users(action: str, name: str | None, account: str | None = None) -> None:
+    from chat.store.accounts import AccountError, add_user, link, list_accounts, set_password, unlink
     from chat.store.database import session_factory
 
     async with database() as engine:
         sessions = session_factory(engine)
         try:
             if action == "list":
-                for account in await list_accounts(sessions):
-                    login = "password" if account.has_password else "external login"
-                    print(f"{account.identifier}\t{account.created_at:%Y-%m-%d}\t{login}")
+                for listed in await list_accounts(sessions):
+                    login = "password" if listed.has_password else "external login"
+                    login = f"signs in as {listed.linked_to}" if listed.linked_to else login
+                    print(f"{listed.identifier}\t{listed.created_at:%Y-%m-%d}\t{login}")
             elif action == "add":
                 await add_user(sessions, name, read_password())
                 print(f"Created user '{name}'.")
             elif action == "passwd":
                 await set_password(sessions, name, read_password())
                 print(f"Changed the password of '{name}'.")
+            elif action == "link":
+                await link(sessions, name, account)
+                print(f"'{name}' now signs in to '{account}'; its earlier logins have ended.")
+            elif action == "unlink":
+                account = await unlink(sessions, name)
+                print(f"'{name}' signs in to its own account again; every login of '{account}' has ended.")
         except AccountError as error:
             raise SystemExit(f"Error: {error}.") from None
 
@@ -232,6 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     users.add_parser("list", help="list accounts")
     users.add_parser("add", help="create an account").add_argument("name")
     users.add_parser("passwd", help="change a password").add_argument("name")
+    linking = users.add_parser("link", help="let a sign-in provider's user sign in to an account")
+    linking.add_argument("name", metavar="identity", help="provider:name, as `users list` shows it (github:alice)")
+    linking.add_argument("account", help="the account it signs in to from now on")
+    users.add_parser("unlink", help="give a provider's user their own account again").add_argument(
+        "name", metavar="identity"
+    )
     export = commands.add_parser("export", help="write preference data for training")
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("--out", required=True, type=Path, help="a new or empty folder")
@@ -270,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "promote":
         asyncio.run(promote(args.name, args.force))
     else:
-        asyncio.run(manage_users(args.action, getattr(args, "name", None)))
+        asyncio.run(manage_users(args.action, getattr(args, "name", None), getattr(args, "account", None)))
 
 
 if __name__ == "__main__":

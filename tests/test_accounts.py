@@ -1,4 +1,5 @@
-"""Accounts on both databases: hashed passwords, the first admin, and the `users` command."""
+"""Accounts on both databases: hashed passwords, sign-in providers' identities and their links, how long a
+login lasts, the first admin, and the `users` command."""
 
 from __future__ import annotations
 
@@ -8,12 +9,25 @@ import sys
 import time
 from pathlib import Path
 
+import chainlit as cl
 import jwt
 import pytest
 from sqlalchemy import select
 
-from chat.store.accounts import ADMIN, AccountError, add_user, check_password, ensure_admin, list_accounts, set_password
-from chat.store.logins import LOGIN_AT, TOKEN_VERSION, is_current
+from chat.store.accounts import (
+    ADMIN,
+    AccountError,
+    account_of,
+    add_user,
+    check_password,
+    ensure_admin,
+    link,
+    list_accounts,
+    set_password,
+    unlink,
+)
+from chat.store.logins import LOGIN_AT, TOKEN_VERSION, is_current, token_version
+from chat.store.rows import utcnow
 from chat.store.schema import User
 from tests.helpers.server import REPO
 
@@ -65,6 +79,48 @@ async def test_a_login_ends_its_lifetime_after_signing_in_whatever_its_expiry(la
     assert not await is_current(layer.sessions, token(1.1 * hour), secret, hour)
 
 
+async def test_a_provider_identity_is_an_account_of_its_own_until_an_admin_links_it(layer) -> None:
+    sessions = layer.sessions
+    await add_user(sessions, "alice", "alice-password")
+    assert await account_of(sessions, "github:alice") == "github:alice"  # never 'alice'
+    await layer.create_user(cl.User(identifier="github:alice"))  # its first sign-in (Chainlit stores the user)
+    assert not await check_password(sessions, "github:alice", "alice-password")
+    with pytest.raises(AccountError, match="kept for the accounts of sign-in providers"):
+        await add_user(sessions, "google:alice", "alice-password")
+    with pytest.raises(AccountError, match="kept for the accounts of sign-in providers"):
+        await set_password(sessions, "github:alice", "alice-password")
+
+    identity_version = await token_version(sessions, "github:alice")
+    await link(sessions, "github:alice", "alice")
+    await link(sessions, "gitlab:alice", "alice")  # before its first sign-in
+    assert await account_of(sessions, "github:alice") == await account_of(sessions, "gitlab:alice") == "alice"
+    assert await token_version(sessions, "github:alice") > identity_version  # its own logins ended
+    listed = {account.identifier: account.linked_to for account in await list_accounts(sessions)}
+    assert listed == {"alice": None, "github:alice": "alice", "gitlab:alice": "alice"}
+
+    account_version = await token_version(sessions, "alice")
+    assert await unlink(sessions, "github:alice") == "alice"
+    assert await account_of(sessions, "github:alice") == "github:alice"
+    assert await token_version(sessions, "alice") > account_version  # logins made through the identity end
+
+    for identity, account, refusal in [
+        ("alice", "github:alice", "not a sign-in provider's identity"),
+        ("github:bob", "gitlab:alice", "by password or header"),
+        ("github:bob", "nobody", "no user 'nobody'"),
+    ]:
+        with pytest.raises(AccountError, match=refusal):
+            await link(sessions, identity, account)
+    with pytest.raises(AccountError, match="not linked"):
+        await unlink(sessions, "github:alice")
+
+
+async def test_a_provider_never_signs_in_to_a_password_account_named_like_its_identity(layer) -> None:
+    """A password account named `github:carol`, made before such names were refused, is not GitHub's carol."""
+    async with layer.sessions.begin() as session:
+        session.add(User(id="legacy", identifier="github:carol", password_hash="$argon2id$x", created_at=utcnow()))
+    assert await account_of(layer.sessions, "github:carol") is None
+
+
 def test_users_command(tmp_path: Path) -> None:
     env = {**os.environ, "LOUPE_DATA_DIR": str(tmp_path)}
 
@@ -83,3 +139,14 @@ def test_users_command(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "already exists" in refused.stderr
     assert users("passwd", "ada", password="new-password\n").returncode == 0
     assert users("list").stdout.startswith("ada\t")
+    refused = users("add", "github:ada", password="ada-password\n")
+    assert refused.returncode != 0 and "kept for the accounts of sign-in providers" in refused.stderr
+    assert (
+        users("link", "github:ada", "ada").stdout
+        == "'github:ada' now signs in to 'ada'; its earlier logins have ended.\n"
+    )
+    assert "github:ada\t" in users("list").stdout and users("list").stdout.endswith("\tsigns in as ada\n")
+    unlinked = users("unlink", "github:ada").stdout
+    assert unlinked == "'github:ada' signs in to its own account again; every login of 'ada' has ended.\n"
+    refused = users("link", "github:ada", "nobody")
+    assert refused.returncode != 0 and refused.stderr == "Error: no user 'nobody'.\n"

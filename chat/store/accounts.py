@@ -1,4 +1,11 @@
-"""Password accounts: argon2 hashes in the users table, the first admin, and Chainlit's auth secret."""
+"""Accounts: passwords (argon2 hashes in the users table), sign-in providers' identities and the accounts
+an admin links them to, the first admin, and Chainlit's auth secret.
+
+Someone a sign-in provider (OAuth) signs in gets an account of their own, named `<provider>:<their name
+there>` (`github:alice`), never the password account of the same name (`alice`): a provider vouches
+only for its own names, and anyone may pick any name there. Only an admin joins the two, by linking
+the identity to the account (`python -m chat users link github:alice alice`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -20,6 +27,8 @@ from chat.store.rows import utcnow
 from chat.store.schema import User
 
 ADMIN = "admin"
+PROVIDER_SEPARATOR = ":"  # between a sign-in provider's id and the name it gives someone: github:alice
+LINKED_TO = "signs_in_as"  # in a provider identity's users.metadata: the account an admin linked it to
 hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
 _UNKNOWN_USER_HASH = hasher.hash(secrets.token_urlsafe(16))
@@ -34,11 +43,22 @@ class Account:
     identifier: str
     created_at: datetime
     has_password: bool
+    linked_to: str | None  # for a provider identity an admin linked: the account it signs in to
+
+
+def provider_identity(provider_id: str, name: str) -> str:
+    """The account of someone a provider signs in as `name`, until an admin links it to another."""
+    return f"{provider_id}{PROVIDER_SEPARATOR}{name}"
+
+
+def is_provider_identity(identifier: str) -> bool:
+    return PROVIDER_SEPARATOR in identifier
 
 
 async def add_user(sessions: async_sessionmaker[AsyncSession], identifier: str, password: str) -> None:
     if not identifier.strip():
         raise AccountError("a user name cannot be empty")
+    _check_password_account(identifier)
     _check_strength(password)
     try:
         async with sessions.begin() as session:
@@ -56,6 +76,7 @@ async def add_user(sessions: async_sessionmaker[AsyncSession], identifier: str, 
 
 
 async def set_password(sessions: async_sessionmaker[AsyncSession], identifier: str, password: str) -> None:
+    _check_password_account(identifier)
     _check_strength(password)
     async with sessions.begin() as session:
         user = await session.scalar(select(User).where(User.identifier == identifier))
@@ -68,7 +89,57 @@ async def set_password(sessions: async_sessionmaker[AsyncSession], identifier: s
 async def list_accounts(sessions: async_sessionmaker[AsyncSession]) -> list[Account]:
     async with sessions() as session:
         users = await session.scalars(select(User).order_by(User.identifier))
-        return [Account(user.identifier, user.created_at, user.password_hash is not None) for user in users]
+        return [
+            Account(user.identifier, user.created_at, user.password_hash is not None, user.metadata_.get(LINKED_TO))
+            for user in users
+        ]
+
+
+async def account_of(sessions: async_sessionmaker[AsyncSession], identity: str) -> str | None:
+    """The account a provider identity signs in to: the one an admin linked it to, else its own (made
+    at its first sign-in). None where a password account bears the identity's name (one made before
+    such names were refused): a provider never signs anyone in to a password account."""
+    async with sessions() as session:
+        user = await session.scalar(select(User).where(User.identifier == identity))
+    if user is None:
+        return identity
+    if linked := user.metadata_.get(LINKED_TO):
+        return linked
+    return identity if user.password_hash is None else None
+
+
+async def link(sessions: async_sessionmaker[AsyncSession], identity: str, account: str) -> None:
+    """From now on `identity` (github:alice) signs in to `account` (alice), and its logins so far end.
+
+    Its own account, if it has one, keeps its conversations; unlinking makes it reachable again.
+    """
+    if not is_provider_identity(identity):
+        raise AccountError(f"'{identity}' is not a sign-in provider's identity (provider:name, e.g. github:alice)")
+    if is_provider_identity(account):
+        raise AccountError(f"link '{identity}' to an account that signs in by password or header, not '{account}'")
+    async with sessions.begin() as session:
+        if await session.scalar(select(User.id).where(User.identifier == account)) is None:
+            raise AccountError(f"no user '{account}'")
+        user = await session.scalar(select(User).where(User.identifier == identity))
+        if user is None:  # linked before its first sign-in
+            user = User(id=str(uuid.uuid4()), identifier=identity, metadata_={}, created_at=utcnow(), token_version=0)
+            session.add(user)
+        user.metadata_ = {**user.metadata_, LINKED_TO: account}
+        user.token_version += 1  # its logins as an account of its own end (chat/store/logins.py)
+
+
+async def unlink(sessions: async_sessionmaker[AsyncSession], identity: str) -> str:
+    """`identity` signs in to its own account again; every login of the account it was linked to ends
+    (some of them were made through the identity). Returns that account."""
+    async with sessions.begin() as session:
+        user = await session.scalar(select(User).where(User.identifier == identity))
+        if user is None or not (account := user.metadata_.get(LINKED_TO)):
+            raise AccountError(f"'{identity}' is not linked to an account")
+        user.metadata_ = {key: value for key, value in user.metadata_.items() if key != LINKED_TO}
+        await session.execute(
+            update(User).where(User.identifier == account).values(token_version=User.token_version + 1)
+        )
+    return account
 
 
 async def check_password(sessions: async_sessionmaker[AsyncSession], identifier: str, password: str) -> bool:
@@ -110,6 +181,14 @@ def auth_secret(data_dir: Path) -> str:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(48))
     return path.read_text().strip()
+
+
+def _check_password_account(identifier: str) -> None:
+    if is_provider_identity(identifier):
+        raise AccountError(
+            f"'{PROVIDER_SEPARATOR}' is kept for the accounts of sign-in providers (github:alice), which have no "
+            "password; to let one sign in to a password account, link it: `users link IDENTITY ACCOUNT`"
+        )
 
 
 def _check_strength(password: str) -> None:

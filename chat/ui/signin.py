@@ -2,13 +2,15 @@
 
 Passwords are always accepted (chat/app.py). A header set by an authenticating proxy, and the
 OAuth providers configured in Chainlit's OAUTH_<PROVIDER>_* variables, are accepted only when
-configured: Chainlit offers a way to log in exactly when its callback is registered. Every token,
-whichever way it was signed in and however often it was traded at `POST /auth/jwt`, expires
-LOUPE_LOGIN_LIFETIME_HOURS after its sign-in (chat/store/logins.py).
+configured: Chainlit offers a way to log in exactly when its callback is registered. A provider's
+users sign in to accounts of their own (chat/store/accounts.py). Every token, whichever way it was
+signed in and however often it was traded at `POST /auth/jwt`, expires LOUPE_LOGIN_LIFETIME_HOURS
+after its sign-in (chat/store/logins.py).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,7 +22,10 @@ from chainlit.oauth_providers import get_configured_oauth_providers
 from fastapi import HTTPException
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chat.store.accounts import account_of, provider_identity
 from chat.store.logins import LOGIN_AT, TOKEN_VERSION, login_ends, token_version
+
+log = logging.getLogger("loupe.signin")
 
 
 async def signed_in(
@@ -63,7 +68,19 @@ def enable_external_logins(sessions: async_sessionmaker[AsyncSession], trusted_u
 
         @cl.oauth_callback
         async def oauth_login(
-            provider_id: str, token: str, raw_user_data: dict[str, str], default_user: cl.User, id_token: str | None
+            provider_id: str,
+            token: str,
+            raw_user_data: dict[str, Any],
+            default_user: cl.User,
+            id_token: str | None = None,  # passed only by Azure AD's hybrid flow
         ) -> cl.User | None:
-            """Anyone the configured provider signs in gets an account, named as the provider names them."""
-            return await signed_in(sessions, default_user.identifier, default_user.metadata)
+            """Anyone a configured provider signs in gets an account of their own, `<provider>:<name>`
+            (github:alice), never the password account `alice`; or the account an admin linked it to."""
+            if not default_user.identifier.strip():
+                log.warning("Sign-in refused: %s named no user", provider_id)
+                return None
+            identity = provider_identity(provider_id, default_user.identifier)
+            if (account := await account_of(sessions, identity)) is None:
+                log.warning("Sign-in refused: %s names a password account; an admin may link it (users link)", identity)
+                return None
+            return await signed_in(sessions, account, default_user.metadata)
