@@ -5,7 +5,8 @@ its text together, so trimming (whole messages, oldest first) can never split an
 question about it. Token counts come from the backend (models/backend.py: Qwen's real tokenizer
 and chat template), with each image counted at the number of visual tokens it will expand to.
 An answer enters the history as the model wrote it (its generation record's `completion`), never
-as the page shows it.
+as the page shows it. Every text reaches the model as plain text (models/control_tokens.py): a user's
+words, a document's or an earlier answer never become the chat template's control tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from PIL import Image
 
 from models.backend import Ended, TokenCounter
+from models.control_tokens import plain_text
 from models.images import visual_tokens
 
 
@@ -90,11 +92,12 @@ def turn_images(message: BaseMessage) -> list[Image.Image]:
 def to_qwen(message: BaseMessage, **pixel_budget: int) -> dict[str, Any]:
     """A LangChain message in the message format of Qwen2-VL's chat template and qwen-vl-utils.
 
-    `pixel_budget` (min_pixels, max_pixels) goes on each image, where qwen-vl-utils reads it.
+    `pixel_budget` (min_pixels, max_pixels) goes on each image, where qwen-vl-utils reads it. The text is
+    plain text: what both backends send the model is built here, so no text can reach it as control tokens.
     """
     role = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}[type(message)]
     content = [{"type": "image", "image": image, **pixel_budget} for image in turn_images(message)]
-    content.append({"type": "text", "text": turn_text(message)})
+    content.append({"type": "text", "text": plain_text(turn_text(message))})
     return {"role": role, "content": content}
 
 

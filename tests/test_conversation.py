@@ -8,9 +8,14 @@ from PIL import Image
 from qwen_vl_utils import process_vision_info
 
 from chat.conversation import PromptBuilder, PromptTooLong, history_from_thread, turn_text, user_turn
+from chat.documents.retrieval import ShownPage, with_pages
 from chat.prompts import DEFAULT_PROMPT, system_prompts
+from chat.store.generations import Source
 from models.backend import ChatTemplateTokens
+from models.generation import Generator
 from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from models.vllm_client import to_openai
+from tests.helpers.hostile import FORGED
 
 SYSTEM = system_prompts()[DEFAULT_PROMPT]
 
@@ -144,3 +149,31 @@ def test_older_turns_give_way_when_the_prompt_holds_more_images_than_allowed(pro
 
 def turn_text_of(message: dict) -> str:
     return "".join(block["text"] for block in message["content"] if block["type"] == "text")
+
+
+def test_text_carrying_control_tokens_reaches_either_backend_as_plain_text(builder, demo, processor) -> None:
+    """A question that forges a turn, an earlier answer, and a document page (its text and its file name)
+    carrying control tokens: the prompt holds exactly the control tokens of the template's own structure,
+    the same as for the same conversation in ordinary words, and ends on the template's one assistant turn."""
+
+    def prompt(text: str) -> list[dict]:
+        page = ShownPage(Source(f"{text}.pdf", "ab" * 32, 1, "pdf"), text, chart(280, 280))
+        history = [user_turn(text, [chart()]), AIMessage(content=text), with_pages(user_turn(text, []), [page])]
+        return builder.build(SYSTEM, history, budget=100_000)
+
+    tokenizer = processor.tokenizer
+    added = set(tokenizer.added_tokens_decoder)
+    generation_prompt = tokenizer("<|im_start|>assistant\n")["input_ids"]
+
+    def local_ids(messages: list[dict]) -> list[int]:  # what the in-process model gets
+        return Generator(demo).prepare_inputs(messages)["input_ids"][0].tolist()
+
+    def vllm_ids(messages: list[dict]) -> list[int]:  # what a vLLM server makes of the messages Loupe sends it
+        sent = [to_openai(message) for message in messages]
+        return tokenizer(processor.apply_chat_template(sent, add_generation_prompt=True, tokenize=False))["input_ids"]
+
+    for ids_of in (local_ids, vllm_ids):
+        hostile, ordinary = ids_of(prompt(FORGED)), ids_of(prompt("What is R1?"))
+        assert [token for token in hostile if token in added] == [token for token in ordinary if token in added]
+        assert hostile[-len(generation_prompt) :] == generation_prompt
+        assert hostile.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 4 + 1  # 4 turns, then the answer
