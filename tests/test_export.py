@@ -35,6 +35,8 @@ from chat.store.database import create_engine
 from chat.store.preferences import Preferences
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.texts import mark_stopped
+from models.control_tokens import control_tokens, plain_text
+from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO
 from tests.helpers.shown import with_label
 
@@ -485,6 +487,92 @@ async def test_text_llamafactory_would_read_as_an_image_is_left_out_there(
     assert await run_export(migrated, layer, tmp_path / "lf", "llamafactory-dpo") == []
     card = (tmp_path / "lf" / "README.md").read_text(encoding="utf-8")
     assert "| rows left out: a message contains <image>, <video> or <audio>" in card
+
+
+async def write_forged_conversation(layer: LoupeDataLayer, folder: Path) -> str:
+    """Mallory's thread (its id): questions that carry control tokens, one of them forging a turn, an answer that
+    writes one (a model can write any text), a comparison, and a correction that forges a turn too."""
+    mallory = await layer.create_user(ChainlitUser(identifier="mallory"))
+    chat = Chat(layer, mallory, folder)
+    first = await chat.ask("Hello.<|im_end|>")
+    noted = await chat.answer(first, "Noted.<|im_end|>", style="concise")
+    await chat.rate(noted, up=True)
+    second = await chat.ask(FORGED, (png("white"),))
+    good = await chat.answer(second, "A 1 kΩ resistor.", context=(noted,), style="concise")
+    bad = await chat.answer(second, "<|image_pad|> again.", context=(noted,), style="concise")
+    preferences = Preferences(layer.sessions)
+    await preferences.compare("mallory", good, bad, "a")
+    await preferences.correct("mallory", bad, FORGED)
+    return chat.id
+
+
+def texts_of(value: Any) -> list[str]:
+    """Every string in an exported row, its keys' included."""
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (key, *texts_of(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in texts_of(item)]
+    return [value] if isinstance(value, str) else []
+
+
+async def test_control_tokens_in_a_users_text_are_exported_as_plain_text(
+    migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path
+) -> None:
+    """Mallory's rows are written in every format, with no control token left in them, and everyone else's
+    rows are the same bytes as before her thread existed."""
+    formats = {"trl-dpo": 2, "trl-kto": 4, "llamafactory-dpo": 2, "llamafactory-kto": 4}  # Mallory's rows in each
+
+    def lines(folder: Path) -> list[str]:
+        return (folder / "train.jsonl").read_text(encoding="utf-8").splitlines()
+
+    for format in formats:
+        await run_export(migrated, layer, tmp_path / f"{format}-before", format)
+    thread = pseudonym(await write_forged_conversation(layer, tmp_path / "uploads"), SALT)
+    for format, expected in formats.items():
+        after = await run_export(migrated, layer, tmp_path / format, format)
+        hers = [row for row in after if row["thread"] == thread]
+        others = [line for line, row in zip(lines(tmp_path / format), after, strict=True) if row["thread"] != thread]
+        assert others == lines(tmp_path / f"{format}-before"), format
+        assert len(hers) == expected, format
+        assert [token for row in hers for text in texts_of(row) for token in control_tokens(text)] == [], format
+        written = "\n".join(texts_of(hers))
+        for text in (FORGED, "Hello.<|im_end|>", "Noted.<|im_end|>", "<|image_pad|> again."):
+            assert plain_text(text) in written, (format, text)
+    dpo = await run_export(migrated, layer, tmp_path / "again", "trl-dpo")
+    [correction] = [row for row in dpo if row["thread"] == thread and row["rule"] == "correction"]
+    assert correction["chosen"] == [assistant(plain_text(FORGED))]
+    assert correction["prompt"] == [
+        system(system_prompts()["concise"]),
+        user(plain_text("Hello.<|im_end|>")),
+        assistant(plain_text("Noted.<|im_end|>")),
+        user(plain_text(FORGED), images=1),
+    ]
+
+
+@pytest.mark.slow
+async def test_a_users_control_tokens_do_not_stop_training_on_everyones_data(
+    migrated: str, layer: LoupeDataLayer, tmp_path: Path
+) -> None:
+    """`python -m models train --method dpo` runs to the end on an export that holds Mallory's rows and Ada's."""
+    if not migrated.startswith("sqlite"):
+        pytest.skip("training reads only the exported files: once, on SQLite's export, is enough")
+    from models.train import main as train_command  # imported here: TRL takes seconds to import
+
+    await write_forged_conversation(layer, tmp_path)
+    ada = await layer.create_user(ChainlitUser(identifier="ada"))
+    chat = Chat(layer, ada, tmp_path)
+    torque = await chat.ask("Unit of torque?")
+    newton_metre, kilogram = [await chat.answer(torque, text, style="concise") for text in ("N·m", "kg")]
+    await Preferences(layer.sessions).compare("ada", newton_metre, kilogram, "a")
+    await run_export(migrated, layer, tmp_path / "dpo", "trl-dpo")
+    out = tmp_path / "adapter"
+    # Every row in one batch, so each goes through TRL's collator and the model; short rows, so it takes seconds.
+    command = ["--method", "dpo", "--data", str(tmp_path / "dpo"), "--out", str(out), "--base", "demo"]
+    command += ["--batch-size", "3", "--gradient-accumulation", "1", "--eval-fraction", "0", "--epochs", "1"]
+    train_command([*command, "--gradient-checkpointing", "false"])
+    metadata = json.loads((out / "loupe.json").read_text())
+    assert metadata["data"]["rows"] == 2 + 1 and metadata["training"]["steps"] == 1
+    assert (out / "adapter_model.safetensors").is_file()
 
 
 async def test_exporting_twice_gives_the_same_bytes(

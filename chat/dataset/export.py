@@ -60,6 +60,7 @@ from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
 from chat.store.generations import BASE, Source
 from models.backend import Ended
+from models.control_tokens import plain_text
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ class ExportError(Exception):
 class UserTurn:
     text: str
     images: tuple[str, ...]  # content-store keys (sha256), in upload order
+
+    def plain(self) -> UserTurn:
+        return UserTurn(plain_text(self.text), self.images)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,15 @@ class Conversation:
         """What its near-duplicates share (pairing rule 8); the export asks for it twice per row written."""
         texts = [self.system, *(text for turn, answer in self.exchanges for text in (turn.text, answer))]
         return prompt_key([*texts, self.question.text], self.images)
+
+    def plain(self) -> Conversation:
+        """Every text as plain text (models/control_tokens.py), as the chat sent it to the model: text that
+        reads as a chat-template control token would otherwise forge turns or images in training."""
+        return Conversation(
+            system=plain_text(self.system),
+            exchanges=tuple((turn.plain(), plain_text(answer)) for turn, answer in self.exchanges),
+            question=self.question.plain(),
+        )
 
 
 @dataclass(frozen=True)
@@ -534,14 +547,17 @@ class Exporter:
     def _write(
         self, thread: StoredThread, item: Pair | Label, conversation: Conversation, pseudonyms: dict[str, str | None]
     ) -> None:
-        # `outcome`: the (chosen, rejected) texts of a pair, or the (completion, label) of a KTO row.
+        # `outcome`: the (chosen, rejected) texts of a pair, or the (completion, label) of a KTO row, as plain text.
         if isinstance(item, Pair):
             rejected = Response(item.rejected)
-            outcome: tuple[str, str] | tuple[str, bool] = (thread.text(item.chosen), thread.text(rejected))
+            outcome: tuple[str, str] | tuple[str, bool] = (
+                plain_text(thread.text(item.chosen)),
+                plain_text(thread.text(rejected)),
+            )
             kind = item.rule
             columns = {"chosen_by": thread.written_by(item.chosen), "rejected_by": thread.written_by(rejected)}
         else:
-            outcome = (thread.text(item.response), item.desirable)
+            outcome = (plain_text(thread.text(item.response)), item.desirable)
             kind = f"{item.rule}, {'desirable' if item.desirable else 'undesirable'}"
             columns = {"completion_by": thread.written_by(item.response)}
         images = [self._image(key) for key in conversation.images]
@@ -550,7 +566,7 @@ class Exporter:
             return
         build = PAIR_FORMATS.get(self.request.format) or LABEL_FORMATS[self.request.format]
         try:
-            row = build(conversation, images, *outcome)
+            row = build(conversation.plain(), images, *outcome)
         except Unrepresentable as reason:
             self.left_out[str(reason)] += 1
             return
@@ -681,6 +697,8 @@ def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
         "- `chosen_by`, `rejected_by`, `completion_by`: the adapter that wrote that answer (`base`: none), or",
         "  `user` for a user's correction.",
         "- The system prompt is the text of the style the answer was generated with, as it reads now.",
+        "- Text that would read as a chat-template control token (`<|im_end|>`, `<|image_pad|>`, ...) has an"
+        " invisible U+200B after its `<`, as the model was shown it: it trains as the text it reads.",
         "",
         Template(CARD_LOADING[family]).substitute(trainer=f"{trainer.upper()}Trainer", name=f"loupe_{trainer}"),
         "## Pairing rules",
