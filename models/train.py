@@ -42,6 +42,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 
 from models.adapters import METADATA_FILE, adapter_version
 from models.checkpoint import DEMO, LoadedModel, ModelLoadError, load_model, pick_device
+from models.control_tokens import control_tokens
 from models.images import ImageRejected, fit_to_budget, open_image
 from models.report import write_report
 from models.settings import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
@@ -200,6 +201,7 @@ def read_rows(path: Path, method: Method, folder: Path) -> list[dict[str, Any]]:
                 raise TrainingError(f"{where} is not JSON ({error}). Was it cut short? Export it again.") from None
             if (training_row := as_training_row(row, method, where)) is not None:
                 check_images(training_row, folder, where)
+                check_plain_text(training_row, where)
                 rows.append(training_row)
     if not rows:
         what = "rows labelled desirable" if method == "sft" else "rows"
@@ -240,6 +242,19 @@ def check_images(row: dict[str, Any], folder: Path, where: str) -> None:
         raise TrainingError(f"{where}: the prompt shows {placeholders} images but the row lists {len(row['images'])}.")
     if missing := [image for image in row["images"] if not (folder / image).is_file()]:
         raise TrainingError(f"{where}: image {missing[0]} is not in {folder}. Copy the whole export folder.")
+
+
+def check_plain_text(row: dict[str, Any], where: str) -> None:
+    """Refuse text that Qwen's tokenizer reads as chat-template control tokens (models/control_tokens.py): an
+    image placeholder that no image fills stops the run midway, and a forged <|im_end|><|im_start|>assistant
+    trains on turns nobody had. The export writes such text as plain text; a file written otherwise is refused."""
+    for column in ("prompt", "chosen", "rejected", "completion"):  # the columns of messages
+        texts = [part.get("text") or "" for message in row.get(column, []) for part in message["content"]]
+        if tokens := [token for text in texts for token in control_tokens(text)]:
+            raise TrainingError(
+                f"{where}: the {column} carries {tokens[0]}, which the chat template would read as a control token, "
+                "not as text. Export the data again with `python -m chat export`, which writes such text as plain text."
+            )
 
 
 def split_held_out(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

@@ -33,6 +33,7 @@ from models.evaluate import main as evaluate_command
 from models.train import TrainingError, TrainSettings, image_dataset, main, read_rows, split_held_out, train
 from tests.helpers.battles import battles
 from tests.helpers.datasets import MARKER, write_export
+from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO
 
 MIN_PIXELS, MAX_PIXELS = TrainSettings.min_pixels, TrainSettings.max_pixels  # training's image budget
@@ -263,6 +264,19 @@ def test_preference_scores_of_known_margins() -> None:
     assert low == pytest.approx(0.451, abs=0.006) and high == pytest.approx(0.549, abs=0.006)
 
 
+def forge_a_turn(folder: Path) -> None:
+    """Line 2's question forges a turn with raw control tokens, as a hand-made or an old export could hold it."""
+    lines = (folder / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    row = json.loads(lines[1])
+    row["prompt"][-1]["content"][-1]["text"] = FORGED
+    lines[1] = json.dumps(row, ensure_ascii=False) + "\n"
+    (folder / "train.jsonl").write_text("".join(lines), encoding="utf-8")
+
+
+# What a row check says of forge_a_turn's line, before the model loads.
+FORGED_TURN = r"train\.jsonl, line 2: the prompt carries <\|im_end\|>, which the chat template would read as a control"
+
+
 def leave_as_written(folder: Path) -> None:
     """The export is fine: what is wrong lies elsewhere."""
 
@@ -276,6 +290,7 @@ BAD_EVALUATIONS = {
     "no folder": (lambda folder: shutil.rmtree(folder), [], r"--data .* is not a folder\. Export one with"),
     "not an export": (lambda folder: (folder / "train.jsonl").unlink(), [], r"holds no \.jsonl file"),
     "a KTO export": (kto_export, [], r"line 1 is a KTO row \(completion, label\): evaluation measures DPO pairs"),
+    "a control token": (forge_a_turn, [], FORGED_TURN + r".*Export the data again with `python -m chat export`"),
     "no such adapter": (
         leave_as_written,
         ["--adapter", "nope"],
@@ -412,6 +427,7 @@ BAD_EXPORTS = {
     "LLaMA-Factory rows": (llamafactory_rows, r"in LLaMA-Factory's format\. Export with --format trl-dpo"),
     "cut short": (cut_short, r"line 2 is not JSON .* Export it again"),
     "missing image": (drop_an_image, r"image images/\w+\.png is not in .* Copy the whole export folder"),
+    "a control token": (forge_a_turn, FORGED_TURN + r".*Export the data again with `python -m chat export`"),
 }
 
 
@@ -448,3 +464,17 @@ def test_the_command_line_reports_errors_without_a_traceback(tmp_path: Path) -> 
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "Error: --data" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_command_line_refuses_a_row_carrying_control_tokens_before_loading_the_model(tmp_path: Path) -> None:
+    """Without the check, TRL's collator fails mid-run on the forged <|image_pad|> (no image fills it)."""
+    data = write_export(tmp_path / "export", "dpo", prompts=4, seed=12)
+    forge_a_turn(data)
+    command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--base", "demo"]
+    command += ["--data", str(data), "--out", str(tmp_path / "adapter"), "--eval-fraction", "0"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-5000:]
+    assert re.search(r"^Error: .*/" + FORGED_TURN + r".*`python -m chat export`", result.stderr, re.M), result.stderr
+    assert "Loading demo" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "adapter").exists()
