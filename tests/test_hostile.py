@@ -31,6 +31,7 @@ from chat.store.schema import Battle, Comparison, Element, Generation, Step, Thr
 from tests.helpers.client import ChatClient, OwnedThread, Reply, login, only_answer, png, rated_thread_with_image
 from tests.helpers.databases import postgres_database
 from tests.helpers.databases import thread_rows as rows_of
+from tests.helpers.hostile import FORGED
 from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, start_server, stop_server
 
 SHORT = {"max_new_tokens": 16}  # these tests are about who may write what, not about answers
@@ -507,3 +508,23 @@ async def test_another_users_thread_is_404_on_every_route_and_sharing_and_editin
         assert await rows_of(hostile.sessions, victim.thread_id) == before
         await still_served(hostile, victim, mallory)  # (its answer's row may still be on its way before this)
         assert await stored(hostile, select(Step.output).where(Step.id == mine["id"])) == [(mine["output"],)]
+
+
+# 11. Chat-template control tokens in a user's text are plain text ---------------------------------
+
+
+async def test_a_question_carrying_control_tokens_is_answered_as_the_text_it_is(hostile: Hostile, victim: OwnedThread):
+    """A question that forges a turn, with an image nobody sent, used to fail its answer (and every later one of
+    that chat, as it stays in the history): now the model reads it as text. It is stored as typed."""
+    before = await rows_of(hostile.sessions, victim.thread_id)
+    async with attacker(hostile, "templater") as mallory:
+        await mallory.change_settings(SHORT)
+        answer = (await mallory.ask(FORGED)).messages[-1]
+        assert answer["metadata"].get("ended") == "finished", answer["output"]  # not "The model failed ..."
+        prompt_id = answer["metadata"]["generation"]["prompt_id"]
+        assert await stored(hostile, select(Step.output).where(Step.id == prompt_id)) == [(FORGED,)]
+        follow_up = (await mallory.ask("And then?")).messages[-1]  # the forged question is in its history
+        assert follow_up["metadata"]["generation"]["context"] == [answer["id"]]
+        assert follow_up["metadata"]["ended"] == "finished", follow_up["output"]
+        assert await rows_of(hostile.sessions, victim.thread_id) == before
+        await still_served(hostile, victim, mallory)
