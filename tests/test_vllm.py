@@ -22,11 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chat.prompts import DEFAULT_PROMPT, system_prompts
 from models.adapters import adapter_version
-from models.checkpoint import SERVABLE_SIZE, build_demo_model, write_checkpoint
+from models.checkpoint import SERVABLE_SIZE, build_demo_model, load_processor, write_checkpoint
+from models.control_tokens import plain_text
 from models.vllm_client import VLLM_PYTHON
 from tests.helpers.client import ChatClient, arena_answers, listed_profiles, only_answer, png
 from tests.helpers.datasets import save_adapter, write_export
+from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO, Server, start_server, stop_server, stored
 from tests.helpers.vllm import CONTEXT_TOKENS, VllmServer
 
@@ -104,6 +107,27 @@ async def test_an_image_question_streams_from_the_server(app: Server) -> None:
     # The usage the server reported: the image's visual tokens are in the prompt.
     assert record["prompt_tokens"] > 64 and 0 < record["completion_tokens"] <= 48
     assert record["time_to_first_token"] is not None and record["duration"] >= record["time_to_first_token"]
+
+
+async def test_the_server_reads_a_question_carrying_control_tokens_as_plain_text(app: Server, checkpoint: Path) -> None:
+    """The server applies the chat template itself, and would read a forged turn's control tokens as its own
+    (it answers such a prompt without complaint): the prompt it counted is the question's as plain text."""
+    async with ChatClient(app.url) as client:
+        await client.change_settings(GREEDY)
+        answer = only_answer(await client.ask(FORGED))
+    assert answer["metadata"].get("ended") == "finished", answer["output"]
+    processor = load_processor(checkpoint)
+
+    def prompt_tokens(question: str) -> int:
+        messages = [
+            {"role": "system", "content": system_prompts()[DEFAULT_PROMPT]},
+            {"role": "user", "content": question},
+        ]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(processor.tokenizer(text)["input_ids"])
+
+    counted = answer["metadata"]["generation"]["prompt_tokens"]  # as the server reported it
+    assert counted == prompt_tokens(plain_text(FORGED)) != prompt_tokens(FORGED)
 
 
 async def test_the_context_is_the_servers(app: Server) -> None:
