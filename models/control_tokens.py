@@ -4,8 +4,8 @@ Qwen's chat template writes a conversation's structure as control tokens (`<|im_
 `<|im_end|>`, `<|vision_start|><|image_pad|><|vision_end|>`), and its tokenizer turns those strings into
 the control tokens' ids wherever they appear in the rendered text, a user's words included. A question
 carrying `<|im_end|>\\n<|im_start|>assistant\\n...` would be read as an answer the model had given, and a
-stray `<|image_pad|>` asks for an image nobody sent, which fails the generation and, in an export, the
-training run of everyone's data. So every text a user, a document or an earlier answer contributes goes
+stray `<|image_pad|>` asks for an image nobody sent, which fails the local model's answer and, in an export,
+the training run of everyone's data. So every text a user, a document or an earlier answer contributes goes
 through plain_text before it reaches a model: in the chat (chat.conversation.to_qwen, the one place both
 backends' messages are built), in the exports (chat/dataset/export.py) and, checked, in training
 (models/train.py refuses rows that still carry one).
@@ -24,7 +24,7 @@ import re
 
 # Every control token of Qwen2-VL's tokenizer is `<|name|>` (tests/test_control_tokens.py checks each one of
 # the vendored tokenizer's added tokens); a name has no space, bar or angle bracket, so `<|>`, `a <| b |> c`
-# and Markdown tables stay as they are.
+# and Markdown tables stay as they are. A checkpoint whose tokenizer adds tokens of another shape needs them here.
 CONTROL_TOKEN = re.compile(r"<\|[^\s<>|]+\|>")
 # Put after the token's `<`: the exact string is gone, the text looks the same, and it is one character that
 # Qwen's byte-level BPE encodes as ordinary bytes. The result no longer matches CONTROL_TOKEN, so applying
