@@ -6,6 +6,7 @@ one; `.env.example` lists them with their defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Collection
 from functools import cache
@@ -48,6 +49,9 @@ class Settings(ModelSettings):
         [], description="Other web origins (scheme://host:port) whose pages may call Loupe; comma-separated."
     )
     login_lifetime_hours: float = Field(168, gt=0, description="How long a login lasts; logout ends it earlier.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        [], description="Proxies (addresses or CIDR networks) whose X-Forwarded-For is read; comma-separated."
+    )
     max_message_chars: int = Field(32_000, ge=1, description="Longest message accepted, in characters.")
     messages_per_minute: int = Field(20, ge=1, description="Messages one user may send per minute.")
     pending_uploads_mb: float = Field(100, gt=0, description="Uploads one user may have waiting to be sent.")
@@ -68,13 +72,23 @@ class Settings(ModelSettings):
         ["correct", "helpful", "clear"], description="Reasons offered after a thumbs up, comma-separated codes."
     )
 
-    @field_validator("reasons_down", "reasons_up", "allowed_origins", "admins", mode="before")
+    @field_validator("reasons_down", "reasons_up", "allowed_origins", "admins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """'wrong, too_long' -> ['wrong', 'too_long']; origins the same way."""
         if isinstance(value, str):
             return [code.strip() for code in value.split(",") if code.strip()]
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, names: list[str]) -> list[str]:
+        """'10.0.0.1, 10.1.0.0/16' -> ['10.0.0.1/32', '10.1.0.0/16'], checked here: uvicorn, which reads them,
+        takes a mistyped entry (or a network with host bits set, '10.1.2.3/16') as a name that never matches."""
+        try:
+            return [str(ipaddress.ip_network(name, strict=False)) for name in names]
+        except ValueError as error:
+            raise ValueError(f"{error}: give IP addresses or CIDR networks such as 10.0.0.0/8") from None
 
     @model_validator(mode="after")
     def _async_database_url(self) -> Settings:

@@ -192,6 +192,10 @@ def install(runtime: Runtime) -> None:
     chainlit_config.project.user_session_timeout = int(settings.login_lifetime_hours * 3600)
     expire_tokens_with_their_login(settings.login_lifetime_hours)
     os.environ["CHAINLIT_AUTH_SECRET"] = runtime.secret
+    # Chainlit starts uvicorn, whose proxy-headers middleware reads X-Forwarded-For from the peers in this
+    # variable, 127.0.0.1 and ::1 when unset: then anyone on this host could claim any address and dodge the
+    # login throttle. Only the proxies named in LOUPE_TRUSTED_PROXIES are trusted (none: an empty list).
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(settings.trusted_proxies)
     accept_empty_uploads()
     # One folder per process, so that no other instance's shutdown deletes this one's pending uploads.
     uploads_in(settings.data_dir / "uploads")
