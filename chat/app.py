@@ -17,7 +17,6 @@ from fastapi import Request, Response
 
 from chat.arena import leaderboard
 from chat.arena.profiles import Profile
-from chat.store.accounts import check_password
 from chat.store.logins import claims, revoke
 from chat.store.rows import NotYours
 from chat.ui import answers, arena, dashboard, documents, feedback, siblings
@@ -55,8 +54,10 @@ async def start_server() -> None:
 
 @cl.password_auth_callback
 async def password_login(username: str, password: str) -> cl.User | None:
-    sessions = serving().sessions
-    return await signed_in(sessions, username) if await check_password(sessions, username, password) else None
+    runtime = serving()
+    if not await runtime.password_checks.check(username, password):
+        return None
+    return await signed_in(runtime.sessions, username)
 
 
 @cl.on_logout

@@ -3,6 +3,7 @@ login lasts, the first admin, and the `users` command."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,9 +18,9 @@ from sqlalchemy import select
 from chat.store.accounts import (
     ADMIN,
     AccountError,
+    PasswordChecks,
     account_of,
     add_user,
-    check_password,
     ensure_admin,
     link,
     list_accounts,
@@ -37,15 +38,34 @@ async def test_passwords_are_hashed_and_checked(layer) -> None:
     async with layer.sessions() as session:
         stored = await session.scalar(select(User.password_hash).where(User.identifier == "ada"))
     assert stored.startswith("$argon2") and "correct horse" not in stored
-    assert await check_password(layer.sessions, "ada", "correct horse")
-    assert not await check_password(layer.sessions, "ada", "wrong horse")
-    assert not await check_password(layer.sessions, "nobody", "correct horse")
+    checks = PasswordChecks(layer.sessions, at_once=1)
+    assert await checks.check("ada", "correct horse")
+    assert not await checks.check("ada", "wrong horse")
+    assert not await checks.check("nobody", "correct horse")
+
+
+async def test_password_checks_run_at_most_so_many_at_once(layer) -> None:
+    """argon2 is CPU and memory by design: logins arriving together take turns, not every core."""
+    await add_user(layer.sessions, "ada", "correct horse")
+    checks, running = PasswordChecks(layer.sessions, at_once=2), []
+
+    async def watch() -> None:
+        while True:
+            running.append(checks.running)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    passwords = ["correct horse", "wrong horse"] * 3
+    results = await asyncio.gather(*(checks.check("ada", password) for password in passwords))
+    watcher.cancel()
+    assert results == [True, False] * 3
+    assert max(running) == 2
 
 
 async def test_password_change_and_refusals(layer) -> None:
     await add_user(layer.sessions, "ada", "first-password")
     await set_password(layer.sessions, "ada", "second-password")
-    assert await check_password(layer.sessions, "ada", "second-password")
+    assert await PasswordChecks(layer.sessions, at_once=1).check("ada", "second-password")
     with pytest.raises(AccountError, match="already exists"):
         await add_user(layer.sessions, "ada", "another-password")
     with pytest.raises(AccountError, match="at least 8"):
@@ -56,7 +76,7 @@ async def test_password_change_and_refusals(layer) -> None:
 
 async def test_first_run_creates_admin_once(layer) -> None:
     generated = await ensure_admin(layer.sessions, None)
-    assert generated and await check_password(layer.sessions, ADMIN, generated)
+    assert generated and await PasswordChecks(layer.sessions, at_once=1).check(ADMIN, generated)
     assert await ensure_admin(layer.sessions, "ignored-now") is None
     assert [account.identifier for account in await list_accounts(layer.sessions)] == [ADMIN]
 
@@ -84,7 +104,7 @@ async def test_a_provider_identity_is_an_account_of_its_own_until_an_admin_links
     await add_user(sessions, "alice", "alice-password")
     assert await account_of(sessions, "github:alice") == "github:alice"  # never 'alice'
     await layer.create_user(cl.User(identifier="github:alice"))  # its first sign-in (Chainlit stores the user)
-    assert not await check_password(sessions, "github:alice", "alice-password")
+    assert not await PasswordChecks(sessions, at_once=1).check("github:alice", "alice-password")
     with pytest.raises(AccountError, match="kept for the accounts of sign-in providers"):
         await add_user(sessions, "google:alice", "alice-password")
     with pytest.raises(AccountError, match="kept for the accounts of sign-in providers"):

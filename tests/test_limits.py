@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 from chat.settings import checked_chat_settings
-from chat.ui.limits import FREE_FAILURES, FREE_FAILURES_PER_ADDRESS, LONGEST_WAIT_S, LoginThrottle, RateLimit
+from chat.ui.limits import (
+    FREE_FAILURES,
+    FREE_FAILURES_PER_ADDRESS,
+    IN_FLIGHT_WAIT_S,
+    LONGEST_WAIT_S,
+    LoginThrottle,
+    RateLimit,
+)
 
 
 class Clock:
@@ -49,6 +56,41 @@ def test_an_address_guessing_many_names_is_held_back_too() -> None:
         assert throttle.failed(f"user{n}", "10.0.0.9") == 0
     assert throttle.failed("one-more", "10.0.0.9") == 1
     assert throttle.wait("someone-else", "10.0.0.9") == 1
+
+
+def test_guesses_sent_at_once_count_while_they_are_checked() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(clock)
+    admitted = [throttle.reserve("ada", "10.0.0.1") for _ in range(60)]
+    assert admitted == [0] * FREE_FAILURES + [IN_FLIGHT_WAIT_S] * (60 - FREE_FAILURES)
+    for _ in range(FREE_FAILURES):
+        throttle.failed("ada", "10.0.0.1")
+        throttle.release("ada", "10.0.0.1")
+    # As one after another: a sixth is checked, and its failure starts the first wait.
+    assert [throttle.reserve("ada", "10.0.0.1"), throttle.reserve("ada", "10.0.0.1")] == [0, IN_FLIGHT_WAIT_S]
+    assert throttle.failed("ada", "10.0.0.1") == 1
+    throttle.release("ada", "10.0.0.1")
+    assert throttle.reserve("ada", "10.0.0.1") == 1
+
+
+def test_an_address_guessing_many_names_at_once_is_held_back_too() -> None:
+    throttle = LoginThrottle(Clock())
+    admitted = [throttle.reserve(f"user{n}", "10.0.0.9") for n in range(FREE_FAILURES_PER_ADDRESS + 5)]
+    assert admitted.count(0) == FREE_FAILURES_PER_ADDRESS
+    assert throttle.reserve("user1", "10.0.0.8") == 0, "each name is held back apart from the address"
+
+
+def test_a_checked_login_no_longer_counts_in_flight() -> None:
+    throttle = LoginThrottle(Clock())
+    for _ in range(FREE_FAILURES):
+        assert throttle.reserve("ada", "10.0.0.1") == 0
+    throttle.succeeded("ada", "10.0.0.1")
+    for _ in range(FREE_FAILURES):
+        throttle.release("ada", "10.0.0.1")
+        throttle.release("ada", "10.0.0.1")  # one release too many counts nothing
+    assert [throttle.reserve("ada", "10.0.0.1") for _ in range(FREE_FAILURES + 1)] == [0] * FREE_FAILURES + [
+        IN_FLIGHT_WAIT_S
+    ]
 
 
 def test_a_right_password_clears_the_names_failures() -> None:

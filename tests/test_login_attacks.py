@@ -1,25 +1,37 @@
 """Attacks on logging in (issue 21, round 2), made as they were found against a running server.
 
-Forged X-Forwarded-For addresses. Each test checks what the attacker gets back. The servers
-here are their own: a test that uses up the login throttle of 127.0.0.1 holds back every later
-login from it.
+Parallel guesses and forged X-Forwarded-For addresses. Each test checks what the attacker gets
+back, what the server's log says it did (it logs every argon2 check), and that the victim's rows
+and the export are the same bytes before and after. The servers here are their own: a test that
+uses up the login throttle of 127.0.0.1 holds back every later login from it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.database import create_engine, session_factory
-from chat.ui.limits import FREE_FAILURES_PER_ADDRESS
-from tests.helpers.databases import postgres_database
-from tests.helpers.server import Server, start_server, stop_server
+from chat.ui.limits import FREE_FAILURES, FREE_FAILURES_PER_ADDRESS
+from tests.helpers.client import OwnedThread, login, png, rated_thread_with_image
+from tests.helpers.databases import postgres_database, thread_rows
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, start_server, stop_server
+
+GUESSES = 60  # as many as the issue's report sent at once
+CHECKS_AT_ONCE = 1  # LOUPE_PASSWORD_CHECKS_AT_ONCE's default
+CHECKED = re.compile(r"Checking the password of '(?P<name>[^']*)' \((?P<running>\d+) of at most \d+ at once\)")
 
 
 @dataclass
@@ -45,9 +57,75 @@ async def attacked(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         yield Attacked(server, session_factory(engine))
 
 
+@pytest.fixture(scope="module")
+async def victim(attacked: Attacked) -> OwnedThread:
+    """admin's thread: a question with an image, its answer rated thumbs down (an exported row)."""
+    return (await rated_thread_with_image(attacked.server.url, png()))[0]
+
+
+async def evidence(attacked: Attacked, thread_id: str, out: Path) -> tuple[dict[str, list[tuple]], dict[str, bytes]]:
+    """Every row of the thread, and every file `python -m chat export` writes (DPO and KTO), as bytes."""
+    for format in ("trl-dpo", "trl-kto"):  # in a thread: an open chat's socket must go on answering pings
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "chat", "export", "--format", format, "--out", str(out / format)],
+            cwd=REPO,
+            env={**os.environ, "LOUPE_DATA_DIR": str(attacked.server.data_dir), **attacked.server.env},
+            check=True,
+            capture_output=True,
+        )
+    files = {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+    return await thread_rows(attacked.sessions, thread_id), files
+
+
+def password_checks(server: Server, name: str, since: int = 0) -> list[int]:
+    """For each argon2 check of `name`'s password the server made (after byte `since` of its log), how many
+    checks were running then."""
+    with server.log.open("rb") as log:
+        log.seek(since)
+        lines = log.read().decode(errors="replace").splitlines()
+    found = (CHECKED.search(line) for line in lines)
+    return [int(match["running"]) for match in found if match and match["name"] == name]
+
+
 async def guess(http: httpx.AsyncClient, name: str, forwarded_for: str | None = None) -> httpx.Response:
     headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
     return await http.post("/login", data={"username": name, "password": "a-wrong-guess"}, headers=headers)
+
+
+# 4. Parallel guesses count before they are checked, and checks run one at a time ------------------
+
+
+async def test_parallel_guesses_for_one_name_get_only_the_free_failures_checked(
+    attacked: Attacked, victim: OwnedThread, tmp_path: Path
+):
+    before = await evidence(attacked, victim.thread_id, tmp_path / "before")
+    log_before = attacked.server.log.stat().st_size
+    async with httpx.AsyncClient(base_url=attacked.server.url, timeout=120) as http:
+        answers = await asyncio.gather(*(guess(http, "admin") for _ in range(GUESSES)))
+    statuses = Counter(answer.status_code for answer in answers)
+    # Guesses in flight count as the failures they may be: the free ones are checked, the rest are refused at
+    # once. One more is checked only if it arrives after those have all failed, as it would one after another.
+    assert FREE_FAILURES <= statuses[401] <= FREE_FAILURES + 1, statuses
+    assert statuses[429] == GUESSES - statuses[401], statuses
+    assert all(answer.headers["retry-after"].isdigit() for answer in answers if answer.status_code == 429)
+    checks = password_checks(attacked.server, "admin", since=log_before)
+    assert len(checks) == statuses[401], "argon2 ran for the admitted guesses only"
+    assert max(checks) <= CHECKS_AT_ONCE
+
+    assert await evidence(attacked, victim.thread_id, tmp_path / "after") == before
+    await asyncio.sleep(2)  # at most the first wait (1 s) was started: the owner logs in after it
+    assert (await login(attacked.server.url, "admin", ADMIN_PASSWORD))["access_token"]
+
+
+async def test_parallel_guesses_for_many_names_are_checked_one_at_a_time(attacked: Attacked):
+    names = [f"someone-{n}" for n in range(12)]  # fewer than one address's free failures left after the test above
+    async with httpx.AsyncClient(base_url=attacked.server.url, timeout=120) as http:
+        answers = await asyncio.gather(*(guess(http, name) for name in names))
+    assert [answer.status_code for answer in answers] == [401] * len(names)
+    checks = [running for name in names for running in password_checks(attacked.server, name)]
+    assert len(checks) == len(names)
+    assert max(checks) <= CHECKS_AT_ONCE, "argon2 checks ran side by side, taking the CPU from answers"
 
 
 # 8. X-Forwarded-For counts only from a proxy named in LOUPE_TRUSTED_PROXIES --------------------------

@@ -17,7 +17,6 @@ from fastapi import FastAPI
 from chat.conversation import user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompt
 from chat.settings import Settings
-from chat.store.accounts import check_password
 from chat.ui.routes import STARTING
 from chat.ui.runtime import build_runtime
 from models.backend import Ended, SamplingSettings, Usage
@@ -50,7 +49,7 @@ async def test_a_runtime_is_built_in_process_from_its_own_settings(tmp_path: Pat
     assert runtime.image_limits.max_pixels == 64 * 28 * 28
     await runtime.start()
     try:
-        assert await check_password(runtime.sessions, "admin", ADMIN_PASSWORD), "migrated, first admin created"
+        assert await runtime.password_checks.check("admin", ADMIN_PASSWORD), "migrated, first admin created"
         assert runtime.backend.demo_reason is not None
         dtype = str(runtime.backend.loaded.model.dtype).removeprefix("torch.")
         assert runtime.status() == {"name": "demo", "demo": True, "backend": "local", "precision": ANY}

@@ -10,6 +10,7 @@ the identity to the account (`python -m chat users link github:alice alice`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import uuid
@@ -29,6 +30,7 @@ from chat.store.schema import User
 ADMIN = "admin"
 PROVIDER_SEPARATOR = ":"  # between a sign-in provider's id and the name it gives someone: github:alice
 LINKED_TO = "signs_in_as"  # in a provider identity's users.metadata: the account an admin linked it to
+log = logging.getLogger("loupe.accounts")
 hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
 _UNKNOWN_USER_HASH = hasher.hash(secrets.token_urlsafe(16))
@@ -142,12 +144,30 @@ async def unlink(sessions: async_sessionmaker[AsyncSession], identity: str) -> s
     return account
 
 
-async def check_password(sessions: async_sessionmaker[AsyncSession], identifier: str, password: str) -> bool:
-    """Verify in a worker thread: argon2 costs ~0.1-0.2 s of CPU by design, and on the event loop
-    every login would freeze every chat's stream for that long (50 users logging in: seconds)."""
-    async with sessions() as session:
-        stored = await session.scalar(select(User.password_hash).where(User.identifier == identifier))
-    return await asyncio.to_thread(_verify, stored, password)
+class PasswordChecks:
+    """Password checks, at most `at_once` at a time, each in a worker thread.
+
+    argon2 costs ~0.25 s of CPU and 64 MiB a check by design. On the event loop every login would freeze
+    every chat's stream for that long; in as many threads as logins arrive, sixty at once took the CPU
+    from the answers streaming meanwhile (one took 34.6 s instead of 0.7 s). The others wait their turn,
+    holding neither a thread nor memory.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], at_once: int) -> None:
+        self.sessions, self.at_once = sessions, at_once
+        self.running = 0
+        self._turns = asyncio.Semaphore(at_once)
+
+    async def check(self, identifier: str, password: str) -> bool:
+        async with self.sessions() as session:
+            stored = await session.scalar(select(User.password_hash).where(User.identifier == identifier))
+        async with self._turns:
+            self.running += 1
+            log.info("Checking the password of %r (%d of at most %d at once)", identifier, self.running, self.at_once)
+            try:
+                return await asyncio.to_thread(_verify, stored, password)
+            finally:
+                self.running -= 1
 
 
 def _verify(stored: str | None, password: str) -> bool:

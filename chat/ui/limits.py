@@ -46,6 +46,9 @@ FREE_FAILURES_PER_ADDRESS = 20
 FAILURE_MEMORY_S = 24 * 60 * 60
 # Names and addresses remembered at most (~200 bytes each): guesses over ever-new names cannot grow memory.
 MAX_TRACKED = 100_000
+# The wait told to an attempt refused while earlier ones are being checked: about as long as a check takes,
+# after which those have failed (and the wait they started is told) or not (and it is checked).
+IN_FLIGHT_WAIT_S = 1.0
 
 
 @dataclass
@@ -53,11 +56,17 @@ class _Failures:
     count: int = 0
     last: float = 0.0
     blocked_until: float = 0.0
+    in_flight: int = 0  # attempts being checked now, each a failure to come as far as anyone knows
 
 
 @dataclass
 class LoginThrottle:
-    """Failed logins per user name and per client address, with a growing wait after the free ones."""
+    """Failed logins per user name and per client address, with a growing wait after the free ones.
+
+    A login is `reserve`d before its password is checked and `release`d after (with `failed` or
+    `succeeded` in between): attempts sent at once count while they are checked, so sixty guesses
+    sent together get the free failures checked and the rest refused, as they would one by one.
+    """
 
     clock: Callable[[], float] = time.monotonic
     _failures: dict[tuple[str, str], _Failures] = field(default_factory=dict)
@@ -67,32 +76,62 @@ class LoginThrottle:
         now = self.clock()
         return max(0.0, *(self._current(key, now).blocked_until - now for key in self._keys(name, address)))
 
+    def reserve(self, name: str, address: str) -> float:
+        """Count a login about to be checked, and return 0; or return the seconds to wait, counting nothing.
+
+        While the attempts being checked could still all fail within the free failures, more may join
+        them; past that, one at a time, so each failure starts its wait before the next is checked.
+        """
+        now = self.clock()
+        if wait := self.wait(name, address):
+            return wait
+        if len(self._failures) > MAX_TRACKED:  # forget the ones not holding anybody back now
+            self._failures = {
+                key: kept for key, kept in self._failures.items() if kept.blocked_until > now or kept.in_flight
+            }
+        counted = [(self._current(key, now), self._free(key)) for key in self._keys(name, address)]
+        if any(failures.in_flight >= max(1, free - failures.count) for failures, free in counted):
+            return IN_FLIGHT_WAIT_S
+        for failures, _ in counted:
+            failures.in_flight += 1
+        return 0.0
+
+    def release(self, name: str, address: str) -> None:
+        """A reserved login has been checked (and counted with `failed` or `succeeded`)."""
+        for key in self._keys(name, address):
+            if (failures := self._failures.get(key)) is not None and failures.in_flight:
+                failures.in_flight -= 1
+
     def failed(self, name: str, address: str) -> float:
         """Count a failed login; returns the wait it starts (0 while within the free failures)."""
         now = self.clock()
-        if len(self._failures) > MAX_TRACKED:  # forget the ones not holding anybody back now
-            self._failures = {key: kept for key, kept in self._failures.items() if kept.blocked_until > now}
         for key in self._keys(name, address):
             failures = self._current(key, now)
             failures.count += 1
             failures.last = now
-            free = FREE_FAILURES if key[0] == "name" else FREE_FAILURES_PER_ADDRESS
-            if failures.count > free:
+            if failures.count > (free := self._free(key)):
                 wait = min(LONGEST_WAIT_S, FIRST_WAIT_S * 2 ** (failures.count - free - 1))
                 failures.blocked_until = now + wait
         return self.wait(name, address)
 
     def succeeded(self, name: str, address: str) -> None:
         """A right password: the name starts afresh (the address keeps its count, it may be shared)."""
-        self._failures.pop(("name", name.casefold()), None)
+        if (failures := self._failures.get(("name", name.casefold()))) is not None:
+            failures.count, failures.blocked_until = 0, 0.0  # its other attempts may still be in flight
 
     def _keys(self, name: str, address: str) -> list[tuple[str, str]]:
         return [("name", name.casefold()), ("address", address)]
 
+    @staticmethod
+    def _free(key: tuple[str, str]) -> int:
+        return FREE_FAILURES if key[0] == "name" else FREE_FAILURES_PER_ADDRESS
+
     def _current(self, key: tuple[str, str], now: float) -> _Failures:
         failures = self._failures.get(key)
-        if failures is None or now - failures.last > FAILURE_MEMORY_S:
+        if failures is None:
             failures = self._failures[key] = _Failures()
+        elif not failures.in_flight and now - failures.last > FAILURE_MEMORY_S:
+            failures.count, failures.blocked_until = 0, 0.0
         return failures
 
 

@@ -148,14 +148,15 @@ def add_routes(
         """Chainlit's password login, refused with 429 for a while after repeated failures.
 
         The wait is answered at once (no argon2 work, nothing held), so guessing costs the
-        guesser time and the server nothing; the name and the address are counted apart.
+        guesser time and the server nothing; the name and the address are counted apart, and
+        an attempt counts from before its check, so guesses sent at once are held back too.
         """
         form = await request.form()
         name, address = str(form.get("username", "")), request.client.host if request.client else ""
-        if wait := throttle.wait(name, address):
+        if wait := throttle.reserve(name, address):
             log.warning("Login throttled for %r from %s: %.0f s to wait", name, address, wait)
             return JSONResponse(
-                {"detail": "Too many failed logins; try again later."},
+                {"detail": "Too many login attempts; try again later."},
                 status_code=429,
                 headers={"Retry-After": retry_after(wait)},
             )
@@ -166,8 +167,11 @@ def add_routes(
             if refused.status_code == 401 and (wait := throttle.failed(name, address)):
                 log.warning("Failed login for %r from %s: the next try waits %.0f s", name, address, wait)
             raise
-        throttle.succeeded(name, address)
-        return answer
+        else:
+            throttle.succeeded(name, address)
+            return answer
+        finally:
+            throttle.release(name, address)
 
     @server.post("/project/file")
     async def upload(

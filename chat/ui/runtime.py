@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from chat.arena.profiles import Profiles
 from chat.conversation import PromptBuilder
 from chat.settings import Settings
-from chat.store.accounts import ADMIN, auth_secret, ensure_admin
+from chat.store.accounts import ADMIN, PasswordChecks, auth_secret, ensure_admin
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.documents import Documents
 from chat.store.files import ContentStore
@@ -71,6 +71,7 @@ class Runtime:
     documents: Documents
     profiles: Profiles
     image_limits: ImageLimits
+    password_checks: PasswordChecks
     secret: str  # Chainlit signs login tokens with it
     arena_draw: random.Random = field(default_factory=random.Random)  # which two contenders answer, in which order
     # Set by start(): the model behind the chat, and the prompt builder that counts with its tokenizer.
@@ -161,6 +162,7 @@ def build_runtime(settings: Settings) -> Runtime:
             min_pixels=settings.min_pixels,
             max_pixels=settings.image_max_pixels(pick_device(settings.device).type),
         ),
+        password_checks=PasswordChecks(sessions, settings.password_checks_at_once),
         secret=auth_secret(settings.data_dir),
     )
 
