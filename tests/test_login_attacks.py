@@ -1,9 +1,10 @@
 """Attacks on logging in (issue 21, round 2), made as they were found against a running server.
 
-Parallel guesses and forged X-Forwarded-For addresses. Each test checks what the attacker gets
-back, what the server's log says it did (it logs every argon2 check), and that the victim's rows
-and the export are the same bytes before and after. The servers here are their own: a test that
-uses up the login throttle of 127.0.0.1 holds back every later login from it.
+Parallel guesses, a reply to a question sent after its login ended, and forged X-Forwarded-For
+addresses. Each test checks what the attacker gets back, what the server's log says it did
+(it logs every argon2 check), and that the victim's rows and the export are the same bytes
+before and after. The servers here are their own: a test that uses up the login throttle of
+127.0.0.1 holds back every later login from it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.database import create_engine, session_factory
+from chat.store.schema import Correction, Step
 from chat.ui.limits import FREE_FAILURES, FREE_FAILURES_PER_ADDRESS
-from tests.helpers.client import OwnedThread, login, png, rated_thread_with_image
+from tests.helpers.client import ChatClient, OwnedThread, login, only_answer, png, rated_thread_with_image
 from tests.helpers.databases import postgres_database, thread_rows
-from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, start_server, stop_server
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, start_server, stop_server
 
+PASSWORD = "login-attack-password-1"
 GUESSES = 60  # as many as the issue's report sent at once
 CHECKS_AT_ONCE = 1  # LOUPE_PASSWORD_CHECKS_AT_ONCE's default
 CHECKED = re.compile(r"Checking the password of '(?P<name>[^']*)' \((?P<running>\d+) of at most \d+ at once\)")
@@ -126,6 +130,62 @@ async def test_parallel_guesses_for_many_names_are_checked_one_at_a_time(attacke
     checks = [running for name in names for running in password_checks(attacked.server, name)]
     assert len(checks) == len(names)
     assert max(checks) <= CHECKS_AT_ONCE, "argon2 checks ran side by side, taking the CPU from answers"
+
+
+# 7. A reply to a question, sent after its login ended, is refused and stores nothing ---------------
+
+
+async def test_a_reply_to_a_question_after_logout_is_refused_and_stores_nothing(attacked: Attacked, tmp_path: Path):
+    add_account(attacked.server, "leaver", PASSWORD)
+    async with ChatClient(attacked.server.url, username="leaver", password=PASSWORD) as leaver:
+        await leaver.change_settings({"max_new_tokens": 16})
+        answer = only_answer(await leaver.ask("What torque for an M8 bolt?"))
+        assert (await leaver.rate(answer["parentId"], 0)).status_code == 200
+        [correct] = leaver.actions_for(answer["id"], "correct")
+        async with httpx.AsyncClient(base_url=leaver.url, cookies=leaver.cookies, timeout=60) as http:
+            clicked = asyncio.create_task(
+                http.post("/project/action", json={"action": correct, "sessionId": leaver.session_id})
+            )
+            asked = await leaver.wait_for("ask")  # "Write the answer you wanted"
+            for _ in range(100):  # Chainlit stores the question in a task of its own
+                if await stored_step(attacked, asked["msg"]["id"]):
+                    break
+                await asyncio.sleep(0.1)
+            assert (await http.post("/logout")).status_code == 200
+            assert (await http.get("/user")).status_code == 401
+            before = await evidence(attacked, leaver.thread_id, tmp_path / "before")
+
+            await leaver.ask_answers.put("A correction sent after logging out.")  # on the socket still open
+            assert (await clicked).status_code == 200  # the button's callback has ended
+        # Compared before the socket closes: Chainlit then saves the session into the thread, as for any chat.
+        assert await evidence(attacked, leaver.thread_id, tmp_path / "after") == before
+        assert (await leaver.wait_for("toast"))["message"].startswith("This login has ended")
+
+    async with attacked.sessions() as session:
+        assert not (await session.scalars(select(Correction.id).where(Correction.thread_id == leaver.thread_id))).all()
+
+
+async def stored_step(attacked: Attacked, step_id: str) -> bool:
+    async with attacked.sessions() as session:
+        return await session.scalar(select(Step.id).where(Step.id == step_id)) is not None
+
+
+async def test_a_stop_after_logout_is_refused_and_the_socket_closed(attacked: Attacked):
+    """Not only messages: a stop (Chainlit stores "Task manually stopped.") from a login that has ended is
+    refused with a notice, and the socket is closed."""
+    add_account(attacked.server, "stopper", PASSWORD)
+    async with ChatClient(attacked.server.url, username="stopper", password=PASSWORD) as stopper:
+        await stopper.change_settings({"max_new_tokens": 16})
+        only_answer(await stopper.ask("Name a pump type."))
+        async with httpx.AsyncClient(base_url=stopper.url, cookies=stopper.cookies) as http:
+            assert (await http.post("/logout")).status_code == 200
+        before = await thread_rows(attacked.sessions, stopper.thread_id)
+        await stopper.stop()
+        assert (await stopper.wait_for("new_message"))["output"].startswith("This login has ended")
+        async with asyncio.timeout(30):
+            await stopper.sio.wait()  # until the server closes it
+    after = await thread_rows(attacked.sessions, stopper.thread_id)
+    assert after["steps"] == before["steps"], "nothing was stored for the stop"
 
 
 # 8. X-Forwarded-For counts only from a proxy named in LOUPE_TRUSTED_PROXIES --------------------------

@@ -151,17 +151,23 @@ def guard_client_messages(
 ) -> None:
     """Check every message a client sends before Chainlit stores it or Loupe answers it.
 
-    Typed messages and answers to AskUserMessage both pass through the emitter's
-    `process_message`, which now keeps only `client_message_step`. The socket's handler also
-    refuses, with a notice that is not stored: messages from a login that has since ended,
-    messages over the per-user rate, malformed or over-long ones, and ones whose id already
-    names a step (anyone's: answered, it would hang an answer under another user's message).
-    Any other failure is shown as a short message with a reference id; the details go to the
-    log under that id.
+    Every socket event first checks that the socket's login has not ended (`check_login_on_every_event`).
+    Typed messages and answers to AskUserMessage both pass through the emitter's `process_message`,
+    which checks the login again (an answer is no event: it comes back as the reply to Chainlit's
+    "ask", however long after) and keeps only `client_message_step`. The socket's handler also
+    refuses, with a notice that is not stored: messages over the per-user rate, malformed or
+    over-long ones, and ones whose id already names a step (anyone's: answered, it would hang an
+    answer under another user's message). Any other failure is shown as a short message with a
+    reference id; the details go to the log under that id.
     """
     process_message = ChainlitEmitter.process_message
 
     async def process_checked_message(self: ChainlitEmitter, payload: Any) -> Message:
+        if not await login_is_current(self.session.token):
+            log.warning(
+                "Refused a message from %s: its login has ended", self.session.user and self.session.user.identifier
+            )
+            raise MessageRefused("login_ended")
         if not isinstance(payload, dict):
             raise MessageRefused("message_malformed")
         author = self.session.user.identifier if self.session.user else "User"
@@ -184,10 +190,6 @@ def guard_client_messages(
         language = language_of(session.language)
         await context.emitter.task_start()
         try:
-            if not await login_is_current(session.token):
-                await context.emitter.send_step(browser_only_message(text("login_ended", language)))
-                await chainlit.socket.sio.disconnect(session.socket_id)
-                return
             user = session.user.identifier if session.user else session.id
             if (wait := rate.admit(user)) is not None:
                 raise MessageRefused("too_many_messages", seconds=max(1, round(wait)))
@@ -209,6 +211,34 @@ def guard_client_messages(
 
     ChainlitEmitter.process_message = process_checked_message
     chainlit.socket.process_message = checked_message  # the client_message handler looks it up by name
+    check_login_on_every_event(login_is_current)
+
+
+def check_login_on_every_event(login_is_current: Callable[[str | None], Awaitable[bool]]) -> None:
+    """Take no socket event from a login that has ended: say so, and close the socket.
+
+    Chainlit checks the login when a socket connects, and never again; a socket left open after a
+    logout could still stop a run (Chainlit stores "Task manually stopped."), change settings, or
+    send messages. Every event handler but connect's and disconnect's now checks it first.
+    """
+    handlers = chainlit.socket.sio.handlers["/"]
+
+    def checked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def handle_if_logged_in(sid: str, *data: Any) -> Any:
+            session = WebsocketSession.get(sid)
+            if session is None or await login_is_current(session.token):
+                return await handler(sid, *data)
+            log.warning("Closed a socket of %s: its login has ended", session.user and session.user.identifier)
+            emitter = init_ws_context(session).emitter
+            await emitter.send_step(browser_only_message(text("login_ended", language_of(session.language))))
+            await chainlit.socket.sio.disconnect(session.socket_id)
+            return None
+
+        return handle_if_logged_in
+
+    for event, handler in list(handlers.items()):
+        if event not in ("connect", "disconnect"):
+            handlers[event] = checked(handler)
 
 
 def failure_reference() -> str:

@@ -39,7 +39,7 @@ async def ask_for_correction(answer: AnswerFeedback, user: str, language: str) -
     """Ask for the answer the user wanted and keep it as the preferred answer to that prompt."""
     try:
         written = await cl.AskUserMessage(content=text("correction_ask", language), timeout=CORRECTION_TIMEOUT_S).send()
-    except MessageRefused as refused:  # the reply too was checked (chainlit_fixes), and was too long or malformed
+    except MessageRefused as refused:  # the reply too was checked (chainlit_fixes): too long, malformed, logged out
         await cl.context.emitter.send_toast(text(refused.reason, language, **refused.details), "error")
         return
     finally:
