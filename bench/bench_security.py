@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,45 +27,11 @@ import httpx
 
 from bench.bench_chat import Report, print_machine
 from tests.helpers.client import ChatClient, login
+from tests.helpers.memory import MB, PeakMemory
 from tests.helpers.server import ADMIN_PASSWORD, add_account, start_server, stop_server
 
-MB = 1024 * 1024
 MAXIMAL_MESSAGE = "저항기 " * 8000  # 32,000 characters, LOUPE_MAX_MESSAGE_CHARS's default
 HUGE_MESSAGE = "x" * 900_000  # the message that froze every user for 1.4 s before
-
-
-def rss(pid: int) -> int:
-    """Resident memory of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-class PeakMemory:
-    """The highest RSS of a process seen while the block runs, sampled every 5 ms in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._done = pid, 0, threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        self.before = rss(self.pid)
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, rss(self.pid))
-            time.sleep(0.005)
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.before) / MB
 
 
 async def chunked(total: int):

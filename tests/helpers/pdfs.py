@@ -1,6 +1,7 @@
 """PDF documents made up for tests and benchmarks, with reportlab: text layers in English and Korean,
-a table, a figure, scanned pages without a text layer, and the broken files users send; and a large
-library of datasheet pages as text, with a labelled question per page, for search at scale.
+a table, a figure, scanned pages without a text layer, the broken files users send, and hostile ones
+(a content stream that inflates to hundreds of MB, pages that are slow to read); and a large library
+of datasheet pages as text, with a labelled question per page, for search at scale.
 
 Korean text uses reportlab's built-in CID font (HYSMyeongJo-Medium, Adobe-Korea1): the text layer
 is real Unicode without shipping a font file.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import zlib
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -25,6 +27,7 @@ from models.pdf import END_MARKER, HEADER, PageText
 
 EXTERNAL_PDF = "tests/fixtures/shared-mime-info-spec.pdf"  # not made by Loupe: see tests/fixtures/PROVENANCE.md
 KOREAN_FONT = "HYSMyeongJo-Medium"
+MB = 1024 * 1024
 pdfmetrics.registerFont(UnicodeCIDFont(KOREAN_FONT))
 
 PARTS = ("regulator", "op-amp", "MOSFET", "comparator", "oscillator", "transceiver", "ADC", "LDO", "gate driver")
@@ -158,6 +161,66 @@ def scripted_pdf() -> bytes:
         _stream(b"BT /F1 12 Tf 72 700 Td (Enter the serial number.) Tj ET"),
     ]
     return _assembled(objects)
+
+
+def inflating_pdf(megabytes: int) -> bytes:
+    """One page whose FlateDecode content stream inflates to `megabytes` MB of spaces from about a
+    thousandth of that: 512 MB from a 0.5 MB file. Built from one compressed megabyte, repeated (each
+    copy ends with a full flush, so none refers back into the one before), without inflating it here."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the zlib header and checksum come below
+    spaces = b" " * MB
+    block = compressor.compress(spaces) + compressor.flush(zlib.Z_FULL_FLUSH)
+    checksum = 1  # adler32 of nothing
+    for _ in range(megabytes):
+        checksum = zlib.adler32(spaces, checksum)
+    # zlib's header (deflate, best compression), the blocks, an empty final block, the checksum of what they inflate to
+    packed = b"\x78\xda" + block * megabytes + b"\x03\x00" + checksum.to_bytes(4, "big")
+    return _assembled(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(packed), packed),
+        ]
+    )
+
+
+def slow_pdf(pages: int, strokes: int) -> bytes:
+    """`pages` pages that each draw one form of `strokes` short lines, stored once and compressed about
+    500 to 1: each page is a few bytes of the file and seconds of PDFium's work (1 million: about 1 s
+    to read, 3 s to render, on one core of the machine in bench/RESULTS.md)."""
+    form = zlib.compress(b"0 0 m 1 1 l S\n" * strokes, 9)
+    kids = b" ".join(b"%d 0 R" % (5 + page) for page in range(pages))
+    page = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /XObject << /Strokes 3 0 R >> >> >>"
+    )
+    return _assembled(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Filter /FlateDecode /Length %d >>\n"
+            b"stream\n%s\nendstream" % (len(form), form),
+            _stream(b"/Strokes Do"),
+            *[page] * pages,
+        ]
+    )
+
+
+def crowded_pdf(lines: int) -> bytes:
+    """One page of `lines` lines of 1-point type, 1,000 characters each: far more text than any page people
+    read holds, in a few bytes a line (780 lines fit a letter page)."""
+    line = b"0 -1 Td (" + b"AB " * 333 + b"x) Tj\n"
+    font = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+    return _assembled(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+            b" /Resources << /Font << /F1 %s >> >> >>" % font,
+            _stream(b"BT /F1 1 Tf 0 780 Td\n" + line * lines + b"ET"),
+        ]
+    )
 
 
 def _stream(content: bytes) -> bytes:

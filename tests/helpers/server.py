@@ -30,6 +30,7 @@ class Server:
     log: Path
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)  # the LOUPE_* settings it was started with
+    pid: int = 0  # its process, whose memory the hostile-input tests watch
 
 
 # Each pytest-xdist worker (make test runs several) takes its servers' ports from its own block, below the
@@ -74,7 +75,7 @@ def start_server(app_root: Path, data_dir: Path | None = None, **env: str) -> tu
         process = subprocess.Popen(
             [sys.executable, "-m", "chat", "serve"], cwd=app_root, env=environment, stdout=output, stderr=output
         )
-    server = Server(url=f"http://127.0.0.1:{port}", log=log, data_dir=data_dir, env=env)
+    server = Server(url=f"http://127.0.0.1:{port}", log=log, data_dir=data_dir, env=env, pid=process.pid)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
