@@ -1,9 +1,10 @@
 """Documents at scale: ingest time per page, and retrieval latency and recall over a large library,
 on SQLite and PostgreSQL, in one run.
 
-1. Ingest: real PDFs (tests/helpers/pdfs.py, reportlab) read page by page with pypdfium2 and stored
-   with their search index through chat/store/documents.py, as the chat does; and one page rendered
-   at the CPU pixel budget, as the model is shown it.
+1. Ingest: real PDFs (tests/helpers/pdfs.py, reportlab) read page by page with pypdfium2, by the
+   document workers on the default settings (models/pdf_pool.py), and stored with their search index
+   through chat/store/documents.py, as the chat does; and one page rendered at the CPU pixel budget,
+   as the model is shown it.
 2. Library: tests/helpers/pdfs.py's LIBRARY says what it holds. Its pages are stored through the same
    `Documents.ingest` as uploads (the same rows, terms and index), from their text, without making
    50,000 PDF pages first. Every question is asked across the user's whole library, as the Library
@@ -33,10 +34,12 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.bench_chat import Report, print_machine
+from chat.documents.reading import pdf_workers
+from chat.settings import Settings
 from chat.store.accounts import add_user
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.documents import Documents
-from models.pdf import read_pdf, render_page
+from models.pdf_pool import PdfPool
 from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from tests.helpers import pdfs
 from tests.helpers.databases import postgres_database
@@ -47,13 +50,13 @@ GOAL_RECALL_AT_3, GOAL_P99_MS = 0.9, 100
 USER = "librarian"
 
 
-async def bench_ingest(documents: Documents, report: Report, backend: str) -> None:
-    """Real PDFs through the chat's path: read with pypdfium2, stored with the index; one page rendered."""
+async def bench_ingest(documents: Documents, workers: PdfPool, report: Report, backend: str) -> None:
+    """Real PDFs through the chat's path: read by the workers, stored with the index; one page rendered."""
     pages, started, reading = 0, time.perf_counter(), 0.0
     for seed in range(5):
         data, _ = pdfs.facts_pdf(40, seed=1000 + seed, korean=seed % 2 == 1)
         read_at = time.perf_counter()
-        read = await asyncio.to_thread(read_pdf, data, 500)
+        read = await workers.read(USER, data, 500)
         reading += time.perf_counter() - read_at
         await documents.ingest(USER, hashlib.sha256(data).hexdigest(), f"ingest-{seed}.pdf", "pdf", read)
         pages += len(read)
@@ -67,7 +70,7 @@ async def bench_ingest(documents: Documents, report: Report, backend: str) -> No
     renders = []
     for _ in range(5):
         render_at = time.perf_counter()
-        await asyncio.to_thread(render_page, data, 1, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+        await workers.render_page(USER, data, 1, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
         renders.append(time.perf_counter() - render_at)
     report.add(
         backend,
@@ -133,6 +136,7 @@ async def database(backend: str) -> AsyncIterator[str]:
 async def main(arguments: argparse.Namespace) -> None:
     print_machine(f"library: {arguments.documents} documents, {arguments.questions} questions\n{LIBRARY}")
     report = Report()
+    workers = pdf_workers(Settings())
     for backend in arguments.backends:
         async with database(backend) as url:
             await asyncio.to_thread(upgrade, url)
@@ -140,9 +144,10 @@ async def main(arguments: argparse.Namespace) -> None:
             sessions = session_factory(engine)
             await add_user(sessions, USER, "a long enough password")
             documents = Documents(sessions)
-            await bench_ingest(documents, report, backend)
+            await bench_ingest(documents, workers, report, backend)
             await bench_library(documents, report, backend, arguments.documents, arguments.questions)
             await engine.dispose()
+    await workers.close()
     print(report.table())
 
 

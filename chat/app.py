@@ -49,6 +49,12 @@ async def start_server() -> None:
         raise StartFailed(runtime.failure) from error
 
 
+@cl.on_app_shutdown
+async def stop_server() -> None:
+    """End the idle document workers (a busy one ends with its job: its pipes close with this process)."""
+    await serving().pdfs.close()
+
+
 # Logging in and out ----------------------------------------------------------------------------
 
 

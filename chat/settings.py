@@ -35,6 +35,11 @@ class Settings(ModelSettings):
     max_image_megapixels: float = Field(50, gt=0, description="Larger images are refused before decoding.")
     max_pdf_pages: int = Field(500, ge=1, description="Longest PDF accepted, in pages (a text file: in parts).")
     document_pages: int = Field(3, ge=1, description="Pages of the user's documents shown to the model per question.")
+    # PDFs are read in worker processes, each within these limits (models/pdf_pool.py).
+    pdf_workers: int = Field(2, ge=1, description="Processes reading PDFs; each user uses at most one at a time.")
+    pdf_worker_memory_mb: int = Field(1024, ge=256, description="Memory (address space) of each PDF worker.")
+    pdf_page_seconds: float = Field(5, gt=0, description="CPU seconds to read or render one PDF page.")
+    pdf_document_seconds: float = Field(60, gt=0, description="CPU seconds to read a whole PDF into the library.")
     backend: Literal["local", "vllm"] = Field("local", description="local: the model in this process; vllm: a server.")
     vllm_url: str = Field("http://127.0.0.1:8100/v1", description="The vLLM server's OpenAI API, ending in /v1.")
     vllm_api_key: str | None = Field(None, description="The key the vLLM server was started with (--api-key).")

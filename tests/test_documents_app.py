@@ -20,7 +20,8 @@ from models.settings import CPU_MAX_PIXELS
 from tests.helpers import pdfs
 from tests.helpers.client import GREEDY, ChatClient, only_answer, png
 from tests.helpers.databases import postgres_database
-from tests.helpers.server import REPO, Server, add_account, export_rows, start_server, stop_server, stored
+from tests.helpers.memory import PeakMemory
+from tests.helpers.server import REPO, Server, add_account, export_rows, rows, start_server, stop_server, stored
 
 PASSWORD = "documents-password-1"
 
@@ -122,6 +123,58 @@ async def test_bad_documents_are_refused_by_name_and_nothing_is_stored(on_each_d
         assert "good.pdf" not in {name for name, _ in cited(answer)}
         [listing] = (await client.ask("", command="Library")).messages
         assert "form.pdf" in listing["output"] and "good.pdf" not in listing["output"]
+
+
+@pytest.fixture(scope="module")
+def attacker(server: Server) -> str:
+    """The account that sends the hostile files; admin is the other user, who must not notice."""
+    add_account(server, "pdf-attacker", PASSWORD)
+    return "pdf-attacker"
+
+
+async def test_a_pdf_that_inflates_to_gigabytes_is_refused_and_the_server_memory_stays(
+    server: Server, attacker: str
+) -> None:
+    """Issue 21: a 0.5 MB PDF whose content stream inflates to 512 MB took the server from 1.4 to 2.5 GB."""
+    data, facts = pdfs.facts_pdf(1, seed=15)
+    async with ChatClient(server.url, username=attacker, password=PASSWORD) as mallory, ChatClient(server.url) as ada:
+        await ada.change_settings(GREEDY)
+        mine = only_answer(await ada.ask(facts[0].question, [await ada.upload("mine.pdf", data, "application/pdf")]))
+        library = rows(server, LIBRARY_OF, "admin")
+        bomb = await mallory.upload("report.pdf", pdfs.inflating_pdf(512), "application/pdf")
+        with PeakMemory(server.pid) as memory:
+            refused, answered = await asyncio.gather(mallory.ask("Summarize.", [bomb]), ada.ask(facts[0].question))
+        [refusal] = [message["output"] for message in refused.messages]
+        assert (
+            "**report.pdf**: reading the PDF needs more than 1024 MB of memory, the limit for one document" in refusal
+        )
+        assert memory.growth_mb < 50, "PDFium inflated it in a worker, not in the server"
+        assert cited(only_answer(answered)) == cited(mine) == [("mine.pdf", 1)], "the other user is still answered"
+        assert rows(server, LIBRARY_OF, "admin") == library
+        assert rows(server, LIBRARY_OF, attacker) == [], "nothing of the refused file is kept"
+
+
+async def test_a_slow_pdf_costs_its_sender_time_and_nobody_else(server: Server, attacker: str) -> None:
+    """Issue 21: pages that each take long to read held the server's one PDFium lock, 10 at a time, and
+    another user's one-page question waited behind them. Now each user's reading has a worker of its own."""
+    data, facts = pdfs.facts_pdf(1, seed=16)
+    async with ChatClient(server.url, username=attacker, password=PASSWORD) as mallory, ChatClient(server.url) as ada:
+        await ada.change_settings(GREEDY)
+        slow = await mallory.upload("slow.pdf", pdfs.slow_pdf(20, 300_000), "application/pdf")  # about 0.3 s a page
+        await mallory.send("Summarize.", [slow])
+        await mallory.wait_for_message("Reading **slow.pdf**: page 1 of 20")
+        answer = only_answer(await ada.ask(facts[0].question, [await ada.upload("one.pdf", data, "application/pdf")]))
+        assert cited(answer) == [("one.pdf", 1)]
+        progress = [message["output"] for message in mallory.seen_messages if "slow.pdf" in message["output"]]
+        assert progress == ["Reading **slow.pdf**: page 1 of 20…"], "ada's question did not wait for slow.pdf's pages"
+        await mallory.stop()  # her reading ends with its job, and its worker
+        await mallory.wait_for("task_end")
+    assert rows(server, LIBRARY_OF, attacker) == []
+
+
+LIBRARY_OF = (
+    "SELECT l.name, l.sha256, l.created_at FROM library l JOIN users u ON u.id = l.user_id WHERE u.identifier = ?"
+)
 
 
 async def test_another_user_can_neither_search_nor_see_a_users_pages(server: Server) -> None:

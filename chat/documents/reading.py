@@ -1,7 +1,8 @@
 """What an attachment is, by its content, and its pages as the library stores them.
 
 A message's files are images, PDFs or text, told apart by their bytes alone: the browser's
-declared type and the file name are a client's word. A PDF gives one page per PDF page (models/pdf.py).
+declared type and the file name are a client's word. A PDF gives one page per PDF page, read by the
+document workers (models/pdf_pool.py).
 A text file (UTF-8: notes, logs, CSV, source) is cut into pages of about TEXT_PAGE_CHARS at line
 breaks, so a long log is retrieved and cited by the part that matters ("server.log, part 3").
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from models.pdf import SLACK, DocumentRejected, PageText, is_pdf, read_pdf
+from chat.settings import Settings
+from models.pdf import SLACK, DocumentRejected, PageText, is_pdf
+from models.pdf_pool import PdfPool
 
 TEXT_PAGE_CHARS = 3000  # ~800 tokens of English: a few of them fit beside page images in the context
 # Control characters that never occur in text people write (all but tab, line feed, form feed and
@@ -40,10 +43,18 @@ def file_kind(path: Path) -> Kind:
         return kind_of(file.read(SLACK))
 
 
-def document_pages(data: bytes, kind: Kind, max_pages: int) -> list[PageText]:
-    """The pages of a PDF or text file; DocumentRejected when it cannot be used."""
-    if kind == Kind.PDF:
-        return read_pdf(data, max_pages)
+def pdf_workers(settings: Settings) -> PdfPool:
+    """The document workers that read the PDFs of a server of these settings, within its limits."""
+    return PdfPool(
+        workers=settings.pdf_workers,
+        memory_mb=settings.pdf_worker_memory_mb,
+        page_seconds=settings.pdf_page_seconds,
+        document_seconds=settings.pdf_document_seconds,
+    )
+
+
+def text_pages(data: bytes, max_pages: int) -> list[PageText]:
+    """The pages of a text file; DocumentRejected when it cannot be used."""
     try:
         content = data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -4,12 +4,14 @@ Retrieval ranks the pages of the conversation's documents (or of the user's whol
 question and the turn before it; a conversation whose documents are short enough goes whole, in
 order. Each page is shown to the model twice over: as an image rendered at Loupe's pixel budget
 (tables, plots and schematics survive it) and as its text layer, labelled with the citation the
-answer should use. The pages an answer was shown are its `sources`, in its generation record.
+answer should use; a page the document workers cannot draw within their limits goes as its text
+alone. The pages an answer was shown are its `sources`, in its generation record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +23,17 @@ from chat.prompts import pages_prompt
 from chat.store.documents import Documents, PageHit
 from chat.store.files import ContentStore
 from chat.store.generations import Source
-from models.pdf import render_page
+from models.pdf import DocumentRejected
+from models.pdf_pool import PdfPool
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ShownPage:
     source: Source
     text: str
-    image: Image.Image | None  # a PDF page as rendered for the model; text files have none
+    image: Image.Image | None  # a PDF page as rendered for the model; none for text (or a page too costly to draw)
 
 
 async def pages_for(
@@ -47,15 +52,22 @@ async def pages_for(
     return await documents.search(user, question, limit, within)
 
 
-async def shown_pages(hits: list[PageHit], store: ContentStore, min_pixels: int, max_pixels: int) -> list[ShownPage]:
-    """The pages as the model sees them: PDF pages rendered within the pixel budget (off the event loop)."""
+async def shown_pages(
+    hits: list[PageHit], user: str, store: ContentStore, pdfs: PdfPool, min_pixels: int, max_pixels: int
+) -> list[ShownPage]:
+    """The pages as the model sees them: PDF pages rendered within the pixel budget, as `user`'s jobs."""
 
-    def render(hit: PageHit) -> Image.Image | None:
+    async def render(hit: PageHit) -> Image.Image | None:
         if hit.kind != "pdf":
             return None
-        return render_page(store.path(hit.sha256).read_bytes(), hit.number, min_pixels, max_pixels)
+        data = await asyncio.to_thread(store.path(hit.sha256).read_bytes)
+        try:
+            return await pdfs.render_page(user, data, hit.number, min_pixels, max_pixels)
+        except DocumentRejected as refused:  # read once within the limits, but too costly to draw
+            log.warning("%s, p. %d (%s) is shown as its text: %s", hit.name, hit.number, hit.sha256, refused)
+            return None
 
-    images = await asyncio.gather(*(asyncio.to_thread(render, hit) for hit in hits))
+    images = await asyncio.gather(*(render(hit) for hit in hits))
     sources = [Source(hit.name, hit.sha256, hit.number, hit.kind) for hit in hits]
     return [ShownPage(source, hit.text, image) for source, hit, image in zip(sources, hits, images, strict=True)]
 

@@ -2,8 +2,9 @@
 question is answered from, and the citations under the answer (chat/documents/ holds the rules).
 
 A document is read once per content: one already in the database (anyone's upload of the same
-bytes) only joins this user's library. A long PDF is read in parts, with a progress line in the
-chat. A message with a file that cannot be read is refused whole, and none of its files is stored.
+bytes) only joins this user's library. A PDF is read by the document workers (models/pdf_pool.py)
+as the user's jobs, a long one in parts, with a progress line in the chat. A message with a file
+that cannot be read is refused whole, and none of its files is stored.
 The conversation's documents are kept in the session; ownership is the library's, checked by
 every query (chat/store/documents.py), so a document id from anywhere else finds nothing.
 """
@@ -18,16 +19,15 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from PIL import Image
 
 from chat.conversation import turn_text
-from chat.documents.reading import Kind, document_pages
+from chat.documents.reading import Kind, text_pages
 from chat.documents.retrieval import ShownPage, pages_for, shown_pages
 from chat.ui.routes import stored_file_url
 from chat.ui.runtime import serving
 from chat.ui.texts import text
 from chat.ui.uploads import DocumentFile, UploadsRejected
-from models.pdf import DocumentRejected, PageText, page_count, read_pages
+from models.pdf import DocumentRejected, PageText
 
 PROGRESS_FROM_PAGES = 20  # a shorter document is read before a progress line could be read
-PAGES_PER_PART = 10  # pages read between two progress updates
 SESSION_KEY = "documents"  # the sha256 of each document of this conversation, in the order attached
 
 
@@ -41,7 +41,8 @@ async def add_to_library(files: list[DocumentFile], user: str, language: str) ->
     problems = []
     for file in files:
         try:
-            pages = None if await documents.known(file.sha256) else await read_document(file, max_pages, language)
+            known = await documents.known(file.sha256)
+            pages = None if known else await read_document(file, max_pages, user, language)
         except DocumentRejected as rejected:
             problems.append((file.name, rejected))
             continue
@@ -59,20 +60,26 @@ async def add_to_library(files: list[DocumentFile], user: str, language: str) ->
     cl.user_session.set(SESSION_KEY, attached)
 
 
-async def read_document(file: DocumentFile, max_pages: int, language: str) -> list[PageText]:
+async def read_document(file: DocumentFile, max_pages: int, user: str, language: str) -> list[PageText]:
     """The pages of a PDF or text file, off the event loop; a long PDF in parts, showing its progress."""
     if file.kind != Kind.PDF:
-        return await asyncio.to_thread(document_pages, file.data, file.kind, max_pages)
-    total = await asyncio.to_thread(page_count, file.data, max_pages)
-    progress = cl.Message(content="") if total >= PROGRESS_FROM_PAGES else None
-    pages: list[PageText] = []
-    for first in range(1, total + 1, PAGES_PER_PART):
-        if progress is not None:
-            progress.content = text("reading_document", language, name=file.name, done=first, total=total)
-            await (progress.update() if pages else progress.send())
-        pages += await asyncio.to_thread(read_pages, file.data, first, min(first + PAGES_PER_PART - 1, total))
+        return await asyncio.to_thread(text_pages, file.data, max_pages)
+    progress: cl.Message | None = None
+
+    async def show(first: int, total: int) -> None:
+        nonlocal progress
+        if total >= PROGRESS_FROM_PAGES:
+            content = text("reading_document", language, name=file.name, done=first, total=total)
+            if progress is None:
+                progress = cl.Message(content=content)
+                await progress.send()
+            else:
+                progress.content = content
+                await progress.update()
+
+    pages = await serving().pdfs.read(user, file.data, max_pages, show)
     if progress is not None:
-        progress.content = text("read_document", language, name=file.name, total=total)
+        progress.content = text("read_document", language, name=file.name, total=len(pages))
         await progress.update()
     return pages
 
@@ -112,14 +119,18 @@ async def pages_for_turn(
     question = " ".join([*asked_before, turn_text(turn)])
     runtime = serving()
     hits = await pages_for(runtime.documents, user, question, within, runtime.settings.document_pages)
-    return await shown_pages(hits, runtime.store, runtime.settings.min_pixels, runtime.image_limits.max_pixels)
+    return await shown_pages(
+        hits, user, runtime.store, runtime.pdfs, runtime.settings.min_pixels, runtime.image_limits.max_pixels
+    )
 
 
 async def pages_again(sources: list[dict], user: str) -> list[ShownPage]:
     """The pages an earlier answer was shown (its record's sources), for another answer to the same question."""
     runtime = serving()
     hits = await runtime.documents.pages(user, [(source["sha256"], source["page"]) for source in sources])
-    return await shown_pages(hits, runtime.store, runtime.settings.min_pixels, runtime.image_limits.max_pixels)
+    return await shown_pages(
+        hits, user, runtime.store, runtime.pdfs, runtime.settings.min_pixels, runtime.image_limits.max_pixels
+    )
 
 
 def page_elements(pages: list[ShownPage]) -> list[cl.Image | cl.Text]:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat.arena.profiles import Profiles
 from chat.conversation import PromptBuilder
+from chat.documents.reading import pdf_workers
 from chat.settings import Settings
 from chat.store.accounts import ADMIN, PasswordChecks, auth_secret, ensure_admin
 from chat.store.database import create_engine, session_factory, upgrade
@@ -50,6 +51,7 @@ from models.adapters import AdapterDirectory
 from models.backend import Backend
 from models.checkpoint import load_model, load_processor, pick_device
 from models.generation import Generator
+from models.pdf_pool import PdfPool
 from models.vllm_client import VllmBackend
 
 # The composer's commands (Chainlit's), the only ones a client message may carry. Library: ask across all
@@ -69,6 +71,7 @@ class Runtime:
     data_layer: LoupeDataLayer
     preferences: Preferences
     documents: Documents
+    pdfs: PdfPool  # every PDFium call goes to its worker processes
     profiles: Profiles
     image_limits: ImageLimits
     password_checks: PasswordChecks
@@ -154,6 +157,7 @@ def build_runtime(settings: Settings) -> Runtime:
         data_layer=LoupeDataLayer(sessions, store),
         preferences=Preferences(sessions),
         documents=Documents(sessions),
+        pdfs=pdf_workers(settings),
         profiles=Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter),
         image_limits=ImageLimits(
             max_files=settings.max_images_per_message,

@@ -109,6 +109,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "pdf_encrypted": "the PDF is protected by a password; save a copy without the password and upload that",
         "pdf_no_pages": "the PDF has no pages",
         "pdf_too_many_pages": "the PDF has {pages} pages; the limit is {limit}",
+        "pdf_too_much_memory": "reading the PDF needs more than {limit_mb} MB of memory, the limit for one document",
+        "pdf_too_slow": (
+            "the PDF takes too long to read: more than {limit:g} s of computing, the limit for one document"
+        ),
+        "pdf_page_too_slow": (
+            "page {page} of the PDF takes too long to read: more than {limit:g} s of computing, the limit for one page"
+        ),
+        "pdf_too_much_text": "the PDF holds more than {limit:,} characters of text, the limit for one document",
         "not_text": "it is not UTF-8 text",
         "text_too_long": "the text is too long ({pages} parts of about 3,000 characters; the limit is {limit})",
         # Documents
@@ -240,6 +248,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "pdf_encrypted": "PDF에 암호가 걸려 있습니다. 암호 없이 저장한 사본을 올려 주세요",
         "pdf_no_pages": "PDF에 페이지가 없습니다",
         "pdf_too_many_pages": "PDF가 {pages}페이지입니다. 최대 {limit}페이지까지 가능합니다",
+        "pdf_too_much_memory": "PDF를 읽는 데 메모리가 {limit_mb}MB 넘게 필요합니다 (문서 하나의 한도)",
+        "pdf_too_slow": "PDF를 읽는 데 너무 오래 걸립니다: 계산 시간이 문서 하나의 한도인 {limit:g}초를 넘습니다",
+        "pdf_page_too_slow": (
+            "PDF의 {page}페이지를 읽는 데 너무 오래 걸립니다: 계산 시간이 페이지 하나의 한도인 {limit:g}초를 넘습니다"
+        ),
+        "pdf_too_much_text": "PDF의 텍스트가 문서 하나의 한도인 {limit:,}자를 넘습니다",
         "not_text": "UTF-8 텍스트가 아닙니다",
         "text_too_long": "텍스트가 너무 깁니다 (약 3,000자씩 {pages}부분, 최대 {limit}부분)",
         "reading_document": "**{name}** 읽는 중: {total}페이지 중 {done}페이지…",
