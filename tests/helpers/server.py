@@ -35,9 +35,11 @@ class Server:
 
 # Each pytest-xdist worker (make test runs several) takes its servers' ports from its own block, below the
 # kernel's ephemeral ports (32768 and up): two workers never pick the same free port, nor a client socket's.
+# A second test run on the same machine sets LOUPE_TEST_PORTS to another base (e.g. 26000), or its servers
+# could take the first run's ports between its probe and its bind.
 PORTS_PER_WORKER = 1000
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-_ports = itertools.count(20000 + PORTS_PER_WORKER * WORKER)
+_ports = itertools.count(int(os.environ.get("LOUPE_TEST_PORTS", "20000")) + PORTS_PER_WORKER * WORKER)
 
 
 def free_port() -> int:
