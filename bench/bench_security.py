@@ -14,6 +14,11 @@ Run against a real server (demo model, SQLite, its own data directory), from the
           for that message, which is how long the loop stalled when it ran there.
   login   Attempts answered per second while a user name is throttled (each a 429 at once), against
           wrong passwords per second before (each an argon2 verification).
+  storm   Another user's answers (64 tokens at most) while 60 wrong logins arrive at once, per token against idle:
+          60 for one name, and 60 for 60 names from 60 addresses (through a trusted proxy, so neither the name
+          nor the address throttle holds them back), on a server checking one password at a time
+          (LOUPE_PASSWORD_CHECKS_AT_ONCE's default) and on one checking up to 60 (unbounded, as before: 34.6 s
+          against 0.7 s in the issue). Goal: under 2x idle with the default.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections import Counter
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
 
-from bench.bench_chat import Report, print_machine
+from bench.bench_chat import Report, median, print_machine
 from tests.helpers.client import ChatClient, login
 from tests.helpers.memory import MB, PeakMemory
 from tests.helpers.server import ADMIN_PASSWORD, add_account, start_server, stop_server
@@ -162,6 +169,76 @@ async def measure_login(report: Report, url: str, server) -> None:
     assert (await login(url, "admin", ADMIN_PASSWORD))["access_token"]  # others still log in
 
 
+STORM = 60  # wrong logins sent at once, as in the issue's report
+STORM_TOKENS = 64  # the answer the issue timed during the storm
+STORM_CHATS = 24  # enough for a warm-up, 3 idle answers, and answers through the longest storm (~20 s)
+
+
+async def seconds_per_token(client: ChatClient) -> float:
+    """One answer of at most STORM_TOKENS (the demo model may end one early), per token streamed."""
+    await client.change_settings({"max_new_tokens": STORM_TOKENS, "temperature": 0})
+    started = time.perf_counter()
+    reply = await client.ask("Which bolt grade is stronger, 8.8 or 10.9?")
+    return (time.perf_counter() - started) / len(reply.tokens)
+
+
+async def wrong_logins(url: str, names: list[str], addresses: list[str | None]) -> Counter[int]:
+    """Wrong passwords for `names`, all sent at once, each forwarded for its address (None: sent directly)."""
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=STORM)) as http:
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    "/login",
+                    data={"username": name, "password": "a-wrong-guess"},
+                    headers={"X-Forwarded-For": address} if address else {},
+                )
+                for name, address in zip(names, addresses, strict=True)
+            )
+        )
+    return Counter(answer.status_code for answer in answers)
+
+
+async def measure_login_storm(report: Report) -> None:
+    storms = {
+        "one name": (["admin"] * STORM, [None] * STORM),
+        "60 names, 60 addresses": ([f"nobody{n}" for n in range(STORM)], [f"198.51.100.{n}" for n in range(STORM)]),
+    }
+    for at_once, kinds in ((1, list(storms)), (STORM, ["60 names, 60 addresses"])):
+        with tempfile.TemporaryDirectory() as root:
+            env = {
+                "LOUPE_TRUSTED_PROXIES": "127.0.0.1",
+                "LOUPE_PASSWORD_CHECKS_AT_ONCE": str(at_once),
+                "LOUPE_MESSAGES_PER_MINUTE": "1000",  # every answer here is admin's
+            }
+            process, server = start_server(Path(root), **env)
+            try:
+                # Each answer in a chat of its own (the same question, no history), every chat logged in before
+                # the storms: a login during one waits its turn.
+                async with AsyncExitStack() as stack:
+                    chats = [await stack.enter_async_context(ChatClient(server.url)) for _ in range(STORM_CHATS)]
+                    await seconds_per_token(chats.pop())  # warm-up
+                    idle = median([await seconds_per_token(chats.pop()) for _ in range(3)])
+                    for kind in kinds:
+                        storm = asyncio.create_task(wrong_logins(server.url, *storms[kind]))
+                        await asyncio.sleep(0.5)  # the checks are under way
+                        during = [await seconds_per_token(chats.pop())]
+                        while not storm.done() and len(chats) > 1:
+                            during.append(await seconds_per_token(chats.pop()))
+                        started = time.perf_counter()
+                        answered = await storm
+                        waited = time.perf_counter() - started
+                        report.add(
+                            "storm",
+                            f"{kind}, {at_once} check(s) at once",
+                            f"{median(during) / idle:.1f}x idle",
+                            f"{median(during) * 1000:.0f} ms a token over {len(during)} answers, idle "
+                            f"{idle * 1000:.0f}; logins answered {dict(sorted(answered.items()))}, the last "
+                            f"{waited:.1f} s after the answers",
+                        )
+            finally:
+                stop_server(process)
+
+
 async def main() -> None:
     print_machine()
     report = Report()
@@ -173,6 +250,7 @@ async def main() -> None:
             await measure_login(report, server.url, server)
         finally:
             stop_server(process)
+    await measure_login_storm(report)
     print(report.table())
 
 
