@@ -1,7 +1,9 @@
-"""What refusing costs the server: a huge upload, the longest message, a password-guessing loop.
+"""What refusing costs the server: a huge upload, the longest message, a password-guessing loop,
+hostile PDFs.
 
 Run against a real server (demo model, SQLite, its own data directory), from the repository root:
-    .venv/bin/python -m bench.bench_security
+    .venv/bin/python -m bench.bench_security                     # every part
+    .venv/bin/python -m bench.bench_security --parts documents   # or a comma-separated mix
 
   upload  The server's resident memory, sampled every 5 ms, while a 200 MB upload is refused: sent
           chunked (no Content-Length, so it is counted while it arrives) and with its length declared
@@ -19,11 +21,21 @@ Run against a real server (demo model, SQLite, its own data directory), from the
           nor the address throttle holds them back), on a server checking one password at a time
           (LOUPE_PASSWORD_CHECKS_AT_ONCE's default) and on one checking up to 60 (unbounded, as before: 34.6 s
           against 0.7 s in the issue). Goal: under 2x idle with the default.
+  documents  While another account sends a hostile PDF: the server's resident memory (sampled every 5 ms,
+          peak against before) in the attack's first ATTACK_SECONDS, and then the latency of a second user's
+          document question (a new one-page PDF attached, read, one page rendered, 16 tokens answered),
+          median of QUESTIONS, against the same questions with the server idle. The PDFs
+          (tests/helpers/pdfs.py): 0.5 MB whose content stream inflates to 512 MB, sent again as soon as it
+          is refused; and 20 pages that each take about 2.4 s to read (53 KB), within the default limits,
+          so it is still being read while the questions are asked.
+          Goals: +50 MB at most; the other user's latency within 1.5x of idle.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -33,12 +45,17 @@ from pathlib import Path
 import httpx
 
 from bench.bench_chat import Report, median, print_machine
-from tests.helpers.client import ChatClient, login
+from tests.helpers import pdfs
+from tests.helpers.client import GREEDY, ChatClient, login
 from tests.helpers.memory import MB, PeakMemory
 from tests.helpers.server import ADMIN_PASSWORD, add_account, start_server, stop_server
 
 MAXIMAL_MESSAGE = "저항기 " * 8000  # 32,000 characters, LOUPE_MAX_MESSAGE_CHARS's default
 HUGE_MESSAGE = "x" * 900_000  # the message that froze every user for 1.4 s before
+PARTS = ("upload", "stall", "login", "documents", "storm")
+QUESTIONS = 9  # the other user's document questions per condition: their median is the latency reported
+ATTACK_SECONDS = 10  # how long the server's memory is watched while the hostile PDF is read, alone
+ATTACKER_PASSWORD = "hostile-documents-1"
 
 
 async def chunked(total: int):
@@ -239,20 +256,81 @@ async def measure_login_storm(report: Report) -> None:
                 stop_server(process)
 
 
-async def main() -> None:
+async def measure_documents(report: Report, server) -> None:
+    add_account(server, "pdf-sender", ATTACKER_PASSWORD)
+    seeds = iter(range(1000))  # a new one-page PDF for every question, so each is read, not only found
+
+    async def question(client: ChatClient) -> float:
+        data, facts = pdfs.facts_pdf(1, seed=next(seeds))
+        started = time.perf_counter()
+        attached = await client.upload("one-page.pdf", data, "application/pdf")
+        reply = await client.ask(facts[0].question, [attached])
+        assert reply.messages[-1]["metadata"]["generation"]["sources"], "the page was shown to the model"
+        return time.perf_counter() - started
+
+    async with ChatClient(server.url) as victim:
+        await victim.change_settings(GREEDY)
+        await question(victim)  # the first question starts a worker and warms the model
+        idle = statistics.median([await question(victim) for _ in range(QUESTIONS)])
+        report.add("documents", "other user's question, idle", f"{idle:.2f} s", f"median of {QUESTIONS}")
+        for name, data, repeat in (
+            ("inflating PDF (0.5 MB to 512 MB)", pdfs.inflating_pdf(512), True),
+            ("slow PDF (20 pages, ~2.4 s each)", pdfs.slow_pdf(20, 2_000_000), False),
+        ):
+            async with ChatClient(server.url, username="pdf-sender", password=ATTACKER_PASSWORD) as attacker:
+                seen: list[str] = []  # what the sender was told about each sending
+
+                async def attack(data: bytes = data, repeat: bool = repeat, seen: list[str] = seen) -> None:
+                    while True:
+                        reply = await attacker.ask("Summarize.", [await attacker.upload("hostile.pdf", data)])
+                        seen.append(reply.messages[-1]["output"])
+                        if not repeat:
+                            return
+
+                sending = asyncio.create_task(attack())
+                with PeakMemory(server.pid) as memory:  # the hostile PDF alone
+                    await asyncio.sleep(ATTACK_SECONDS)
+                during = statistics.median([await question(victim) for _ in range(QUESTIONS)])
+                told = seen[0][:100].replace("\n", " ") if seen else "nothing yet: still being read"
+                await attacker.stop()  # ends the reading, if it is still going
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
+            report.add(
+                "documents",
+                f"{name}: server memory",
+                f"+{memory.growth_mb:.1f} MB",
+                f"peak in its first {ATTACK_SECONDS} s, goal +50 MB at most; the sender was told: {told}",
+            )
+            report.add(
+                "documents",
+                f"{name}: other user's question",
+                f"{during:.2f} s",
+                f"median of {QUESTIONS} while it is read, {during / idle:.2f}x idle, goal within 1.5x",
+            )
+
+
+async def main(parts: list[str]) -> None:
     print_machine()
     report = Report()
     with tempfile.TemporaryDirectory() as root:
         process, server = start_server(Path(root))
         try:
-            await measure_uploads(report, server.url, process.pid)
-            await measure_stall(report, server.url)
-            await measure_login(report, server.url, server)
+            if "upload" in parts:
+                await measure_uploads(report, server.url, process.pid)
+            if "stall" in parts:
+                await measure_stall(report, server.url)
+            if "login" in parts:
+                await measure_login(report, server.url, server)
+            if "documents" in parts:
+                await measure_documents(report, server)
         finally:
             stop_server(process)
-    await measure_login_storm(report)
+    if "storm" in parts:  # servers of its own, with other settings
+        await measure_login_storm(report)
     print(report.table())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    asyncio.run(main(parser.parse_args().parts.split(",")))
