@@ -61,7 +61,8 @@ async def add_to_library(files: list[DocumentFile], user: str, language: str) ->
 
 
 async def read_document(file: DocumentFile, max_pages: int, user: str, language: str) -> list[PageText]:
-    """The pages of a PDF or text file, off the event loop; a long PDF in parts, showing its progress."""
+    """The pages of a PDF, read by the document workers as `user`'s jobs (a long one in parts, showing its
+    progress), or of a text file, off the event loop."""
     if file.kind != Kind.PDF:
         return await asyncio.to_thread(text_pages, file.data, max_pages)
     progress: cl.Message | None = None
