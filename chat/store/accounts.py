@@ -149,8 +149,8 @@ class PasswordChecks:
 
     argon2 costs ~0.25 s of CPU and 64 MiB a check by design. On the event loop every login would freeze
     every chat's stream for that long; in as many threads as logins arrive, sixty at once took the CPU
-    from the answers streaming meanwhile (one took 34.6 s instead of 0.7 s). The others wait their turn,
-    holding neither a thread nor memory.
+    from the answers streaming meanwhile (one took 34.6 s instead of 0.7 s). The others wait their turn
+    on the event loop, holding no thread and none of argon2's memory.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], at_once: int) -> None:
