@@ -11,15 +11,18 @@ import random
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
 
 from chat.documents.reading import pdf_workers
+from chat.documents.retrieval import shown_pages
 from chat.settings import Settings
 from chat.store.accounts import add_user
 from chat.store.database import create_engine, session_factory
-from chat.store.documents import LARGE_SCOPE_PAGES, Documents
+from chat.store.documents import LARGE_SCOPE_PAGES, Documents, PageHit
+from chat.store.files import ContentStore
 from chat.store.schema import Base, Document, DocumentPage, LibraryDocument
 from chat.store.terms import query_terms, terms
 from models.images import visual_tokens
@@ -161,6 +164,18 @@ async def test_a_page_or_a_document_past_its_cpu_time_is_refused_naming_the_limi
     finally:
         await strict_pages.close()
         await strict_documents.close()
+
+
+async def test_a_page_too_costly_to_draw_for_a_question_goes_to_the_model_as_its_text(tmp_path: Path) -> None:
+    store, strict = ContentStore(tmp_path), pdf_workers(Settings(pdf_page_seconds=0.2))
+    slow, text_file = pdfs.slow_pdf(1, 400_000), pdfs.text_pdf(["Readable."])
+    hits = [PageHit(name, store.put(data), "pdf", 1, name, 1.0) for name, data in [("slow", slow), ("fine", text_file)]]
+    try:
+        costly, fine = await shown_pages(hits, OWNER, store, strict, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    finally:
+        await strict.close()
+    assert (costly.image, costly.text) == (None, "slow"), "its text layer still goes, without an image"
+    assert fine.image is not None and fine.text == "fine"
 
 
 async def test_one_users_documents_never_hold_every_worker(workers: PdfPool) -> None:

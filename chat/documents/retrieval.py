@@ -67,7 +67,9 @@ async def shown_pages(
             log.warning("%s, p. %d (%s) is shown as its text: %s", hit.name, hit.number, hit.sha256, refused)
             return None
 
-    images = await asyncio.gather(*(render(hit) for hit in hits))
+    async with asyncio.TaskGroup() as renders:  # a failure cancels the others: no job outlives the question
+        rendered = [renders.create_task(render(hit)) for hit in hits]
+    images = [task.result() for task in rendered]
     sources = [Source(hit.name, hit.sha256, hit.number, hit.kind) for hit in hits]
     return [ShownPage(source, hit.text, image) for source, hit, image in zip(sources, hits, images, strict=True)]
 
