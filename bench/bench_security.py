@@ -24,7 +24,7 @@ Run against a real server (demo model, SQLite, its own data directory), from the
   documents  While another account sends a hostile PDF: the server's resident memory (sampled every 5 ms,
           peak against before) in the attack's first ATTACK_SECONDS, and then the latency of a second user's
           document question (a new one-page PDF attached, read, one page rendered, 16 tokens answered),
-          median of QUESTIONS, against the same questions with the server idle. The PDFs
+          median of QUESTIONS, against as many questions just before, with the server idle. The PDFs
           (tests/helpers/pdfs.py): 0.5 MB whose content stream inflates to 512 MB, sent again as soon as it
           is refused; and 20 pages that each take about 2.4 s to read (53 KB), within the default limits,
           so it is still being read while the questions are asked.
@@ -54,6 +54,7 @@ MAXIMAL_MESSAGE = "저항기 " * 8000  # 32,000 characters, LOUPE_MAX_MESSAGE_CH
 HUGE_MESSAGE = "x" * 900_000  # the message that froze every user for 1.4 s before
 PARTS = ("upload", "stall", "login", "documents", "storm")
 QUESTIONS = 9  # the other user's document questions per condition: their median is the latency reported
+WARM_UP = 4  # questions before measuring: the first few start workers and warm the model (1.5 to 4 s, then ~0.6 s)
 ATTACK_SECONDS = 10  # how long the server's memory is watched while the hostile PDF is read, alone
 ATTACKER_PASSWORD = "hostile-documents-1"
 
@@ -260,60 +261,68 @@ async def measure_documents(report: Report, server) -> None:
     add_account(server, "pdf-sender", ATTACKER_PASSWORD)
     seeds = iter(range(1000))  # a new one-page PDF for every question, so each is read, not only found
 
-    async def question(client: ChatClient) -> float:
+    async def question() -> float:
+        """A one-page question in a new chat, timed from the upload to the answer's end."""
         data, facts = pdfs.facts_pdf(1, seed=next(seeds))
-        started = time.perf_counter()
-        attached = await client.upload("one-page.pdf", data, "application/pdf")
-        reply = await client.ask(facts[0].question, [attached])
-        assert reply.messages[-1]["metadata"]["generation"]["sources"], "the page was shown to the model"
-        return time.perf_counter() - started
+        async with ChatClient(server.url) as client:
+            await client.change_settings(GREEDY)
+            started = time.perf_counter()
+            attached = await client.upload("one-page.pdf", data, "application/pdf")
+            reply = await client.ask(facts[0].question, [attached])
+            elapsed = time.perf_counter() - started
+        sources = reply.messages[-1].get("metadata", {}).get("generation", {}).get("sources")
+        assert sources, f"no answer from the page: {[message['output'][:200] for message in reply.messages]}"
+        return elapsed
 
-    async with ChatClient(server.url) as victim:
-        await victim.change_settings(GREEDY)
-        await question(victim)  # the first question starts a worker and warms the model
-        idle = statistics.median([await question(victim) for _ in range(QUESTIONS)])
-        report.add("documents", "other user's question, idle", f"{idle:.2f} s", f"median of {QUESTIONS}")
-        for name, data, repeat in (
-            ("inflating PDF (0.5 MB to 512 MB)", pdfs.inflating_pdf(512), True),
-            ("slow PDF (20 pages, ~2.4 s each)", pdfs.slow_pdf(20, 2_000_000), False),
-        ):
-            async with ChatClient(server.url, username="pdf-sender", password=ATTACKER_PASSWORD) as attacker:
-                seen: list[str] = []  # what the sender was told about each sending
+    async def questions() -> float:
+        return statistics.median([await question() for _ in range(QUESTIONS)])
 
-                async def attack(data: bytes = data, repeat: bool = repeat, seen: list[str] = seen) -> None:
-                    while True:
-                        reply = await attacker.ask("Summarize.", [await attacker.upload("hostile.pdf", data)])
-                        seen.append(reply.messages[-1]["output"])
-                        if not repeat:
-                            return
+    for _ in range(WARM_UP):
+        await question()
+    for name, data, repeat in (
+        ("inflating PDF (0.5 MB to 512 MB)", pdfs.inflating_pdf(512), True),
+        ("slow PDF (20 pages, ~2.4 s each)", pdfs.slow_pdf(20, 2_000_000), False),
+    ):
+        idle = await questions()  # just before, as the load of the machine changes
+        async with ChatClient(server.url, username="pdf-sender", password=ATTACKER_PASSWORD) as attacker:
+            seen: list[str] = []  # what the sender was told about each sending
 
-                sending = asyncio.create_task(attack())
-                with PeakMemory(server.pid) as memory:  # the hostile PDF alone
-                    await asyncio.sleep(ATTACK_SECONDS)
-                during = statistics.median([await question(victim) for _ in range(QUESTIONS)])
-                told = seen[0][:100].replace("\n", " ") if seen else "nothing yet: still being read"
-                await attacker.stop()  # ends the reading, if it is still going
-                sending.cancel()
-                await asyncio.gather(sending, return_exceptions=True)
-            report.add(
-                "documents",
-                f"{name}: server memory",
-                f"+{memory.growth_mb:.1f} MB",
-                f"peak in its first {ATTACK_SECONDS} s, goal +50 MB at most; the sender was told: {told}",
-            )
-            report.add(
-                "documents",
-                f"{name}: other user's question",
-                f"{during:.2f} s",
-                f"median of {QUESTIONS} while it is read, {during / idle:.2f}x idle, goal within 1.5x",
-            )
+            async def attack(data: bytes = data, repeat: bool = repeat, seen: list[str] = seen) -> None:
+                while True:
+                    reply = await attacker.ask("Summarize.", [await attacker.upload("hostile.pdf", data)])
+                    seen.append(reply.messages[-1]["output"])
+                    if not repeat:
+                        return
+
+            sending = asyncio.create_task(attack())
+            with PeakMemory(server.pid) as memory:  # the hostile PDF alone
+                await asyncio.sleep(ATTACK_SECONDS)
+            during = await questions()
+            told = seen[0][:100].replace("\n", " ") if seen else "nothing yet: still being read"
+            await attacker.stop()  # ends the reading, if it is still going
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+        report.add(
+            "documents",
+            f"{name}: server memory",
+            f"+{memory.growth_mb:.1f} MB",
+            f"peak in its first {ATTACK_SECONDS} s, goal +50 MB at most; the sender was told: {told}",
+        )
+        report.add(
+            "documents",
+            f"{name}: other user's question",
+            f"{during:.2f} s",
+            f"median of {QUESTIONS} while it is read; {idle:.2f} s just before, idle: {during / idle:.2f}x,"
+            " goal within 1.5x",
+        )
 
 
 async def main(parts: list[str]) -> None:
     print_machine()
     report = Report()
     with tempfile.TemporaryDirectory() as root:
-        process, server = start_server(Path(root))
+        # The documents part's user asks WARM_UP + 4 x QUESTIONS questions in a few minutes: past the default rate.
+        process, server = start_server(Path(root), LOUPE_MESSAGES_PER_MINUTE="600")
         try:
             if "upload" in parts:
                 await measure_uploads(report, server.url, process.pid)

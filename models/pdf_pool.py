@@ -11,7 +11,9 @@ average TEXT_PER_PAGE characters a page, so a stream drawing millions of charact
 the server either.
 
 Fair shares: one user's jobs run one at a time (at most one worker each), and users waiting for a
-worker get one in the order they asked (asyncio's semaphore is first come, first served). A long
+worker get one in the order they asked (an asyncio queue serves its waiters first come, first served).
+A worker that ends (a limit, a crash, a cancelled job) is replaced at once, in the background, so a
+hostile file's sender pays for the restarts, not the next user. A long
 document is read in parts of PAGES_PER_PART pages, each a job of its own, so it takes turns with
 everyone else's work. With two workers or more, one user's file never makes another wait for PDFium.
 """
@@ -81,6 +83,9 @@ class _Worker:
             await worker.reply(START_SECONDS)
         except WorkerGone as gone:
             raise RuntimeError(f"A document worker did not start ({gone}); its error is in the log above.") from None
+        except BaseException:  # cancelled while it started (the pool closed)
+            await worker.end()
+            raise
         return worker
 
     async def send(self, header: dict, blob: bytes) -> None:
@@ -154,12 +159,16 @@ Progress = Callable[[int, int], Awaitable[None]]  # (first page of the part abou
 
 
 class PdfPool:
-    """Up to `workers` worker processes, started when needed and kept for the next job."""
+    """`workers` worker processes, started with the first job. One that ends is replaced at once, in the
+    background, so the next job, whoever's, finds a worker ready rather than waiting for one to start."""
 
     def __init__(self, workers: int, memory_mb: int, page_seconds: float, document_seconds: float) -> None:
-        self.memory_mb, self.page_seconds, self.document_seconds = memory_mb, page_seconds, document_seconds
-        self._free = asyncio.Semaphore(workers)
-        self._idle: list[_Worker] = []
+        self.workers, self.memory_mb = workers, memory_mb
+        self.page_seconds, self.document_seconds = page_seconds, document_seconds
+        # Idle workers, taken first come, first served; a worker that failed to start is its error.
+        self._idle: asyncio.Queue[_Worker | RuntimeError] = asyncio.Queue()
+        self._starting: set[asyncio.Task] = set()
+        self._started = self._closed = False
         self._turns: dict[str, _Turn] = {}
 
     async def read(self, owner: str, data: bytes, max_pages: int, progress: Progress | None = None) -> list[PageText]:
@@ -190,9 +199,14 @@ class PdfPool:
         return await asyncio.to_thread(fit_to_budget, image, min_pixels, max_pixels)
 
     async def close(self) -> None:
-        """End the idle workers (a busy one ends with its job, or when this process's pipes close)."""
-        while self._idle:
-            await self._idle.pop().end()
+        """End the workers, and start no more: the idle ones now, a busy one when its job ends."""
+        self._closed = True
+        for task in self._starting:
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        while not self._idle.empty():
+            if isinstance(worker := self._idle.get_nowait(), _Worker):
+                await worker.end()
 
     async def _read_part(
         self, owner: str, data: bytes, max_pages: int, budget: _Budget, first: int, last: int
@@ -246,21 +260,45 @@ class PdfPool:
 
     @asynccontextmanager
     async def _worker(self, owner: str) -> AsyncIterator[_Worker]:
-        """A worker for one job of `owner`'s, once none of their other jobs runs and a worker is free. It goes
-        back to the pool if the job read its last reply; otherwise (a failure, a cancelled job) it is ended."""
+        """A worker for one job of `owner`'s, once none of their other jobs runs and a worker is idle. It goes
+        back to the pool if the job read its last reply; otherwise (a failure, a cancelled job) it is ended
+        and replaced."""
+        if not self._started:
+            self._started = True
+            for _ in range(self.workers):
+                self._replace()
         turn = self._turns.setdefault(owner, _Turn())
         turn.jobs += 1
         try:
-            async with turn.lock, self._free:
-                worker = self._idle.pop() if self._idle else await _Worker.start(self.memory_mb)
+            async with turn.lock:
+                worker = await self._idle.get()
+                if isinstance(worker, RuntimeError):
+                    self._replace()  # try again for the next job
+                    raise worker
                 try:
                     yield worker
                 finally:
-                    if worker.idle:
-                        self._idle.append(worker)
+                    if worker.idle and not self._closed:
+                        self._idle.put_nowait(worker)
                     else:
                         await worker.end()
+                        self._replace()
         finally:
             turn.jobs -= 1
             if not turn.jobs:
                 del self._turns[owner]
+
+    def _replace(self) -> None:
+        """Start a worker in the background, into the idle queue (unless the pool is closed)."""
+        if self._closed:
+            return
+        task = asyncio.create_task(self._start())
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start(self) -> None:
+        try:
+            self._idle.put_nowait(await _Worker.start(self.memory_mb))
+        except RuntimeError as failure:
+            log.error("%s", failure)
+            self._idle.put_nowait(failure)
