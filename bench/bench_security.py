@@ -24,7 +24,8 @@ Run against a real server (demo model, SQLite, its own data directory), from the
   documents  While another account sends a hostile PDF: the server's resident memory (sampled every 5 ms,
           peak against before) in the attack's first ATTACK_SECONDS, and then the latency of a second user's
           document question (a new one-page PDF attached, read, one page rendered, 16 tokens answered),
-          median of QUESTIONS, against as many questions just before, with the server idle. The PDFs
+          the mean of QUESTIONS (a question that waits for the whole attack counts in full), against as many
+          questions just before, with the server idle. The PDFs
           (tests/helpers/pdfs.py): 0.5 MB whose content stream inflates to 512 MB, sent again as soon as it
           is refused; and 20 pages that each take about 2.4 s to read (53 KB), within the default limits,
           so it is still being read while the questions are asked.
@@ -53,7 +54,7 @@ from tests.helpers.server import ADMIN_PASSWORD, add_account, start_server, stop
 MAXIMAL_MESSAGE = "저항기 " * 8000  # 32,000 characters, LOUPE_MAX_MESSAGE_CHARS's default
 HUGE_MESSAGE = "x" * 900_000  # the message that froze every user for 1.4 s before
 PARTS = ("upload", "stall", "login", "documents", "storm")
-QUESTIONS = 9  # the other user's document questions per condition: their median is the latency reported
+QUESTIONS = 9  # the other user's document questions per condition: their mean is the latency reported
 WARM_UP = 4  # questions before measuring: the first few start workers and warm the model (1.5 to 4 s, then ~0.6 s)
 ATTACK_SECONDS = 10  # how long the server's memory is watched while the hostile PDF is read, alone
 ATTACKER_PASSWORD = "hostile-documents-1"
@@ -274,8 +275,8 @@ async def measure_documents(report: Report, server) -> None:
         assert sources, f"no answer from the page: {[message['output'][:200] for message in reply.messages]}"
         return elapsed
 
-    async def questions() -> float:
-        return statistics.median([await question() for _ in range(QUESTIONS)])
+    async def questions() -> list[float]:
+        return [await question() for _ in range(QUESTIONS)]
 
     for _ in range(WARM_UP):
         await question()
@@ -308,12 +309,13 @@ async def measure_documents(report: Report, server) -> None:
             f"+{memory.growth_mb:.1f} MB",
             f"peak in its first {ATTACK_SECONDS} s, goal +50 MB at most; the sender was told: {told}",
         )
+        ratio = statistics.mean(during) / statistics.mean(idle)
         report.add(
             "documents",
             f"{name}: other user's question",
-            f"{during:.2f} s",
-            f"median of {QUESTIONS} while it is read; {idle:.2f} s just before, idle: {during / idle:.2f}x,"
-            " goal within 1.5x",
+            f"{statistics.mean(during):.2f} s (worst {max(during):.2f} s)",
+            f"mean of {QUESTIONS} while it is read; just before, idle: {statistics.mean(idle):.2f} s"
+            f" (worst {max(idle):.2f} s); {ratio:.2f}x idle, goal within 1.5x",
         )
 
 
