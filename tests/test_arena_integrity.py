@@ -7,71 +7,52 @@ on SQLite and on PostgreSQL with one adapter; the leaderboard and the stored pre
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import Select, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.arena.leaderboard import as_json, outcomes, standings
-from chat.store.database import create_engine, session_factory
 from chat.store.preferences import Preferences
 from chat.store.rows import NotYours
 from chat.store.schema import Battle, Comparison, Feedback, Generation
 from chat.ui.routes import VOTE_FIRST
 from tests.helpers.client import GREEDY, ChatClient, arena_answers, only_answer
 from tests.helpers.dashboard import dashboard
-from tests.helpers.databases import postgres_database
 from tests.helpers.datasets import save_adapter
-from tests.helpers.server import Server, add_account, start_server, stop_server
+from tests.helpers.server import Running, add_account, serve
 
 ADAPTER = "engineering-v1"
 PASSWORD = "arena-password-1"
 
 
-@dataclass
-class Arena:
-    server: Server
-    sessions: async_sessionmaker[AsyncSession]
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-async def arena(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Arena]:
+async def arena(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     app_root, adapters = tmp_path_factory.mktemp(f"arena-{request.param}"), tmp_path_factory.mktemp("adapters")
     save_adapter(adapters / ADAPTER, seed=1)
     async with AsyncExitStack() as stack:
-        env = {"LOUPE_ADAPTERS_DIR": str(adapters)}
-        if request.param == "postgresql":
-            url = env["LOUPE_DATABASE_URL"] = await stack.enter_async_context(postgres_database("loupe_arena"))
-        else:
-            url = f"sqlite+aiosqlite:///{app_root / '.data' / 'loupe.db'}"
-        process, server = await asyncio.to_thread(start_server, app_root, **env)
-        stack.callback(stop_server, process)
+        running = await serve(stack, request.param, app_root, LOUPE_ADAPTERS_DIR=str(adapters))
         for name in ("eve", "ann", "bob"):
-            add_account(server, name, PASSWORD)
-        engine = create_engine(url)
-        stack.push_async_callback(engine.dispose)
-        yield Arena(server, session_factory(engine))
+            add_account(running.server, name, PASSWORD)
+        yield running
 
 
-def user(arena: Arena, name: str, **options: object) -> ChatClient:
+def user(arena: Running, name: str, **options: object) -> ChatClient:
     return ChatClient(arena.server.url, username=name, password=PASSWORD, **options)
 
 
-async def board(arena: Arena) -> str:
+async def board(arena: Running) -> str:
     """The leaderboard of everything stored, as `python -m chat leaderboard --json` prints it."""
     return as_json(standings(await outcomes(arena.sessions)))
 
 
-async def scalars(arena: Arena, query: Select) -> list:
+async def scalars(arena: Running, query: Select) -> list:
     async with arena.sessions() as session:
         return list(await session.scalars(query))
 
 
-async def test_answers_asked_under_two_profiles_are_never_a_battle(arena: Arena) -> None:
+async def test_answers_asked_under_two_profiles_are_never_a_battle(arena: Running) -> None:
     """Attack: ask under "Base model", regenerate that answer in a second socket under the adapter's profile,
     then open the thread a third time under "Arena". The restored buttons offered a vote between the two (whose
     writers the user knew), and the vote was ranked. Now only a battle the arena held can be voted on."""
@@ -95,7 +76,7 @@ async def test_answers_asked_under_two_profiles_are_never_a_battle(arena: Arena)
     assert await scalars(arena, select(Comparison.id).where(Comparison.answer_b.in_(answers))) == []
 
 
-async def test_before_the_vote_nothing_tells_who_wrote_a_or_b_and_a_battle_has_one_vote(arena: Arena) -> None:
+async def test_before_the_vote_nothing_tells_who_wrote_a_or_b_and_a_battle_has_one_vote(arena: Running) -> None:
     """Attack: in the arena, rate answer A before voting (PUT /feedback answered 200), then open the Dashboard:
     its CSVs and filter buttons named the adapter. And with temperature 0, the same question under each profile
     reproduced answer A. Now blind answers cannot be rated before the vote, nothing shows the contenders, and

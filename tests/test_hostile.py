@@ -26,13 +26,11 @@ import socketio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.store.database import create_engine, session_factory
 from chat.store.schema import Battle, Comparison, Element, Generation, Step, Thread
 from tests.helpers.client import ChatClient, OwnedThread, Reply, login, only_answer, png, rated_thread_with_image
-from tests.helpers.databases import postgres_database
 from tests.helpers.databases import thread_rows as rows_of
 from tests.helpers.hostile import FORGED
-from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, start_server, stop_server
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, serve, start_server, stop_server
 
 SHORT = {"max_new_tokens": 16}  # these tests are about who may write what, not about answers
 ALLOWED_ORIGIN = "https://allowed.example"
@@ -58,16 +56,8 @@ class Hostile:
 async def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hostile]:
     app_root = tmp_path_factory.mktemp(f"hostile-{request.param}")
     async with AsyncExitStack() as stack:
-        env = dict(LIMITS)
-        if request.param == "postgresql":
-            url = env["LOUPE_DATABASE_URL"] = await stack.enter_async_context(postgres_database("loupe_hostile"))
-        else:
-            url = f"sqlite+aiosqlite:///{app_root / '.data' / 'loupe.db'}"
-        process, server = await asyncio.to_thread(start_server, app_root, **env)
-        stack.callback(stop_server, process)
-        engine = create_engine(url)
-        stack.push_async_callback(engine.dispose)
-        yield Hostile(server, session_factory(engine), request.param, app_root)
+        running = await serve(stack, request.param, app_root, **LIMITS)
+        yield Hostile(running.server, running.sessions, request.param, app_root)
 
 
 @pytest.fixture(scope="module")

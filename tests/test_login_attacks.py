@@ -17,20 +17,17 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.store.database import create_engine, session_factory
 from chat.store.schema import Correction, Step
 from chat.ui.limits import FREE_FAILURES, FREE_FAILURES_PER_ADDRESS
 from tests.helpers.client import ChatClient, OwnedThread, login, only_answer, png, rated_thread_with_image
-from tests.helpers.databases import postgres_database, thread_rows
-from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, start_server, stop_server
+from tests.helpers.databases import thread_rows
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Running, Server, add_account, serve, start_server, stop_server
 
 PASSWORD = "login-attack-password-1"
 GUESSES = 60  # as many as the issue's report sent at once
@@ -38,36 +35,20 @@ CHECKS_AT_ONCE = 1  # LOUPE_PASSWORD_CHECKS_AT_ONCE's default
 CHECKED = re.compile(r"Checking the password of '(?P<name>[^']*)' \((?P<running>\d+) of at most \d+ at once\)")
 
 
-@dataclass
-class Attacked:
-    server: Server
-    sessions: async_sessionmaker[AsyncSession]
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-async def attacked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Attacked]:
+async def attacked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     """A server that trusts no proxy (the default), on each database."""
-    app_root = tmp_path_factory.mktemp(f"logins-{request.param}")
     async with AsyncExitStack() as stack:
-        env: dict[str, str] = {}
-        if request.param == "postgresql":
-            url = env["LOUPE_DATABASE_URL"] = await stack.enter_async_context(postgres_database("loupe_logins"))
-        else:
-            url = f"sqlite+aiosqlite:///{app_root / '.data' / 'loupe.db'}"
-        process, server = await asyncio.to_thread(start_server, app_root, **env)
-        stack.callback(stop_server, process)
-        engine = create_engine(url)
-        stack.push_async_callback(engine.dispose)
-        yield Attacked(server, session_factory(engine))
+        yield await serve(stack, request.param, tmp_path_factory.mktemp(f"logins-{request.param}"))
 
 
 @pytest.fixture(scope="module")
-async def victim(attacked: Attacked) -> OwnedThread:
+async def victim(attacked: Running) -> OwnedThread:
     """admin's thread: a question with an image, its answer rated thumbs down (an exported row)."""
     return (await rated_thread_with_image(attacked.server.url, png()))[0]
 
 
-async def evidence(attacked: Attacked, thread_id: str, out: Path) -> tuple[dict[str, list[tuple]], dict[str, bytes]]:
+async def evidence(attacked: Running, thread_id: str, out: Path) -> tuple[dict[str, list[tuple]], dict[str, bytes]]:
     """Every row of the thread, and every file `python -m chat export` writes (DPO and KTO), as bytes."""
     for format in ("trl-dpo", "trl-kto"):  # in a thread: an open chat's socket must go on answering pings
         await asyncio.to_thread(
@@ -101,7 +82,7 @@ async def guess(http: httpx.AsyncClient, name: str, forwarded_for: str | None = 
 
 
 async def test_parallel_guesses_for_one_name_get_only_the_free_failures_checked(
-    attacked: Attacked, victim: OwnedThread, tmp_path: Path
+    attacked: Running, victim: OwnedThread, tmp_path: Path
 ):
     before = await evidence(attacked, victim.thread_id, tmp_path / "before")
     log_before = attacked.server.log.stat().st_size
@@ -122,7 +103,7 @@ async def test_parallel_guesses_for_one_name_get_only_the_free_failures_checked(
     assert (await login(attacked.server.url, "admin", ADMIN_PASSWORD))["access_token"]
 
 
-async def test_parallel_guesses_for_many_names_are_checked_one_at_a_time(attacked: Attacked):
+async def test_parallel_guesses_for_many_names_are_checked_one_at_a_time(attacked: Running):
     names = [f"someone-{n}" for n in range(12)]  # fewer than one address's free failures left after the test above
     async with httpx.AsyncClient(base_url=attacked.server.url, timeout=120) as http:
         answers = await asyncio.gather(*(guess(http, name) for name in names))
@@ -135,7 +116,7 @@ async def test_parallel_guesses_for_many_names_are_checked_one_at_a_time(attacke
 # 7. A reply to a question, sent after its login ended, is refused and stores nothing ---------------
 
 
-async def test_a_reply_to_a_question_after_logout_is_refused_and_stores_nothing(attacked: Attacked, tmp_path: Path):
+async def test_a_reply_to_a_question_after_logout_is_refused_and_stores_nothing(attacked: Running, tmp_path: Path):
     add_account(attacked.server, "leaver", PASSWORD)
     async with ChatClient(attacked.server.url, username="leaver", password=PASSWORD) as leaver:
         await leaver.change_settings({"max_new_tokens": 16})
@@ -165,12 +146,12 @@ async def test_a_reply_to_a_question_after_logout_is_refused_and_stores_nothing(
         assert not (await session.scalars(select(Correction.id).where(Correction.thread_id == leaver.thread_id))).all()
 
 
-async def stored_step(attacked: Attacked, step_id: str) -> bool:
+async def stored_step(attacked: Running, step_id: str) -> bool:
     async with attacked.sessions() as session:
         return await session.scalar(select(Step.id).where(Step.id == step_id)) is not None
 
 
-async def test_a_stop_after_logout_is_refused_and_the_socket_closed(attacked: Attacked):
+async def test_a_stop_after_logout_is_refused_and_the_socket_closed(attacked: Running):
     """Not only messages: a stop (Chainlit stores "Task manually stopped.") from a login that has ended is
     refused with a notice, and the socket is closed."""
     add_account(attacked.server, "stopper", PASSWORD)
@@ -192,7 +173,7 @@ async def test_a_stop_after_logout_is_refused_and_the_socket_closed(attacked: At
 # Last in the module: it uses up the free failures of 127.0.0.1.
 
 
-async def test_forged_forwarded_addresses_from_an_untrusted_peer_are_ignored(attacked: Attacked):
+async def test_forged_forwarded_addresses_from_an_untrusted_peer_are_ignored(attacked: Running):
     """No proxy is trusted by default, loopback included: guesses for ever-new names, each claiming to be
     forwarded for a new address, still count against the one address they come from."""
     async with httpx.AsyncClient(base_url=attacked.server.url) as http:

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,14 +19,11 @@ import jwt
 import pytest
 import socketio
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.store.database import create_engine, session_factory
 from chat.store.schema import Thread, User
 from tests.helpers.client import ChatClient, login
-from tests.helpers.databases import postgres_database
 from tests.helpers.oauth import Provider, oauth_provider, sign_in_through
-from tests.helpers.server import ADMIN_PASSWORD, REPO, Server, add_account, start_server, stop_server
+from tests.helpers.server import ADMIN_PASSWORD, REPO, Running, Server, add_account, serve
 
 SHORT = {"max_new_tokens": 16}  # these tests are about who signs in to what, not about answers
 PASSWORD = "password-at-loupe-1"  # each password account's
@@ -37,23 +33,8 @@ LIFETIME_S = 15
 
 
 @dataclass
-class Running:
-    server: Server
-    sessions: async_sessionmaker[AsyncSession]
-    provider: Provider | None = None
-
-
-async def serve(stack: AsyncExitStack, database: str, app_root: Path, **env: str) -> Running:
-    """A Loupe server on a new database of `database`'s kind, stopped when `stack` closes."""
-    if database == "postgresql":
-        url = env["LOUPE_DATABASE_URL"] = await stack.enter_async_context(postgres_database("loupe_signin"))
-    else:
-        url = f"sqlite+aiosqlite:///{app_root / '.data' / 'loupe.db'}"
-    process, server = await asyncio.to_thread(start_server, app_root, **env)
-    stack.callback(stop_server, process)
-    engine = create_engine(url)
-    stack.push_async_callback(engine.dispose)
-    return Running(server, session_factory(engine))
+class WithProvider(Running):
+    provider: Provider
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -69,14 +50,13 @@ async def short_logins(
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 async def with_provider(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Running]:
+) -> AsyncIterator[WithProvider]:
     """A server that offers sign-in through an OAuth provider running beside it."""
     async with AsyncExitStack() as stack:
         provider = stack.enter_context(oauth_provider({"alice": AT_PROVIDER, "carol": AT_PROVIDER}))
         app_root = tmp_path_factory.mktemp(f"oauth-{request.param}")
         running = await serve(stack, request.param, app_root, **provider.env())
-        running.provider = provider
-        yield running
+        yield WithProvider(running.server, running.sessions, provider)
 
 
 def content(token: str) -> dict[str, Any]:
@@ -137,9 +117,8 @@ async def test_trading_a_token_never_extends_the_login(short_logins: Running) ->
 # 10. A sign-in provider's user has an account of their own ----------------------------------------
 
 
-async def provider_login(running: Running, name: str) -> dict[str, str]:
+async def provider_login(running: WithProvider, name: str) -> dict[str, str]:
     """Signs `name` in at the provider, as a browser does; the login cookie Loupe sets."""
-    assert running.provider is not None
     answer = await sign_in_through(running.provider, running.server.url, name, AT_PROVIDER)
     assert answer.is_redirect and answer.headers["location"].startswith("/login/callback?success"), (
         answer.headers.get("location"),
@@ -192,7 +171,7 @@ async def owner_of(running: Running, thread_id: str) -> str | None:
         return await session.scalar(query)
 
 
-async def test_a_providers_user_is_not_the_password_account_of_the_same_name(with_provider: Running) -> None:
+async def test_a_providers_user_is_not_the_password_account_of_the_same_name(with_provider: WithProvider) -> None:
     url = with_provider.server.url
     add_account(with_provider.server, "alice", PASSWORD)
     alices = await chat_once(url, "Alice's own question", username="alice", password=PASSWORD)
@@ -224,7 +203,7 @@ async def test_a_providers_user_is_not_the_password_account_of_the_same_name(wit
     assert refused.status_code == 401
 
 
-async def test_an_admin_links_a_providers_user_to_an_account_and_unlinks_it(with_provider: Running) -> None:
+async def test_an_admin_links_a_providers_user_to_an_account_and_unlinks_it(with_provider: WithProvider) -> None:
     url, server = with_provider.server.url, with_provider.server
     add_account(server, "carol", PASSWORD)
     carols = await chat_once(url, "Carol's question", username="carol", password=PASSWORD)

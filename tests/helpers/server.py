@@ -12,11 +12,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat.store.database import create_engine, session_factory
+from tests.helpers.databases import postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,6 +94,28 @@ def start_server(app_root: Path, data_dir: Path | None = None, **env: str) -> tu
             time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"Loupe did not start within 120 s:\n{log.read_text()}")
+
+
+@dataclass
+class Running:
+    """A server and its database, to read what it stored."""
+
+    server: Server
+    sessions: async_sessionmaker[AsyncSession]
+
+
+async def serve(stack: AsyncExitStack, database: str, app_root: Path, **env: str) -> Running:
+    """A Loupe server on a new database of `database`'s kind ("sqlite" or "postgresql"), stopped when `stack`
+    closes: what the suites that attack a running server on both databases start."""
+    if database == "postgresql":
+        url = env["LOUPE_DATABASE_URL"] = await stack.enter_async_context(postgres_database())
+    else:
+        url = f"sqlite+aiosqlite:///{app_root / '.data' / 'loupe.db'}"
+    process, server = await asyncio.to_thread(start_server, app_root, **env)
+    stack.callback(stop_server, process)
+    engine = create_engine(url)
+    stack.push_async_callback(engine.dispose)
+    return Running(server, session_factory(engine))
 
 
 def add_account(server: Server, name: str, password: str, action: str = "add") -> None:
