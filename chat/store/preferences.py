@@ -137,10 +137,9 @@ class Preferences:
 
         NotYours unless such a battle, in a thread of `user`'s, awaits its vote; AlreadyVoted once it has one.
         """
-        if choice not in CHOICES:
-            raise ValueError(f"choice must be one of {CHOICES}, not {choice!r}")
         async with self.sessions.begin() as session:
-            thread = await owned_thread(session, user, answer_a)
+            # The comparison first: it checks the choice and the answers; a refused vote rolls it back.
+            thread, _ = await _compare(session, user, answer_a, answer_b, choice)
             held = (Battle.thread_id == thread.id) & (Battle.answer_a == answer_a) & (Battle.answer_b == answer_b)
             now = utcnow()
             # One statement decides: of two votes at once (two sockets), one settles it, the other finds it voted.
@@ -154,7 +153,6 @@ class Preferences:
                 raise NotYours(f"no battle between {answer_a} and {answer_b}")
             if settled.rowcount == 0:
                 raise AlreadyVoted(battle.id)
-            await _compare(session, user, answer_a, answer_b, choice)
             return battle.contender_a, battle.contender_b
 
     async def awaiting_vote(self, run_id: str) -> bool:
