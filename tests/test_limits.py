@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from chat.settings import checked_chat_settings
 from chat.ui.limits import (
+    FIRST_WAIT_S,
     FREE_FAILURES,
     FREE_FAILURES_PER_ADDRESS,
-    IN_FLIGHT_WAIT_S,
     LONGEST_WAIT_S,
     LoginThrottle,
     RateLimit,
@@ -62,35 +63,66 @@ def test_guesses_sent_at_once_count_while_they_are_checked() -> None:
     clock = Clock()
     throttle = LoginThrottle(clock)
     admitted = [throttle.reserve("ada", "10.0.0.1") for _ in range(60)]
-    assert admitted == [0] * FREE_FAILURES + [IN_FLIGHT_WAIT_S] * (60 - FREE_FAILURES)
+    assert admitted == [True] * FREE_FAILURES + [False] * (60 - FREE_FAILURES)
     for _ in range(FREE_FAILURES):
         throttle.failed("ada", "10.0.0.1")
         throttle.release("ada", "10.0.0.1")
     # As one after another: a sixth is checked, and its failure starts the first wait.
-    assert [throttle.reserve("ada", "10.0.0.1"), throttle.reserve("ada", "10.0.0.1")] == [0, IN_FLIGHT_WAIT_S]
+    assert [throttle.reserve("ada", "10.0.0.1"), throttle.reserve("ada", "10.0.0.1")] == [True, False]
     assert throttle.failed("ada", "10.0.0.1") == 1
     throttle.release("ada", "10.0.0.1")
-    assert throttle.reserve("ada", "10.0.0.1") == 1
+    assert throttle.wait("ada", "10.0.0.1") == 1
 
 
 def test_an_address_guessing_many_names_at_once_is_held_back_too() -> None:
     throttle = LoginThrottle(Clock())
     admitted = [throttle.reserve(f"user{n}", "10.0.0.9") for n in range(FREE_FAILURES_PER_ADDRESS + 5)]
-    assert admitted.count(0) == FREE_FAILURES_PER_ADDRESS
-    assert throttle.reserve("user1", "10.0.0.8") == 0, "each name is held back apart from the address"
+    assert admitted.count(True) == FREE_FAILURES_PER_ADDRESS
+    assert throttle.reserve("user1", "10.0.0.8"), "each name is held back apart from the address"
 
 
 def test_a_checked_login_no_longer_counts_in_flight() -> None:
     throttle = LoginThrottle(Clock())
     for _ in range(FREE_FAILURES):
-        assert throttle.reserve("ada", "10.0.0.1") == 0
+        assert throttle.reserve("ada", "10.0.0.1")
     throttle.succeeded("ada", "10.0.0.1")
     for _ in range(FREE_FAILURES):
         throttle.release("ada", "10.0.0.1")
         throttle.release("ada", "10.0.0.1")  # one release too many counts nothing
-    assert [throttle.reserve("ada", "10.0.0.1") for _ in range(FREE_FAILURES + 1)] == [0] * FREE_FAILURES + [
-        IN_FLIGHT_WAIT_S
-    ]
+    assert [throttle.reserve("ada", "10.0.0.1") for _ in range(FREE_FAILURES + 1)] == [True] * FREE_FAILURES + [False]
+
+
+async def test_logins_sent_at_once_past_the_free_failures_wait_for_the_earlier_ones() -> None:
+    """Thirty colleagues behind one address sign in together: those past the address's free failures
+    wait until the first ones are checked (and right), and then are checked too; none is refused."""
+    throttle = LoginThrottle()
+
+    async def sign_in(name: str) -> float:
+        if wait := await throttle.admit(name, "10.0.0.9"):
+            return wait
+        await asyncio.sleep(0.01)  # the password check
+        throttle.succeeded(name, "10.0.0.9")
+        throttle.release(name, "10.0.0.9")
+        return 0.0
+
+    waits = await asyncio.gather(*(sign_in(f"user{n}") for n in range(FREE_FAILURES_PER_ADDRESS + 10)))
+    assert waits == [0.0] * (FREE_FAILURES_PER_ADDRESS + 10)
+
+
+async def test_guesses_that_waited_are_refused_once_the_earlier_ones_failed() -> None:
+    throttle = LoginThrottle()
+
+    async def guess() -> float:
+        if wait := await throttle.admit("ada", "10.0.0.1"):
+            return wait
+        await asyncio.sleep(0.01)
+        throttle.failed("ada", "10.0.0.1")
+        throttle.release("ada", "10.0.0.1")
+        return 0.0
+
+    waits = await asyncio.gather(*(guess() for _ in range(20)))
+    assert waits.count(0.0) == FREE_FAILURES + 1, "the free failures, then one whose failure starts the wait"
+    assert all(wait >= FIRST_WAIT_S / 2 for wait in waits if wait), waits
 
 
 def test_a_right_password_clears_the_names_failures() -> None:

@@ -3,11 +3,14 @@
 Both are counted in memory, per server process: a limit exists to keep one client from taking
 the whole server, and a restart forgetting the counts costs an attacker a restart, not a bypass.
 Both answer "wait this long" instead of waiting themselves, so the event loop and every other
-user go on while someone is held back.
+user go on while someone is held back. The one wait taken here is a login's, for the logins sent
+with it to be checked (`LoginThrottle.admit`): it is short, and it is what lets a team behind one
+address sign in at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -46,8 +49,13 @@ FREE_FAILURES_PER_ADDRESS = 20
 FAILURE_MEMORY_S = 24 * 60 * 60
 # Names and addresses remembered at most (~200 bytes each): guesses over ever-new names cannot grow memory.
 MAX_TRACKED = 100_000
-# The wait told to an attempt refused while earlier ones are being checked: about as long as a check takes,
-# after which those have failed (and the wait they started is told) or not (and it is checked).
+# A login whose free failures are all taken by attempts being checked waits for those (looking again this
+# often), for at most LOGIN_QUEUE_S: fifty colleagues behind one address signing in at once queue for a few
+# seconds (argon2 checks run a few at a time anyway), while guesses sent at once find the address blocked
+# as soon as the first ones have failed. Past the queue's patience the login is told to retry in
+# IN_FLIGHT_WAIT_S, about as long as a check takes.
+QUEUE_POLL_S = 0.05
+LOGIN_QUEUE_S = 30.0
 IN_FLIGHT_WAIT_S = 1.0
 
 
@@ -63,9 +71,9 @@ class _Failures:
 class LoginThrottle:
     """Failed logins per user name and per client address, with a growing wait after the free ones.
 
-    A login is `reserve`d before its password is checked and `release`d after (with `failed` or
-    `succeeded` in between): attempts sent at once count while they are checked, so sixty guesses
-    sent together get the free failures checked and the rest refused, as they would one by one.
+    A login is `reserve`d (or `admit`ted) before its password is checked and `release`d after (with
+    `failed` or `succeeded` in between): attempts sent at once count while they are checked, so sixty
+    guesses sent together get the free failures checked and the rest refused, as they would one by one.
     """
 
     clock: Callable[[], float] = time.monotonic
@@ -76,25 +84,36 @@ class LoginThrottle:
         now = self.clock()
         return max(0.0, *(self._current(key, now).blocked_until - now for key in self._keys(name, address)))
 
-    def reserve(self, name: str, address: str) -> float:
-        """Count a login about to be checked, and return 0; or return the seconds to wait, counting nothing.
+    async def admit(self, name: str, address: str) -> float:
+        """Reserve a login and return 0, waiting for attempts being checked if need be; or return the
+        seconds the client should wait (blocked, or the queue's patience ran out), counting nothing."""
+        deadline = self.clock() + LOGIN_QUEUE_S
+        while not (wait := self.wait(name, address)):
+            if self.reserve(name, address):
+                return 0.0
+            if self.clock() >= deadline:
+                return IN_FLIGHT_WAIT_S
+            await asyncio.sleep(QUEUE_POLL_S)
+        return wait
+
+    def reserve(self, name: str, address: str) -> bool:
+        """Count a login about to be checked (True), or not while the attempts being checked could use
+        up the free failures (False). Call it once `wait` is 0.
 
         While the attempts being checked could still all fail within the free failures, more may join
         them; past that, one at a time, so each failure starts its wait before the next is checked.
         """
         now = self.clock()
-        if wait := self.wait(name, address):
-            return wait
         if len(self._failures) > MAX_TRACKED:  # forget the ones not holding anybody back now
             self._failures = {
                 key: kept for key, kept in self._failures.items() if kept.blocked_until > now or kept.in_flight
             }
         counted = [(self._current(key, now), self._free(key)) for key in self._keys(name, address)]
         if any(failures.in_flight >= max(1, free - failures.count) for failures, free in counted):
-            return IN_FLIGHT_WAIT_S
+            return False
         for failures, _ in counted:
             failures.in_flight += 1
-        return 0.0
+        return True
 
     def release(self, name: str, address: str) -> None:
         """A reserved login has been checked (and counted with `failed` or `succeeded`)."""

@@ -149,11 +149,12 @@ def add_routes(
 
         The wait is answered at once (no argon2 work, nothing held), so guessing costs the
         guesser time and the server nothing; the name and the address are counted apart, and
-        an attempt counts from before its check, so guesses sent at once are held back too.
+        an attempt counts from before its check, so guesses sent at once are held back too (logins
+        past the free failures wait a moment for the earlier ones' outcome: LoginThrottle.admit).
         """
         form = await request.form()
         name, address = str(form.get("username", "")), request.client.host if request.client else ""
-        if wait := throttle.reserve(name, address):
+        if wait := await throttle.admit(name, address):
             log.warning("Login throttled for %r from %s: %.0f s to wait", name, address, wait)
             return JSONResponse(
                 {"detail": "Too many login attempts; try again later."},
