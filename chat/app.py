@@ -21,7 +21,7 @@ from chat.store.logins import claims, revoke
 from chat.store.rows import NotYours
 from chat.ui import answers, arena, dashboard, documents, feedback, siblings
 from chat.ui.answers import model_turn, respond, stored_history
-from chat.ui.chainlit_fixes import failure_reference
+from chat.ui.chainlit_fixes import failure_notice, failure_reference
 from chat.ui.choices import COMPARE, redrawn_comparison, refuse_click, restore_choices, show_choices, show_rating
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
@@ -138,10 +138,10 @@ async def answer(message: cl.Message) -> None:
     """Chainlit's on_message wrapper only logs an exception (the user would see nothing): say so, with a reference."""
     try:
         await answer_message(message)
-    except Exception:
+    except Exception as error:
         reference = failure_reference()
         log.exception("Failure %s while answering", reference)
-        await cl.ErrorMessage(content=text("server_error", session_language(), reference=reference)).send()
+        await cl.ErrorMessage(content=failure_notice(error, reference, session_language())).send()
 
 
 async def answer_message(message: cl.Message) -> None:

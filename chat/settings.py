@@ -58,6 +58,9 @@ class Settings(ModelSettings):
         [], description="Proxies (addresses or CIDR networks) whose X-Forwarded-For is read; comma-separated."
     )
     password_checks_at_once: int = Field(1, ge=1, description="argon2 password checks run at once; more wait.")
+    write_retry_s: float = Field(
+        60, ge=0, description="How long a chat's writes wait out an unreachable database; then the user is told."
+    )
     max_message_chars: int = Field(32_000, ge=1, description="Longest message accepted, in characters.")
     messages_per_minute: int = Field(20, ge=1, description="Messages one user may send per minute.")
     pending_uploads_mb: float = Field(100, gt=0, description="Uploads one user may have waiting to be sent.")

@@ -27,6 +27,9 @@ class Ended(StrEnum):
     FINISHED = "finished"  # the model ended it (end of turn, or max new tokens)
     STOPPED = "stopped"  # the user pressed Stop, or the consumer went away
     ERROR = "error"  # the backend failed
+    # Never the end of a generation that ran to its end: what an answer is stored as while it streams, so one
+    # whose server was killed mid-answer is kept, and known for what it is (chat/ui/answers.py).
+    INTERRUPTED = "interrupted"
 
     @classmethod
     def by(cls, error: BaseException) -> Ended:

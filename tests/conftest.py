@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from chainlit.context import init_http_context
 
+from chat.settings import Settings
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.files import ContentStore
 from chat.store.schema import Base
@@ -69,7 +70,7 @@ async def layer(migrated: str, tmp_path: Path) -> AsyncIterator[LoupeDataLayer]:
         for table in reversed(Base.metadata.sorted_tables):
             await connection.execute(table.delete())
     init_http_context()  # Chainlit's decorators look at the current session
-    yield LoupeDataLayer(session_factory(engine), ContentStore(tmp_path / "files"))
+    yield LoupeDataLayer(session_factory(engine), ContentStore(tmp_path / "files"), Settings().write_retry_s)
     await engine.dispose()
 
 

@@ -34,7 +34,7 @@ from chat.prompts import system_prompts
 from chat.store.database import create_engine
 from chat.store.preferences import Preferences
 from chat.ui.datalayer import LoupeDataLayer
-from chat.ui.texts import mark_stopped
+from chat.ui.texts import mark_unfinished
 from models.control_tokens import control_tokens, plain_text
 from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO
@@ -168,7 +168,7 @@ async def write_conversations(layer: LoupeDataLayer, folder: Path) -> Data:
     await filter_chat.rate(hz, up=True)
     cut_short = await filter_chat.answer(
         cutoff,
-        with_label(mark_stopped("Let me", "en"), 3, 3, "en"),
+        with_label(mark_unfinished("Let me", "stopped", "en"), 3, 3, "en"),
         context=(lowpass,),
         ended="stopped",
         completion="Let me",
@@ -198,7 +198,7 @@ async def write_conversations(layer: LoupeDataLayer, folder: Path) -> Data:
     await preferences.compare("bob", terse, wordy, "both_bad")
     power = await ohm_chat.ask("And power?")
     partial = await ohm_chat.answer(
-        power, mark_stopped("P =", "en"), context=(wordy,), ended="stopped", completion="P ="
+        power, mark_unfinished("P =", "stopped", "en"), context=(wordy,), ended="stopped", completion="P ="
     )
     await ohm_chat.rate(partial, up=True)
     more = await ohm_chat.ask("Go on.")

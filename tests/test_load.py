@@ -42,6 +42,7 @@ from tests.helpers.load import (
     question,
     rate,
     read_database,
+    read_when_quiet,
     run_users,
     sqlite_integrity,
     sqlite_url,
@@ -52,7 +53,6 @@ from tests.helpers.server import stop_server
 USERS, MESSAGES = 50, 10
 CRASH_USERS, CRASH_MESSAGES = 20, 10
 KILL_AFTER = CRASH_USERS * CRASH_MESSAGES // 3  # acknowledged ratings before the server is killed
-QUIET_S = 1.5  # Chainlit writes in background tasks: the database is read once it stops changing
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -138,23 +138,6 @@ async def until(condition: Callable[[], bool], task: asyncio.Task, timeout: floa
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s")
         await asyncio.sleep(0.002)
-
-
-async def read_when_quiet(database_url: str, timeout: float = 60) -> Stored:
-    """Read the database once its row counts stop changing (the last answers' writes are async)."""
-    deadline = time.monotonic() + timeout
-    stored = await read_database(database_url)
-    while time.monotonic() < deadline:
-        await asyncio.sleep(QUIET_S)
-        again = await read_database(database_url)
-        if counts(again) == counts(stored):
-            return again
-        stored = again
-    return stored
-
-
-def counts(stored: Stored) -> tuple[int, ...]:
-    return len(stored.threads), len(stored.steps), len(stored.feedbacks), len(stored.generations)
 
 
 def by_thread(steps: list[Step], kind: str) -> dict[str, list[Step]]:

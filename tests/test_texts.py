@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 
-from chat.ui.texts import TEXTS, language_of, mark_stopped, text
+from chat.ui.texts import TEXTS, language_of, mark_unfinished, text
 from tests.helpers.shown import answer_text, with_label
 
 
@@ -25,13 +25,13 @@ def test_browser_locales_map_to_our_languages() -> None:
 
 
 def test_stop_marker_lands_outside_an_open_code_block() -> None:
-    assert mark_stopped("R = 5 V", "en") == "R = 5 V\n\n⏹ *Stopped.*"
-    assert mark_stopped("```python\nx = 1", "ko") == "```python\nx = 1\n```\n\n⏹ *중지됨.*"
+    assert mark_unfinished("R = 5 V", "stopped", "en") == "R = 5 V\n\n⏹ *Stopped.*"
+    assert mark_unfinished("```python\nx = 1", "stopped", "ko") == "```python\nx = 1\n```\n\n⏹ *중지됨.*"
 
 
 def test_answer_text_removes_the_label_and_the_stop_marker_in_every_language() -> None:
     for language in TEXTS:
-        shown = with_label(mark_stopped("R2 is larger.", language), 2, 3, language)
+        shown = with_label(mark_unfinished("R2 is larger.", "stopped", language), 2, 3, language)
         assert shown.startswith(text("answer_label", language, number=2, count=3))
         assert answer_text(shown) == "R2 is larger."
         assert answer_text(with_label(shown, 1, 4, "en")) == "R2 is larger."  # relabelled, not stacked

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chat.store.outages import CLICKS, patient
 from chat.store.rows import NotYours, dialect_insert, owned_by, owned_thread, utcnow
 from chat.store.schema import Battle, Comparison, Correction, Feedback, Generation, Step, Thread
 
@@ -91,6 +92,7 @@ class Preferences:
             )
         return InThread(answers, {(a, b): choice for a, b, choice in comparisons}, {(a, b): c for a, b, c in battles})
 
+    @patient(CLICKS, "a rating's reasons")
     async def set_reasons(self, user: str, answer_id: str, reasons: list[str]) -> bool:
         """Replace the reasons of the answer's rating; False when the answer has no rating to explain."""
         async with self.sessions.begin() as session:
@@ -101,11 +103,13 @@ class Preferences:
             )
         return result.rowcount > 0
 
+    @patient(CLICKS, "a comparison")
     async def compare(self, user: str, answer_a: str, answer_b: str, choice: str) -> None:
         """Record which of two sibling answers is better; a new verdict on the same two replaces the old."""
         async with self.sessions.begin() as session:
             await _compare(session, user, answer_a, answer_b, choice)
 
+    @patient(CLICKS, "a battle")
     async def hold_battle(
         self, user: str, session_id: str, answers: tuple[str, str], contenders: tuple[str, str]
     ) -> None:
@@ -131,6 +135,7 @@ class Preferences:
                 )
             )
 
+    @patient(CLICKS, "a vote")
     async def vote(self, user: str, answer_a: str, answer_b: str, choice: str) -> tuple[str, str]:
         """Settle the battle the arena held between answers A and B with the user's blind vote, once; the vote
         is also a comparison (for export). Returns the contenders of A and B, to reveal them.
@@ -167,6 +172,7 @@ class Preferences:
             )
             return await session.scalar(pending.limit(1)) is not None
 
+    @patient(CLICKS, "a correction")
     async def correct(self, user: str, answer_id: str, text: str) -> None:
         """Store the answer the user wanted instead of `answer_id`; a new correction replaces the old."""
         async with self.sessions.begin() as session:

@@ -2,7 +2,9 @@
 
 The answer's step carries its generation record (chat/store/generations.py) in its metadata;
 the data layer stores both in one transaction. The page shows the answer decorated (its label,
-a stop marker), the record keeps the model's own text.
+a stop marker), the record keeps the model's own text. While it streams, the answer is saved
+every few seconds as interrupted, so a server killed mid-answer keeps what the user saw, marked
+for what it is; its end overwrites that.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from models.backend import AdapterRefused, BackendUnavailable, Ended, OutOfMemor
 
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
+# A killed server loses at most this much of an answer the user saw; each save is one small write.
+SAVE_INTERVAL_S = 3.0
 
 
 async def user_turn_of(message: cl.Message, user: str, language: str) -> HumanMessage | None:
@@ -113,11 +117,11 @@ async def respond(
     )
     stream = shown_in(reply) if shown_in else MessageStream(reply, language)
 
-    def metadata(completion: str) -> dict[str, Any]:
+    def metadata(completion: str, ended: Ended) -> dict[str, Any]:
         """The generation record, marked blind in the arena, for the answer's (or the failure's) metadata."""
-        return {"generation": record(completion), **({"blind": True} if blind else {})}
+        return {"generation": record(completion, ended), **({"blind": True} if blind else {})}
 
-    def record(completion: str) -> dict[str, Any]:
+    def record(completion: str, ended: Ended) -> dict[str, Any]:
         return GenerationRecord(
             model=backend.name,
             backend=backend.kind,
@@ -128,28 +132,40 @@ async def respond(
             context=[message.id for message in earlier if isinstance(message, AIMessage)],
             settings={**asdict(sampling), "system_prompt": prompt_name},
             sources=sources,
-            **asdict(usage),
+            **{**asdict(usage), "ended": ended},
         ).as_metadata()
 
+    def draft() -> dict[str, Any]:
+        """The answer so far as stored until it ends: interrupted, unless its end overwrites it."""
+        step = dict(reply.to_dict())
+        step["output"] = shown_answer(stream.text, Ended.INTERRUPTED, language, label, sources)
+        step["metadata"] = {"ended": Ended.INTERRUPTED, **metadata(stream.text, Ended.INTERRUPTED)}
+        return step
+
+    saved_at, saving = time.monotonic(), None
     try:
         async with aclosing(backend.stream(prompt, sampling, usage, stream.waiting, adapter)) as pieces:
             async for piece in pieces:
                 await stream.add(piece)
+                # In the background, like Chainlit's own writes, and one at a time: a slow database slows no answer.
+                if time.monotonic() - saved_at >= SAVE_INTERVAL_S and (saving is None or saving.done()):
+                    saving = asyncio.create_task(runtime.data_layer.save_draft(draft()))
+                    saved_at = time.monotonic()
     except Exception as error:
         reference = failure_reference()
         log.exception("Generation failed (%s)", reference)
         await stream.flush()
         failure = cl.ErrorMessage(content=explain_failure(error, reference, language))
         if stream.text:  # what was written stays, marked as failed, with its record; the notice follows
-            reply.metadata = {"ended": usage.ended, **metadata(stream.text)}
+            reply.metadata = {"ended": usage.ended, **metadata(stream.text, usage.ended)}
             await reply.send()
         else:
-            failure.metadata = metadata(stream.text)
+            failure.metadata = metadata(stream.text, usage.ended)
         await failure.send()
     finally:  # also runs on Stop, which cancels this task; Chainlit then posts its own notice
         await stream.end(usage.ended, sources)
         if usage.ended == Ended.FINISHED or (usage.ended == Ended.STOPPED and stream.text):
-            reply.metadata = {"ended": usage.ended, **metadata(stream.text)}
+            reply.metadata = {"ended": usage.ended, **metadata(stream.text, usage.ended)}
             keep(reply)
             reply.content = shown_answer(stream.text, usage.ended, language, label, sources)
             await reply.send()

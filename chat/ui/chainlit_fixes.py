@@ -34,6 +34,7 @@ from fastapi import HTTPException
 
 from chat.documents.reading import Kind, file_kind
 from chat.store.generations import as_the_browser_sees_it
+from chat.store.outages import Unavailable, unreachable
 from chat.ui.limits import RateLimit
 from chat.ui.texts import language_of, text
 
@@ -96,6 +97,13 @@ def browser_only_message(content: str) -> StepDict:
     notice = Message(content=content)
     notice.created_at = utc_now()
     return notice.to_dict()
+
+
+def failure_notice(error: BaseException, reference: str, language: str) -> str:
+    """What a user is told of an unexpected failure: that the database is away, or the log's reference."""
+    if unreachable(error):
+        return text("database_unreachable", language)
+    return text("server_error", language, reference=reference)
 
 
 class MessageRefused(ValueError):
@@ -202,10 +210,10 @@ def guard_client_messages(
         except MessageRefused as refused:
             log.warning("Refused a message from %s: %s", session.user and session.user.identifier, refused.reason)
             await context.emitter.send_step(browser_only_message(text(refused.reason, language, **refused.details)))
-        except Exception:
+        except Exception as error:
             reference = failure_reference()
             log.exception("Failure %s while taking a message", reference)
-            await context.emitter.send_step(browser_only_message(text("server_error", language, reference=reference)))
+            await context.emitter.send_step(browser_only_message(failure_notice(error, reference, language)))
         finally:
             await context.emitter.task_end()
 
@@ -226,8 +234,14 @@ def check_login_on_every_event(login_is_current: Callable[[str | None], Awaitabl
     def checked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def handle_if_logged_in(sid: str, *data: Any) -> Any:
             session = WebsocketSession.get(sid)
-            if session is None or await login_is_current(session.token):
-                return await handler(sid, *data)
+            try:
+                if session is None or await login_is_current(session.token):
+                    return await handler(sid, *data)
+            except Unavailable:  # the login cannot be checked: the event is not taken, and the user told so
+                log.warning("Refused a socket event of %s: database unreachable", session.user)
+                notice = text("database_unreachable", language_of(session.language))
+                await init_ws_context(session).emitter.send_step(browser_only_message(notice))
+                return None
             log.warning("Closed a socket of %s: its login has ended", session.user and session.user.identifier)
             emitter = init_ws_context(session).emitter
             await emitter.send_step(browser_only_message(text("login_ended", language_of(session.language))))

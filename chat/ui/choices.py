@@ -141,6 +141,8 @@ async def restore_choices(stored: InThread, arena: bool, settings: Settings, lan
         earlier = siblings.setdefault(answer.prompt_id, [])
         if not arena:
             await regenerate_action(answer.prompt_id, language).send(for_id=answer.id)
+        if answer.ended == Ended.INTERRUPTED:  # a part, kept for the user: regenerated, never rated or compared
+            continue
         if answer.rating is not None:
             await show_rating(answer, settings, language)
         if answer.id in votes:

@@ -12,6 +12,10 @@ So each write checks ownership against the logged-in user Chainlit is serving (`
 a row it touches, if it exists, must be in a thread of that user, and a new row goes only into
 a thread of theirs. Anything else raises NotYours, is logged with the user and the ids, and
 changes nothing. Calls with no logged-in user are the server's own (start-up, tests, CLI).
+
+A write that finds the database unreachable is tried again (chat/store/outages.py), still in its
+place in WriteOrder; one that finally fails is logged, and a message or answer the user saw but
+that could not be stored is named on their page as not saved.
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.files import ContentStore
 from chat.store.generations import GenerationRecord, as_the_browser_sees_it
+from chat.store.outages import CLICKS, MOST_WAITING_WRITES, Patience, Unavailable, patient, unreachable
 from chat.store.rows import NotYours, dialect_insert, iso, owned_by, parse_time, utcnow
 from chat.store.schema import Element, Feedback, Generation, Step, Thread, User
+from chat.ui.chainlit_fixes import browser_only_message
+from chat.ui.texts import language_of, text
 
 # Step fields Chainlit sends (camelCase) -> our columns; only keys present in a dict are written.
 STEP_FIELDS = {
@@ -72,7 +79,8 @@ STEP_FIELDS = {
 }
 TIME_FIELDS = {"created_at", "start", "end"}
 CLOSE_TIMEOUT_S = 10  # how long shutdown waits for writes under way
-SETTLE_TIMEOUT_S = 5  # a write takes milliseconds; a request waits no longer than this for those under way
+# A write takes milliseconds (seconds under a heavy load); a reader waits no longer than this for those under way.
+SETTLE_TIMEOUT_S = 10
 # Chainlit names a thread after its first message; the history sidebar shows one line of it.
 MAX_THREAD_NAME_CHARS = 200
 ANSWER = "assistant_message"  # the step type of a model answer, the only one with a generation record
@@ -126,12 +134,13 @@ class WriteOrder:
                 del self._last[key]
 
     async def settled(self, key: str) -> None:
-        """Return once every write to `key` called so far has finished (committed or failed)."""
+        """Return once every write to `key` called so far has finished (committed or failed), or after
+        SETTLE_TIMEOUT_S: a write waiting out a database outage keeps its place, not its readers."""
         # Chainlit starts its writes as tasks: one created just now has not yet taken its turn. Yield once, so
         # that it does (it takes it before its first await), and counts.
         await asyncio.sleep(0)
         if (last := self._last.get(key)) is not None:
-            await asyncio.wait([last])
+            await asyncio.wait([last], timeout=SETTLE_TIMEOUT_S)
 
     async def drain(self, timeout: float) -> None:
         """Wait, at most `timeout` seconds, for every write under way (each key's last one ends last)."""
@@ -141,10 +150,11 @@ class WriteOrder:
 
 
 class LoupeDataLayer(BaseDataLayer):
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: ContentStore) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: ContentStore, write_retry_s: float) -> None:
         self.sessions = sessions
         self.store = store
         self.order = WriteOrder()
+        self.writes = Patience(write_retry_s, MOST_WAITING_WRITES)  # Chainlit's background writes of a chat
 
     # Users ---------------------------------------------------------------------------------
 
@@ -173,7 +183,16 @@ class LoupeDataLayer(BaseDataLayer):
         metadata: dict | None = None,
         tags: list[str] | None = None,
     ) -> None:
-        async with self.order.turn(thread_id), self.sessions.begin() as session:
+        async with self.order.turn(thread_id):
+            try:
+                await self.writes.run(lambda: self._update_thread(thread_id, name, user_id, metadata, tags), "a thread")
+            except Unavailable:
+                log.exception("Thread %s not updated", thread_id)
+
+    async def _update_thread(
+        self, thread_id: str, name: str | None, user_id: str | None, metadata: dict | None, tags: list[str] | None
+    ) -> None:
+        async with self.sessions.begin() as session:
             thread = await _writable_thread(session, thread_id)
             if name is not None:
                 thread.name = name[:MAX_THREAD_NAME_CHARS]
@@ -196,8 +215,7 @@ class LoupeDataLayer(BaseDataLayer):
         return identifier or ""
 
     async def delete_thread(self, thread_id: str) -> None:
-        async with self.sessions.begin() as session:
-            await _delete_owned(session, Thread, Thread.id == thread_id)
+        await self._delete(Thread, Thread.id == thread_id, CLICKS)
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         """Newest first, `pagination.first` at a time; the cursor is the last thread id shown."""
@@ -277,16 +295,36 @@ class LoupeDataLayer(BaseDataLayer):
 
     @queue_until_user_message()
     async def create_step(self, step_dict: StepDict) -> None:
-        await self._upsert_step(step_dict, creating=True)
+        """A step sent: the user's message, or an answer as it ended. One that cannot be stored is named
+        on the user's page, which shows it, as not saved."""
+        async with self.order.turn(step_dict["id"]):
+            try:
+                await self.writes.run(lambda: self._upsert_step(step_dict, creating=True), "a step")
+            except Unavailable:
+                log.exception("Step %s (%s) not saved", step_dict["id"], step_dict.get("type"))
+                if step_dict.get("type") in (ANSWER, USER_MESSAGE):
+                    await _tell_not_saved(step_dict["type"])
 
     @queue_until_user_message()
     async def update_step(self, step_dict: StepDict) -> None:
-        await self._upsert_step(step_dict, creating=False)
+        await self.save_draft(step_dict)
+
+    async def save_draft(self, step_dict: StepDict) -> None:
+        """A step as it stands, stored over what was: Chainlit's updates, and an answer saved while it streams
+        (chat/ui/answers.py), which its end overwrites."""
+        async with self.order.turn(step_dict["id"]):
+            try:
+                await self.writes.run(lambda: self._upsert_step(step_dict, creating=False), "a step's update")
+            except Unavailable:
+                log.exception("Step %s (%s) not updated", step_dict["id"], step_dict.get("type"))
 
     @queue_until_user_message()
     async def delete_step(self, step_id: str) -> None:
-        async with self.order.turn(step_id), self.sessions.begin() as session:
-            await _delete_owned(session, Step, Step.id == step_id)
+        async with self.order.turn(step_id):
+            try:
+                await self._delete(Step, Step.id == step_id, self.writes)
+            except Unavailable:
+                log.exception("Step %s not deleted", step_id)
 
     async def _upsert_step(self, step_dict: StepDict, creating: bool) -> None:
         values = {column: step_dict[key] for key, column in STEP_FIELDS.items() if key in step_dict}
@@ -296,7 +334,7 @@ class LoupeDataLayer(BaseDataLayer):
             values["show_input"] = str(values["show_input"]).lower()
         values = {column: value for column, value in values.items() if value is not None or column in ("parent_id",)}
         generation = (values.get("metadata_") or {}).get("generation")
-        async with self.order.turn(step_dict["id"]), self.sessions.begin() as session:
+        async with self.sessions.begin() as session:
             thread = await _writable_thread(session, step_dict["threadId"])
             stored = (
                 await session.execute(select(Step.thread_id, Step.type).where(Step.id == step_dict["id"]))
@@ -327,18 +365,21 @@ class LoupeDataLayer(BaseDataLayer):
         """Copy the element's file into the content store, so history outlives Chainlit's .files."""
         if element.thread_id:
             async with self.order.turn(element.id):  # before a redraw of it (`redraw_element`)
-                await self._insert_element(element)
+                content = element.content
+                if content is None and element.path:
+                    async with aiofiles.open(element.path, "rb") as file:
+                        content = await file.read()
+                object_key = None
+                if content is not None:
+                    object_key = await asyncio.to_thread(
+                        self.store.put, content.encode() if isinstance(content, str) else content
+                    )
+                try:
+                    await self.writes.run(lambda: self._insert_element(element, object_key), "an element")
+                except Unavailable:
+                    log.exception("Element %s (%s) not saved", element.id, element.name)
 
-    async def _insert_element(self, element: ChainlitElement) -> None:
-        content = element.content
-        if content is None and element.path:
-            async with aiofiles.open(element.path, "rb") as file:
-                content = await file.read()
-        object_key = None
-        if content is not None:
-            object_key = await asyncio.to_thread(
-                self.store.put, content.encode() if isinstance(content, str) else content
-            )
+    async def _insert_element(self, element: ChainlitElement, object_key: str | None) -> None:
         async with self.sessions.begin() as session:
             await _writable_thread(session, element.thread_id)
             await session.execute(
@@ -362,7 +403,12 @@ class LoupeDataLayer(BaseDataLayer):
     async def redraw_element(self, element_id: str, props: dict[str, Any]) -> None:
         """New props for a custom element the server drew and stored (Chainlit stores an element once, as
         first sent): a battle's view once voted on. Server code only; no client reaches this."""
-        async with self.order.turn(element_id), self.sessions.begin() as session:
+        async with self.order.turn(element_id):
+            await self._redraw_element(element_id, props)
+
+    @patient(CLICKS, "an element's redraw")
+    async def _redraw_element(self, element_id: str, props: dict[str, Any]) -> None:
+        async with self.sessions.begin() as session:
             await session.execute(update(Element).where(Element.id == element_id).values(props=props))
 
     async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
@@ -377,8 +423,7 @@ class LoupeDataLayer(BaseDataLayer):
         named = Element.id == element_id
         if thread_id:
             named &= Element.thread_id == thread_id
-        async with self.sessions.begin() as session:
-            await _delete_owned(session, Element, named)
+        await self._delete(Element, named, CLICKS)
 
     def _element_dict(self, element: Element) -> ElementDict:
         return {
@@ -410,11 +455,17 @@ class LoupeDataLayer(BaseDataLayer):
         on a first message, the thread's owner) may still be on its way to the database.
         """
         await self.order.settled(step_id)
-        async with self.sessions() as session:
-            thread_id = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
+        try:
+            async with self.sessions() as session:
+                thread_id = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            return  # the database is away: the writes wait for it (self.writes), and nothing is settled before
         if thread_id is not None:
             await self.order.settled(thread_id)
 
+    @patient(CLICKS, "a rating")
     async def upsert_feedback(self, feedback: ChainlitFeedback) -> str:
         """Store a thumbs up/down for the step Chainlit names (the run); one per step, re-votes update it.
 
@@ -454,8 +505,16 @@ class LoupeDataLayer(BaseDataLayer):
             return await session.scalar(select(Feedback.id).where(Feedback.for_id == rated.id))
 
     async def delete_feedback(self, feedback_id: str) -> bool:
-        async with self.sessions.begin() as session:
-            return await _delete_owned(session, Feedback, Feedback.id == feedback_id) > 0
+        return await self._delete(Feedback, Feedback.id == feedback_id, CLICKS) > 0
+
+    async def _delete(self, table: type, named: ColumnElement[bool], patience: Patience) -> int:
+        """Delete the rows `named` in the acting user's threads (NotYours for another's), with `patience`."""
+
+        async def delete_owned() -> int:
+            async with self.sessions.begin() as session:
+                return await _delete_owned(session, table, named)
+
+        return await patience.run(delete_owned, f"a delete from {table.__tablename__}")
 
     # The rest of Chainlit's interface ------------------------------------------------------
 
@@ -469,6 +528,16 @@ class LoupeDataLayer(BaseDataLayer):
         """Chainlit calls this on shutdown and then ends the process with os._exit: let the writes
         still under way in its fire-and-forget tasks commit first (a SIGTERM under load lost them)."""
         await self.order.drain(CLOSE_TIMEOUT_S)
+
+
+async def _tell_not_saved(step_type: str) -> None:
+    """Name, on the page of the user Chainlit is serving, what they saw but the database did not take."""
+    try:
+        session = context.session
+    except ChainlitContextException:  # the server's own write: only the log tells
+        return
+    what = "not_saved_answer" if step_type == ANSWER else "not_saved_message"
+    await context.emitter.send_step(browser_only_message(text(what, language_of(session.language))))
 
 
 def _threads_with_owner() -> Select:

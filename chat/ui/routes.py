@@ -29,11 +29,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import Select, exists, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 
 from chat.documents.reading import Kind, file_kind
 from chat.store.files import ContentStore
+from chat.store.outages import CLICKS, RETRY_AFTER_S, Unavailable, patient, unreachable
 from chat.store.rows import NotYours, owned_by
 from chat.store.schema import Element, Feedback, Step, Thread
 from chat.ui.chainlit_fixes import issued_action
@@ -43,6 +45,7 @@ from models.images import ImageRejected, image_mime
 
 STARTING = "Loupe is starting: migrating its database and loading its model. Try again in a few seconds."
 VOTE_FIRST = "Vote in the battle first: its answers can be rated once you know who wrote them."
+UNREACHABLE = "The database cannot be reached right now, so nothing was changed. Try again in a few seconds."
 
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
@@ -93,6 +96,7 @@ def add_routes(
     `settle_writes()` for all of them, so that a file shown the moment its element is sent can be;
     `awaiting_vote(run_id)` says whether the run's answer is in a battle not yet voted (Preferences)."""
 
+    @patient(CLICKS, "an ownership check")
     async def owns(user: Any, query: Select) -> bool:
         """Whether `query` (a select of thread ids) names a thread of this logged-in user."""
         if user is None:
@@ -132,7 +136,12 @@ def add_routes(
             raise HTTPException(status_code=404, detail="Message not found")
         if await awaiting_vote(update.feedback.forId):  # a thumb now would be cast blind, and show who wrote it
             raise HTTPException(status_code=409, detail=VOTE_FIRST)
-        return await chainlit_server.update_feedback(request, update, current_user)
+        try:
+            return await chainlit_server.update_feedback(request, update, current_user)
+        except HTTPException as failed:  # Chainlit answers any failure of the data layer with a 500
+            if isinstance(failed.__cause__, Unavailable):
+                raise failed.__cause__ from None
+            raise
 
     @server.delete("/feedback")
     async def unrate(request: Request, payload: DeleteFeedbackRequest, current_user: UserParam) -> Response:
@@ -238,6 +247,18 @@ def add_routes(
             )
             raise HTTPException(status_code=404, detail="That button is not on the page any more.")
         return await chainlit_server.call_action(CallActionRequest(action=issued, sessionId=session.id), current_user)
+
+    @server.exception_handler(Unavailable)
+    @server.exception_handler(DBAPIError)
+    @server.exception_handler(ConnectionError)
+    async def database_unreachable(request: Request, error: Exception) -> Response:
+        """A request that found the database unreachable (a write waited for it, chat/store/outages.py): 503
+        with Retry-After, which tells a client, a load balancer and a person alike to come back shortly."""
+        if not unreachable(error):
+            raise error
+        log.warning("%s %s: database unreachable (%r)", request.method, request.url.path, error)
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return JSONResponse({"detail": UNREACHABLE}, status_code=503, headers=headers)
 
     @server.exception_handler(NotYours)
     async def not_found(request: Request, refused: NotYours) -> Response:

@@ -31,6 +31,7 @@ from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.documents import Documents
 from chat.store.files import ContentStore
 from chat.store.logins import is_current
+from chat.store.outages import CLICKS
 from chat.store.preferences import Preferences
 from chat.ui.chainlit_fixes import (
     accept_empty_uploads,
@@ -131,7 +132,9 @@ class Runtime:
         )
 
     async def login_is_current(self, token: str | None) -> bool:
-        return await is_current(self.sessions, token, self.secret, self.settings.login_lifetime_hours * 3600)
+        """Checked on every socket event; waits out a short outage (Unavailable past it)."""
+        lifetime_s = self.settings.login_lifetime_hours * 3600
+        return await CLICKS.run(lambda: is_current(self.sessions, token, self.secret, lifetime_s), "a login check")
 
 
 async def start_backend(settings: Settings) -> Backend:
@@ -154,7 +157,7 @@ def build_runtime(settings: Settings) -> Runtime:
         engine=engine,
         sessions=sessions,
         store=store,
-        data_layer=LoupeDataLayer(sessions, store),
+        data_layer=LoupeDataLayer(sessions, store, settings.write_retry_s),
         preferences=Preferences(sessions),
         documents=Documents(sessions),
         pdfs=pdf_workers(settings),

@@ -19,6 +19,15 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "queued": "⏳ Waiting for the model: {ahead} request(s) ahead of you.",
         "stopped": "⏹ *Stopped.*",
+        "interrupted": "⚠️ *Interrupted: the server stopped while writing this answer. Regenerate it for a whole one.*",
+        "not_saved_answer": (
+            "⚠️ **The answer above was not saved**: the database could not be reached. It will not be in this "
+            "chat's history; copy what you need from it now."
+        ),
+        "not_saved_message": (
+            "⚠️ **Your message was not saved**: the database could not be reached. It will not be in this "
+            "chat's history; send it again in a moment."
+        ),
         "empty_message": "Your message is empty. Type a question, attach an image, or both.",
         "rejected_files": (
             "I could not use your message because of its attachments:\n{problems}\n\nPlease fix them and send it again."
@@ -35,6 +44,9 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "adapter_refused": "The model server cannot use this profile's adapter: {reason}. Choose another profile.",
         "server_error": "Something went wrong on the server. Please try again (reference {reference}).",
+        "database_unreachable": (
+            "⚠️ The server cannot reach its database right now, so that was not taken. Please try again in a moment."
+        ),
         "message_malformed": "That message could not be read, so it was not sent.",
         "message_too_long": (
             "Your message has {length:,} characters; at most {limit:,} fit in one message. "
@@ -160,6 +172,15 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "queued": "⏳ 모델을 기다리는 중: 앞에 요청 {ahead}개가 있습니다.",
         "stopped": "⏹ *중지됨.*",
+        "interrupted": "⚠️ *중단됨: 이 답변을 쓰는 중에 서버가 멈췄습니다. 전체 답변은 다시 생성하세요.*",
+        "not_saved_answer": (
+            "⚠️ **위 답변은 저장되지 않았습니다**: 데이터베이스에 연결할 수 없습니다. 이 대화 기록에 남지 "
+            "않으니 필요한 내용은 지금 복사해 두세요."
+        ),
+        "not_saved_message": (
+            "⚠️ **메시지가 저장되지 않았습니다**: 데이터베이스에 연결할 수 없습니다. 이 대화 기록에 남지 "
+            "않으니 잠시 뒤 다시 보내 주세요."
+        ),
         "empty_message": "메시지가 비어 있습니다. 질문을 입력하거나 이미지를 첨부하세요.",
         "rejected_files": (
             "첨부 파일 때문에 메시지를 사용할 수 없습니다:\n{problems}\n\n문제를 고친 뒤 다시 보내 주세요."
@@ -176,6 +197,9 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "adapter_refused": "모델 서버가 이 프로필의 어댑터를 쓸 수 없습니다: {reason}. 다른 프로필을 고르세요.",
         "server_error": "서버에 문제가 생겼습니다. 다시 시도해 주세요 (참조 {reference}).",
+        "database_unreachable": (
+            "⚠️ 서버가 지금 데이터베이스에 연결할 수 없어 방금 보낸 것을 받지 못했습니다. 잠시 뒤 다시 시도해 주세요."
+        ),
         "message_malformed": "메시지를 읽을 수 없어 보내지 않았습니다.",
         "message_too_long": (
             "메시지가 {length:,}자입니다. 한 메시지에는 최대 {limit:,}자까지 들어갑니다. "
@@ -301,21 +325,22 @@ def text(key: str, language: str, **values: object) -> str:
     return TEXTS[language][key].format(**values)
 
 
-def mark_stopped(answer: str, language: str) -> str:
-    """Append the stop marker outside any code block the partial answer left open."""
+def mark_unfinished(answer: str, marker: str, language: str) -> str:
+    """Append the marker of an unfinished answer (`stopped`, `interrupted`) outside any code block it left open."""
     fence = "\n```" if answer.count("```") % 2 else ""
-    return f"{answer}{fence}\n\n{text('stopped', language)}"
+    return f"{answer}{fence}\n\n{text(marker, language)}"
 
 
 def shown_answer(
     completion: str, ended: Ended, language: str, label: str | None = None, sources: list[dict] | None = None
 ) -> str:
-    """An answer as the page shows it: the model's text, under its label, with the stop marker if stopped,
+    """An answer as the page shows it: the model's text, under its label, marked if stopped or interrupted,
     and the document pages it was shown (its record's sources), each named as its preview is.
 
     Only the page sees this; the generation record keeps `completion` as the model wrote it.
     """
-    shown = mark_stopped(completion, language) if ended == Ended.STOPPED else completion
+    unfinished = {Ended.STOPPED: "stopped", Ended.INTERRUPTED: "interrupted"}
+    shown = mark_unfinished(completion, unfinished[ended], language) if ended in unfinished else completion
     if sources:
         cited = " · ".join(Source(**source).label for source in sources)
         shown = f"{shown}\n\n**{text('sources', language)}:** {cited}"

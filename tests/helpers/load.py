@@ -30,6 +30,7 @@ from tests.helpers.server import Server, start_server
 QUICK_SETTINGS: dict[str, Any] = {"max_new_tokens": 16, "temperature": 0}  # 16: the settings panel's least
 ANSWER_TIMEOUT_S = 300  # a user behind 49 others in the model's queue waits for all of them
 HTTP_TIMEOUT_S = 60
+QUIET_S = 1.5  # Chainlit writes in background tasks: the database is read once it stops changing
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,23 @@ async def read_database(database_url: str) -> Stored:
             )
     finally:
         await engine.dispose()
+
+
+async def read_when_quiet(database_url: str, timeout: float = 60) -> Stored:
+    """Read the database once its row counts stop changing (the last answers' writes are async)."""
+    deadline = time.monotonic() + timeout
+    stored = await read_database(database_url)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(QUIET_S)
+        again = await read_database(database_url)
+        if counts(again) == counts(stored):
+            return again
+        stored = again
+    return stored
+
+
+def counts(stored: Stored) -> tuple[int, ...]:
+    return len(stored.threads), len(stored.steps), len(stored.feedbacks), len(stored.generations)
 
 
 # (table, column, referenced table): a row whose referenced row is gone is an orphan. The foreign
