@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from chat.store.atomic import replace_atomically
 from chat.store.generations import BASE
 from models.adapters import Adapter, AdapterDirectory
 
@@ -75,8 +76,8 @@ class Profiles:
     def promote(self, contender: str) -> None:
         """Make an adapter (or BASE) the profile new chats start with."""
         self.named(contender)
-        self.promoted_file.parent.mkdir(parents=True, exist_ok=True)
-        self.promoted_file.write_text(json.dumps({"adapter": contender}) + "\n")
+        # Atomically: every running server reads it on each page load, and must never find it half-written.
+        replace_atomically(self.promoted_file, (json.dumps({"adapter": contender}) + "\n").encode())
 
     def contenders(self) -> list[Adapter | None]:
         """Who can be compared in the arena: the base model (None) and every adapter."""

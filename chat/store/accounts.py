@@ -24,12 +24,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chat.store.atomic import create_exclusively
 from chat.store.rows import utcnow
 from chat.store.schema import User
 
 ADMIN = "admin"
 PROVIDER_SEPARATOR = ":"  # between a sign-in provider's id and the name it gives someone: github:alice
 LINKED_TO = "signs_in_as"  # in a provider identity's users.metadata: the account an admin linked it to
+SECRET_FILE = "auth_secret"  # in the data directory, shared by every process that serves it
+SECRET_BYTES = 48  # random bytes in a new login secret: 64 characters, as long as `chainlit create-secret` makes
 log = logging.getLogger("loupe.accounts")
 hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
@@ -38,6 +41,10 @@ _UNKNOWN_USER_HASH = hasher.hash(secrets.token_urlsafe(16))
 
 class AccountError(ValueError):
     """A user-management request that cannot be done; the message says why."""
+
+
+class SecretUnavailable(RuntimeError):
+    """The login secret cannot be made or read: the server cannot sign logins, and must not start."""
 
 
 @dataclass
@@ -192,15 +199,30 @@ async def ensure_admin(sessions: async_sessionmaker[AsyncSession], password: str
 
 def auth_secret(data_dir: Path) -> str:
     """Chainlit signs its session tokens with CHAINLIT_AUTH_SECRET; keep one per installation so
-    logins survive restarts without anyone configuring it."""
+    logins survive restarts without anyone configuring it.
+
+    Processes starting together on one data directory all read the first one's secret: it is created
+    whole or not at all (chat/store/atomic.py), so none reads an empty one and answers every login with
+    a 500. SecretUnavailable, saying what to do, where it cannot be made or read.
+    """
     if secret := os.environ.get("CHAINLIT_AUTH_SECRET"):
         return secret
-    path = data_dir / "auth_secret"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    path = data_dir / SECRET_FILE
+    try:
+        if not path.exists():
+            create_exclusively(path, secrets.token_urlsafe(SECRET_BYTES).encode())
+        secret = path.read_text().strip()
+    except OSError as error:
+        raise SecretUnavailable(
+            f"cannot make or read the login secret {path} ({error.strerror or error}); let this user write "
+            "LOUPE_DATA_DIR and read the file, or set CHAINLIT_AUTH_SECRET"
+        ) from error
+    if not secret:  # written by a Loupe from before secrets were created whole
+        raise SecretUnavailable(
+            f"the login secret {path} is empty; delete it (a new one is made, and every login ends), "
+            "or set CHAINLIT_AUTH_SECRET"
+        )
+    return secret
 
 
 def _check_password_account(identifier: str) -> None:

@@ -8,9 +8,9 @@ served only through Loupe's authenticated route (chat/ui/routes.py), never by a 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
+
+from chat.store.atomic import replace_atomically
 
 
 class ContentStore:
@@ -29,15 +29,10 @@ class ContentStore:
         return self.root / key[:2] / key
 
     def put(self, data: bytes) -> str:
-        """Store `data` (once) and return its key. Written to a temporary file and renamed, so a
-        crash never leaves a partial file under a valid key."""
+        """Store `data` (once) and return its key. Written atomically, so a crash never leaves a partial
+        file under a valid key."""
         key = hashlib.sha256(data).hexdigest()
         target = self.path(key)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as temporary:
-                temporary.write(data)
-                temporary.flush()
-                os.fsync(temporary.fileno())
-            os.replace(temporary.name, target)
+            replace_atomically(target, data)
         return key
