@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from chat.settings import get_settings
 
@@ -45,15 +45,23 @@ APP = Path(__file__).resolve().parent / "app.py"  # what Chainlit loads: the han
 
 def serve() -> None:
     """Build the server from the settings, then let Chainlit load chat/app.py and serve it on
-    LOUPE_HOST:LOUPE_PORT, without opening a browser. The model loads while the server starts; if it cannot
-    (a migration, the model, the vLLM server), the process ends with the reason."""
+    LOUPE_HOST:LOUPE_PORT, without opening a browser. The model loads while the server starts. If any of it
+    fails (a setting, the login secret, the migration, the model, the vLLM server), the process ends with
+    the reason instead of serving broken."""
     from chainlit.cli import run_chainlit
     from chainlit.config import config as chainlit_config
+    from sqlalchemy.exc import ArgumentError
 
+    from chat.store.accounts import SecretUnavailable
     from chat.ui.runtime import build_runtime, install
 
-    settings = get_settings()
-    runtime = build_runtime(settings)
+    # What can stop the build: a setting out of range (pydantic's ValueError), a database URL SQLAlchemy cannot
+    # read, the login secret, a folder this user may not write. Each message says which.
+    try:
+        settings = get_settings()
+        runtime = build_runtime(settings)
+    except (ValueError, ArgumentError, SecretUnavailable, OSError) as error:
+        could_not_start(str(error))
     install(runtime)
     # Chainlit's own files (.chainlit/, public/, chainlit.md, uploads in .files/) are found in the working directory.
     chainlit_config.run.headless = True
@@ -65,7 +73,12 @@ def serve() -> None:
         if runtime.failure is not None:
             # uvicorn's own sys.exit(3) ends the event loop's task: asyncio would log it again after the reason.
             logging.getLogger("asyncio").disabled = True
-            raise SystemExit(f"Loupe could not start: {runtime.failure}")
+            could_not_start(runtime.failure)
+
+
+def could_not_start(reason: str) -> NoReturn:
+    """End `serve` with status 1 and one line saying why, the last thing in its output."""
+    raise SystemExit(f"Loupe could not start: {reason}")
 
 
 def serve_vllm() -> None:
@@ -129,14 +142,25 @@ async def manage_users(action: str, name: str | None, account: str | None = None
             raise SystemExit(f"Error: {error}.") from None
 
 
+def migrate() -> str:
+    """Bring LOUPE_DATABASE_URL's schema up to date (waiting for another process's migration, if one runs),
+    or end the command saying why; returns the URL."""
+    from chat.store.database import MigrationFailed, upgrade
+
+    url = get_settings().database_url
+    try:
+        upgrade(url)
+    except MigrationFailed as error:
+        raise SystemExit(f"Error: {error}.") from None
+    return url
+
+
 @asynccontextmanager
 async def database() -> AsyncIterator[AsyncEngine]:
     """An engine on LOUPE_DATABASE_URL, with the schema brought up to date first; disposed of afterwards."""
-    from chat.store.database import create_engine, upgrade
+    from chat.store.database import create_engine
 
-    settings = get_settings()
-    upgrade(settings.database_url)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(migrate())
     try:
         yield engine
     finally:
@@ -273,9 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "vllm":
         serve_vllm()
     elif args.command == "migrate":
-        from chat.store.database import upgrade
-
-        upgrade(get_settings().database_url)
+        migrate()
         print("The database schema is up to date.")
     elif args.command == "export":
         asyncio.run(export_preferences(args))

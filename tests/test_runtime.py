@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
 from unittest.mock import ANY
@@ -82,23 +84,53 @@ async def test_the_model_status_answers_503_until_the_runtime_has_started(tmp_pa
 
 
 NOTHING_LISTENS = "http://127.0.0.1:9/v1"  # the discard port: no server there
+UNKNOWN_REVISION = "feedfacecafe"  # no migration of Loupe's: what a newer Loupe's migration would leave
+
+
+def at_a_revision_of_none_of_ours(data_dir: Path) -> dict[str, str]:
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "loupe.db") as database:
+        database.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        database.execute("INSERT INTO alembic_version VALUES (?)", (UNKNOWN_REVISION,))
+    return {}
+
+
+def with_an_empty_secret(data_dir: Path) -> dict[str, str]:
+    """What a Loupe that created its secret in two steps left when it died between them."""
+    data_dir.mkdir()
+    (data_dir / "auth_secret").touch()
+    return {"CHAINLIT_AUTH_SECRET": ""}  # the tests' own environment may carry one
 
 
 @pytest.mark.parametrize(
-    ("settings", "reason"),
+    ("prepare", "reason"),
     [
-        ({"LOUPE_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/loupe_no_such_db"}, "does not exist"),
+        (  # the test server trusts local users: the password is not checked, only kept out of the log
+            lambda _: {"LOUPE_DATABASE_URL": "postgresql+asyncpg://postgres:hunter2@127.0.0.1:5432/loupe_no_such_db"},
+            "cannot connect to the database postgresql+asyncpg://postgres:***@127.0.0.1:5432/loupe_no_such_db "
+            '(database "loupe_no_such_db" does not exist); check LOUPE_DATABASE_URL',
+        ),
         (
-            {"LOUPE_BACKEND": "vllm", "LOUPE_MODEL": str(QWEN2_VL_FILES), "LOUPE_VLLM_URL": NOTHING_LISTENS},
+            at_a_revision_of_none_of_ours,
+            f"is at a revision this Loupe does not have (Can't locate revision identified by '{UNKNOWN_REVISION}')",
+        ),
+        (with_an_empty_secret, "auth_secret is empty; delete it"),
+        (
+            lambda _: {
+                "LOUPE_BACKEND": "vllm",
+                "LOUPE_MODEL": str(QWEN2_VL_FILES),
+                "LOUPE_VLLM_URL": NOTHING_LISTENS,
+            },
             f"no vLLM server answers at {NOTHING_LISTENS}",
         ),
     ],
-    ids=["migration", "model"],
+    ids=["no such database", "unknown revision", "empty secret", "model"],
 )
 def test_a_start_up_that_fails_ends_the_process_with_the_reason(
-    tmp_path: Path, settings: dict[str, str], reason: str
+    tmp_path: Path, prepare: Callable[[Path], dict[str, str]], reason: str
 ) -> None:
-    """Chainlit logs a failing start-up hook and serves on; Loupe must stop instead, and never answer a 500."""
+    """Chainlit logs a failing start-up hook and serves on; Loupe must stop instead, and never answer a 500. So
+    must a failure before Chainlit starts (the login secret), with the same one line."""
     port = free_port()
     environment = {
         **os.environ,
@@ -107,7 +139,7 @@ def test_a_start_up_that_fails_ends_the_process_with_the_reason(
         "LOUPE_MODEL": "demo",
         "LOUPE_DATA_DIR": str(tmp_path / "data"),
         "LOUPE_PORT": str(port),
-        **settings,
+        **prepare(tmp_path / "data"),
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as output:

@@ -2,6 +2,9 @@
 
 SQLite (the default, a file in the data directory) runs in WAL mode with a busy timeout, so
 readers never block the writer and concurrent writers wait instead of failing.
+
+Every process migrates when it starts; a migration that cannot run stops that process, so upgrade() says
+in one sentence what went wrong and what to do about it (MigrationFailed), for the operator's log.
 """
 
 from __future__ import annotations
@@ -12,12 +15,39 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class MigrationFailed(RuntimeError):
+    """The schema could not be brought up to date; the message says why and what to do."""
+
+
+class DatabaseUnreachable(MigrationFailed):
+    """No connection to the database (raised by migrations/env.py, which makes it)."""
+
+    def __init__(self, url: str, error: Exception) -> None:
+        super().__init__(
+            f"cannot connect to the database {shown(url)} ({reason(error)}); check LOUPE_DATABASE_URL, and that "
+            "the database server is running and lets this user in"
+        )
+
+
+def shown(url: str) -> str:
+    """A database URL fit for a log: without its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def reason(error: BaseException) -> str:
+    """An error in one line: the driver's own message, without SQLAlchemy's statement and links."""
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    return (str(cause) or type(cause).__name__).splitlines()[0]
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -50,8 +80,22 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision`. Blocking; safe inside or outside an event loop."""
-    _in_own_thread(command.upgrade, alembic_config(url), revision)
+    """Apply migrations up to `revision`. Blocking; safe inside or outside an event loop, and beside other
+    processes' upgrades (migrations/env.py runs one at a time). MigrationFailed if it cannot."""
+    try:
+        _in_own_thread(command.upgrade, alembic_config(url), revision)
+    except MigrationFailed:
+        raise
+    except CommandError as error:  # Alembic's: the database names a revision that is not in migrations/
+        raise MigrationFailed(
+            f"the database {shown(url)} is at a revision this Loupe does not have ({error}): a newer Loupe "
+            "migrated it; run that version, or restore the database from a backup taken before"
+        ) from error
+    except Exception as error:
+        raise MigrationFailed(
+            f"migrating the database {shown(url)} failed ({reason(error)}); nothing of the failed upgrade was "
+            "kept: fix the cause and start again"
+        ) from error
 
 
 def downgrade(url: str, revision: str) -> None:
