@@ -161,7 +161,7 @@ async def ask_or_refused(client: ChatClient, message: str) -> Reply | None:
     await client.send(message)
     async with asyncio.timeout(120):
         while True:
-            event, payload = await client._events.get()
+            event, payload = await client.next_event()
             if event == "task_start":
                 return await client.collect()
             if event == "new_message" and payload["output"] == text("database_unreachable", "en"):

@@ -162,6 +162,10 @@ class ChatClient:
                 if event == name:
                     return payload
 
+    async def next_event(self) -> tuple[str, Any]:
+        """The next event, whichever it is, and its payload."""
+        return await self._events.get()
+
     async def wait_for_message(self, starting_with: str, timeout: float = 60) -> dict[str, Any]:
         """Skip events until a new message whose text starts with `starting_with` arrives."""
         async with asyncio.timeout(timeout):
