@@ -12,6 +12,7 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.auth import get_token_from_cookies
+from chainlit.session import ws_sessions_id
 from chainlit.types import Feedback, ThreadDict
 from fastapi import Request, Response
 
@@ -24,6 +25,7 @@ from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.chainlit_fixes import failure_notice, failure_reference
 from chat.ui.choices import COMPARE, redrawn_comparison, refuse_click, restore_choices, show_choices, show_rating
 from chat.ui.datalayer import LoupeDataLayer
+from chat.ui.limits import DATABASE_ERRORS
 from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
 from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, StartFailed, serving
 from chat.ui.side_by_side import reopen_stored
@@ -51,8 +53,14 @@ async def start_server() -> None:
 
 @cl.on_app_shutdown
 async def stop_server() -> None:
-    """End the idle document workers (a busy one ends with its job: its pipes close with this process)."""
-    await serving().pdfs.close()
+    """End the idle document workers (a busy one ends with its job: its pipes close with this process), and
+    uncount the uploads waiting in this process's chat sessions, whose files Chainlit deletes as it stops."""
+    runtime = serving()
+    await runtime.pdfs.close()
+    try:
+        await runtime.uploads.sessions_ended(list(ws_sessions_id))
+    except DATABASE_ERRORS:
+        log.exception("Could not uncount the uploads of this process's sessions: they count until they expire")
 
 
 # Logging in and out ----------------------------------------------------------------------------

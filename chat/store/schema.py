@@ -6,8 +6,10 @@ model and adapter wrote it, with which settings, at what cost, how it ended, and
 earlier answers it continued from); `comparisons` and `corrections` are the user's explicit
 preferences between answers, which chat/dataset/pairing.py turns into training pairs; `battles` are
 the arena's blind A/B battles between adapters, which chat/arena/leaderboard.py ranks; `documents` are the PDFs
-and text files users attach, page by page, and `library` says whose they are.
-Times are naive UTC; JSON columns are portable between SQLite and PostgreSQL.
+and text files users attach, page by page, and `library` says whose they are. `limit_records` and
+`pending_uploads` are what every Loupe process on the database counts its limits with (chat/store/limits.py).
+Times are naive UTC, but for the limits' times, which are the database's clock in Unix seconds (the rules in
+chat/ui/limits.py count in seconds); JSON columns are portable between SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -250,3 +264,32 @@ class LibraryDocument(Base):
     sha256: Mapped[str] = mapped_column(ForeignKey("documents.sha256"), index=True)
     name: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+# Limits -----------------------------------------------------------------------------------------
+# Kept here rather than in each process, so that every Loupe process on the database counts together
+# (chat/store/limits.py). Both tables stay small: a row goes once it holds nobody back (`expires`).
+
+
+class LimitRecord(Base):
+    """What one key of a limit remembers (a user's recent messages, a name's or an address's failed logins),
+    as the rules of chat/ui/limits.py write it; a transaction that counts on it holds its row."""
+
+    __tablename__ = "limit_records"
+
+    key: Mapped[str] = mapped_column(String(96), primary_key=True)  # the limit's kind and a hash of what it counts
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    expires: Mapped[float] = mapped_column(Float, index=True)  # when it holds nobody back any more
+
+
+class PendingUpload(Base):
+    """A file a user has uploaded (or is uploading) into a chat session and not yet sent with a message."""
+
+    __tablename__ = "pending_uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # taken when the upload is admitted
+    file_id: Mapped[str | None] = mapped_column(String(36), index=True)  # Chainlit's, once stored; None while arriving
+    user: Mapped[str] = mapped_column(String(255), index=True)  # the user's identifier
+    session_id: Mapped[str] = mapped_column(String(36), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)  # declared while arriving, stored once stored
+    expires: Mapped[float] = mapped_column(Float, index=True)  # Chainlit keeps a session's files this long

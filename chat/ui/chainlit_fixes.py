@@ -92,6 +92,23 @@ def _running(pid: int) -> bool:
     return True
 
 
+def forget_uploads_with_their_session(sessions_ended: Callable[[list[str]], Awaitable[None]]) -> None:
+    """When Chainlit deletes a chat session (an hour after its socket closed, or when the page asked), and
+    the files uploaded into it with it, tell `sessions_ended` (chat/ui/limits.py's UploadQuota): files
+    that are gone no longer wait to be sent. Chainlit deletes sessions in tasks nobody awaits, so a
+    failure here is logged, and the uploads count until they expire."""
+    delete = WebsocketSession.delete
+
+    async def delete_and_uncount(self: WebsocketSession) -> None:
+        await delete(self)
+        try:
+            await sessions_ended([self.id])
+        except Exception:
+            log.exception("Could not uncount the uploads of the ended session %s", self.id)
+
+    WebsocketSession.delete = delete_and_uncount
+
+
 def browser_only_message(content: str) -> StepDict:
     """A message for the page that is never stored: notices that are stale once read."""
     notice = Message(content=content)
@@ -155,6 +172,7 @@ def guard_client_messages(
     rate: RateLimit,
     login_is_current: Callable[[str | None], Awaitable[bool]],
     step_exists: Callable[[str], Awaitable[bool]],
+    uploads_sent: Callable[[list[str]], Awaitable[None]],
     commands: Collection[str] = (),
 ) -> None:
     """Check every message a client sends before Chainlit stores it or Loupe answers it.
@@ -185,12 +203,12 @@ def guard_client_messages(
             raise MessageRefused("message_malformed")
         references = payload.get("fileReferences")
         files = [ref for ref in references if isinstance(ref, dict)] if isinstance(references, list) else []
-        for reference in files:  # sent with a message: no longer pending (routes.py counts pending uploads)
-            if (pending := self.session.files.get(reference.get("id"))) is not None:
-                pending["sent"] = True
-                # A document is shown as a file to download, never in an inline viewer.
-                if file_kind(Path(pending["path"])) != Kind.IMAGE:
-                    pending["type"] = DOCUMENT_MIME
+        sent = [file for reference in files if (file := self.session.files.get(reference.get("id"))) is not None]
+        for pending in sent:
+            # A document is shown as a file to download, never in an inline viewer.
+            if file_kind(Path(pending["path"])) != Kind.IMAGE:
+                pending["type"] = DOCUMENT_MIME
+        await uploads_sent([pending["id"] for pending in sent])  # no longer pending (limits.UploadQuota)
         return await process_message(self, {"message": step, "fileReferences": files})
 
     async def checked_message(session: WebsocketSession, payload: Any) -> None:
@@ -199,7 +217,7 @@ def guard_client_messages(
         await context.emitter.task_start()
         try:
             user = session.user.identifier if session.user else session.id
-            if (wait := rate.admit(user)) is not None:
+            if (wait := await rate.admit(user)) is not None:
                 raise MessageRefused("too_many_messages", seconds=max(1, round(wait)))
             message = await context.emitter.process_message(payload)
             if chainlit_config.code.on_message:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import chainlit.server as chainlit_server
 from chainlit.config import config as chainlit_config
 from chainlit.server import UserParam
-from chainlit.session import WebsocketSession, ws_sessions_id
+from chainlit.session import WebsocketSession
 from chainlit.types import CallActionRequest, DeleteFeedbackRequest, ElementRequest, UpdateFeedbackRequest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -38,14 +37,16 @@ from chat.store.files import ContentStore
 from chat.store.outages import CLICKS, RETRY_AFTER_S, Unavailable, patient, unreachable
 from chat.store.rows import NotYours, owned_by
 from chat.store.schema import Element, Feedback, Step, Thread
-from chat.ui.chainlit_fixes import issued_action
-from chat.ui.limits import LoginThrottle, retry_after
+from chat.ui.chainlit_fixes import failure_reference, issued_action
+from chat.ui.limits import DATABASE_ERRORS, LoginThrottle, UploadQuota, retry_after
 from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
 
 STARTING = "Loupe is starting: migrating its database and loading its model. Try again in a few seconds."
 VOTE_FIRST = "Vote in the battle first: its answers can be rated once you know who wrote them."
 UNREACHABLE = "The database cannot be reached right now, so nothing was changed. Try again in a few seconds."
+LIMITS_UNAVAILABLE = "Loupe cannot reach its database to count this request against its limits; try again shortly."
+LIMITS_RETRY_AFTER = "5"  # seconds: a database restarting or failing over is back in a few
 
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
@@ -56,28 +57,6 @@ FILE_HEADERS = {
     "Content-Disposition": "inline",
     "Cache-Control": "private, max-age=86400",  # content-addressed: a key's bytes never change
 }
-
-
-@dataclass
-class UploadQuota:
-    """Files a user has uploaded but not yet sent in a message, across all their open chats."""
-
-    max_bytes: int
-    max_files: int
-
-    def __post_init__(self) -> None:
-        self.arriving: Counter[str] = Counter()  # bytes of uploads still being received, per user
-
-    def pending(self, identifier: str) -> tuple[int, int]:
-        """Bytes and files waiting in `identifier`'s sessions (Chainlit keeps them up to an hour)."""
-        waiting = [
-            upload
-            for session in list(ws_sessions_id.values())
-            if session.user is not None and session.user.identifier == identifier
-            for upload in session.files.values()
-            if not upload.get("sent")  # chainlit_fixes marks the files a message took
-        ]
-        return sum(upload["size"] for upload in waiting), len(waiting)
 
 
 def add_routes(
@@ -163,7 +142,11 @@ def add_routes(
         """
         form = await request.form()
         name, address = str(form.get("username", "")), request.client.host if request.client else ""
-        if wait := await throttle.admit(name, address):
+        try:
+            ticket, wait = await throttle.admit(name, address)
+        except DATABASE_ERRORS:
+            return limits_unavailable(f"a login for {name!r} from {address}")
+        if wait:
             log.warning("Login throttled for %r from %s: %.0f s to wait", name, address, wait)
             return JSONResponse(
                 {"detail": "Too many login attempts; try again later."},
@@ -171,17 +154,25 @@ def add_routes(
                 headers={"Retry-After": retry_after(wait)},
             )
         credentials = OAuth2PasswordRequestForm(username=name, password=str(form.get("password", "")))
+        right: bool | None = None  # None: the check itself failed, which counts neither way
         try:
             answer = await chainlit_server.login(request, response, credentials)
-        except HTTPException as refused:
-            if refused.status_code == 401 and (wait := throttle.failed(name, address)):
-                log.warning("Failed login for %r from %s: the next try waits %.0f s", name, address, wait)
-            raise
-        else:
-            throttle.succeeded(name, address)
+            right = True
             return answer
+        except HTTPException as refused:
+            right = False if refused.status_code == 401 else None
+            raise
         finally:
-            throttle.release(name, address)
+            await count_check(name, address, ticket, right)
+
+    async def count_check(name: str, address: str, ticket: str, right: bool | None) -> None:
+        """Count a checked login's outcome. The login's answer stands if the database fails here: its
+        reservation then counts until it expires (limits.IN_FLIGHT_MEMORY_S), its failure not at all."""
+        try:
+            if wait := await throttle.checked(name, address, ticket, right):
+                log.warning("Failed login for %r from %s: the next try waits %.0f s", name, address, wait)
+        except DATABASE_ERRORS:
+            log.exception("Could not count the checked login of %r from %s", name, address)
 
     @server.post("/project/file")
     async def upload(
@@ -195,24 +186,41 @@ def add_routes(
         if current_user is None:
             raise HTTPException(status_code=401, detail="Not authenticated")
         user, size = current_user.identifier, int(request.headers.get("content-length") or 0)
-        waiting_bytes, waiting_files = quota.pending(user)
-        if waiting_files >= quota.max_files or waiting_bytes + quota.arriving[user] + size > quota.max_bytes:
-            log.warning("Upload refused for %s: %d files, %d bytes waiting", user, waiting_files, waiting_bytes)
+        try:
+            upload = await quota.admit(user, session_id, size)
+        except DATABASE_ERRORS:
+            return limits_unavailable(f"an upload of {user}")
+        if upload is None:
+            log.warning("Upload refused for %s: over the quota of uploads waiting to be sent", user)
             detail = (
                 f"Too many files waiting to be sent (at most {quota.max_files} files, "
                 f"{quota.max_bytes // MB} MB): send your message or remove some first."
             )
             raise HTTPException(status_code=429, detail=detail)
-        quota.arriving[user] += size
         try:
             async with request.form(max_files=1, max_fields=8) as form:
                 file = form.get("file")
                 # Chainlit asserts both, which answers 500 to a raw client that leaves one out.
                 if not isinstance(file, UploadFile) or not file.filename or not file.content_type:
                     raise HTTPException(status_code=400, detail="The upload needs a file with a name and a type.")
-                return await chainlit_server.upload_file(current_user, session_id, file, ask_parent_id)
-        finally:
-            quota.arriving[user] -= size
+                answer = await chainlit_server.upload_file(current_user, session_id, file, ask_parent_id)
+        except BaseException:
+            await uncount(upload)
+            raise
+        file_id = json.loads(answer.body)["id"]
+        try:
+            await quota.stored(upload, file_id, WebsocketSession.get_by_id(session_id).files[file_id]["size"])
+        except DATABASE_ERRORS:  # stored in the session, but counted by its declared size until the session ends
+            return limits_unavailable(f"an upload of {user}")
+        return answer
+
+    async def uncount(upload: str) -> None:
+        """An upload that was not stored no longer counts; if the database fails here, it counts until it
+        expires with the session (a few bytes too many, never a file)."""
+        try:
+            await quota.failed(upload)
+        except DATABASE_ERRORS:
+            log.exception("Could not uncount the failed upload %s", upload)
 
     @server.put("/project/element")
     async def update_element(payload: ElementRequest, current_user: UserParam) -> Response:
@@ -264,6 +272,16 @@ def add_routes(
     async def not_found(request: Request, refused: NotYours) -> Response:
         """A write the data layer refused (chat/ui/datalayer.py logged who and what): 404, as for a missing row."""
         return JSONResponse({"detail": "Not found"}, status_code=404)
+
+    def limits_unavailable(what: str) -> Response:
+        """503 with Retry-After, for a request its limits could not be counted for: the database failed."""
+        reference = failure_reference()
+        log.exception("Failure %s while counting %s against its limits", reference, what)
+        return JSONResponse(
+            {"detail": f"{LIMITS_UNAVAILABLE} (reference {reference})"},
+            status_code=503,
+            headers={"Retry-After": LIMITS_RETRY_AFTER},
+        )
 
     ours = {model_status, stored_file, rate, unrate, login, upload, update_element, delete_element, click}
     if not chainlit_config.features.allow_thread_sharing:

@@ -30,11 +30,13 @@ from chat.store.accounts import ADMIN, PasswordChecks, auth_secret, ensure_admin
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.documents import Documents
 from chat.store.files import ContentStore
+from chat.store.limits import LimitStore
 from chat.store.logins import is_current
 from chat.store.outages import CLICKS
 from chat.store.preferences import Preferences
 from chat.ui.chainlit_fixes import (
     accept_empty_uploads,
+    forget_uploads_with_their_session,
     guard_client_messages,
     hide_other_users_threads,
     honour_config_flags,
@@ -43,8 +45,8 @@ from chat.ui.chainlit_fixes import (
     uploads_in,
 )
 from chat.ui.datalayer import LoupeDataLayer
-from chat.ui.limits import LoginThrottle, RateLimit
-from chat.ui.routes import UploadQuota, add_routes
+from chat.ui.limits import LoginThrottle, RateLimit, UploadQuota
+from chat.ui.routes import add_routes
 from chat.ui.signin import enable_external_logins, expire_tokens_with_their_login
 from chat.ui.uploads import ImageLimits
 from chat.ui.web import MB, secure
@@ -61,6 +63,7 @@ LIBRARY_COMMAND = "Library"
 DASHBOARD_COMMAND = "Dashboard"  # the leaderboard, feedback, battles and dataset charts (chat/ui/dashboard.py)
 COMMANDS = (LIBRARY_COMMAND, DASHBOARD_COMMAND)
 PENDING_MESSAGES_OF_FILES = 5  # the pending-upload quota in files: five full messages' worth
+MESSAGE_WINDOW_S = 60  # LOUPE_MESSAGES_PER_MINUTE's minute
 
 
 @dataclass
@@ -76,6 +79,10 @@ class Runtime:
     profiles: Profiles
     image_limits: ImageLimits
     password_checks: PasswordChecks
+    # Limits counted in the database, by every process on it (chat/ui/limits.py).
+    message_rate: RateLimit
+    throttle: LoginThrottle
+    uploads: UploadQuota
     secret: str  # Chainlit signs login tokens with it
     arena_draw: random.Random = field(default_factory=random.Random)  # which two contenders answer, in which order
     # Set by start(): the model behind the chat, and the prompt builder that counts with its tokenizer.
@@ -124,11 +131,8 @@ class Runtime:
             settle_step=self.data_layer.settle_step,
             settle_writes=self.data_layer.settle_writes,
             awaiting_vote=self.preferences.awaiting_vote,
-            throttle=LoginThrottle(),
-            quota=UploadQuota(
-                max_bytes=int(self.settings.pending_uploads_mb * MB),
-                max_files=PENDING_MESSAGES_OF_FILES * self.settings.max_images_per_message,
-            ),
+            throttle=self.throttle,
+            quota=self.uploads,
         )
 
     async def login_is_current(self, token: str | None) -> bool:
@@ -152,6 +156,7 @@ def build_runtime(settings: Settings) -> Runtime:
     store = ContentStore(settings.files_dir)
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
+    limits = LimitStore(sessions)
     return Runtime(
         settings=settings,
         engine=engine,
@@ -170,6 +175,14 @@ def build_runtime(settings: Settings) -> Runtime:
             max_pixels=settings.image_max_pixels(pick_device(settings.device).type),
         ),
         password_checks=PasswordChecks(sessions, settings.password_checks_at_once),
+        message_rate=RateLimit(limits, settings.messages_per_minute, MESSAGE_WINDOW_S),
+        throttle=LoginThrottle(limits),
+        uploads=UploadQuota(
+            store=limits,
+            max_bytes=int(settings.pending_uploads_mb * MB),
+            max_files=PENDING_MESSAGES_OF_FILES * settings.max_images_per_message,
+            keep_s=chainlit_config.project.session_timeout,  # Chainlit deletes a session's files after it
+        ),
         secret=auth_secret(settings.data_dir),
     )
 
@@ -210,11 +223,13 @@ def install(runtime: Runtime) -> None:
     uploads_in(settings.data_dir / "uploads")
     guard_client_messages(
         settings.max_message_chars,
-        RateLimit(settings.messages_per_minute, 60),
+        runtime.message_rate,
         runtime.login_is_current,
         runtime.data_layer.step_exists,
+        runtime.uploads.sent,
         COMMANDS,
     )
+    forget_uploads_with_their_session(runtime.uploads.sessions_ended)
     remember_issued_actions()
     keep_contenders_blind()
     honour_config_flags()
