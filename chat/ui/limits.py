@@ -17,6 +17,7 @@ checked (`LoginThrottle.admit`): it is short, and it is what lets a team behind 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import time
@@ -83,12 +84,13 @@ FAILURE_MEMORY_S = 24 * 60 * 60
 # failures (20 argon2 checks of ~0.25 s, a few times that on a busy host) ends well within it, and the
 # attempts of a process killed while checking them hold a name back no longer than this.
 IN_FLIGHT_MEMORY_S = 120.0
-# A login whose free failures are all taken by attempts being checked waits for those (looking again this
-# often), for at most LOGIN_QUEUE_S: fifty colleagues behind one address signing in at once queue for a few
-# seconds (argon2 checks run a few at a time anyway), while guesses sent at once find the address blocked
-# as soon as the first ones have failed. Past the queue's patience the login is told to retry in
-# IN_FLIGHT_WAIT_S, about as long as a check takes.
-QUEUE_POLL_S = 0.05
+# A login whose free failures are all taken by attempts being checked waits for those, for at most
+# LOGIN_QUEUE_S: fifty colleagues behind one address signing in at once queue for a few seconds (argon2
+# checks run a few at a time anyway), while guesses sent at once find the address blocked as soon as the
+# first ones have failed. It looks again as soon as a login is checked in this process, and every
+# QUEUE_POLL_S for those checked in other processes (a look is one read, for each login waiting). Past
+# the queue's patience the login is told to retry in IN_FLIGHT_WAIT_S, about as long as a check takes.
+QUEUE_POLL_S = 0.25
 LOGIN_QUEUE_S = 30.0
 IN_FLIGHT_WAIT_S = 1.0
 
@@ -179,27 +181,35 @@ class LoginThrottle:
 
     def __init__(self, store: LimitStore) -> None:
         self.store = store
+        self._checked_here = asyncio.Event()  # set (and replaced) each time a login is checked in this process
 
     async def admit(self, name: str, address: str) -> tuple[str, float]:
         """Reserve a login: its ticket and 0, having waited for attempts being checked if need be; or the
         seconds the client should wait (blocked, or the queue's patience ran out), counting nothing.
 
-        The queue's patience is counted on this process's clock: it is this request's alone.
+        It looks first, holding nothing, and holds the records only to reserve when there looks to be room:
+        a burst of guesses finds the name blocked without queueing for its rows. The queue's patience is
+        counted on this process's clock: it is this request's alone.
         """
         ticket, deadline = uuid.uuid4().hex, time.monotonic() + LOGIN_QUEUE_S
 
         def try_to_reserve(records: LoginRecords, now: float) -> float | None:
             return records.wait(now) or (0.0 if records.reserve(ticket, now) else None)
 
-        while (wait := await self._counting(name, address, try_to_reserve)) is None:
-            while True:  # until there is room, looking without holding up those who count
-                records, now = await self._peek(name, address)
-                if time.monotonic() >= deadline:
-                    return ticket, IN_FLIGHT_WAIT_S
-                if records.wait(now) or records.has_room(now):
-                    break
-                await asyncio.sleep(QUEUE_POLL_S)
-        return ticket, wait
+        while True:
+            records, now = await self._peek(name, address)
+            if wait := records.wait(now):
+                return ticket, wait
+            if records.has_room(now) and (wait := await self._counting(name, address, try_to_reserve)) is not None:
+                return ticket, wait
+            if time.monotonic() >= deadline:
+                return ticket, IN_FLIGHT_WAIT_S
+            await self._checked_here_or(QUEUE_POLL_S)
+
+    async def _checked_here_or(self, timeout: float) -> None:
+        """Until a login is checked in this process, or `timeout` passes (for those checked in others)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._checked_here.wait(), timeout)
 
     async def checked(self, name: str, address: str, ticket: str, right: bool | None) -> float:
         """A reserved login has been checked: its password was right, wrong, or (None) the check itself
@@ -214,7 +224,11 @@ class LoginThrottle:
             records.release(ticket)
             return wait
 
-        return await self._counting(name, address, count)
+        try:
+            return await self._counting(name, address, count)
+        finally:  # the logins waiting here look again at once
+            self._checked_here.set()
+            self._checked_here = asyncio.Event()
 
     def _keys(self, name: str, address: str) -> tuple[str, str]:
         return record_key("login-name", name.casefold()), record_key("login-address", address)
