@@ -216,7 +216,7 @@ def add_routes(
 
     async def uncount(upload: str) -> None:
         """An upload that was not stored no longer counts; if the database fails here, it counts until it
-        expires with the session (a few bytes too many, never a file)."""
+        expires with the session (by its declared bytes, never as a file)."""
         try:
             await quota.failed(upload)
         except DATABASE_ERRORS:
