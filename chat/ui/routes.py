@@ -46,7 +46,6 @@ STARTING = "Loupe is starting: migrating its database and loading its model. Try
 VOTE_FIRST = "Vote in the battle first: its answers can be rated once you know who wrote them."
 UNREACHABLE = "The database cannot be reached right now, so nothing was changed. Try again in a few seconds."
 LIMITS_UNAVAILABLE = "Loupe cannot reach its database to count this request against its limits; try again shortly."
-LIMITS_RETRY_AFTER = "5"  # seconds: a database restarting or failing over is back in a few
 
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
@@ -280,7 +279,7 @@ def add_routes(
         return JSONResponse(
             {"detail": f"{LIMITS_UNAVAILABLE} (reference {reference})"},
             status_code=503,
-            headers={"Retry-After": LIMITS_RETRY_AFTER},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
     ours = {model_status, stored_file, rate, unrate, login, upload, update_element, delete_element, click}
