@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
 import socketio
 from PIL import Image
@@ -53,7 +54,8 @@ class Reply:
 
 
 async def login(url: str, username: str, password: str, timeout: float = 60) -> dict[str, str]:
-    """Chainlit's password login; returns the session cookie for later requests.
+    """Chainlit's password login; returns its cookies for later requests: the session cookie, and a load
+    balancer's stickiness cookie when the login went through one.
 
     The timeout is generous: each login costs the server an argon2 verification (~0.1-0.2 s of CPU),
     so many users logging in at once (tests/helpers/load.py) queue behind each other.
@@ -61,7 +63,13 @@ async def login(url: str, username: str, password: str, timeout: float = 60) -> 
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
         response = await http.post("/login", data={"username": username, "password": password})
     response.raise_for_status()
-    return {"access_token": response.cookies["access_token"]}
+    return dict(response.cookies)
+
+
+def socket_http_session() -> aiohttp.ClientSession:
+    """The socket's HTTP session, whose jar keeps the cookies set on the handshake even from 127.0.0.1, as a
+    browser does (aiohttp's default jar refuses cookies from IP addresses)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
 class ChatClient:
@@ -84,7 +92,7 @@ class ChatClient:
         self.cookies = dict(cookies or {})  # a login made already (through a sign-in provider); else it logs in
         self.session_id = str(uuid.uuid4())
         self.language = language
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.sio = socketio.AsyncClient(reconnection=False, http_session=socket_http_session)
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.seen: list[str] = []  # every event name received, including those wait_for skipped
         self.actions: dict[str, dict[str, Any]] = {}  # the buttons on screen, by id
@@ -138,6 +146,10 @@ class ChatClient:
                 "threadId": self.thread_id,
             },
         )
+        # A load balancer that sent this socket to another server than its cookie named (that one is down) names
+        # the new one in a cookie on the handshake: kept, as the browser keeps it, so that uploads and ratings go
+        # where the session is. The jar's cookies without a domain are the ones this client sent.
+        self.cookies |= {cookie.key: cookie.value for cookie in self.sio.eio.http.cookie_jar if cookie["domain"]}
         await self.sio.emit("connection_successful")
         # on_chat_start (or on_chat_resume) runs as a Chainlit task: wait for its end, so that
         # the task_end a later wait takes is never this one.

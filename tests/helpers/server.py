@@ -59,13 +59,16 @@ def free_port() -> int:
             return port
 
 
-def start_server(app_root: Path, data_dir: Path | None = None, **env: str) -> tuple[subprocess.Popen, Server]:
+def start_server(
+    app_root: Path, data_dir: Path | None = None, port: int | None = None, **env: str
+) -> tuple[subprocess.Popen, Server]:
     """`python -m chat serve` with the demo model, in its own app root and data directory (SQLite
-    database, stored images, uploads; `data_dir` to share one), with the first user `admin` / ADMIN_PASSWORD."""
+    database, stored images, uploads; `data_dir` to share one), with the first user `admin` / ADMIN_PASSWORD;
+    on a free port, or on `port` (a server started again where a load balancer expects it)."""
     for shared in (".chainlit", "public", "chainlit.md", "chainlit_ko.md"):
         if not (app_root / shared).exists():
             (app_root / shared).symlink_to(REPO / shared)
-    port = free_port()
+    port = port or free_port()
     log = app_root / f"server-{port}.log"
     data_dir = data_dir or app_root / ".data"
     environment = {
