@@ -58,23 +58,26 @@ async def test_a_chat_goes_on_through_a_restart_of_its_replica(balanced: tuple[B
                 await asyncio.sleep(0.1)
 
     restarting = asyncio.create_task(asyncio.to_thread(replicas.start, home))
-    # The page reconnects as the browser does: a new socket to the balancer, with its cookies and the thread.
-    async with ChatClient(replicas.url, thread_id=before.thread_id, cookies=before.cookies) as after:
-        await after.wait_for("resume_thread")
-        assert after.cookies[STICKY_COOKIE] == survivor, "the balancer did not send the page to the other process"
-        during = ended((await after.ask("Still there?")).messages, "finished")
-        await restarting
-        await asyncio.to_thread(replicas.serving, home)  # new users go to it again; this chat must not
-        # Two files: without stickiness, consecutive requests alternate between the processes, so one would miss.
-        images = [await after.upload(f"circuit-{n}.png", png(200 + n), "image/png") for n in range(2)]
-        pictured = ended((await after.ask("What is R1?", images)).messages, "finished")
-        assert (await after.rate(pictured["parentId"], 0)).status_code == 200
-        await after.change_settings(LONG_ANSWER)
-        await after.send("Explain the whole diagram in detail.")
-        await after.wait_for("stream_start")
-        await after.stop()
-        stopped = ended((await after.collect()).messages, "stopped")
-        assert after.cookies[STICKY_COOKIE] == survivor
+    try:
+        # The page reconnects as the browser does: a new socket to the balancer, with its cookies and the thread.
+        async with ChatClient(replicas.url, thread_id=before.thread_id, cookies=before.cookies) as after:
+            await after.wait_for("resume_thread")
+            assert after.cookies[STICKY_COOKIE] == survivor, "the balancer did not send the page to the other process"
+            during = ended((await after.ask("Still there?")).messages, "finished")
+            await restarting
+            await asyncio.to_thread(replicas.serving, home)  # new users go to it again; this chat must not
+            # Two files: without stickiness, consecutive requests alternate between the processes: one would miss.
+            images = [await after.upload(f"circuit-{n}.png", png(200 + n), "image/png") for n in range(2)]
+            pictured = ended((await after.ask("What is R1?", images)).messages, "finished")
+            assert (await after.rate(pictured["parentId"], 0)).status_code == 200
+            await after.change_settings(LONG_ANSWER)
+            await after.send("Explain the whole diagram in detail.")
+            await after.wait_for("stream_start")
+            await after.stop()
+            stopped = ended((await after.collect()).messages, "stopped")
+            assert after.cookies[STICKY_COOKIE] == survivor
+    finally:
+        await restarting  # a process still starting when the fixture stops the others would outlive the test
 
     stored = await read_when_quiet(replicas.database_url)
     steps = {step.id: step for step in stored.steps}
@@ -108,6 +111,8 @@ async def test_without_its_cookie_a_session_meets_the_other_replica(balanced: tu
     """Why the stickiness: a page that drops the balancer's cookie has its requests spread over both processes,
     and the one that did not open its socket session answers its upload 404 (issue 22, item 5)."""
     replicas, account = balanced
+    for name in NAMES:
+        await asyncio.to_thread(replicas.serving, name)
     async with ChatClient(replicas.url, username=account.name, password=account.password) as client:
         del client.cookies[STICKY_COOKIE]
         statuses = []
