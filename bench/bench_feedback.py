@@ -1,4 +1,6 @@
-"""Feedback write latency under load: 50 users chatting and rating at once, on SQLite and PostgreSQL.
+"""Feedback write latency under load: 50 users chatting and rating at once, on SQLite, PostgreSQL, and two
+PostgreSQL processes behind HAProxy (the "replicas" backend: README's "Several replicas", through the shipped
+docs/replicas/haproxy.cfg, tests/helpers/replicas.py).
 
 The load is tests/helpers/load.py's, the one tests/test_load.py checks for lost and duplicated rows: each
 user opens a chat, asks 10 short greedy questions of the demo model, and rates every answer
@@ -9,12 +11,16 @@ through PUT /feedback the moment it has ended. Measured per backend:
   settle   LoupeDataLayer.settle_step inside the server: the wait for the rated step's own
            writes, still under way when the rating arrives.
 
+and what the database kept: answers and acknowledged ratings the clients saw and the database lacks (lost),
+and questions, generation records or ratings stored twice (duplicated).
+
 The server-side times come from a sitecustomize shim on the server's PYTHONPATH (written to a temp
 dir, see SHIM) that wraps those two methods; the app itself is unchanged.
 
 Run from the repository root:
     .venv/bin/python -m bench.bench_feedback
     .venv/bin/python -m bench.bench_feedback --backends sqlite --users 20
+    .venv/bin/python -m bench.bench_feedback --backends postgresql,replicas
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import asyncio
 import os
 import statistics
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,10 +38,11 @@ from pathlib import Path
 
 from bench.bench_chat import Report, print_machine
 from tests.helpers.databases import postgres_database
-from tests.helpers.load import Load, add_accounts, run_users, sqlite_url, start_on
+from tests.helpers.load import Load, add_accounts, read_when_quiet, run_users, sqlite_url, start_on
+from tests.helpers.replicas import balanced_replicas
 from tests.helpers.server import REPO, stop_server
 
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "replicas")
 
 # Imported by every Python process that has the shim's folder on its path. It wraps two methods of
 # chat.ui.datalayer.LoupeDataLayer once that module is first imported, and appends "name seconds"
@@ -88,6 +95,8 @@ class Result:
     load: Load
     server: dict[str, list[float]]  # "upsert" / "settle" -> seconds
     load_average: tuple[float, float]  # 1-minute load average when the load started and ended
+    lost: int  # answers and acknowledged ratings the clients saw that the database lacks
+    duplicated: int  # questions, generation records and ratings stored more than once
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,8 +117,36 @@ async def fresh_database(backend: str, folder: Path) -> AsyncIterator[str]:
             yield url
 
 
+@asynccontextmanager
+async def serving(backend: str, folder: Path, url: str, **env: str) -> AsyncIterator[str]:
+    """The address the users connect to: one Loupe process, or two behind HAProxy; stopped afterwards."""
+    if backend == "replicas":
+        with balanced_replicas(folder, url, **env) as balanced:
+            yield balanced.url
+        return
+    process, server = start_on(folder / "app", url, **env)
+    try:
+        yield server.url
+    finally:
+        stop_server(process)
+
+
+async def kept(url: str, load: Load) -> tuple[int, int]:
+    """(lost, duplicated): what the clients saw that the database lacks (an answer's step or generation record,
+    an acknowledged rating), and rows stored more than once (a question, a generation record, a rating)."""
+    stored = await read_when_quiet(url)
+    steps = {step.id for step in stored.steps}
+    records = Counter(generation.step_id for generation in stored.generations)
+    ratings = Counter(feedback.for_id for feedback in stored.feedbacks)
+    questions = Counter((step.thread_id, step.output) for step in stored.steps if step.type == "user_message")
+    lost = sum(answer.message_id not in steps or not records[answer.message_id] for answer in load.answers)
+    lost += sum(not ratings[rating.run_id] for rating in load.acknowledged())
+    duplicated = sum(count - 1 for counter in (records, ratings, questions) for count in counter.values())
+    return lost, duplicated
+
+
 async def measure(backend: str, users: int, messages: int) -> Result:
-    """One server on a fresh database, the full load, and the shim's timings."""
+    """One server (or two behind the balancer) on a fresh database, the full load, and the shim's timings."""
     with tempfile.TemporaryDirectory(prefix=f"loupe-bench-feedback-{backend}-") as folder:
         root = Path(folder)
         shim = root / "shim"
@@ -118,21 +155,20 @@ async def measure(backend: str, users: int, messages: int) -> Result:
         timings = root / "timings.txt"
         async with fresh_database(backend, root) as url:
             accounts = await add_accounts(url, users)
-            process, server = start_on(
-                root / "app", url, PYTHONPATH=f"{shim}{os.pathsep}{REPO}", LOUPE_BENCH_TIMINGS=str(timings)
-            )
             load = Load()
-            started = os.getloadavg()[0]
-            try:
-                await run_users(server.url, accounts, messages, load)
-            finally:
-                ended = os.getloadavg()[0]
-                stop_server(process)
+            env = {"PYTHONPATH": f"{shim}{os.pathsep}{REPO}", "LOUPE_BENCH_TIMINGS": str(timings)}
+            async with serving(backend, root, url, **env) as address:
+                started = os.getloadavg()[0]
+                try:
+                    await run_users(address, accounts, messages, load)
+                finally:
+                    ended = os.getloadavg()[0]
+            lost, duplicated = await kept(url, load)
         server_times: dict[str, list[float]] = defaultdict(list)
         for line in timings.read_text().splitlines() if timings.exists() else []:
             name, seconds = line.split()
             server_times[name].append(float(seconds))
-    return Result(backend, load, dict(server_times), (started, ended))
+    return Result(backend, load, dict(server_times), (started, ended), lost, duplicated)
 
 
 def loadavg() -> str:
@@ -158,6 +194,7 @@ def report_result(result: Result, report: Report, users: int, messages: int) -> 
         f"1-min load average {result.load_average[0]:.2f} -> {result.load_average[1]:.2f}",
     )
     report.add(part, "ratings acknowledged", f"{len(load.ratings) - len(refused)} of {len(load.ratings)}")
+    report.add(part, "lost / duplicated", f"{result.lost} / {result.duplicated}", "answers, ratings, questions")
     report.add(part, "client PUT /feedback p50 / p99 / max", percentiles([r.seconds for r in load.ratings]))
     first = [rating.seconds for rating in load.ratings if rating.index == 0]
     later = [rating.seconds for rating in load.ratings if rating.index > 0]
