@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server import REPO, Server, free_port, start_server, stop_server
+from tests.helpers.server import REPO, free_port, start_server, stop_server
 
 CONFIG = REPO / "docs" / "replicas" / "haproxy.cfg"
 NAMES = ("loupe1", "loupe2")  # the configuration's servers, as its stickiness cookie names them
@@ -48,7 +48,6 @@ class Replica:
     name: str
     port: int
     process: subprocess.Popen | None = None
-    server: Server | None = None
     started: int = 0
 
 
@@ -58,18 +57,17 @@ class Balanced:
     database_url: str
     root: Path
     data_dir: Path
-    env: dict[str, str]  # the LOUPE_* settings every process is started with
+    env: dict[str, str]  # what every process is started with besides start_server's own: LOUPE_* settings
     log: Path  # the balancer's
     replicas: dict[str, Replica] = field(default_factory=dict)
 
-    def start(self, name: str) -> Server:
+    def start(self, name: str) -> None:
         """Start the process `name` on its port, in a new app root (the last one's log stays for reading)."""
         replica = self.replicas[name]
         replica.started += 1
         app_root = self.root / f"{name}.{replica.started}"
         app_root.mkdir()
-        replica.process, replica.server = start_server(app_root, self.data_dir, replica.port, **self.env)
-        return replica.server
+        replica.process, _ = start_server(app_root, self.data_dir, replica.port, **self.env)
 
     def stop(self, name: str) -> None:
         replica = self.replicas[name]
