@@ -18,7 +18,6 @@ from chat.store.database import create_engine, session_factory
 from chat.store.limits import LimitStore
 from chat.store.schema import LimitRecord, PendingUpload
 from chat.ui.limits import (
-    FIRST_WAIT_S,
     FREE_FAILURES,
     FREE_FAILURES_PER_ADDRESS,
     IN_FLIGHT_MEMORY_S,
@@ -80,7 +79,6 @@ async def test_parallel_guesses_across_two_processes_get_only_the_free_failures(
 
     waits = await asyncio.gather(*(guess(n) for n in range(20)))
     assert waits.count(0.0) == FREE_FAILURES + 1, "the free failures, then one whose failure starts the wait"
-    assert all(wait >= FIRST_WAIT_S / 2 for wait in waits if wait), waits
 
 
 async def test_logins_past_the_free_failures_wait_for_the_earlier_ones_in_either_process(
