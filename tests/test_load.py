@@ -50,7 +50,9 @@ from tests.helpers.load import (
 )
 from tests.helpers.server import stop_server
 
-USERS, MESSAGES = 50, 10
+# Fifty users at once are what exposes races; five answers each (250 in all) keep the suite within its time
+# (bench/bench_feedback.py runs the full 50 x 10).
+USERS, MESSAGES = 50, 5
 CRASH_USERS, CRASH_MESSAGES = 20, 10
 KILL_AFTER = CRASH_USERS * CRASH_MESSAGES // 3  # acknowledged ratings before the server is killed
 
@@ -67,7 +69,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 @pytest.mark.slow
 async def test_fifty_users_lose_and_duplicate_nothing(database: str, tmp_path: Path) -> None:
-    """Every question, answer, generation record and rating of 50 users x 10 is stored once, in its
+    """Every question, answer, generation record and rating of 50 users x 5 is stored once, in its
     owner's thread, with nothing else in it but the greeting; every rating is acknowledged."""
     accounts = await add_accounts(database, USERS)
     process, server = start_on(tmp_path / "app", database)
