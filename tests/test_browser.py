@@ -25,6 +25,9 @@ from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Locator, Page, Playwright, ViewportSize, async_playwright, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from chat.ui.texts import reason_label, text
+from tests.helpers.client import GREEDY, ChatClient
+from tests.helpers.dashboard import battle, rated_answer, table
 from tests.helpers.datasets import save_adapter
 from tests.helpers.pdfs import facts_pdf
 from tests.helpers.server import (
@@ -663,9 +666,16 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
 async def test_the_dashboard_draws_its_charts_for_an_admin_and_for_a_user(
     browser: Browser, arena_server: Server, artifacts: Path
 ) -> None:
-    """The Dashboard command draws the five Plotly charts, with their CSV files, of everyone's data for an
-    admin and of the user's own for anyone else."""
+    """The Dashboard command draws five Plotly charts, of everyone's data for an admin and of the user's own
+    for anyone else: each chart shows what its CSV file holds, trace for trace and point for point."""
     add_account(arena_server, "carol", "carol-password-1")
+    async with ChatClient(arena_server.url, username="carol", password="carol-password-1") as carol:
+        await carol.change_settings(GREEDY)
+        await rated_answer(carol, "Which pull-up for I2C at 400 kHz?", 1, "helpful")
+        await rated_answer(carol, "And at 100 kHz?", 0, "wrong")
+    async with ChatClient(arena_server.url, username="carol", password="carol-password-1", profile="Arena") as carol:
+        await carol.change_settings(GREEDY)
+        await battle(carol, "Which bolt grade is stronger?", "a")
     for username, password, whose in (
         ("admin", ADMIN_PASSWORD, "(everyone's data)"),
         ("carol", "carol-password-1", "(your data)"),
@@ -678,13 +688,81 @@ async def test_the_dashboard_draws_its_charts_for_an_admin_and_for_a_user(
         await expect(page.get_by_text(whose)).to_be_visible(timeout=START)
         charts = page.locator(".js-plotly-plot")
         await expect(charts).to_have_count(5, timeout=FINISH)  # leaderboard, thumbs, reasons, battles, data
-        for chart in await charts.all():
-            await expect(chart.locator(".main-svg").first).to_be_visible()
-        for name in ("leaderboard.csv", "feedback.csv", "reasons.csv", "battles.csv", "dataset.csv"):
-            await expect(page.get_by_text(name, exact=True)).to_be_visible()
+        try:  # each drawn from its figure, not bare axes
+            await page.wait_for_function(
+                "() => [...document.querySelectorAll('.js-plotly-plot')].every((chart) => chart.data?.length)",
+                timeout=START,
+            )
+        except PlaywrightTimeoutError:
+            drawn = await charts.evaluate_all("(charts) => charts.map((chart) => chart.data?.length ?? 0)")
+            pytest.fail(f"charts drawn without their data: {drawn} traces")
+        drawn = await charts.evaluate_all(
+            "(charts) => charts.map((chart) => [chart.layout.title.text, chart._fullLayout.paper_bgcolor,"
+            " chart.data.map((trace) => ({ name: trace.name, x: trace.x, y: trace.y }))])"
+        )
+        for title, background, traces in drawn:
+            assert background == "rgba(0, 0, 0, 0)", f"{title} is a {background} card on the page's own theme"
+            name = CHART_FILES[title]
+            link = page.locator(f"a[download='{name}']")
+            csv = table(await (await page.request.get(arena_server.url + await link.get_attribute("href"))).text())
+            assert csv, f"{name} is empty: the chart would show nothing either way"
+            expected_traces, expected_points = chart_of(name, csv)
+            assert len(traces) == expected_traces, f"{title}: {len(traces)} traces for {name}"
+            assert points_of(name, traces) == expected_points, f"{title} does not show {name}"
         await page.mouse.move(0, VIEWPORT["height"])
-        await page.screenshot(path=artifacts / f"browser-dashboard-{username}.png")
+        await page.screenshot(path=artifacts / f"browser-dashboard-{username}.png", full_page=True)
         await context.close()
+
+
+# Each chart's file by the chart's title as drawn.
+CHART_FILES = {
+    text(key, "en"): name
+    for key, name in (
+        ("chart_leaderboard", "leaderboard.csv"),
+        ("chart_feedback", "feedback.csv"),
+        ("chart_reasons", "reasons.csv"),
+        ("chart_battles", "battles.csv"),
+        ("chart_dataset", "dataset.csv"),
+    )
+}
+
+
+def chart_of(name: str, csv: list[dict[str, str]]) -> tuple[int, set[tuple]]:
+    """The traces a chart must draw from its CSV file, and its points as (trace, x, y)."""
+    if name == "leaderboard.csv":  # two traces (style-controlled, plain): a point per contender in each
+        points = {(key, float(row[key]), row["contender"]) for row in csv for key in ("score", "plain")}
+        return 2, points
+    if name == "battles.csv":  # two traces (stored, counted): a bar per day in each
+        return 2, {(key, row["day"], int(row[key])) for row in csv for key in ("stored", "counted")}
+    if name == "feedback.csv":  # a line per contender: its share of thumbs up per day
+        return len({row["contender"] for row in csv}), {
+            (row["contender"], row["day"], float(row["up_share"])) for row in csv
+        }
+    if name == "reasons.csv":  # bars per contender: answers per reason
+        return len({row["contender"] for row in csv}), {
+            (row["contender"], reason_label(row["reason"], "en"), int(row["answers"])) for row in csv
+        }
+    return len({row["adapter"] for row in csv}), {(row["adapter"], row["rule"], int(row["rows"])) for row in csv}
+
+
+def points_of(name: str, traces: list[dict]) -> set[tuple]:
+    """The points a chart draws, as chart_of names them."""
+    if name == "leaderboard.csv":  # x is the score (the CSV rounds it), y the contender with its flags
+        keys = {text("chart_style_controlled", "en"): "score", text("chart_plain", "en"): "plain"}
+        return {
+            (keys[trace["name"]], round(x, 1), label.split(" (")[0])
+            for trace in traces
+            for x, label in zip(trace["x"], trace["y"], strict=True)
+        }
+    if name == "battles.csv":
+        keys = {text("chart_stored", "en"): "stored", text("chart_counted", "en"): "counted"}
+        return {(keys[trace["name"]], x, y) for trace in traces for x, y in zip(trace["x"], trace["y"], strict=True)}
+    rounding = 4 if name == "feedback.csv" else 0
+    return {
+        (trace["name"], x, round(y, rounding) if rounding else y)
+        for trace in traces
+        for x, y in zip(trace["x"], trace["y"], strict=True)
+    }
 
 
 async def wait_until_column_longer(page: Page, side: str, length: int) -> None:

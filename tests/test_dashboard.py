@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers.client import GREEDY, ChatClient, arena_answers, only_answer
-from tests.helpers.dashboard import dashboard, table
+from tests.helpers.client import GREEDY, ChatClient
+from tests.helpers.dashboard import battle, dashboard, rated_answer, table
 from tests.helpers.datasets import save_adapter
 from tests.helpers.server import Server, add_account, start_server, stop_server
 
@@ -26,22 +26,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     add_account(running, "bob", BOB_PASSWORD)
     yield running
     stop_server(process)
-
-
-async def rated_answer(client: ChatClient, question: str, value: int, reason: str | None = None) -> None:
-    """Ask, rate the answer, and tick a reason for the rating."""
-    answer = only_answer(await client.ask(question))
-    (await client.rate(answer["parentId"], value)).raise_for_status()
-    if reason is not None:
-        [button] = [b for b in client.actions_for(answer["id"], "reason") if b["payload"]["reason"] == reason]
-        (await client.click(button)).raise_for_status()
-
-
-async def battle(client: ChatClient, question: str, choice: str) -> None:
-    reply = await client.ask(question)
-    _, b = arena_answers(reply)
-    [vote] = [action for action in client.actions_for(b["id"], "vote") if action["payload"]["choice"] == choice]
-    (await client.click(vote)).raise_for_status()
 
 
 async def test_a_users_dashboard_shows_their_data_and_an_admins_everyones(server: Server) -> None:

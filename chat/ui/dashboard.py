@@ -24,6 +24,11 @@ from chat.ui.texts import reason_label, text
 FILTER = "dashboard"  # the filter buttons' action name
 EVERY_CONTENDER = ""  # the filter button's payload for no filter
 CHART_HEIGHT = 360  # px: a chart beside the chat's text, not a full page
+# Plotly cannot follow the page's light or dark theme: charts are drawn on the page's own background, in a grey
+# that reads on both (Plotly's defaults are a white card with a light blue plot area, glaring in the dark theme).
+INK = "#8b93a1"
+GRID = "rgba(139, 147, 161, 0.25)"
+CLEAR = "rgba(0, 0, 0, 0)"
 
 
 async def show_dashboard(user: str, language: str, contender: str | None = None) -> None:
@@ -102,7 +107,17 @@ def csv_file(name: str, table: str) -> cl.File:
 
 def _figure(title: str, **layout: object) -> go.Figure:
     figure = go.Figure()
-    figure.update_layout(title=title, height=CHART_HEIGHT, margin={"l": 10, "r": 10, "t": 50, "b": 10}, **layout)
+    figure.update_layout(
+        title=title,
+        height=CHART_HEIGHT,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        paper_bgcolor=CLEAR,
+        plot_bgcolor=CLEAR,
+        font={"color": INK},
+    )
+    figure.update_xaxes(gridcolor=GRID, zerolinecolor=GRID)
+    figure.update_yaxes(gridcolor=GRID, zerolinecolor=GRID)
+    figure.update_layout(**layout)
     return figure
 
 

@@ -50,6 +50,7 @@ LIMITS_UNAVAILABLE = "Loupe cannot reach its database to count this request agai
 log = logging.getLogger("loupe.routes")
 # Served files are never HTML or script: the browser must not guess (nosniff) and, should it
 # render one anyway, it runs sandboxed with nothing allowed.
+JSON = "application/json"
 FILE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": SANDBOX_POLICY,
@@ -91,17 +92,29 @@ def add_routes(
             return JSONResponse({"detail": STARTING}, status_code=503, headers={"Retry-After": "5"})
         return current
 
+    @patient(CLICKS, "an ownership check")
+    async def shown_as(user: Any, object_key: str) -> set[str]:
+        """The types of this logged-in user's elements that show the stored file `object_key`: none, not theirs."""
+        if user is None:
+            return set()
+        query = select(Element.type).where(
+            Element.object_key == object_key, Element.thread_id.in_(owned_by(user.identifier))
+        )
+        async with sessions() as session:
+            return set(await session.scalars(query))
+
     @server.get("/loupe/files/{object_key}")
     async def stored_file(object_key: str, current_user: UserParam) -> Response:
-        query = select(Thread.id).join(Element, Element.thread_id == Thread.id).where(Element.object_key == object_key)
-        if not await owns(current_user, query):
+        if not (types := await shown_as(current_user, object_key)):
             await settle_writes()  # its element (a cited page's preview, say) may still be on its way
-            if not await owns(current_user, query):
+            if not (types := await shown_as(current_user, object_key)):
                 raise HTTPException(status_code=404, detail="File not found")
         try:
             mime, disposition = await asyncio.to_thread(served_as, store.path(object_key))
         except (ImageRejected, OSError):  # stored as sent, but neither an image nor a document: not served
             raise HTTPException(status_code=404, detail="File not found") from None
+        if types == {"plotly"} and mime.startswith("text/plain"):
+            mime = JSON  # a chart's figure: Chainlit's Plotly element draws only what is served as JSON
         headers = FILE_HEADERS | {"Content-Disposition": disposition}
         return FileResponse(store.path(object_key), media_type=mime, headers=headers)
 
