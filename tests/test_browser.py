@@ -600,6 +600,42 @@ async def test_a_dropped_pdf_is_answered_from_and_its_cited_page_opens(
     await page.screenshot(path=artifacts / "browser-cited-page.png")
 
 
+async def test_a_chat_begun_without_text_is_named_and_its_library_answer_can_be_stopped(
+    page: Page, server: Server, artifacts: Path, tmp_path: Path
+) -> None:
+    """A chat begun by a PDF dropped without a question, then the Library list: the history names the chat
+    after the PDF, and a Library question's answer shows Stop while it streams (Chainlit's page shows Stop only
+    in a chat whose first message named it: an empty first message hid it for every answer after)."""
+    data, facts = facts_pdf(4, seed=5)
+    datasheet = tmp_path / "relay-datasheet.pdf"
+    datasheet.write_bytes(data)
+    await open_chat(page, server.url)
+    await set_max_new_tokens(page, 512)  # long enough to stop mid-answer
+    await page.locator("#upload-button-input").set_input_files(datasheet)
+    await expect(page.locator("#attachments")).to_contain_text(datasheet.name, timeout=START)
+    await expect(page.locator("#chat-submit")).to_be_enabled(timeout=START)
+    await page.locator("#chat-submit").click()
+    await expect(page.get_by_text(f"Read {datasheet.name}")).to_be_visible(timeout=START)
+    await page.locator("#command-Library").click()
+    await page.locator("#chat-submit").click()
+    await expect(page.get_by_text("Your documents (1)")).to_be_visible(timeout=START)
+
+    before = await page.locator(ANSWERS).count()
+    await page.locator("#command-Library").click()
+    await page.locator("#chat-input").fill(facts[1].question)
+    await page.locator("#chat-input").press("Enter")
+    answer = await new_answer(page, before)
+    await expect(page.locator("#stop-button")).to_be_visible()
+    await page.locator("#stop-button").click()
+    await expect(answer).to_contain_text(STOPPED, timeout=10_000)
+    await expect(page.locator("#chat-submit")).to_be_visible()
+    sidebar = page.locator("[data-side='left'][data-state]")
+    if await sidebar.get_attribute("data-state", timeout=START) == "collapsed":
+        await page.locator("#header #sidebar-trigger-button").click()
+    await expect(page.locator("#thread-history").get_by_text(datasheet.name, exact=True)).to_be_visible(timeout=START)
+    await page.screenshot(path=artifacts / "browser-library-answer-stopped.png")
+
+
 @pytest.fixture(scope="module")
 def arena_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with one adapter beside the base model, so that the Arena profile is offered."""

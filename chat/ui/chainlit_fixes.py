@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -131,9 +131,9 @@ class MessageRefused(ValueError):
         self.reason, self.details = reason, details
 
 
-def client_message_step(sent: Any, author: str, max_chars: int, commands: Collection[str] = ()) -> StepDict:
+def client_message_step(sent: Any, author: str, max_chars: int, commands: Mapping[str, str] | None = None) -> StepDict:
     """What Loupe keeps of a message a client sent: a new user message with its id and text, and the
-    command it was sent with if it is one of Loupe's `commands`; nothing else.
+    command it was sent with if its label is one of Loupe's `commands` (label: command); nothing else.
 
     Chainlit's `Message.from_dict` takes the client's type, metadata, parent and author, so a client
     could store a "model answer" with a generation record (and the export trained on it), or hang
@@ -157,14 +157,26 @@ def client_message_step(sent: Any, author: str, max_chars: int, commands: Collec
         "type": "user_message",
         "createdAt": utc_now(),
     }
-    if sent.get("command") in commands:
-        step["command"] = sent["command"]
+    if (command := (commands or {}).get(sent.get("command"))) is not None:
+        step["command"] = command
     return step
+
+
+def first_title(label: str | None, files: list[dict[str, Any]], language: str) -> str:
+    """The name of a chat whose first message has no text: its command's `label` as the user clicked it, or the
+    files sent. Chainlit names a chat by its first message's text, and its page shows the Stop button and
+    enables the thumbs only once that name is not empty: a chat begun by the Library list, the Dashboard or a
+    dropped PDF would otherwise stay "Untitled Conversation" with no Stop for any answer after."""
+    return label or ", ".join(file["name"] for file in files) or text("untitled_chat", language)
 
 
 # The type a PDF or text attachment is given, whatever the browser declared: Chainlit then shows it as a
 # file (a download), as Loupe serves it (routes.served_as), not in an inline viewer of its declared type.
 DOCUMENT_MIME = "application/octet-stream"
+
+
+# The chats being named in the background: the event loop keeps only a weak reference to a task.
+NAMING: set[asyncio.Task] = set()
 
 
 def guard_client_messages(
@@ -173,7 +185,7 @@ def guard_client_messages(
     login_is_current: Callable[[str | None], Awaitable[bool]],
     step_exists: Callable[[str], Awaitable[bool]],
     uploads_sent: Callable[[list[str]], Awaitable[None]],
-    commands: Collection[str] = (),
+    commands: Mapping[str, str] | None = None,
 ) -> None:
     """Check every message a client sends before Chainlit stores it or Loupe answers it.
 
@@ -209,6 +221,13 @@ def guard_client_messages(
             if file_kind(Path(pending["path"])) != Kind.IMAGE:
                 pending["type"] = DOCUMENT_MIME
         await uploads_sent([pending["id"] for pending in sent])  # no longer pending (limits.UploadQuota)
+        if not self.session.has_first_interaction and not step["output"].strip():
+            self.session.has_first_interaction = True  # named here, not by Chainlit with the empty text
+            label = payload["message"]["command"] if "command" in step else None  # one of `commands`
+            title = first_title(label, sent, language_of(self.session.language))
+            naming = asyncio.create_task(self.init_thread(title))  # in the background, as Chainlit names it
+            NAMING.add(naming)
+            naming.add_done_callback(NAMING.discard)
         return await process_message(self, {"message": step, "fileReferences": files})
 
     async def checked_message(session: WebsocketSession, payload: Any) -> None:

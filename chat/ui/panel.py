@@ -15,7 +15,7 @@ from chainlit.input_widget import Select, Slider
 
 from chat.prompts import DEFAULT_PROMPT, system_prompts
 from chat.settings import SLIDERS, Settings, checked_chat_settings
-from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, serving
+from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, command_label, serving
 from chat.ui.texts import text
 from models.backend import SamplingSettings
 
@@ -33,8 +33,16 @@ async def show_panel(language: str, chosen: object = None) -> None:
 async def offer_commands(language: str) -> None:
     """The composer's commands: Library (ask across all of one's documents, or list them) and Dashboard."""
     commands = [
-        {"id": LIBRARY_COMMAND, "icon": "library", "description": text("library_command", language)},
-        {"id": DASHBOARD_COMMAND, "icon": "chart-bar", "description": text("dashboard_command", language)},
+        {
+            "id": command_label(LIBRARY_COMMAND, language),
+            "icon": "library",
+            "description": text("library_command", language),
+        },
+        {
+            "id": command_label(DASHBOARD_COMMAND, language),
+            "icon": "chart-bar",
+            "description": text("dashboard_command", language),
+        },
     ]
     await cl.context.emitter.set_commands([command | {"button": True, "persistent": False} for command in commands])
 

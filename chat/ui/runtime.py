@@ -48,6 +48,7 @@ from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.limits import LoginThrottle, RateLimit, UploadQuota
 from chat.ui.routes import add_routes
 from chat.ui.signin import enable_external_logins, expire_tokens_with_their_login
+from chat.ui.texts import TEXTS, text
 from chat.ui.uploads import ImageLimits
 from chat.ui.web import MB, secure
 from models.adapters import AdapterDirectory
@@ -62,6 +63,16 @@ from models.vllm_client import VllmBackend
 LIBRARY_COMMAND = "Library"
 DASHBOARD_COMMAND = "Dashboard"  # the leaderboard, feedback, battles and dataset charts (chat/ui/dashboard.py)
 COMMANDS = (LIBRARY_COMMAND, DASHBOARD_COMMAND)
+
+
+def command_label(command: str, language: str) -> str:
+    """A command as its button names it: Chainlit shows a command's id, so the id is the label in the chat's
+    language, and a client message names its command by that label."""
+    return text(f"command_{command.lower()}", language)
+
+
+# Every label a client message may name a command by, in any language, and the command it means.
+COMMAND_LABELS = {command_label(command, language): command for command in COMMANDS for language in TEXTS}
 PENDING_MESSAGES_OF_FILES = 5  # the pending-upload quota in files: five full messages' worth
 MESSAGE_WINDOW_S = 60  # LOUPE_MESSAGES_PER_MINUTE's minute
 
@@ -227,7 +238,7 @@ def install(runtime: Runtime) -> None:
         runtime.login_is_current,
         runtime.data_layer.step_exists,
         runtime.uploads.sent,
-        COMMANDS,
+        COMMAND_LABELS,
     )
     forget_uploads_with_their_session(runtime.uploads.sessions_ended)
     remember_issued_actions()
