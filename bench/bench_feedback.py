@@ -1,6 +1,6 @@
 """Feedback write latency under load: 50 users chatting and rating at once, on SQLite, PostgreSQL, and two
-PostgreSQL processes behind HAProxy (the "replicas" backend: README's "Several replicas", through the shipped
-docs/replicas/haproxy.cfg, tests/helpers/replicas.py).
+PostgreSQL processes behind HAProxy (the "replicas" backend: docs/deployment.md's "Several replicas", through the
+shipped docs/replicas/haproxy.cfg, tests/helpers/replicas.py).
 
 The load is tests/helpers/load.py's, the one tests/test_load.py checks for lost and duplicated rows: each
 user opens a chat, asks 10 short greedy questions of the demo model, and rates every answer

@@ -11,7 +11,7 @@
     python -m chat users unlink IDENTITY give the provider's user their own account again
     python -m chat export --format F --out DIR [--since DATE] [--until DATE] [--adapter NAME]
                           [--user-hash-salt SALT]
-                                         write preference data for training (README, "Preference data")
+                                         write preference data for training (docs/preference-data.md)
     python -m chat stats                 count conversations, feedback and the preference data they give
     python -m chat leaderboard [--json]  rank the adapters by their blind A/B battles in the arena
     python -m chat promote NAME [--force]

@@ -1,6 +1,6 @@
 """Every setting of Loupe, read from LOUPE_* environment variables or a `.env` file.
 
-Those the model side reads too are inherited from models/settings.py. README.md documents each
+Those the model side reads too are inherited from models/settings.py. docs/settings.md documents each
 one; `.env.example` lists them with their defaults.
 """
 

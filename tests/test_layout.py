@@ -1,4 +1,4 @@
-"""Imports flow one way (README, "How it is built"): what each folder may import is checked here.
+"""Imports flow one way (docs/architecture.md): what each folder may import is checked here.
 
 Read from the source (each module's import statements), so a lazy import inside a function counts too.
 """

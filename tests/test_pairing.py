@@ -1,4 +1,4 @@
-"""chat/dataset/pairing.py, one rule at a time, on plain records (README.md, "Preference data")."""
+"""chat/dataset/pairing.py, one rule at a time, on plain records (docs/preference-data.md)."""
 
 from __future__ import annotations
 
@@ -215,6 +215,6 @@ def test_a_prompt_gives_at_most_the_cap_of_rows_the_first_ones_kept() -> None:
     assert cap.admit(prompt_key(["what does this circuit do"], [])) is False, "a near-duplicate counts as the same"
 
 
-def test_the_readme_states_the_rules_verbatim() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    assert RULES in readme
+def test_the_docs_state_the_rules_verbatim() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "preference-data.md").read_text(encoding="utf-8")
+    assert RULES in docs

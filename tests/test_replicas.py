@@ -1,8 +1,8 @@
 """Several replicas for real: two Loupe processes behind HAProxy with the shipped configuration.
 
 Chainlit keeps a chat's socket session, and the files uploaded for it, in the process that opened it, so a
-team's replicas need a balancer with sticky sessions (README, "Several replicas"). Here a user chats, uploads,
-rates and stops an answer through the balancer while the process serving them is restarted: their page
+team's replicas need a balancer with sticky sessions (docs/deployment.md, "Several replicas"). Here a user chats,
+uploads, rates and stops an answer through the balancer while the process serving them is restarted: their page
 reconnects to the other one, and everything the server acknowledged is in the shared database.
 """
 

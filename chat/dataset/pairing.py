@@ -2,7 +2,7 @@
 
 Pure functions over plain records, with no database: chat/dataset/export.py and chat/dataset/stats.py read the
 records, and tests/test_pairing.py states each rule directly. RULES is the rule book in words;
-README.md and every exported dataset card print it verbatim. The two quality rules that are not about
+docs/preference-data.md and every exported dataset card print it verbatim. The two quality rules that are not about
 one user message, identical answers and near-duplicate prompts, are defined here too (what counts as
 the same text, the same prompt, and how many rows one prompt may give), so that the export and
 `python -m chat stats` apply one definition.

@@ -1,4 +1,4 @@
-"""Two Loupe processes behind HAProxy, as README's "Several replicas" deploys them, on 127.0.0.1.
+"""Two Loupe processes behind HAProxy, as docs/deployment.md's "Several replicas" deploys them, on 127.0.0.1.
 
 The balancer runs the shipped configuration, docs/replicas/haproxy.cfg, unchanged: only its addresses
 are set, through the environment variables it reads. Both processes share one PostgreSQL database and
@@ -89,7 +89,7 @@ class Balanced:
 @contextmanager
 def balanced_replicas(root: Path, database_url: str, **env: str) -> Iterator[Balanced]:
     """Both processes started together (as a deployment starts them), then HAProxy in the foreground on a free
-    port; everything stopped afterwards. Loupe trusts the balancer's X-Forwarded-For, as README says to."""
+    port; everything stopped afterwards. Loupe trusts the balancer's X-Forwarded-For, as docs/deployment.md says to."""
     program = haproxy()
     port = free_port()
     balanced = Balanced(
