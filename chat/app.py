@@ -18,7 +18,9 @@ from fastapi import Request, Response
 
 from chat.arena import leaderboard
 from chat.arena.profiles import Profile
+from chat.store.last_chat import last_chat, remember
 from chat.store.logins import claims, revoke
+from chat.store.outages import Unavailable
 from chat.store.rows import NotYours
 from chat.ui import answers, arena, dashboard, documents, feedback, siblings
 from chat.ui.answers import model_turn, respond, stored_history
@@ -30,7 +32,7 @@ from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settin
 from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, StartFailed, serving
 from chat.ui.side_by_side import reopen_stored
 from chat.ui.signin import signed_in
-from chat.ui.texts import describe_profile, language_of, text
+from chat.ui.texts import describe_profile, language_of, profile_label, text
 
 log = logging.getLogger("loupe")
 
@@ -89,13 +91,21 @@ async def logout(request: Request, response: Response) -> dict[str, bool]:
 
 @cl.set_chat_profiles
 async def chat_profiles(user: cl.User | None, language: str | None) -> list[cl.ChatProfile]:
-    """Read afresh on every page load, so a newly trained adapter shows up without a restart."""
-    language, profiles = language_of(language), serving().profiles
-    listed = profiles.all()
-    default = profiles.default(listed)
+    """Read afresh on every page load, so a newly trained adapter shows up without a restart. The one offered
+    first is the user's last pick (chat/store/last_chat.py), else the team's default."""
+    runtime, language = serving(), language_of(language)
+    listed = runtime.profiles.all()
+    try:
+        picked = (await last_chat(runtime.sessions, user.identifier)).get("profile") if user else None
+    except Unavailable:
+        picked = None
+    default = next((profile for profile in listed if profile.name == picked), runtime.profiles.default(listed))
     return [
         cl.ChatProfile(
-            name=profile.name, markdown_description=describe_profile(profile, language), default=profile == default
+            name=profile.name,
+            display_name=profile_label(profile, language),
+            markdown_description=describe_profile(profile, language),
+            default=profile == default,
         )
         for profile in listed
     ]
@@ -103,9 +113,19 @@ async def chat_profiles(user: cl.User | None, language: str | None) -> list[cl.C
 
 @cl.on_chat_start
 async def start() -> None:
-    runtime, language = serving(), session_language()
+    """A new chat starts with the user's last settings, and remembers the profile it was started with."""
+    runtime, language, user = serving(), session_language(), current_user()
     cl.user_session.set("history", [])
-    await show_panel(language)
+    try:
+        remembered = await last_chat(runtime.sessions, user)
+    except Unavailable:  # the chat starts with the defaults, and remembers nothing
+        log.warning("Could not read the last chat settings of %s: database unreachable", user)
+        remembered = None
+    await show_panel(language, (remembered or {}).get("settings"))
+    profile, team_default = current_profile(), runtime.profiles.default()
+    picked = None if profile == team_default else profile.name
+    if remembered is not None and picked != remembered.get("profile"):
+        await remember(runtime.sessions, user, profile=picked)
     await offer_commands(language)
     if current_profile().is_arena:
         board = await leaderboard.current_board(runtime.sessions, runtime.profiles.adapters, runtime.settings)
@@ -136,6 +156,10 @@ async def update_settings(values: dict[str, Any]) -> None:
         log.warning("Refused chat settings from %s: %s", current_user(), refused)
         names = ", ".join(refused)
         await cl.context.emitter.send_toast(text("settings_refused", session_language(), names=names), "error")
+    try:  # the user's next chats start with them too
+        await remember(serving().sessions, current_user(), settings=chat_settings())
+    except Unavailable:  # this chat has them; the next ones start with the ones remembered before
+        log.warning("Could not remember the chat settings of %s: database unreachable", current_user())
 
 
 # Messages and answers --------------------------------------------------------------------------

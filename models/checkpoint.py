@@ -199,7 +199,9 @@ def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGenerat
         temperature=0.7,
         top_p=0.8,
         repetition_penalty=1.05,
-        max_new_tokens=1024,
+        # Random weights write noise: a newcomer sees it stream in seconds, not minutes (a real checkpoint's own
+        # generation config says how long its answers may be).
+        max_new_tokens=128,
     )
     return demo
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers.client import ChatClient, png
+from tests.helpers.client import LONG_ANSWER, ChatClient, png
 from tests.helpers.server import generations
 
 
@@ -55,19 +55,22 @@ async def test_bad_uploads_get_a_clear_message_and_the_app_keeps_serving(server)
 
 async def test_stop_keeps_the_partial_answer_marked_as_stopped(server):
     async with ChatClient(server.url) as client:
+        await client.change_settings(LONG_ANSWER)
         await client.send("Explain the whole diagram in detail.")
         await client.wait_for("stream_start")
         await client.stop()
         reply = await client.collect()
         answers = [m for m in reply.messages if m.get("metadata", {}).get("ended") == "stopped"]
         assert len(answers) == 1
-        assert answers[0]["output"].endswith("⏹ *Stopped.*")
+        assert answers[0]["output"].endswith("■ *Stopped.*")
+        assert [m["output"] for m in reply.messages if m is not answers[0]] == [], "one stop, one notice: the marker"
         # The model is free again at once: the next answer streams.
         assert (await client.ask("And now?")).tokens
 
 
 async def test_a_waiting_user_sees_their_place_in_the_queue(server):
     async with ChatClient(server.url) as first, ChatClient(server.url) as second:
+        await first.change_settings(LONG_ANSWER)
         await first.send("Write a long explanation.")
         await first.wait_for("stream_start")
         await second.send("My turn?")

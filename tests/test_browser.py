@@ -55,9 +55,9 @@ VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 
 ANSWERS = "[data-step-type='assistant_message']"
 QUEUED = "⏳"  # chat/ui/texts.py "queued": the notice to a chat waiting for the model
-STOPPED = "⏹ Stopped."  # chat/ui/texts.py "stopped" ("⏹ *Stopped.*") as the page renders it
+STOPPED = "■ Stopped."  # chat/ui/texts.py "stopped" ("■ *Stopped.*") as the page renders it
 
-# The demo model writes up to 1024 tokens, at a few hundred a second on a CPU: ~30 s per answer.
+# The demo model writes 128 tokens unless told otherwise; 1024 take ~30 s on a CPU.
 START = 60_000  # ms: page load, first token, upload
 FINISH = 180_000  # ms: a whole 1024-token answer, with headroom for a busy machine
 
@@ -173,7 +173,7 @@ async def new_answer(page: Page, before: int) -> Locator:
 
     Found among the messages after the first `before` ones, skipping the queue notice ("⏳ ...")
     shown while another chat holds the model, so it may take as long as someone else's answer.
-    Pinned by its step id because Stop adds Chainlit's own "Task manually stopped." after it.
+    Pinned by its step id: notices may follow it.
     """
     found = await page.wait_for_function(
         """([selector, before, queued]) => {
@@ -339,6 +339,7 @@ async def test_answer_streams_about_an_image_and_stops_on_request(
     assert "script-src 'self' 'sha256-" in policy
     await open_chat(page, server.url)
     await expect(page.locator("#loupe-demo-banner")).to_be_visible(timeout=START)
+    await set_max_new_tokens(page, 1024)  # long enough to watch it stream, and to stop the second mid-answer
 
     circuit = draw_circuit(tmp_path / "circuit.png")
     answer = await ask(page, "What does this circuit do when S1 is closed?", circuit)

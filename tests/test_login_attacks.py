@@ -152,8 +152,8 @@ async def stored_step(attacked: Running, step_id: str) -> bool:
 
 
 async def test_a_stop_after_logout_is_refused_and_the_socket_closed(attacked: Running):
-    """Not only messages: a stop (Chainlit stores "Task manually stopped.") from a login that has ended is
-    refused with a notice, and the socket is closed."""
+    """Not only messages: a stop (it would cancel the user's run) from a login that has ended is refused with
+    a notice, and the socket is closed."""
     add_account(attacked.server, "stopper", PASSWORD)
     async with ChatClient(attacked.server.url, username="stopper", password=PASSWORD) as stopper:
         await stopper.change_settings({"max_new_tokens": 16})

@@ -12,9 +12,17 @@ import pytest
 
 from chat.store.generations import CONTENDER_FIELDS
 from chat.ui.routes import VOTE_FIRST
-from tests.helpers.client import GREEDY, ChatClient, arena_answers, listed_profiles, only_answer
+from tests.helpers.client import (
+    GREEDY,
+    ChatClient,
+    arena_answers,
+    listed_profiles,
+    login,
+    offered_profiles,
+    only_answer,
+)
 from tests.helpers.datasets import save_adapter
-from tests.helpers.server import Server, chat, start_server, stored
+from tests.helpers.server import Server, add_account, chat, start_server, stored
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +62,43 @@ async def test_a_new_adapter_becomes_a_profile_without_a_restart(
         count=1,
     )
     assert adapter == "engineering-v2" and len(version) == 16
+
+
+async def test_a_users_last_profile_and_settings_start_their_next_chats(server_with_adapters: Server) -> None:
+    """Kept with the user, not the browser: another tab (or computer) starts with the profile and settings the
+    user last chose, until they pick the default again; another user's chats are untouched."""
+    url = server_with_adapters.url
+    for name in ("rita", "sam"):
+        add_account(server_with_adapters, name, f"{name}-password-1")
+    async with ChatClient(url, username="rita", password="rita-password-1", profile="engineering-v1") as tab:
+        assert initial_settings(tab)["max_new_tokens"] == 128, "the demo model's default: a short answer"
+        await tab.change_settings({"max_new_tokens": 48, "system_prompt": "concise"})
+
+    rita = await login(url, "rita", "rita-password-1")  # a login of its own: another browser
+    assert (await offered_profiles(url, rita))["engineering-v1"] is True
+    async with ChatClient(url, username="rita", cookies=rita, profile="engineering-v1") as other:
+        assert {"max_new_tokens": 48, "system_prompt": "concise"}.items() <= initial_settings(other).items()
+        answer = only_answer(await other.ask("Which bolt grade is stronger?"))
+    [(settings,)] = await stored(
+        server_with_adapters, "SELECT settings FROM generations WHERE step_id = ?", answer["id"], count=1
+    )
+    assert json.loads(settings)["max_new_tokens"] == 48, "answered with them"
+
+    sam = await login(url, "sam", "sam-password-1")
+    assert (await offered_profiles(url, sam))["Base model"] is True
+    async with ChatClient(url, username="sam", cookies=sam) as theirs:
+        assert initial_settings(theirs)["max_new_tokens"] == 128
+
+    async with ChatClient(url, username="rita", cookies=rita, profile="Base model"):
+        pass  # back to the team's default: it is followed again
+    assert (await offered_profiles(url, rita))["Base model"] is True
+    async with ChatClient(url, username="rita", cookies=rita) as later:
+        assert initial_settings(later)["max_new_tokens"] == 48, "the settings stay remembered"
+
+
+def initial_settings(client: ChatClient) -> dict[str, object]:
+    """The settings panel's values as the chat opened."""
+    return {widget["id"]: widget["initial"] for widget in client.settings_panel}
 
 
 async def test_arena_answers_blind_twice_and_the_vote_is_a_battle(

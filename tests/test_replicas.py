@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from chat.store.database import create_engine, session_factory
 from chat.store.schema import Element
-from tests.helpers.client import ChatClient, png
+from tests.helpers.client import LONG_ANSWER, ChatClient, png
 from tests.helpers.databases import postgres_database
 from tests.helpers.load import QUICK_SETTINGS, Account, add_accounts, read_when_quiet
 from tests.helpers.replicas import NAMES, STICKY_COOKIE, Balanced, balanced_replicas
@@ -26,7 +26,6 @@ from tests.helpers.replicas import NAMES, STICKY_COOKIE, Balanced, balanced_repl
 pytestmark = pytest.mark.slow
 
 DISCONNECT_TIMEOUT_S = 30  # a stopped process closes its sockets as it shuts down
-LONG_ANSWER = {"max_new_tokens": 4096}  # the demo model does not end it before the Stop arrives
 
 
 @pytest.fixture(scope="module")

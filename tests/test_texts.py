@@ -25,8 +25,8 @@ def test_browser_locales_map_to_our_languages() -> None:
 
 
 def test_stop_marker_lands_outside_an_open_code_block() -> None:
-    assert mark_unfinished("R = 5 V", "stopped", "en") == "R = 5 V\n\n⏹ *Stopped.*"
-    assert mark_unfinished("```python\nx = 1", "stopped", "ko") == "```python\nx = 1\n```\n\n⏹ *중지됨.*"
+    assert mark_unfinished("R = 5 V", "stopped", "en") == "R = 5 V\n\n■ *Stopped.*"
+    assert mark_unfinished("```python\nx = 1", "stopped", "ko") == "```python\nx = 1\n```\n\n■ *중지됨.*"
 
 
 def test_answer_text_removes_the_label_and_the_stop_marker_in_every_language() -> None:

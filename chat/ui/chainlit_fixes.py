@@ -256,14 +256,30 @@ def guard_client_messages(
 
     ChainlitEmitter.process_message = process_checked_message
     chainlit.socket.process_message = checked_message  # the client_message handler looks it up by name
+    stop_without_a_second_notice()
     check_login_on_every_event(login_is_current)
+
+
+def stop_without_a_second_notice() -> None:
+    """Stop the chat's run without Chainlit's "Task manually stopped.": the stopped answer already ends with
+    Loupe's own marker, in the user's language, and Chainlit's message would be stored as another answer."""
+
+    async def stop(sid: str) -> None:
+        if session := WebsocketSession.get(sid):
+            init_ws_context(session)
+            if session.current_task:
+                session.current_task.cancel()
+            if chainlit_config.code.on_stop:
+                await chainlit_config.code.on_stop()
+
+    chainlit.socket.sio.handlers["/"]["stop"] = stop
 
 
 def check_login_on_every_event(login_is_current: Callable[[str | None], Awaitable[bool]]) -> None:
     """Take no socket event from a login that has ended: say so, and close the socket.
 
     Chainlit checks the login when a socket connects, and never again; a socket left open after a
-    logout could still stop a run (Chainlit stores "Task manually stopped."), change settings, or
+    logout could still stop a run, change settings, or
     send messages. Every event handler but connect's and disconnect's now checks it first.
     """
     handlers = chainlit.socket.sio.handlers["/"]

@@ -39,6 +39,7 @@ from chat.store.rows import NotYours, owned_by
 from chat.store.schema import Element, Feedback, Step, Thread
 from chat.ui.chainlit_fixes import failure_reference, issued_action
 from chat.ui.limits import DATABASE_ERRORS, LoginThrottle, UploadQuota, retry_after
+from chat.ui.texts import language_of, text
 from chat.ui.web import MB, SANDBOX_POLICY
 from models.images import ImageRejected, image_mime
 
@@ -173,6 +174,9 @@ def add_routes(
             return answer
         except HTTPException as refused:
             right = False if refused.status_code == 401 else None
+            if right is False:  # Chainlit's detail is a key ("credentialssignin"), shown raw in the page's toast
+                language = language_of(request.headers.get("accept-language", "").split(",")[0])
+                raise HTTPException(status_code=401, detail=text("login_failed", language)) from None
             raise
         finally:
             await count_check(name, address, ticket, right)

@@ -18,7 +18,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "(a local folder or a hub id such as `Qwen/Qwen2-VL-2B-Instruct`) and restart."
         ),
         "queued": "⏳ Waiting for the model: {ahead} request(s) ahead of you.",
-        "stopped": "⏹ *Stopped.*",
+        "stopped": "■ *Stopped.*",
         "interrupted": "⚠️ *Interrupted: the server stopped while writing this answer. Regenerate it for a whole one.*",
         "not_saved_answer": (
             "⚠️ **The answer above was not saved**: the database could not be reached. It will not be in this "
@@ -136,6 +136,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "read_document": "Read **{name}**: {total} pages, now in your library.",
         "sources": "Sources",
         "documents_read": "Read {names}: ask about them in your next message.",
+        "login_failed": "Wrong user name or password.",
+        "profile_base_name": "Base model",
+        "profile_arena_name": "Arena",
         "command_library": "Library",
         "command_dashboard": "Dashboard",
         "untitled_chat": "New chat",
@@ -174,7 +177,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "`Qwen/Qwen2-VL-2B-Instruct` 같은 허브 ID)로 설정하고 다시 시작하세요."
         ),
         "queued": "⏳ 모델을 기다리는 중: 앞에 요청 {ahead}개가 있습니다.",
-        "stopped": "⏹ *중지됨.*",
+        "stopped": "■ *중지됨.*",
         "interrupted": "⚠️ *중단됨: 이 답변을 쓰는 중에 서버가 멈췄습니다. 전체 답변은 다시 생성하세요.*",
         "not_saved_answer": (
             "⚠️ **위 답변은 저장되지 않았습니다**: 데이터베이스에 연결할 수 없습니다. 이 대화 기록에 남지 "
@@ -234,8 +237,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "profile_adapter": "LoRA 어댑터 `{name}` (버전 {version}){details}.",
         "profile_arena": "블라인드 A/B: 두 모델이 질문마다 답하고 더 나은 쪽을 고릅니다.",
         "regenerate": "다시 생성",
-        "compare_a": "답변 {number}이(가) 더 좋음",
-        "compare_b": "답변 {number}이(가) 더 좋음",
+        "compare_a": "답변 {number} 쪽이 더 좋음",
+        "compare_b": "답변 {number} 쪽이 더 좋음",
         "compare_tie": "비슷함",
         "compare_both_bad": "둘 다 나쁨",
         "correct": "원하는 답변 쓰기",
@@ -284,9 +287,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "not_text": "UTF-8 텍스트가 아닙니다",
         "text_too_long": "텍스트가 너무 깁니다 (약 3,000자씩 {pages}부분, 최대 {limit}부분)",
         "reading_document": "**{name}** 읽는 중: {total}페이지 중 {done}페이지…",
-        "read_document": "**{name}**을(를) 읽었습니다: {total}페이지, 내 문서함에 넣었습니다.",
+        "read_document": "**{name}** 읽기 완료: {total}페이지, 내 문서함에 넣었습니다.",
         "sources": "출처",
-        "documents_read": "{names}을(를) 읽었습니다. 다음 메시지로 질문해 보세요.",
+        "documents_read": "{names} 읽기 완료. 다음 메시지로 질문해 보세요.",
+        "login_failed": "사용자 이름 또는 비밀번호가 틀렸습니다.",
+        "profile_base_name": "기본 모델",
+        "profile_arena_name": "아레나",
         "command_library": "문서함",
         "command_dashboard": "대시보드",
         "untitled_chat": "새 채팅",
@@ -351,6 +357,14 @@ def shown_answer(
         cited = " · ".join(Source(**source).label for source in sources)
         shown = f"{shown}\n\n**{text('sources', language)}:** {cited}"
     return f"{label}\n\n{shown}" if label else shown
+
+
+def profile_label(profile: Profile, language: str) -> str:
+    """A profile as the picker names it: the base model and the arena in the chat's language, an adapter by its
+    name (its `name` stays the profile's id, which the page sends back)."""
+    if profile.is_arena:
+        return text("profile_arena_name", language)
+    return text("profile_base_name", language) if profile.adapter is None else profile.name
 
 
 def describe_profile(profile: Profile, language: str) -> str:

@@ -326,6 +326,7 @@ def png(width: int = 320, height: int = 240) -> bytes:
 
 
 GREEDY = {"temperature": 0, "max_new_tokens": 16}  # short, repeatable answers
+LONG_ANSWER = {"max_new_tokens": 4096}  # the demo model does not end it before a Stop or a second user arrives
 
 
 def arena_answers(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -341,10 +342,16 @@ def only_answer(reply: Reply) -> dict[str, Any]:
 
 
 async def listed_profiles(server: Server) -> dict[str, bool]:
-    """The profiles the page offers, name -> whether it is the default."""
+    """The profiles the page offers the admin, name -> whether it is the default, once a chat has started with
+    no profile chosen (which forgets a profile the admin picked before: chat/store/last_chat.py)."""
     async with ChatClient(server.url) as client:
-        async with httpx.AsyncClient(base_url=server.url, cookies=client.cookies) as http:
-            settings = (await http.get("/project/settings", params={"language": "en-US"})).json()
+        return await offered_profiles(server.url, client.cookies)
+
+
+async def offered_profiles(url: str, cookies: dict[str, str]) -> dict[str, bool]:
+    """The profiles the page offers a login, name -> whether it is the one offered first."""
+    async with httpx.AsyncClient(base_url=url, cookies=cookies) as http:
+        settings = (await http.get("/project/settings", params={"language": "en-US"})).json()
     return {profile["name"]: profile["default"] for profile in settings["chatProfiles"]}
 
 
