@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -59,15 +60,24 @@ def free_port() -> int:
             return port
 
 
+def provide_app_files(app_root: Path) -> None:
+    """Chainlit's files, which it reads from the app root: its configuration and public/, linked, and the
+    Readmes (chainlit*.md), copied: Chainlit shows a Readme only if its real path is inside the app root."""
+    for shared in (".chainlit", "public"):
+        if not (app_root / shared).exists():
+            (app_root / shared).symlink_to(REPO / shared)
+    for readme in REPO.glob("chainlit*.md"):
+        if not (app_root / readme.name).exists():
+            shutil.copyfile(readme, app_root / readme.name)
+
+
 def start_server(
     app_root: Path, data_dir: Path | None = None, port: int | None = None, **env: str
 ) -> tuple[subprocess.Popen, Server]:
     """`python -m chat serve` with the demo model, in its own app root and data directory (SQLite
     database, stored images, uploads; `data_dir` to share one), with the first user `admin` / ADMIN_PASSWORD;
     on a free port, or on `port` (a server started again where a load balancer expects it)."""
-    for shared in (".chainlit", "public", "chainlit.md", "chainlit_ko.md"):
-        if not (app_root / shared).exists():
-            (app_root / shared).symlink_to(REPO / shared)
+    provide_app_files(app_root)
     port = port or free_port()
     log = app_root / f"server-{port}.log"
     data_dir = data_dir or app_root / ".data"
