@@ -14,3 +14,30 @@
   document.body.prepend(banner);
   document.body.classList.add("loupe-demo");
 })();
+
+// Loupe: a cited page opens beside the chat when its source is clicked, showing that page under its name.
+// Chainlit also opens the side panel by itself whenever previews arrive (an answer with sources, a resumed chat),
+// titled with the last one and showing them all: such a panel, not asked for by a click, is closed at once.
+(() => {
+  let clicked = 0;
+  document.addEventListener(
+    "click",
+    (event) => {
+      if (event.target instanceof Element && event.target.closest(".element-link")) clicked = Date.now();
+    },
+    true,
+  );
+  const CLICK_MS = 1000; // a click opens the panel within a frame or two; an automatic opening comes unasked
+  new MutationObserver(() => {
+    const title = document.getElementById("side-view-title");
+    const content = document.getElementById("side-view-content");
+    if (!title || !content) return;
+    const shown = `${title.textContent}|${content.childElementCount}`;
+    if (title.dataset.loupeShown === shown) return;
+    title.dataset.loupeShown = shown;
+    if (content.childElementCount === 1 && Date.now() - clicked <= CLICK_MS) return;
+    const close = title.querySelector("button"); // the wide page's panel; the narrow page's sheet closes on Escape
+    if (close) close.click();
+    else document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
+  }).observe(document.body, { childList: true, subtree: true, characterData: true });
+})();

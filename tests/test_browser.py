@@ -327,6 +327,17 @@ async def comment_of(answer: Locator) -> str:
     return comment
 
 
+async def expect_header_clear_of_the_banner(page: Page) -> None:
+    """The demo banner covers nothing: the header starts below it, and the page is no taller than the window,
+    so nothing scrolled into view (a dialog's focus, an answer) can slide it up under the banner."""
+    banner, header = [await page.locator(selector).bounding_box() for selector in ("#loupe-demo-banner", "#header")]
+    assert banner and header and header["y"] >= banner["y"] + banner["height"] - 0.5, f"{header} under {banner}"
+    height, window = await page.evaluate(
+        "() => [document.scrollingElement.scrollHeight, document.scrollingElement.clientHeight]"
+    )
+    assert height <= window, f"the page is {height - window} px taller than the window: it slides under the banner"
+
+
 async def test_answer_streams_about_an_image_and_stops_on_request(
     page: Page, server: Server, artifacts: Path, tmp_path: Path
 ) -> None:
@@ -473,6 +484,7 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
     await expect(page.get_by_text("Used on_message")).to_have_count(0)  # shown like any answer
 
     await rate_down(page, first, "It never names a resistor.")
+    await expect_header_clear_of_the_banner(page)  # after the feedback dialog and the compare view
     await first.get_by_role("button", name="Misread the image").click()
     await expect(first.get_by_role("button", name="✓ Misread the image")).to_be_visible(timeout=START)
     await first.scroll_into_view_if_needed()
@@ -592,8 +604,12 @@ async def test_a_dropped_pdf_is_answered_from_and_its_cited_page_opens(
     citation = f"datasheet.pdf, p. {fact.page}"
     await expect(answer).to_contain_text("Sources:", timeout=START)
     await expect(answer).to_contain_text(citation)
+    await asyncio.sleep(1)  # a preview panel that opens by itself does so as the sources arrive
+    await expect(page.locator("#side-view-title")).to_have_count(0)  # nothing opens until a source is clicked
     await answer.get_by_text(citation, exact=True).click()
-    preview = page.locator(f"img[alt='{citation}']")
+    await expect(page.locator("#side-view-title")).to_have_text(citation, timeout=START)
+    await expect(page.locator("#side-view-content img")).to_have_count(1)  # that page, not every page cited
+    preview = page.locator(f"#side-view-content img[alt='{citation}']")
     await expect(preview).to_be_visible(timeout=START)
     width = await expect_loaded(preview)
     assert 0 < width <= 1280, "the page as rendered for the model, within the CPU pixel budget"
@@ -686,6 +702,7 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
 
     await click_until_sent(page, votes.get_by_role("button", name="Answer A is better"))
     await expect(page.get_by_text("Answer A was ")).to_be_visible(timeout=START)
+    await expect_header_clear_of_the_banner(page)
     await expect(votes.get_by_role("button", name="✓ Answer A is better")).to_be_visible()
     [(contender_a, contender_b, choice)] = await stored(
         arena_server, "SELECT contender_a, contender_b, choice FROM battles", count=1
@@ -698,6 +715,49 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
     await page.set_viewport_size({"width": 560, "height": 800})
     a, b = [await columns[side].bounding_box() for side in "AB"]
     assert a and b and b["y"] >= a["y"] + a["height"], "on a narrow page B is under A"
+
+
+async def test_a_korean_page_is_korean_from_the_login_to_the_readme(
+    browser: Browser, arena_server: Server, artifacts: Path
+) -> None:
+    """For ko-KR: the login asks for a user name and says in Korean when it is wrong (not "credentialssignin");
+    the commands, the profiles and the in-app Readme are Korean; the Readme's close button is not under the demo
+    banner, and the banner covers no header."""
+    context = await browser.new_context(viewport=VIEWPORT, locale="ko-KR")
+    page = await context.new_page()
+    await page.goto(arena_server.url)
+    await expect(page.get_by_text("사용자 이름", exact=True)).to_be_visible(timeout=START)
+    await page.locator("#email").fill("admin")
+    await page.locator("#password").fill("not-the-password")
+    await page.locator("#password").press("Enter")
+    await expect(page.get_by_text(text("login_failed", "ko")).first).to_be_visible(timeout=START)
+    await expect(page.get_by_text("credentialssignin")).to_have_count(0)
+    await page.locator("#password").fill(ADMIN_PASSWORD)
+    await page.locator("#password").press("Enter")
+    await expect(page.locator(ANSWERS)).to_have_count(1, timeout=START)
+
+    for command in ("문서함", "대시보드"):
+        await expect(page.locator(f"[id='command-{command}']")).to_be_visible()
+    await expect(page.locator("#chat-profiles")).to_contain_text("기본 모델")
+    await page.locator("#chat-profiles").click()
+    await expect(page.locator("[data-test='select-item:Arena']")).to_contain_text("아레나")
+    await page.locator("[data-test='select-item:Base model']").click()  # the one chosen: the picker closes
+    await expect(page.locator("[data-test='select-item:Arena']")).to_be_hidden()
+
+    await page.locator("#readme-button").click()
+    readme = page.get_by_role("dialog")
+    await expect(readme).to_contain_text("질문하기", timeout=START)  # chainlit_ko.md, not chainlit.md
+    await expect(readme).to_contain_text("문서함")
+    close = readme.get_by_role("button", name="Close")
+    reachable = "(button) => { const r = button.getBoundingClientRect();"
+    reachable += " return button.contains(document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2)); }"
+    assert await close.evaluate(reachable), "the Readme's close button is covered"
+    await page.screenshot(path=artifacts / "browser-korean-readme.png")
+    await close.click()
+    await expect(readme).to_be_hidden()
+    await expect_header_clear_of_the_banner(page)
+    await page.screenshot(path=artifacts / "browser-korean-chat.png")
+    await context.close()
 
 
 async def test_the_dashboard_draws_its_charts_for_an_admin_and_for_a_user(
