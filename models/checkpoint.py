@@ -108,13 +108,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
     torch_dtype, why = pick_dtype(dtype, torch_device)
     precision = f"{str(torch_dtype).removeprefix('torch.')}, {why}"
 
-    demo_reason = None
-    if model == DEMO:
-        demo_reason = "LOUPE_MODEL is set to 'demo'"
-    elif not Path(model).is_dir() and not _in_hub_cache(model):
-        demo_reason = _hub_unreachable(model)
-
-    if demo_reason:
+    if demo_reason := why_demo(model):
         log.warning(
             "Serving the DEMO model (random weights, answers are noise) because %s. "
             "Point LOUPE_MODEL at a Qwen2-VL checkpoint folder or hub id for real answers.",
@@ -149,6 +143,16 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
         demo_reason=demo_reason,
         precision=precision,
     )
+
+
+def why_demo(model: str) -> str | None:
+    """Why the demo model stands in for `model`, or None when `model` loads: it is "demo", or it is not on
+    disk, not in the local hub cache, and the hub cannot be reached. ModelLoadError when the hub refuses it."""
+    if model == DEMO:
+        return "LOUPE_MODEL is set to 'demo'"
+    if not Path(model).is_dir() and not _in_hub_cache(model):
+        return _hub_unreachable(model)
+    return None
 
 
 def load_processor(source: str | Path) -> ProcessorMixin:

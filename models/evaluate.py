@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from models.adapters import EVALUATIONS, METADATA_FILE, Adapter, AdapterDirectory, AdapterError, AdapterSwitch
 from models.settings import ModelSettings
 from models.train import (
+    BASE_HELP,
     ROW_KINDS,
     RowKindError,
     TrainingError,
@@ -40,6 +41,7 @@ from models.train import (
     image_dataset,
     load_base,
     read_rows,
+    served_base,
     split_held_out,
 )
 
@@ -64,9 +66,9 @@ class EvaluateSettings:
         default_factory=list,
         metadata={"help": "Adapters to measure beside the base model: folder names in LOUPE_ADAPTERS_DIR."},
     )
-    base: str = field(
-        default_factory=lambda: ModelSettings().model,
-        metadata={"help": "Base model: hub id, local folder or 'demo'. Default: LOUPE_MODEL, as the app."},
+    base: str | None = field(
+        default=None,
+        metadata={"help": BASE_HELP},
     )
     data_file: str | None = field(default=None, metadata={"help": "JSONL file in DATA, when it holds several."})
     eval_fraction: float | None = field(
@@ -238,6 +240,7 @@ def score_contenders(settings: EvaluateSettings, adapters: list[Adapter], pairs:
 def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
     """Score the contenders on the held-out pairs and store each adapter's result in its loupe.json.
     Returns the result: when, on what (data, base model), and each contender's PreferenceScores."""
+    settings = replace(settings, base=served_base(settings.base))
     adapters = find_adapters(settings.adapter, settings.base)
     pairs, data = read_held_out_pairs(settings, adapters)
     log.info("%d held-out pairs of %s", len(pairs), settings.data / data["file"])

@@ -65,6 +65,7 @@ def markdown(name: str, metadata: dict[str, Any], plots: list[Path]) -> str:
         f"{metadata['method'].upper()} on `{metadata['base']}`, starting from {origin}; "
         f"version {metadata['version']}, written {metadata['created_at']}.",
         "",
+        *warnings(metadata["warnings"]),
         "## Data",
         "",
         "| | |",
@@ -95,6 +96,13 @@ def markdown(name: str, metadata: dict[str, Any], plots: list[Path]) -> str:
     lines += ["## Plots", "", *(f"![{path.stem}]({path.name})" for path in plots), ""]
     lines += ["## Settings", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in metadata["settings"].items())]
     return "\n".join(lines) + "\n"
+
+
+def warnings(doubts: list[dict[str, str]]) -> list[str]:
+    """First in the report, where a run that cannot have learned (models/doubts.py) says so before its numbers."""
+    if not doubts:
+        return []
+    return ["## Warnings", "", *(f"- **{doubt['code']}**: {doubt['message']}." for doubt in doubts), ""]
 
 
 def number(value: Any) -> str:

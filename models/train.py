@@ -24,9 +24,12 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import version
@@ -41,8 +44,9 @@ from transformers import HfArgumentParser, ProcessorMixin, TrainingArguments
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
 from models.adapters import METADATA_FILE, adapter_version
-from models.checkpoint import DEMO, LoadedModel, ModelLoadError, load_model, pick_device
+from models.checkpoint import DEMO, LoadedModel, ModelLoadError, load_model, pick_device, why_demo
 from models.control_tokens import control_tokens
+from models.doubts import Plan, end_warnings, plan_warnings
 from models.images import ImageRejected, fit_to_budget, open_image
 from models.report import write_report
 from models.settings import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
@@ -63,6 +67,10 @@ ROW_KINDS = {"dpo": "a DPO pair (chosen, rejected)", "kto": "a KTO row (completi
 DATA_FILES = {"dpo": ("trl-dpo.jsonl",), "kto": ("trl-kto.jsonl",), "sft": ("trl-dpo.jsonl", "trl-kto.jsonl")}
 CHECKPOINTS = "checkpoints"
 RUN_FILE = "run.json"  # in CHECKPOINTS: what the interrupted run trained on, checked on --resume
+BASE_HELP = (
+    "Base model: hub id, local folder or 'demo'. Default: the model the app serves, LOUPE_MODEL, or the demo "
+    "model where the app falls back to it."
+)
 TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint, so only complete checkpoints have it
 
 
@@ -84,9 +92,9 @@ class TrainSettings:
     method: Method = field(metadata={"help": "dpo: chosen/rejected pairs; kto: labelled answers; sft: good answers."})
     data: Path = field(metadata={"help": "Export folder (python -m chat export): a JSONL file and its images."})
     out: Path = field(metadata={"help": "Adapter folder to write, e.g. models/adapters/engineering-v2."})
-    base: str = field(
-        default_factory=lambda: ModelSettings().model,
-        metadata={"help": "Base model: hub id, local folder or 'demo'. Default: LOUPE_MODEL, as the app."},
+    base: str | None = field(
+        default=None,
+        metadata={"help": BASE_HELP},
     )
     data_file: str | None = field(default=None, metadata={"help": "JSONL file in DATA, when it holds several."})
     eval_fraction: float = field(
@@ -314,6 +322,23 @@ def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixi
     return PeftModel.from_pretrained(loaded.model, adapter, is_trainable=True), loaded.processor, None
 
 
+def served_base(base: str | None) -> str:
+    """--base, or where it is not given the model the app serves: LOUPE_MODEL, or the demo model where the app
+    falls back to it (models/checkpoint.py), so that the adapter fits the app it was trained from. Said in the
+    log: such an adapter serves only the demo model. A --base that is given never falls back (load_base)."""
+    if base is not None:
+        return base
+    model = ModelSettings().model
+    try:
+        reason = why_demo(model)
+    except ModelLoadError as error:
+        raise TrainingError(f"LOUPE_MODEL {model}: {error}") from None
+    if reason is None or model == DEMO:
+        return model
+    log.warning("Training on the demo model, which the app serves because %s; the adapter fits only it.", reason)
+    return DEMO
+
+
 def load_base(base: str, device: str, dtype: str) -> LoadedModel:
     """The base model (--base) in the precision training uses; never the demo model in place of another."""
     try:
@@ -408,23 +433,30 @@ def build_trainer(settings: TrainSettings, data: TrainingData) -> DPOTrainer | K
 
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Train, then write the adapter, loupe.json and the report into OUT. Returns loupe.json's content."""
+    settings = replace(settings, base=served_base(settings.base))
     checkpoint = prepare_output_folder(settings)
     data = load_training_data(settings)
     run = {"base": settings.base, "method": settings.method, "data_sha256": data.fingerprint["sha256"]}
-    check_same_run(settings.out / CHECKPOINTS, run, checkpoint)
-    trainer = build_trainer(settings, data)
-    log.info(
-        "%s on %d rows (%d held out), on %s",
-        settings.method.upper(),
-        data.fingerprint["train_rows"],
-        data.fingerprint["held_out_rows"],
-        trainer.args.device,
-    )
-    before = held_out_metrics(trainer) if data.held_out else None
-    if checkpoint:
-        log.info("Resuming from %s", checkpoint)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with removed_on_failure(settings.out):
+        check_same_run(settings.out / CHECKPOINTS, run, checkpoint)
+        trainer = build_trainer(settings, data)
+        log.info(
+            "%s on %d rows (%d held out), on %s",
+            settings.method.upper(),
+            data.fingerprint["train_rows"],
+            data.fingerprint["held_out_rows"],
+            trainer.args.device,
+        )
+        doubts = plan_warnings(run_plan(trainer, data))
+        for _, message in doubts:
+            log.warning("This run cannot learn much: %s.", message)
+        before = held_out_metrics(trainer) if data.held_out else None
+        if checkpoint:
+            log.info("Resuming from %s", checkpoint)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     after = held_out_metrics(trainer) if data.held_out else None
+    last_logged = next((entry for entry in reversed(trainer.state.log_history) if "loss" in entry), {})
+    doubts += end_warnings(settings.method, last_logged.get("loss"))
 
     lora_config = trainer.model.peft_config["default"]
     trainer.model.save_pretrained(settings.out, selected_adapters=["default"])  # not TRL's frozen "ref" copy
@@ -441,15 +473,42 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             "steps": trainer.state.global_step,
             "resumed_from_step": int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
             **result.metrics,
-            "last_logged": next((entry for entry in reversed(trainer.state.log_history) if "loss" in entry), {}),
+            "last_logged": last_logged,
         },
         "held_out": {"rows": data.fingerprint["held_out_rows"], "before": before, "after": after} if before else None,
+        "warnings": [{"code": code, "message": message} for code, message in doubts],
         "versions": {library: version(library) for library in ("torch", "transformers", "trl", "peft", "datasets")},
     }
     # default=sorted: peft keeps lists of target modules as sets.
     (settings.out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False, default=sorted) + "\n")
     write_report(settings.out, metadata, trainer.state.log_history)
     return metadata
+
+
+def run_plan(trainer: DPOTrainer | KTOTrainer | SFTTrainer, data: TrainingData) -> Plan:
+    """The run's steps and warm-up as the trainer will count them (its own arithmetic, not a copy of it)."""
+    args = trainer.args
+    steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+    return Plan(
+        train_rows=data.fingerprint["train_rows"],
+        held_out_rows=data.fingerprint["held_out_rows"],
+        rows_per_step=args.per_device_train_batch_size * args.gradient_accumulation_steps,
+        steps=steps,
+        warmup_steps=args.get_warmup_steps(steps),
+    )
+
+
+@contextmanager
+def removed_on_failure(out: Path) -> Iterator[None]:
+    """Remove the folders the run made if it fails before a checkpoint is complete: a run that stops loading
+    the base model, or in its first steps, leaves its error and no empty OUT or OUT/checkpoints behind."""
+    made = [folder for folder in (out, out / CHECKPOINTS) if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        if made and last_complete_checkpoint(out / CHECKPOINTS) is None:
+            shutil.rmtree(made[0], ignore_errors=True)
+        raise
 
 
 def prepare_output_folder(settings: TrainSettings) -> Path | None:
@@ -517,3 +576,5 @@ def main(argv: list[str] | None = None) -> None:
             f"Interrupted. To continue from the last checkpoint in {settings.out}, run the same command with --resume."
         )
     print(f"Wrote the adapter, {METADATA_FILE} and report.md to {settings.out} (version {metadata['version']}).")
+    for doubt in metadata["warnings"]:  # again at the end: a long run's first lines have scrolled away
+        print(f"Warning: {doubt['message']}.")

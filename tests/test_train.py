@@ -15,12 +15,13 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from huggingface_hub import constants
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
@@ -28,6 +29,7 @@ from safetensors import safe_open
 from chat.arena.leaderboard import as_markdown, contender_of, held_out_cell, standings, with_held_out
 from models.adapters import METADATA_FILE, AdapterDirectory, adapter_version
 from models.checkpoint import load_model
+from models.doubts import Plan, end_warnings, plan_warnings
 from models.evaluate import EvaluateSettings, evaluate, logp_margins, preference_scores, scoring_model, table
 from models.evaluate import main as evaluate_command
 from models.train import TrainingError, TrainSettings, image_dataset, main, read_rows, split_held_out, train
@@ -114,6 +116,9 @@ def test_dpo_writes_the_adapter_its_metadata_and_a_report(dpo_run: Run) -> None:
         assert (out / plot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         assert f"]({plot})" in report
     assert "| rows | 16 |" in report and "## Held-out rows (3)" in report
+    # 4 steps cannot learn much: said in loupe.json and first in the report.
+    assert [doubt["code"] for doubt in metadata["warnings"]] == ["few_steps"]
+    assert "## Warnings\n\n- **few_steps**: 4 steps are too few to learn from (fewer than 10)" in report
     assert sorted(path.name for path in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
@@ -395,6 +400,64 @@ def test_sft_learns_the_answers_labelled_desirable(tmp_path: Path) -> None:
     assert all(row["completion"][0]["content"][0]["text"].startswith(MARKER) for row in rows)
 
 
+# Runs that cannot learn ---------------------------------------------------------------------------
+
+# A plan with enough of everything: 100 steps of 8 rows, 10 of them warming up, 20 rows held out.
+SOUND = Plan(train_rows=800, held_out_rows=20, rows_per_step=8, steps=100, warmup_steps=10)
+DOUBTFUL_PLANS = {
+    "sound": (SOUND, []),
+    "warm-up to the end": (replace(SOUND, warmup_steps=100), ["warmup"]),
+    "nine steps": (replace(SOUND, steps=9, warmup_steps=1), ["few_steps"]),
+    "ten steps": (replace(SOUND, steps=10, warmup_steps=1, train_rows=80), []),
+    "79 rows over 10 steps": (replace(SOUND, steps=10, warmup_steps=1, train_rows=79), ["few_rows"]),
+    "nothing held out": (replace(SOUND, held_out_rows=0), ["no_held_out"]),
+    "the newcomer's run": (
+        Plan(train_rows=2, held_out_rows=0, rows_per_step=8, steps=1, warmup_steps=1),
+        ["warmup", "few_steps", "no_held_out"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("plan", "codes"), DOUBTFUL_PLANS.values(), ids=DOUBTFUL_PLANS.keys())
+def test_a_plan_that_cannot_learn_says_why(plan: Plan, codes: list[str]) -> None:
+    assert [code for code, _ in plan_warnings(plan)] == codes
+
+
+def test_a_dpo_loss_still_at_ln_2_says_nothing_was_learned() -> None:
+    (code, message), *others = end_warnings("dpo", 0.69312)
+    assert code == "loss_unchanged" and not others
+    assert message.startswith("the DPO loss ended at 0.6931, ln 2, where it starts")
+    assert end_warnings("dpo", 0.6925) == end_warnings("dpo", None) == end_warnings("kto", 0.6931) == []
+
+
+@pytest.mark.slow
+def test_the_readme_example_trains_on_the_demo_model_the_app_serves_and_says_it_cannot_learn(tmp_path: Path) -> None:
+    """`python -m models train --method dpo --data DIR --out DIR` as README writes it, on a fresh install that
+    serves the demo model (no weights, no hub), on a first export of 4 pairs."""
+    data = write_export(tmp_path / "export", "dpo", prompts=4, seed=13)
+    environment = {key: value for key, value in os.environ.items() if key != "LOUPE_MODEL"}
+    environment |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "no-hub-cache")}
+    command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(data)]
+    command += ["--out", str(tmp_path / "adapters/engineering-v2")]
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Training on the demo model, which the app serves because 'Qwen/Qwen2-VL-2B-Instruct' is not on" in (
+        result.stderr
+    )
+    metadata = json.loads((tmp_path / "adapters/engineering-v2/loupe.json").read_text())
+    assert metadata["base"] == "demo" and metadata["training"]["steps"] == 1
+    # 4 pairs: 1 step of 8 rows, spent warming up from learning rate 0; none of 4 prompts held out; loss ln 2.
+    expected = ["warmup", "few_steps", "no_held_out", "loss_unchanged"]
+    assert [doubt["code"] for doubt in metadata["warnings"]] == expected
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("Warning: ")]
+    assert warnings == [f"Warning: {doubt['message']}." for doubt in metadata["warnings"]]
+    assert warnings[0] == (
+        "Warning: the warm-up takes 1 step of 1: the learning rate starts at 0 and never reaches --learning-rate. "
+        "Lower --warmup, or train more steps."
+    )
+    assert "This run cannot learn much: no rows are held out" in result.stderr, "said before it trains"
+
+
 # Clear errors -------------------------------------------------------------------------------------
 
 
@@ -447,6 +510,17 @@ def test_a_base_model_that_cannot_be_loaded_is_named_with_what_to_do(tmp_path: P
     (broken / "config.json").write_text("{ not json")
     with pytest.raises(TrainingError, match=rf"--base {broken}: Could not load the Qwen2-VL model"):
         train(settings(data, tmp_path / "adapter", base=str(broken)))
+    assert not (tmp_path / "adapter").exists(), "a failed run leaves no empty folder behind"
+
+
+def test_a_base_that_is_named_never_falls_back_to_the_demo_model(tmp_path: Path, monkeypatch) -> None:
+    """Only the default follows the app to the demo model; a --base that is given is trained on, or refused."""
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the hub unreachable
+    data = write_export(tmp_path / "export", "dpo", prompts=2, seed=8)
+    named = "Qwen/Qwen2-VL-2B-Instruct"
+    with pytest.raises(TrainingError, match=rf"--base {named} cannot be loaded: .* or use the demo model with --base"):
+        train(settings(data, tmp_path / "adapter", base=named))
+    assert not (tmp_path / "adapter").exists(), "a failed run leaves no empty folder behind"
 
 
 def test_an_existing_adapter_is_not_overwritten(tmp_path: Path) -> None:
