@@ -168,18 +168,27 @@ async def database() -> AsyncIterator[AsyncEngine]:
 
 
 async def export_preferences(args: argparse.Namespace) -> None:
-    from chat.dataset.export import ExportError, ExportRequest, export
+    from chat.dataset.export import ExportError, ExportRequest, export, installation_salt, why_nothing
     from chat.store.files import ContentStore
 
+    settings = get_settings()
+    salt = args.user_hash_salt
+    try:
+        if not salt:  # not given, or given empty (`--user-hash-salt "$LOUPE_EXPORT_SALT"` with the variable unset)
+            salt, kept_in = installation_salt(settings.data_dir)
+            if args.user_hash_salt is not None:
+                print(f"--user-hash-salt is empty: the pseudonyms use this installation's salt ({kept_in}) instead.")
+    except ExportError as error:
+        raise SystemExit(f"Error: {error}") from None
     request = ExportRequest(
         format=args.format,
         out=args.out,
         since=args.since,
         until=args.until,
         adapter=args.adapter,
-        user_hash_salt=args.user_hash_salt,
+        user_hash_salt=salt,
     )
-    images = ContentStore(get_settings().files_dir)
+    images = ContentStore(settings.files_dir)
     async with database() as engine:
         try:
             summary = await export(engine, images.path, request)
@@ -187,8 +196,12 @@ async def export_preferences(args: argparse.Namespace) -> None:
             raise SystemExit(f"Error: {error}") from None
     by_rule = ", ".join(f"{rule}: {count}" for rule, count in sorted(summary.by_rule.items()))
     print(f"Wrote {summary.rows} rows ({by_rule or 'none'}) and {summary.images} images to {args.out}.")
+    for reason, count in sorted(summary.unselected.items()):
+        print(f"Not selected: {count} rows, {reason}.")
     for reason, count in sorted(summary.left_out.items()):
         print(f"Left out {count} rows: {reason}.")
+    if nothing := why_nothing(summary):
+        print(nothing)
 
 
 async def print_stats() -> None:
@@ -279,7 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--until", type=iso_time, help="first answer before this UTC date or time")
     export.add_argument("--adapter", help=f"only answers written with this adapter ('{BASE}': without one)")
     export.add_argument(
-        "--user-hash-salt", default="", help="secret mixed into the user and thread pseudonyms (recommended)"
+        "--user-hash-salt",
+        help="secret mixed into the user and thread pseudonyms; default (and when empty): this installation's own, "
+        "made on first use and kept in LOUPE_DATA_DIR",
     )
     commands.add_parser("stats", help="count conversations, feedback and the preference data they give")
     commands.add_parser("leaderboard", help="rank the adapters by their blind A/B battles").add_argument(

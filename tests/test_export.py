@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,8 @@ from datasets import List, load_dataset
 from PIL import Image
 
 from chat.__main__ import main
-from chat.dataset.export import ExportError, ExportRequest, export, pseudonym
+from chat.dataset.export import ExportError, ExportRequest, ExportSummary, export, pseudonym, why_nothing
+from chat.dataset.quality import Measures
 from chat.dataset.stats import collect, table
 from chat.prompts import system_prompts
 from chat.store.database import create_engine
@@ -269,12 +271,17 @@ def by_conversation(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     return grouped
 
 
-async def run_export(url: str, layer: LoupeDataLayer, out: Path, format: str, **filters: Any) -> list[dict[str, Any]]:
+async def exported(url: str, layer: LoupeDataLayer, out: Path, format: str, **filters: Any) -> ExportSummary:
     engine = create_engine(url)
     try:
-        await export(engine, layer.store.path, ExportRequest(format=format, out=out, user_hash_salt=SALT, **filters))
+        request = ExportRequest(format=format, out=out, user_hash_salt=SALT, **filters)
+        return await export(engine, layer.store.path, request)
     finally:
         await engine.dispose()
+
+
+async def run_export(url: str, layer: LoupeDataLayer, out: Path, format: str, **filters: Any) -> list[dict[str, Any]]:
+    await exported(url, layer, out, format, **filters)
     return read_rows(out)
 
 
@@ -602,6 +609,44 @@ async def test_time_and_adapter_filters(migrated: str, layer: LoupeDataLayer, da
     assert await run_export(migrated, layer, tmp_path / "e", "trl-dpo", adapter="other") == []
 
 
+async def test_what_each_filter_leaves_out_is_counted(
+    migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path
+) -> None:
+    """An export smaller than `stats` says which filter took each row (not in the card: it holds the data's facts)."""
+    between = f"{data.between:%Y-%m-%d %H:%M:%S} UTC"
+    until = await exported(migrated, layer, tmp_path / "until", "trl-dpo", until=data.between)
+    assert until.rows == 2 and until.unselected == {f"first answer at or after --until {between}": 1}
+    since = await exported(migrated, layer, tmp_path / "since", "trl-dpo", since=data.between)
+    assert since.rows == 1 and since.unselected == {f"first answer before --since {between}": 2}
+    other = await exported(migrated, layer, tmp_path / "other", "trl-kto", adapter="other")
+    assert other.rows == 0 and other.unselected == {"answers not all of --adapter other": 8}
+    assert why_nothing(other) is None, "the filter's count says why"
+    assert "--adapter other" not in (tmp_path / "other/README.md").read_text()
+    everything = await exported(migrated, layer, tmp_path / "all", "trl-dpo")
+    assert everything.rows == 3 and not everything.unselected
+
+
+def summary(**counts: Any) -> ExportSummary:
+    """What an export of nothing counted: `counts` of a database with some answers or feedback."""
+    nothing = {"rows": 0, "answers": 0, "feedback": 0, "images": 0, "threads": 0, "users": 0}
+    counters = {"by_rule": Counter(), "left_out": Counter(), "unselected": Counter()}
+    return ExportSummary(**nothing | counters | counts, measures=Measures(pairs=True))
+
+
+def test_an_export_of_nothing_says_why() -> None:
+    assert why_nothing(summary()) == (
+        "Nothing to export yet: no conversation has an answer. Ask in the app and rate the answers, then export."
+    )
+    assert why_nothing(summary(answers=1)) == (
+        "Nothing to export yet: of 1 answer, none has been rated, compared or corrected. Rate them first."
+    )
+    assert why_nothing(summary(answers=3, feedback=1)).startswith(
+        "Nothing to export: 1 judgement (ratings, comparisons, corrections) of 3 answers make no row (a DPO pair needs"
+    )
+    assert why_nothing(summary(answers=3, feedback=2, left_out=Counter({"identical answers (rule 5)": 1}))) is None
+    assert why_nothing(summary(answers=3, feedback=2, rows=1)) is None
+
+
 async def test_the_card_counts_the_export(migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path) -> None:
     await run_export(migrated, layer, tmp_path / "dpo", "trl-dpo")
     card = (tmp_path / "dpo" / "README.md").read_text(encoding="utf-8")
@@ -804,6 +849,26 @@ async def test_the_command_line(
     assert "Wrote 3 rows (comparison: 1, correction: 1, thumbs: 1) and 3 images" in done.stdout
     assert len(read_rows(tmp_path / "cli")) == 3
 
+    # README's example with $LOUPE_EXPORT_SALT unset, and a month before these answers: each says why.
+    month = ["--since", "2001-11-01", "--until", "2001-12-01", "--user-hash-salt", ""]
+    command[-1] = str(tmp_path / "month")
+    done = subprocess.run([*command, *month], env=environment, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    salt_file = layer.store.root.parent / "export_salt"
+    assert done.stdout.splitlines() == [
+        f"--user-hash-salt is empty: the pseudonyms use this installation's salt ({salt_file}) instead.",
+        f"Wrote 0 rows (none) and 0 images to {tmp_path / 'month'}.",
+        "Not selected: 3 rows, first answer at or after --until 2001-12-01.",
+    ]
+    # Without a salt, each export uses the installation's, kept: a user's pseudonym stays, and needs the file.
+    command[-1] = str(tmp_path / "unsalted")
+    done = subprocess.run(command, env=environment, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and "--user-hash-salt" not in done.stdout, done.stderr
+    salt = salt_file.read_text()
+    assert len(salt) == 43 and {row["user"] for row in read_rows(tmp_path / "unsalted")} == {
+        pseudonym(data.users["ada"], salt)
+    }
+
     again = subprocess.run(command, env=environment, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 1 and "already exists and is not an empty folder" in again.stderr
     with pytest.raises(SystemExit) as refused:  # before anything runs
@@ -813,6 +878,20 @@ async def test_the_command_line(
     stats = subprocess.run([sys.executable, "-m", "chat", "stats"], env=environment, cwd=REPO, capture_output=True)
     assert stats.returncode == 0, stats.stderr
     assert b"DPO pairs correction" in stats.stdout
+
+
+async def test_the_readme_example_on_a_fresh_install_says_there_is_nothing_yet(
+    migrated: str, layer: LoupeDataLayer, tmp_path: Path
+) -> None:
+    environment = {**os.environ, "LOUPE_DATABASE_URL": migrated, "LOUPE_DATA_DIR": str(tmp_path / "data")}
+    command = [sys.executable, "-m", "chat", "export", "--format", "trl-dpo", "--out", str(tmp_path / "dpo-2026-11")]
+    command += ["--since", "2026-11-01", "--until", "2026-12-01", "--user-hash-salt", ""]
+    done = subprocess.run(command, env=environment, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        f"Wrote 0 rows (none) and 0 images to {tmp_path / 'dpo-2026-11'}.",
+        "Nothing to export yet: no conversation has an answer. Ask in the app and rate the answers, then export.",
+    ]
 
 
 async def test_the_export_runs_without_the_ui(migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path) -> None:

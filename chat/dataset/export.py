@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time
 from functools import cached_property
 from pathlib import Path
 from string import Template
@@ -58,6 +58,7 @@ from chat.dataset.pairing import (
 from chat.dataset.quality import Measures, PromptCap, Said
 from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
+from chat.store.atomic import kept_secret
 from chat.store.generations import BASE, Source
 from models.backend import Ended
 from models.control_tokens import plain_text
@@ -475,10 +476,39 @@ class ExportRequest:
     adapter: str | None = None  # only rows judging answers of this adapter; BASE: of no adapter
     user_hash_salt: str = ""
 
-    def covers(self, first_answer_at: datetime) -> bool:
-        return (self.since is None or first_answer_at >= self.since) and (
-            self.until is None or first_answer_at < self.until
-        )
+    def outside(self, first_answer_at: datetime) -> str | None:
+        """The date filter that leaves out a question first answered at `first_answer_at`, or None."""
+        if self.since is not None and first_answer_at < self.since:
+            return f"first answer before --since {moment(self.since)}"
+        if self.until is not None and first_answer_at >= self.until:
+            return f"first answer at or after --until {moment(self.until)}"
+        return None
+
+
+def moment(at: datetime) -> str:
+    """A filter's date as it was given: the day alone at midnight, else the time too (UTC, as stored)."""
+    return f"{at:%Y-%m-%d}" if at.time() == time() else f"{at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+SALT_FILE = "export_salt"  # in the data directory, beside the login secret and apart from every export
+SALT_BYTES = 32  # random bytes: 256 bits, beyond guessing an id's pseudonym without it
+
+
+def installation_salt(data_dir: Path) -> tuple[str, Path]:
+    """The salt of exports that give none, and its file: made on the first export and kept, so that a user has
+    one pseudonym across exports and nobody without the file can check an id against it (an unsalted sha256 of
+    an id anyone knows is no pseudonym). ExportError, saying what to do, where it cannot be made or read."""
+    path = data_dir / SALT_FILE
+    try:
+        salt = kept_secret(path, SALT_BYTES)
+    except OSError as error:
+        raise ExportError(
+            f"Cannot make or read the export salt {path} ({error.strerror or error}). Let this user write "
+            "LOUPE_DATA_DIR, or give a secret of your own with --user-hash-salt."
+        ) from None
+    if not salt:
+        raise ExportError(f"The export salt {path} is empty. Delete it (a new one is made) or give --user-hash-salt.")
+    return salt, path
 
 
 def pseudonym(identifier: str, salt: str) -> str:
@@ -490,6 +520,9 @@ class ExportSummary:
     rows: int
     by_rule: Counter[str]  # "comparison", "thumbs", ... for pairs; "thumbs, desirable", ... for KTO rows
     left_out: Counter[str]  # rows left out, by reason
+    unselected: Counter[str]  # rows the request's filters (dates, adapter) left out, by filter; not in the card
+    answers: int  # in the database: with `feedback`, why an export of nothing wrote nothing
+    feedback: int  # ratings, comparisons and corrections in the database
     images: int
     threads: int
     users: int
@@ -507,6 +540,8 @@ class Exporter:
         self.images: dict[str, str | None] = {}  # content key -> file in the export, None when unusable
         self.by_rule: Counter[str] = Counter()
         self.left_out: Counter[str] = Counter()
+        self.unselected: Counter[str] = Counter()
+        self.answers = self.feedback = 0
         self.cap = PromptCap()
         self.measures = Measures(pairs=self.pairs)
         self.threads: set[str] = set()
@@ -530,14 +565,21 @@ class Exporter:
         def selected(item: Pair | Label) -> bool:
             return self.request.adapter is None or thread.adapter_group(item.answers) == self.request.adapter
 
+        self.answers += len(thread.answers)
+        self.feedback += sum(answer.rating is not None for answer in thread.answers.values()) + len(thread.corrections)
+        self.feedback += sum(map(len, thread.comparisons.values()))
         for judged in thread.judged():
-            if not self.request.covers(judged.first_answer_at):
-                continue
             judgement = judged.judgement
+            items: list[Pair] | list[Label] = judgement.pairs if self.pairs else judgement.labels
+            if outside := self.request.outside(judged.first_answer_at):
+                self.unselected[outside] += len(items)
+                continue
             if self.pairs and (identical := sum(map(selected, judgement.identical))):
                 self.left_out[IDENTICAL] += identical
-            items: list[Pair] | list[Label] = judgement.pairs if self.pairs else judgement.labels
-            for item in filter(selected, items):
+            kept = list(filter(selected, items))
+            if len(kept) < len(items):
+                self.unselected[f"answers not all of --adapter {self.request.adapter}"] += len(items) - len(kept)
+            for item in kept:
                 conversation = thread.prompt(item)
                 if self.cap.admit(conversation.key):
                     self._write(thread, item, conversation, pseudonyms)
@@ -603,6 +645,9 @@ class Exporter:
             rows=sum(self.by_rule.values()),
             by_rule=self.by_rule,
             left_out=self.left_out,
+            unselected=self.unselected,
+            answers=self.answers,
+            feedback=self.feedback,
             images=sum(path is not None for path in self.images.values()),
             threads=len(self.threads),
             users=self.measures.users,
@@ -636,6 +681,27 @@ async def export(engine: AsyncEngine, image_path: Callable[[str], Path], request
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return summary
+
+
+def why_nothing(summary: ExportSummary) -> str | None:
+    """Why an export wrote no rows, where no filter (`unselected`) or rule (`left_out`) took them: there was no
+    feedback yet, or it makes no row of the format. None where rows were written or those counts say why."""
+    if summary.rows or summary.unselected or summary.left_out:
+        return None
+    if not summary.answers:
+        return "Nothing to export yet: no conversation has an answer. Ask in the app and rate the answers, then export."
+    answers = f"{summary.answers} answer{'s' * (summary.answers != 1)}"
+    if not summary.feedback:
+        return f"Nothing to export yet: of {answers}, none has been rated, compared or corrected. Rate them first."
+    if summary.measures.pairs:
+        need = (
+            "a DPO pair needs a comparison that prefers one answer, a correction, or two answers to one question "
+            "(regenerate it) rated one up and one down; --format trl-kto exports single ratings"
+        )
+    else:
+        need = "a KTO row needs a judged answer that finished, in a conversation whose earlier answers all finished"
+    judged = f"{summary.feedback} judgement{'s' * (summary.feedback != 1)} (ratings, comparisons, corrections)"
+    return f'Nothing to export: {judged} of {answers} make no row ({need}; README, "Pairing rules").'
 
 
 # The dataset card -----------------------------------------------------------------------------
@@ -693,7 +759,8 @@ def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
         "- `images`: the images of the prompt, in order (`images/<sha256>.<ext>`): as uploaded, then the document"
         " pages shown with the question, as the model saw them.",
         "- `rule`: the pairing rule the row comes from (below). `thread`, `user`: pseudonyms, the first 16 hex",
-        "  digits of sha256(salt + id), with the salt given to the export (empty if none was).",
+        "  digits of sha256(salt + id): with `--user-hash-salt`, or the installation's own salt, kept apart from",
+        "  the data (`LOUPE_DATA_DIR/export_salt`).",
         "- `chosen_by`, `rejected_by`, `completion_by`: the adapter that wrote that answer (`base`: none), or",
         "  `user` for a user's correction.",
         "- The system prompt is the text of the style the answer was generated with, as it reads now.",

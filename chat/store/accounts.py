@@ -24,7 +24,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat.store.atomic import create_exclusively
+from chat.store.atomic import kept_secret
 from chat.store.rows import utcnow
 from chat.store.schema import User
 
@@ -209,9 +209,7 @@ def auth_secret(data_dir: Path) -> str:
         return secret
     path = data_dir / SECRET_FILE
     try:
-        if not path.exists():
-            create_exclusively(path, secrets.token_urlsafe(SECRET_BYTES).encode())
-        secret = path.read_text().strip()
+        secret = kept_secret(path, SECRET_BYTES)
     except OSError as error:
         raise SecretUnavailable(
             f"cannot make or read the login secret {path} ({error.strerror or error}); let this user write "

@@ -1,5 +1,5 @@
-"""Files that several Loupe processes write and read at once (the login secret, the promoted profile, images):
-written so that a reader sees a whole file or none, never an empty or half-written one.
+"""Files that several Loupe processes write and read at once (the login secret, the export salt, the promoted
+profile, images): written so that a reader sees a whole file or none, never an empty or half-written one.
 
 Each is written to a private temporary file beside it (same folder, so same filesystem), flushed to disk,
 and then moved into place in one step: os.replace to overwrite, os.link to create it only if it is still
@@ -9,6 +9,7 @@ missing, so that of processes racing to create it the first one's content is eve
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,14 @@ def create_exclusively(target: Path, data: bytes) -> bool:
         except FileExistsError:
             return False
     return True
+
+
+def kept_secret(target: Path, size: int) -> str:
+    """The secret in `target`, made of `size` random bytes (URL-safe text) by the first process that asks, and
+    the same for every process and run after it. OSError where it cannot be made or read."""
+    if not target.exists():
+        create_exclusively(target, secrets.token_urlsafe(size).encode())
+    return target.read_text().strip()
 
 
 @contextmanager
