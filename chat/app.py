@@ -32,7 +32,7 @@ from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settin
 from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, StartFailed, serving
 from chat.ui.side_by_side import reopen_stored
 from chat.ui.signin import signed_in
-from chat.ui.texts import describe_profile, language_of, profile_label, text
+from chat.ui.texts import describe_profile, language_of, leaderboard_words, profile_label, text
 
 log = logging.getLogger("loupe")
 
@@ -129,7 +129,7 @@ async def start() -> None:
     await offer_commands(language)
     if current_profile().is_arena:
         board = await leaderboard.current_board(runtime.sessions, runtime.profiles.adapters, runtime.settings)
-        table = leaderboard.as_markdown(board)
+        table = leaderboard.as_markdown(board, leaderboard_words(language))
         await cl.Message(content=text("arena_intro", language, leaderboard=table)).send()
     if runtime.backend.demo_reason is not None:
         await cl.Message(content=text("demo_notice", language, reason=runtime.backend.demo_reason)).send()

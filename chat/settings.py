@@ -24,6 +24,11 @@ ASYNC_DRIVERS = {
     "postgres://": "postgresql+asyncpg://",
 }
 
+# Counted battles before a contender is ranked. Against an even opponent, 50 battles still leave its win rate's 95%
+# interval at 36% to 64% (1.96 x sqrt(0.25 / 50) = 0.14), about 100 Elo points either way; fewer leave it wider than
+# any difference worth ranking on, and one battle resamples to itself in every round: an interval of no width.
+ARENA_MIN_BATTLES = 50
+
 
 class Settings(ModelSettings):
     adapter: str | None = Field(None, description="Adapter new chats use; `python -m chat promote` overrides.")
@@ -65,7 +70,7 @@ class Settings(ModelSettings):
     messages_per_minute: int = Field(20, ge=1, description="Messages one user may send per minute.")
     pending_uploads_mb: float = Field(100, gt=0, description="Uploads one user may have waiting to be sent.")
     arena_min_battles: int = Field(
-        50, ge=1, description="Counted battles before a contender's rank is more than provisional."
+        ARENA_MIN_BATTLES, ge=1, description="Counted battles before a contender's rank is more than provisional."
     )
     arena_daily_votes: int = Field(25, ge=1, description="Battles one user may have counted per UTC day.")
     arena_temperature: float = Field(0.7, gt=0, le=2, description="Sampling temperature of every arena answer.")

@@ -5,6 +5,8 @@ and the evidence promotion asks for."""
 from __future__ import annotations
 
 import json
+import unicodedata
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -14,6 +16,7 @@ from chat.arena.leaderboard import (
     ELO,
     OVER_DAILY_CAP,
     REPEATED_PROMPT,
+    HeldOut,
     Interval,
     Outcome,
     as_json,
@@ -21,10 +24,13 @@ from chat.arena.leaderboard import (
     counted,
     objections_to_promoting,
     rank_by_intervals,
+    standing_line,
     standings,
     style_differences,
     style_of,
 )
+from chat.settings import ARENA_MIN_BATTLES
+from chat.ui.texts import leaderboard_words
 from tests.helpers.battles import START, battles, refitted_strengths, simulated
 
 
@@ -123,7 +129,55 @@ def test_contenders_with_few_counted_battles_are_provisional_and_old_versions_re
     assert (rows["v1@bbbb"].provisional, rows["v1@bbbb"].retired) == (True, False)
     assert (rows["base"].provisional, rows["base"].retired) == (False, False)
     table = as_markdown(board)
-    assert "| v1@aaaa |" in table and "| retired |" in table and "| provisional |" in table
+    assert "| v1@aaaa (retired) |" in table
+    assert "- v1@bbbb: provisional: 5 battles, too few to rank" in table.splitlines()
+
+
+# The chat column is about 800 px wide; Chainlit's table text (14 px) takes about 7 px a character (a Korean one
+# twice that), with 16 px of padding a cell: five columns fit in it up to about 100 characters in all.
+CHAT_COLUMN_CHARACTERS = 100
+
+
+def table_width(table: str) -> int:
+    """A markdown table's width in characters: its widest cell in each column, a wide (Korean) character two."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines() if "|" in line]
+    return sum(max(map(width, column)) for column in zip(*rows, strict=True))
+
+
+def width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(character) in "WF" else 1 for character in text)
+
+
+def test_one_battle_ranks_nobody_and_the_table_fits_the_chat_column() -> None:
+    """One battle looked certain: an interval of no width, both rank 1, 100% against 0%. Until a contender has
+    LOUPE_ARENA_MIN_BATTLES, it is listed below the table with its battles, in place of a rank and a score."""
+    contender = "engineering-v2@1a2b3c4d"
+    board = standings(battles(contender, "base", "a", 1), min_battles=ARENA_MIN_BATTLES)
+    assert as_markdown(board).splitlines() == [
+        f"- {contender}: provisional: 1 battle, too few to rank",
+        "- base: provisional: 1 battle, too few to rank",
+        "",
+        "1 of 1 battles counted.",
+    ]
+    assert standing_line(board.standings[0]) == f"{contender}: provisional: 1 battle, too few to rank"
+    korean = as_markdown(board, leaderboard_words("ko"))
+    assert f"- {contender}: 잠정: 대결 1건, 순위를 매기기에는 너무 적음" in korean and "대결 1건 중 1건 반영." in korean
+
+    # A provisional contender's unbeaten record is listed, and ranks nobody below it.
+    battled = battles(contender, "base", "a", 60) + battles(contender, "base", "b", 40) + battles("v3", "base", "a", 3)
+    held_out = {contender: HeldOut(accuracy=0.83, low=0.71, high=0.93, base_accuracy=0.52, pairs=240)}
+    ranked = replace(standings(battled, current={"base"}, min_battles=50), held_out=held_out)
+    english = as_markdown(ranked)
+    assert english.splitlines()[:5] == [
+        "| rank | contender | score (95%) | battles (W/T/L) | held-out accuracy |",
+        "|---|---|---|---|---|",
+        f"| 1 | {contender} (retired) | 924 (859-979) | 100 (60/0/40) | 83% (71-93%), base 52% |",
+        "| 1 | base | 853 (794-904) | 103 (40/0/63) |  |",
+        "",
+    ]
+    assert "- v3 (retired): provisional: 3 battles, too few to rank" in english.splitlines()
+    for table in (english, as_markdown(ranked, leaderboard_words("ko"))):
+        assert table_width(table) <= CHAT_COLUMN_CHARACTERS, table
 
 
 def test_one_vote_per_user_per_prompt_and_a_daily_cap_count() -> None:

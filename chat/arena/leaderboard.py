@@ -430,9 +430,11 @@ def bootstrap(designs: list[Design], fits: list[tuple[np.ndarray, np.ndarray]]) 
 # The table ----------------------------------------------------------------------------------------
 
 
-def rank_by_intervals(intervals: list[Interval]) -> list[int]:
-    """1 + how many contenders' lower bounds lie above this one's upper bound."""
-    return [1 + sum(other.low > this.high for other in intervals) for this in intervals]
+def rank_by_intervals(intervals: list[Interval], ranked: list[bool] | None = None) -> list[int]:
+    """1 + how many contenders' lower bounds lie above this one's upper bound, among the `ranked` ones (default
+    all): a provisional contender's interval, on too few battles to rank, puts nobody below it."""
+    counting = [other for other, on in zip(intervals, ranked or [True] * len(intervals), strict=True) if on]
+    return [1 + sum(other.low > this.high for other in counting) for this in intervals]
 
 
 def standings(
@@ -465,6 +467,7 @@ def standings(
         score = A_SCORE[battle.choice]
         for contender, result in ((battle.contender_a, score), (battle.contender_b, 1 - score)):
             results[contender][{1.0: "wins", 0.5: "ties", 0.0: "losses"}[result]] += 1
+    ranks = rank_by_intervals(scores, [results[name].total() >= min_battles for name in names])
     table = [
         Standing(
             contender=name,
@@ -477,7 +480,7 @@ def standings(
             provisional=results[name].total() < min_battles,
             retired=current is not None and name not in current,
         )
-        for name, score, plain, rank in zip(names, scores, plains, rank_by_intervals(scores), strict=True)
+        for name, score, plain, rank in zip(names, scores, plains, ranks, strict=True)
     ]
     table.sort(key=lambda standing: (-standing.score.score, standing.contender))
     coefficients = {name: float(ELO * value) for name, value in zip(STYLE, fits[0][0][count:], strict=True)}
@@ -518,46 +521,81 @@ def objections_to_promoting(board: Leaderboard, candidate: str, default: str) ->
     return objections
 
 
+# The table's words: English on the command line; the app gives its user's language's (chat/ui/texts.py).
+TABLE_WORDS = {
+    "rank": "rank",
+    "contender": "contender",
+    "score": "score (95%)",
+    "battles": "battles (W/T/L)",
+    "held_out": "held-out accuracy",
+    "provisional_one": "provisional: 1 battle, too few to rank",
+    "provisional": "provisional: {battles} battles, too few to rank",
+    "retired": "retired",
+    "no_battles": "No battles yet.",
+    "no_counted": "No counted battles yet ({counts}).",
+    "counted": "{counted} of {stored} battles counted",
+}
+
+
+def provisional_words(standing: Standing, words: dict[str, str] = TABLE_WORDS) -> str:
+    """What stands in for a provisional contender's rank and score: its battles, too few to rank on."""
+    return words["provisional_one"] if standing.battles == 1 else words["provisional"].format(battles=standing.battles)
+
+
 def standing_line(standing: Standing) -> str:
     """One contender's standing in a sentence, for the command line."""
-    flags = f", {standing.flags}" if standing.flags else ""
+    retired = ", retired" if standing.retired else ""
+    if standing.provisional:
+        return f"{standing.contender}: {provisional_words(standing)}{retired}"
     return (
         f"{standing.contender}: rank {standing.rank}, score {standing.score.score:.0f} "
-        f"({standing.score.low:.0f} to {standing.score.high:.0f}), {standing.battles} battles{flags}"
+        f"({standing.score.low:.0f} to {standing.score.high:.0f}), {standing.battles} battles{retired}"
     )
 
 
-def as_markdown(board: Leaderboard) -> str:
+def as_markdown(board: Leaderboard, words: dict[str, str] = TABLE_WORDS) -> str:
+    """The ranked contenders as a table narrow enough for the chat's column (~800 px): the style-controlled score
+    with its interval, battles and held-out accuracy (`--json` and the dashboard have the plain score too); then
+    the provisional ones, each on a line saying so, without the rank and score that so few battles do not support:
+    one battle gives an interval of no width, a rank of 1 to both sides and a win rate of 100% or 0%."""
     if not board.standings:
-        return "No battles yet." if not board.stored else f"No counted battles yet ({counts_line(board)})."
-    lines = [
-        "| rank | contender | score (style-controlled) | 95% interval | plain score | win rate | battles "
-        "| wins / ties / losses | held-out accuracy | |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for standing in board.standings:
-        score, plain = standing.score, standing.plain
+        return words["no_battles"] if not board.stored else words["no_counted"].format(counts=counts_line(board, words))
+    lines = []
+    if ranked := [standing for standing in board.standings if not standing.provisional]:
+        lines += [
+            f"| {words['rank']} | {words['contender']} | {words['score']} | {words['battles']} | {words['held_out']} |",
+            "|---|---|---|---|---|",
+        ]
+    for standing in ranked:
+        score, held_out = standing.score, held_out_cell(board.held_out.get(standing.contender))
         lines.append(
-            f"| {standing.rank} | {standing.contender} | {score.score:.0f} | {score.low:.0f} to {score.high:.0f} "
-            f"| {plain.score:.0f} ({plain.low:.0f} to {plain.high:.0f}) | {standing.win_rate:.0%} "
-            f"| {standing.battles} | {standing.wins} / {standing.ties} / {standing.losses} "
-            f"| {held_out_cell(board.held_out.get(standing.contender))} | {standing.flags} |"
+            f"| {standing.rank} | {shown_name(standing, words)} | {score.score:.0f} ({score.low:.0f}-{score.high:.0f}) "
+            f"| {standing.battles} ({standing.wins}/{standing.ties}/{standing.losses}) | {held_out} |"
         )
-    lines += ["", counts_line(board) + "."]
-    return "\n".join(lines)
+    lines += [""] if ranked else []
+    for standing in board.standings:
+        if standing.provisional:
+            held_out = held_out_cell(board.held_out.get(standing.contender))
+            also = f"; {words['held_out']} {held_out}" if held_out else ""
+            lines.append(f"- {shown_name(standing, words)}: {provisional_words(standing, words)}{also}")
+    lines += ["", counts_line(board, words) + "."]
+    return "\n".join(lines).lstrip("\n")
+
+
+def shown_name(standing: Standing, words: dict[str, str]) -> str:
+    return f"{standing.contender} ({words['retired']})" if standing.retired else standing.contender
 
 
 def held_out_cell(score: HeldOut | None) -> str:
-    """An offline evaluation beside the arena score: "83% (71% to 93%; base 52%, 40 pairs)"."""
+    """An offline evaluation beside the arena score: "83% (71-93%), base 52%"."""
     if score is None:
         return ""
-    interval = f"{score.low:.0%} to {score.high:.0%}"
-    return f"{score.accuracy:.0%} ({interval}; base {score.base_accuracy:.0%}, {score.pairs} pairs)"
+    return f"{score.accuracy:.0%} ({score.low * 100:.0f}-{score.high:.0%}), base {score.base_accuracy:.0%}"
 
 
-def counts_line(board: Leaderboard) -> str:
+def counts_line(board: Leaderboard, words: dict[str, str] = TABLE_WORDS) -> str:
     """Battles stored and counted, and why the rest are not."""
-    line = f"{board.counted} of {board.stored} battles counted"
+    line = words["counted"].format(counted=board.counted, stored=board.stored)
     reasons = [f"{count} {reason}" for reason, count in board.not_counted.items()]
     if board.changed_after_reveal:
         reasons.append(f"{board.changed_after_reveal} changed after the reveal count as first cast")

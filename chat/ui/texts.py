@@ -6,6 +6,7 @@ language is the browser's (Accept-Language), as Chainlit picks it.
 
 from __future__ import annotations
 
+from chat.arena.leaderboard import TABLE_WORDS
 from chat.arena.profiles import Profile
 from chat.store.generations import Source
 from models.backend import Ended
@@ -169,6 +170,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "chart_stored": "stored",
         "chart_counted": "counted",
         "chart_dataset": "Rows by pairing rule",
+        **{f"board_{key}": words for key, words in TABLE_WORDS.items()},
     },
     "ko": {
         "demo_notice": (
@@ -323,6 +325,17 @@ TEXTS: dict[str, dict[str, str]] = {
         "chart_stored": "저장됨",
         "chart_counted": "반영됨",
         "chart_dataset": "페어링 규칙별 행 수",
+        "board_rank": "순위",
+        "board_contender": "참가자",
+        "board_score": "점수 (95% 구간)",
+        "board_battles": "대결 (승 / 무 / 패)",
+        "board_held_out": "홀드아웃 정확도",
+        "board_provisional_one": "잠정: 대결 1건, 순위를 매기기에는 너무 적음",
+        "board_provisional": "잠정: 대결 {battles}건, 순위를 매기기에는 너무 적음",
+        "board_retired": "이전 버전",
+        "board_no_battles": "아직 대결이 없습니다.",
+        "board_no_counted": "아직 반영된 대결이 없습니다 ({counts}).",
+        "board_counted": "대결 {stored}건 중 {counted}건 반영",
     },
 }
 
@@ -335,6 +348,11 @@ def language_of(locale: str | None) -> str:
 
 def text(key: str, language: str, **values: object) -> str:
     return TEXTS[language][key].format(**values)
+
+
+def leaderboard_words(language: str) -> dict[str, str]:
+    """The leaderboard table's words (chat/arena/leaderboard.py) in `language`, their placeholders unfilled."""
+    return {key: TEXTS[language][f"board_{key}"] for key in TABLE_WORDS}
 
 
 def mark_unfinished(answer: str, marker: str, language: str) -> str:
