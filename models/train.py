@@ -572,6 +572,8 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingError as error:
         sys.exit(f"Error: {error}")
     except KeyboardInterrupt:
+        if last_complete_checkpoint(settings.out / CHECKPOINTS) is None:
+            sys.exit("Interrupted before the first checkpoint: nothing was kept.")
         sys.exit(
             f"Interrupted. To continue from the last checkpoint in {settings.out}, run the same command with --resume."
         )

@@ -25,6 +25,7 @@ from huggingface_hub import constants
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
+from trl import DPOTrainer
 
 from chat.arena.leaderboard import as_markdown, contender_of, held_out_cell, standings, with_held_out
 from models.adapters import METADATA_FILE, AdapterDirectory, adapter_version
@@ -521,6 +522,19 @@ def test_a_base_that_is_named_never_falls_back_to_the_demo_model(tmp_path: Path,
     with pytest.raises(TrainingError, match=rf"--base {named} cannot be loaded: .* or use the demo model with --base"):
         train(settings(data, tmp_path / "adapter", base=named))
     assert not (tmp_path / "adapter").exists(), "a failed run leaves no empty folder behind"
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_keeps_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in the first steps: no folder is left to be mistaken for a run that --resume could continue."""
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DPOTrainer, "train", interrupted)
+    data = write_export(tmp_path / "export", "dpo", prompts=2, seed=8)
+    with pytest.raises(SystemExit, match=r"^Interrupted before the first checkpoint: nothing was kept\.$"):
+        main(["--method", "dpo", "--data", str(data), "--out", str(tmp_path / "adapter"), "--base", "demo"])
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_an_existing_adapter_is_not_overwritten(tmp_path: Path) -> None:
