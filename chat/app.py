@@ -24,7 +24,7 @@ from chat.store.outages import Unavailable
 from chat.store.rows import NotYours
 from chat.ui import answers, arena, dashboard, documents, feedback, siblings
 from chat.ui.answers import model_turn, respond, stored_history
-from chat.ui.chainlit_fixes import failure_notice, failure_reference
+from chat.ui.chainlit_fixes import failure_notice, failure_reference, without_thumbs
 from chat.ui.choices import COMPARE, redrawn_comparison, refuse_click, restore_choices, show_choices, show_rating
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.limits import DATABASE_ERRORS
@@ -173,7 +173,7 @@ async def answer(message: cl.Message) -> None:
     except Exception as error:
         reference = failure_reference()
         log.exception("Failure %s while answering", reference)
-        await cl.ErrorMessage(content=failure_notice(error, reference, session_language())).send()
+        await without_thumbs(cl.ErrorMessage(content=failure_notice(error, reference, session_language()))).send()
 
 
 async def answer_message(message: cl.Message) -> None:

@@ -636,6 +636,9 @@ async def test_a_chat_begun_without_text_is_named_and_its_library_answer_can_be_
     await page.locator("#command-Library").click()
     await page.locator("#chat-submit").click()
     await expect(page.get_by_text("Your documents (1)")).to_be_visible(timeout=START)
+    for notice in ("Your documents (1)", f"Read {datasheet.name}"):  # notices, not answers: nothing to rate
+        shown = page.locator(ANSWERS).filter(has_text=notice)
+        await expect(shown.locator(".positive-feedback-off, .negative-feedback-off")).to_have_count(0)
 
     before = await page.locator(ANSWERS).count()
     await page.locator("#command-Library").click()
@@ -646,6 +649,7 @@ async def test_a_chat_begun_without_text_is_named_and_its_library_answer_can_be_
     await page.locator("#stop-button").click()
     await expect(answer).to_contain_text(STOPPED, timeout=10_000)
     await expect(page.locator("#chat-submit")).to_be_visible()
+    await expect(answer.locator(".negative-feedback-off")).to_be_enabled()  # an answer: rated, in a named chat
     sidebar = page.locator("[data-side='left'][data-state]")
     if await sidebar.get_attribute("data-state", timeout=START) == "collapsed":
         await page.locator("#header #sidebar-trigger-button").click()

@@ -27,7 +27,7 @@ from chat.documents.reading import Kind, file_kind
 from chat.documents.retrieval import ShownPage, with_pages
 from chat.prompts import system_prompt
 from chat.store.generations import GenerationRecord
-from chat.ui.chainlit_fixes import browser_only_message, failure_reference
+from chat.ui.chainlit_fixes import browser_only_message, failure_reference, without_thumbs
 from chat.ui.choices import regenerate_action
 from chat.ui.documents import add_to_library, page_elements
 from chat.ui.panel import arena_sampling, chosen_sampling
@@ -52,13 +52,14 @@ async def user_turn_of(message: cl.Message, user: str, language: str) -> HumanMe
         images, files = await asyncio.to_thread(read_attachments, uploads, serving().image_limits, language)
         await add_to_library(files, user, language)
     except UploadsRejected as rejected:
-        await cl.Message(content=str(rejected)).send()
+        await without_thumbs(cl.Message(content=str(rejected))).send()
         return None
     if not message.content.strip():
         if not images and not files:
-            await cl.Message(content=text("empty_message", language)).send()
+            await without_thumbs(cl.Message(content=text("empty_message", language))).send()
         elif files:
-            await cl.Message(content=text("documents_read", language, names=", ".join(f.name for f in files))).send()
+            names = ", ".join(f.name for f in files)
+            await without_thumbs(cl.Message(content=text("documents_read", language, names=names))).send()
         if not images:
             return None
     return user_turn(message.content, images, message.id)
@@ -103,9 +104,8 @@ async def respond(
             if pages:  # the least relevant page gives way first
                 pages.pop()
                 continue
-            await cl.Message(
-                content=text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
-            ).send()
+            refusal = text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
+            await without_thumbs(cl.Message(content=refusal)).send()
             return None
     sources = [asdict(page.source) for page in pages]
 

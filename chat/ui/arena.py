@@ -21,6 +21,7 @@ from chat.store.generations import BASE
 from chat.store.preferences import AlreadyVoted
 from chat.store.rows import NotYours
 from chat.ui.answers import respond
+from chat.ui.chainlit_fixes import without_thumbs
 from chat.ui.choices import VOTE, comparison_actions, redrawn_comparison, refuse_click, show_choices
 from chat.ui.runtime import serving
 from chat.ui.side_by_side import Column, SideBySide, offered
@@ -104,7 +105,7 @@ async def vote(action: cl.Action, user: str, language: str) -> None:
         return
     votes = redrawn_comparison(action, language)
     await show_choices(payload["b"], VOTE, votes)
-    await cl.Message(content=revealed(contenders, language)).send()
+    await without_thumbs(cl.Message(content=revealed(contenders, language))).send()
     await show_vote(payload["b"], votes, payload["choice"], contenders, language)
 
 

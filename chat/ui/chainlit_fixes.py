@@ -16,7 +16,7 @@ import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 import chainlit.config
@@ -39,6 +39,7 @@ from chat.ui.limits import RateLimit
 from chat.ui.texts import language_of, text
 
 log = logging.getLogger("loupe")
+M = TypeVar("M", bound=Message)
 
 
 def accept_empty_uploads() -> None:
@@ -114,6 +115,13 @@ def browser_only_message(content: str) -> StepDict:
     notice = Message(content=content)
     notice.created_at = utc_now()
     return notice.to_dict()
+
+
+def without_thumbs(message: M) -> M:
+    """`message`, sent outside the run it is part of: Chainlit's page offers thumbs (and a copy button) on every
+    message of a run, and a thumb on a notice (a list, a chart, a refusal, a progress line) rates no answer."""
+    message.parent_id = None
+    return message
 
 
 def failure_notice(error: BaseException, reference: str, language: str) -> str:

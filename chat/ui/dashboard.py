@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from chat.arena.leaderboard import Interval
 from chat.dashboard.data import Dashboard, as_csv, dashboard, dataset_sizes, scope_for
 from chat.dataset.stats import Tally
+from chat.ui.chainlit_fixes import without_thumbs
 from chat.ui.routes import stored_file_url
 from chat.ui.runtime import serving
 from chat.ui.texts import reason_label, text
@@ -42,17 +43,19 @@ async def show_dashboard(user: str, language: str, contender: str | None = None)
     board = data.board
     summary = text("dashboard_summary", language, counted=board.counted, stored=board.stored)
     title = text("dashboard_title", language, time=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
-    message = cl.Message(
-        content=f"**{title}** ({whose}{narrowed})\n\n{summary}",
-        actions=filter_actions(data.contenders, contender, language),
+    message = without_thumbs(
+        cl.Message(
+            content=f"**{title}** ({whose}{narrowed})\n\n{summary}",
+            actions=filter_actions(data.contenders, contender, language),
+        )
     )
     await send_with_files(message, [*charts(data, language), *csv_files(data)])
     # Counting reads every conversation in scope (seconds for everyone's on a large database): said first.
-    counting = await cl.Message(content=text("dashboard_counting", language)).send()
+    counting = await without_thumbs(cl.Message(content=text("dashboard_counting", language))).send()
     sizes = await dataset_sizes(runtime.engine, scope)
     await counting.remove()
     elements = [plotly("dataset", dataset_chart(sizes, language)), csv_file("dataset.csv", dataset_csv(sizes))]
-    await send_with_files(cl.Message(content=text("dashboard_dataset", language)), elements)
+    await send_with_files(without_thumbs(cl.Message(content=text("dashboard_dataset", language))), elements)
 
 
 async def send_with_files(message: cl.Message, elements: list[cl.Plotly | cl.File]) -> None:

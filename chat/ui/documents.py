@@ -21,6 +21,7 @@ from PIL import Image
 from chat.conversation import turn_text
 from chat.documents.reading import Kind, text_pages
 from chat.documents.retrieval import ShownPage, pages_for, shown_pages
+from chat.ui.chainlit_fixes import without_thumbs
 from chat.ui.routes import stored_file_url
 from chat.ui.runtime import serving
 from chat.ui.texts import text
@@ -72,7 +73,7 @@ async def read_document(file: DocumentFile, max_pages: int, user: str, language:
         if total >= PROGRESS_FROM_PAGES:
             content = text("reading_document", language, name=file.name, done=first, total=total)
             if progress is None:
-                progress = cl.Message(content=content)
+                progress = without_thumbs(cl.Message(content=content))
                 await progress.send()
             else:
                 progress.content = content
@@ -99,13 +100,14 @@ async def show_library(user: str, language: str) -> None:
     """The user's documents, newest first (the Library command sent without a question)."""
     entries = await serving().documents.library(user)
     if not entries:
-        await cl.Message(content=text("library_empty", language)).send()
+        await without_thumbs(cl.Message(content=text("library_empty", language))).send()
         return
     lines = [
         text("library_entry", language, name=entry.name, pages=entry.page_count, added=entry.added.date().isoformat())
         for entry in entries
     ]
-    await cl.Message(content=text("library_list", language, count=len(entries), entries="\n".join(lines))).send()
+    listing = text("library_list", language, count=len(entries), entries="\n".join(lines))
+    await without_thumbs(cl.Message(content=listing)).send()
 
 
 async def pages_for_turn(

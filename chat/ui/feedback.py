@@ -6,7 +6,7 @@ import chainlit as cl
 
 from chat.store.preferences import AnswerFeedback
 from chat.store.rows import NotYours
-from chat.ui.chainlit_fixes import MessageRefused
+from chat.ui.chainlit_fixes import MessageRefused, without_thumbs
 from chat.ui.choices import reasons_for, refuse_click, show_rating
 from chat.ui.runtime import serving
 from chat.ui.texts import text
@@ -46,4 +46,4 @@ async def ask_for_correction(answer: AnswerFeedback, user: str, language: str) -
         await cl.context.emitter.task_end()  # Chainlit's ask ends with task_start, meant for a running task
     if written and written["output"].strip():
         await serving().preferences.correct(user, answer.id, written["output"].strip())
-        await cl.Message(content=text("correction_saved", language)).send()
+        await without_thumbs(cl.Message(content=text("correction_saved", language))).send()
