@@ -15,9 +15,11 @@ from chainlit.auth import get_token_from_cookies
 from chainlit.session import ws_sessions_id
 from chainlit.types import Feedback, ThreadDict
 from fastapi import Request, Response
+from langchain_core.messages import HumanMessage
 
 from chat.arena import leaderboard
 from chat.arena.profiles import Profile
+from chat.conversation import user_turn
 from chat.store.last_chat import last_chat, remember
 from chat.store.logins import claims, revoke
 from chat.store.outages import Unavailable
@@ -25,7 +27,15 @@ from chat.store.rows import NotYours
 from chat.ui import answers, arena, dashboard, documents, feedback, siblings
 from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.chainlit_fixes import failure_notice, failure_reference, without_thumbs
-from chat.ui.choices import COMPARE, redrawn_comparison, refuse_click, restore_choices, show_choices, show_rating
+from chat.ui.choices import (
+    ASK_WITHOUT_FILES,
+    COMPARE,
+    redrawn_comparison,
+    refuse_click,
+    restore_choices,
+    show_choices,
+    show_rating,
+)
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.limits import DATABASE_ERRORS
 from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
@@ -177,7 +187,7 @@ async def answer(message: cl.Message) -> None:
 
 
 async def answer_message(message: cl.Message) -> None:
-    runtime, language = serving(), session_language()
+    language = session_language()
     if message.command == DASHBOARD_COMMAND:
         await dashboard.show_dashboard(current_user(), language)
         return
@@ -185,8 +195,14 @@ async def answer_message(message: cl.Message) -> None:
     if across_library and not message.content.strip() and not message.elements:
         await documents.show_library(current_user(), language)
         return
-    if (turn := await answers.user_turn_of(message, current_user(), language)) is None:
+    if (turn := await answers.user_turn_of(message, current_user(), language, across_library)) is None:
         return
+    await answer_turn(turn, across_library, language)
+
+
+async def answer_turn(turn: HumanMessage, across_library: bool, language: str) -> None:
+    """Answer the user's `turn` in the chat's profile, shown the document pages it asks about."""
+    runtime = serving()
     # The thread remembers its settings, so a resumed chat continues with them.
     await runtime.data_layer.update_thread(cl.context.session.thread_id, metadata={"chat_settings": chat_settings()})
     history = cl.user_session.get("history")
@@ -200,6 +216,16 @@ async def answer_message(message: cl.Message) -> None:
         await arena.battle(history.copy(), turn, current_user(), language, keep, pages)
     else:
         await respond(history.copy(), turn, language, keep, profile.adapter, pages=pages)
+
+
+@cl.action_callback(ASK_WITHOUT_FILES)
+async def ask_without_files(action: cl.Action) -> None:
+    """The question of a message whose attachments were refused, answered without them (as the button issued
+    it: chainlit_fixes.remember_issued_actions), so what the user typed is not lost."""
+    payload, language = action.payload, session_language()
+    await action.remove()
+    turn = user_turn(payload["question"], [], payload["prompt_id"])
+    await answers.as_stoppable_task(answer_turn(turn, payload["library"], language), language)
 
 
 @cl.action_callback("regenerate")

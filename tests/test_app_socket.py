@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.helpers.client import LONG_ANSWER, ChatClient, png
-from tests.helpers.server import generations
+from tests.helpers.client import GREEDY, LONG_ANSWER, ChatClient, png
+from tests.helpers.server import generations, rows
 
 
 async def test_message_with_image_streams_an_answer(server):
@@ -51,6 +51,22 @@ async def test_bad_uploads_get_a_clear_message_and_the_app_keeps_serving(server)
 
         reply = await client.ask("Still there?", [await client.upload("ok.png", png(), "image/png")])
         assert reply.tokens and reply.messages[-1]["metadata"]["ended"] == "finished"
+
+
+async def test_a_question_whose_attachment_is_refused_can_be_asked_without_it(server):
+    """What the user typed is not lost with a refused attachment: a button under the refusal asks it without
+    them, answered as the reply to that very message."""
+    async with ChatClient(server.url) as client:
+        await client.change_settings(GREEDY)
+        cut = await client.upload("cut.png", png()[:200], "image/png")
+        [refusal] = (await client.ask("Which resistor is larger?", [cut])).messages
+        [button] = client.actions_for(refusal["id"], "ask_without_files")
+        assert button["label"] == "Ask it without the attachments"
+        [answer] = (await client.press(button)).messages
+    assert answer["metadata"]["ended"] == "finished" and answer["output"]
+    [(question,)] = rows(server, "SELECT output FROM steps WHERE id = ?", answer["metadata"]["generation"]["prompt_id"])
+    assert question == "Which resistor is larger?", "the answer is the refused message's"
+    assert not client.actions_for(refusal["id"], "ask_without_files"), "asked once"
 
 
 async def test_stop_keeps_the_partial_answer_marked_as_stopped(server):

@@ -28,7 +28,7 @@ from chat.documents.retrieval import ShownPage, with_pages
 from chat.prompts import system_prompt
 from chat.store.generations import GenerationRecord
 from chat.ui.chainlit_fixes import browser_only_message, failure_reference, without_thumbs
-from chat.ui.choices import regenerate_action
+from chat.ui.choices import ask_without_files_action, regenerate_action
 from chat.ui.documents import add_to_library, page_elements
 from chat.ui.panel import arena_sampling, chosen_sampling
 from chat.ui.runtime import serving
@@ -43,16 +43,19 @@ STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits lea
 SAVE_INTERVAL_S = 3.0
 
 
-async def user_turn_of(message: cl.Message, user: str, language: str) -> HumanMessage | None:
+async def user_turn_of(message: cl.Message, user: str, language: str, across_library: bool) -> HumanMessage | None:
     """The user's message as a turn of the history, its images checked and fitted to the budget, its
     documents read into the library; None, with the reason told in the chat, when it cannot be answered
-    (or has nothing to answer: documents sent without a question are only read)."""
+    (or has nothing to answer: documents sent without a question are only read). A question whose
+    attachments are refused can be asked without them by a click (`across_library` as it was sent)."""
     uploads = [Upload(element.name, Path(element.path)) for element in message.elements if element.path]
     try:
         images, files = await asyncio.to_thread(read_attachments, uploads, serving().image_limits, language)
         await add_to_library(files, user, language)
     except UploadsRejected as rejected:
-        await without_thumbs(cl.Message(content=str(rejected))).send()
+        question = message.content.strip()
+        actions = [ask_without_files_action(message.id, question, across_library, language)] if question else []
+        await without_thumbs(cl.Message(content=str(rejected), actions=actions)).send()
         return None
     if not message.content.strip():
         if not images and not files:

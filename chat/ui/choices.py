@@ -23,6 +23,19 @@ def regenerate_action(prompt_id: str, language: str) -> cl.Action:
     )
 
 
+ASK_WITHOUT_FILES = "ask_without_files"  # the button under a refusal of a message's attachments
+
+
+def ask_without_files_action(prompt_id: str, question: str, across_library: bool, language: str) -> cl.Action:
+    """Under a refusal of a message's attachments: ask its question without them, rather than type it again."""
+    return cl.Action(
+        name=ASK_WITHOUT_FILES,
+        payload={"prompt_id": prompt_id, "question": question, "library": across_library},
+        label=text("ask_without_files", language),
+        icon="send",
+    )
+
+
 def choice_action(name: str, answer_id: str, value: str, label: str, chosen: bool, payload: dict) -> cl.Action:
     """One button of a group under an answer; its id is stable, so the group can be redrawn in place."""
     return cl.Action(

@@ -237,6 +237,10 @@ class ChatClient:
     async def regenerate(self, answer_id: str, timeout: float = ANSWER_TIMEOUT_S) -> Reply:
         """Press Regenerate under an answer; everything emitted until the new answer's task ends."""
         [button] = self.actions_for(answer_id, "regenerate")
+        return await self.press(button, timeout)
+
+    async def press(self, button: dict[str, Any], timeout: float = ANSWER_TIMEOUT_S) -> Reply:
+        """Press a button that starts an answer; everything emitted until its task ends."""
         clicked = asyncio.create_task(self.click(button, timeout))
         await self.wait_for("task_start", timeout)
         reply = await self.collect(timeout)
