@@ -256,6 +256,12 @@ async def vote(action: cl.Action) -> None:
     await arena.vote(action, current_user(), session_language())
 
 
+@cl.action_callback(documents.REMOVE_DOCUMENT)
+async def remove_document(action: cl.Action) -> None:
+    """A Library list's button: that document out of the user's library (as the button issued it)."""
+    await documents.remove_from_library(action, current_user(), session_language())
+
+
 @cl.action_callback(dashboard.FILTER)
 async def filter_dashboard(action: cl.Action) -> None:
     """The dashboard again, narrowed to one contender (or to none: all of them)."""

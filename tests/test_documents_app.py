@@ -227,11 +227,26 @@ async def test_a_new_chat_asks_across_the_whole_library_and_lists_it(server: Ser
         assert ("a.pdf", fact.page) in cited(across), "the Library command searches every document"
         [listing] = (await fresh.ask("", command="Library")).messages
         assert listing["output"].startswith("**Your documents** (2):")
-        assert "- a.pdf: 6 pages, added " in listing["output"] and "- b.pdf: 6 pages" in listing["output"]
+        a, b = hashlib.sha256(first).hexdigest(), hashlib.sha256(second).hexdigest()
+        assert f"- [a.pdf](/loupe/files/{a}): 6 pages, added " in listing["output"]
+        assert f"- [b.pdf](/loupe/files/{b}): 6 pages" in listing["output"]
+        async with httpx.AsyncClient(base_url=server.url, cookies=fresh.cookies) as http:
+            assert (await http.get(f"/loupe/files/{a}")).content == first, "a name downloads its document"
+        [remove_a] = [
+            button for button in fresh.actions_for(listing["id"], "remove_document") if button["payload"]["sha256"] == a
+        ]
+        assert remove_a["label"] == "Remove a.pdf"
+        (await fresh.click(remove_a)).raise_for_status()
+        [listing] = (await fresh.ask("", command="Library")).messages
+        assert listing["output"].startswith("**Your documents** (1):") and "a.pdf" not in listing["output"]
+        after = cited(only_answer(await fresh.ask(fact.question, command="Library")))
+        assert all(name != "a.pdf" for name, _ in after), "nor found any more"
 
     async with ChatClient(server.url, username="outsider", password=PASSWORD) as other:
         theirs = only_answer(await other.ask(first_facts[3].question, command="Library"))
         assert cited(theirs) == [], "only one's own library"
+        async with httpx.AsyncClient(base_url=server.url, cookies=other.cookies) as http:
+            assert (await http.get(f"/loupe/files/{b}")).status_code == 404, "nor another's document"
 
 
 async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_model_saw(

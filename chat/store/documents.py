@@ -94,6 +94,20 @@ class Documents:
         async with self.sessions() as session:
             return [LibraryEntry(*row) for row in await session.execute(query)]
 
+    async def remove(self, user: str, sha256: str) -> str | None:
+        """Take a document out of `user`'s library (no question of theirs finds or cites it again); its name,
+        or None if it was not there. The pages stay for the other libraries that hold the same content."""
+        async with self.sessions.begin() as session:
+            entry = await session.scalar(
+                select(LibraryDocument)
+                .join(User, User.id == LibraryDocument.user_id)
+                .where(User.identifier == user, LibraryDocument.sha256 == sha256)
+            )
+            if entry is None:
+                return None
+            await session.delete(entry)
+            return entry.name
+
     async def page_texts(self, user: str, sha256: str) -> list[str] | None:
         """Every page's text of one of the user's documents, in order; None if it is not in their library."""
         query = (

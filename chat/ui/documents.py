@@ -22,7 +22,7 @@ from chat.conversation import turn_text
 from chat.documents.reading import Kind, text_pages
 from chat.documents.retrieval import ShownPage, pages_for, shown_pages
 from chat.ui.chainlit_fixes import without_thumbs
-from chat.ui.routes import stored_file_url
+from chat.ui.routes import file_url, stored_file_url
 from chat.ui.runtime import serving
 from chat.ui.texts import text
 from chat.ui.uploads import DocumentFile, UploadsRejected
@@ -30,6 +30,7 @@ from models.pdf import DocumentRejected, PageText
 
 PROGRESS_FROM_PAGES = 20  # a shorter document is read before a progress line could be read
 SESSION_KEY = "documents"  # the sha256 of each document of this conversation, in the order attached
+REMOVE_DOCUMENT = "remove_document"  # the Library list's button that takes a document out of the library
 
 
 async def add_to_library(files: list[DocumentFile], user: str, language: str) -> None:
@@ -97,17 +98,46 @@ def restore_documents(thread: dict) -> None:
 
 
 async def show_library(user: str, language: str) -> None:
-    """The user's documents, newest first (the Library command sent without a question)."""
+    """The user's documents, newest first (the Library command sent without a question): each name downloads the
+    file, and a button under the list takes one out of the library."""
     entries = await serving().documents.library(user)
     if not entries:
         await without_thumbs(cl.Message(content=text("library_empty", language))).send()
         return
     lines = [
-        text("library_entry", language, name=entry.name, pages=entry.page_count, added=entry.added.date().isoformat())
+        text(
+            "library_entry",
+            language,
+            name=f"[{markdown_link_text(entry.name)}]({file_url(entry.sha256)})",
+            pages=entry.page_count,
+            added=entry.added.date().isoformat(),
+        )
+        for entry in entries
+    ]
+    removals = [
+        cl.Action(
+            name=REMOVE_DOCUMENT,
+            payload={"sha256": entry.sha256},
+            label=text("library_remove", language, name=entry.name),
+            icon="trash-2",
+        )
         for entry in entries
     ]
     listing = text("library_list", language, count=len(entries), entries="\n".join(lines))
-    await without_thumbs(cl.Message(content=listing)).send()
+    await without_thumbs(cl.Message(content=listing, actions=removals)).send()
+
+
+async def remove_from_library(action: cl.Action, user: str, language: str) -> None:
+    """Take the document of a Library list's button out of the user's library, and say so."""
+    name = await serving().documents.remove(user, action.payload["sha256"])
+    await action.remove()
+    said = text("library_removed", language, name=name) if name else text("library_not_there", language)
+    await without_thumbs(cl.Message(content=said)).send()
+
+
+def markdown_link_text(name: str) -> str:
+    """A file name as a Markdown link's text: brackets and backslashes escaped, so a name cannot end the link."""
+    return name.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
 async def pages_for_turn(

@@ -318,7 +318,12 @@ def stored_file_url(content: bytes | str) -> str:
     own route: an element given this url is not also kept among the session's files by Chainlit, where it
     would count against the user's quota of uploads waiting to be sent."""
     data = content.encode() if isinstance(content, str) else content
-    return f"/loupe/files/{hashlib.sha256(data).hexdigest()}"
+    return file_url(hashlib.sha256(data).hexdigest())
+
+
+def file_url(sha256: str) -> str:
+    """Where the page loads the stored file of that sha256 (a document of the user's library, say)."""
+    return f"/loupe/files/{sha256}"
 
 
 @lru_cache(maxsize=4096)

@@ -61,7 +61,7 @@ export default function SideBySide() {
             </header>
             <div className="side-by-side-answer" style={{ overflowWrap: "anywhere" }}>
               <Markdown allowHtml={false} latex={true}>
-                {column.text}
+                {column.text.trim() /* as the chat shows a message: leading spaces would make a code block */}
               </Markdown>
             </div>
           </section>

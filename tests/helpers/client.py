@@ -21,6 +21,7 @@ import httpx
 import socketio
 from PIL import Image
 
+from chat.prompts import DEFAULT_PROMPT
 from tests.helpers.server import ADMIN_PASSWORD, Server
 
 # A whole 1024-token demo answer takes ~30 s on 2 idle cores; CI machines are shared and can be 10x slower.
@@ -329,7 +330,8 @@ def png(width: int = 320, height: int = 240) -> bytes:
     return buffer.getvalue()
 
 
-GREEDY = {"temperature": 0, "max_new_tokens": 16}  # short, repeatable answers
+# Short, repeatable answers, whatever the user's last chat was left with (chat/store/last_chat.py).
+GREEDY = {"temperature": 0, "max_new_tokens": 16, "system_prompt": DEFAULT_PROMPT}
 LONG_ANSWER = {"max_new_tokens": 4096}  # the demo model does not end it before a Stop or a second user arrives
 
 
