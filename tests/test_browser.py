@@ -154,7 +154,7 @@ async def open_chat(page: Page, url: str, username: str = "admin", password: str
     await page.locator("#email").fill(username)
     await page.locator("#password").fill(password)
     await page.locator("#password").press("Enter")
-    await expect(page.locator(ANSWERS)).to_have_count(1, timeout=START)
+    await expect(page.locator(ANSWERS).filter(has_text="Demo model.")).to_have_count(1, timeout=START)
 
 
 async def attach(page: Page, image: Path) -> None:
@@ -413,7 +413,7 @@ async def test_rated_answer_and_image_come_back_from_the_history(
     # A fresh page load of the start page: nothing survives in the browser but the login cookie.
     # (page.reload() would reload /thread/<id> and resume it without the sidebar.)
     await page.goto(server.url)
-    await expect(page.locator(ANSWERS)).to_have_count(1, timeout=START)  # the new chat's demo notice
+    await expect(page.locator(ANSWERS).filter(has_text="Demo model.")).to_have_count(1, timeout=START)
     await open_from_history(page, question)
     assert await thread_id_of(page) == thread_id
 
@@ -626,7 +626,8 @@ async def test_a_chat_begun_without_text_is_named_and_its_library_answer_can_be_
     data, facts = facts_pdf(4, seed=5)
     datasheet = tmp_path / "relay-datasheet.pdf"
     datasheet.write_bytes(data)
-    await open_chat(page, server.url)
+    add_account(server, "lena", "lena-password-1")  # a library of her own: this PDF alone
+    await open_chat(page, server.url, "lena", "lena-password-1")
     await set_max_new_tokens(page, 512)  # long enough to stop mid-answer
     await page.locator("#upload-button-input").set_input_files(datasheet)
     await expect(page.locator("#attachments")).to_contain_text(datasheet.name, timeout=START)
@@ -727,18 +728,19 @@ async def test_a_korean_page_is_korean_from_the_login_to_the_readme(
     """For ko-KR: the login asks for a user name and says in Korean when it is wrong (not "credentialssignin");
     the commands, the profiles and the in-app Readme are Korean; the Readme's close button is not under the demo
     banner, and the banner covers no header."""
+    add_account(arena_server, "minji", "minji-password-1")  # a new user: the team's default profile
     context = await browser.new_context(viewport=VIEWPORT, locale="ko-KR")
     page = await context.new_page()
     await page.goto(arena_server.url)
     await expect(page.get_by_text("사용자 이름", exact=True)).to_be_visible(timeout=START)
-    await page.locator("#email").fill("admin")
+    await page.locator("#email").fill("minji")
     await page.locator("#password").fill("not-the-password")
     await page.locator("#password").press("Enter")
     await expect(page.get_by_text(text("login_failed", "ko")).first).to_be_visible(timeout=START)
     await expect(page.get_by_text("credentialssignin")).to_have_count(0)
-    await page.locator("#password").fill(ADMIN_PASSWORD)
+    await page.locator("#password").fill("minji-password-1")
     await page.locator("#password").press("Enter")
-    await expect(page.locator(ANSWERS)).to_have_count(1, timeout=START)
+    await expect(page.locator(ANSWERS).filter(has_text="데모 모델입니다.")).to_have_count(1, timeout=START)
 
     for command in ("문서함", "대시보드"):
         await expect(page.locator(f"[id='command-{command}']")).to_be_visible()
