@@ -103,17 +103,14 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
 
     Falls back to the demo model only when the model is not on disk, not in the local hub
     cache, and the hub cannot be reached. Every other failure raises ModelLoadError.
+    Why the demo model stands in (`demo_reason`) is its caller's to say, in its terms: the app serves it,
+    training trains on it.
     """
     torch_device = pick_device(device)
     torch_dtype, why = pick_dtype(dtype, torch_device)
     precision = f"{str(torch_dtype).removeprefix('torch.')}, {why}"
 
     if demo_reason := why_demo(model):
-        log.warning(
-            "Serving the DEMO model (random weights, answers are noise) because %s. "
-            "Point LOUPE_MODEL at a Qwen2-VL checkpoint folder or hub id for real answers.",
-            demo_reason,
-        )
         qwen, processor = build_demo_model(), load_processor(QWEN2_VL_FILES)
         name = "demo"
     else:

@@ -335,7 +335,7 @@ def served_base(base: str | None) -> str:
         raise TrainingError(f"LOUPE_MODEL {model}: {error}") from None
     if reason is None or model == DEMO:
         return model
-    log.warning("Training on the demo model, which the app serves because %s; the adapter fits only it.", reason)
+    log.warning("The app serves the demo model because %s: it is the base model here (--base names another).", reason)
     return DEMO
 
 
@@ -350,6 +350,8 @@ def load_base(base: str, device: str, dtype: str) -> LoadedModel:
             f"--base {base} cannot be loaded: {loaded.demo_reason}. Download it first "
             "(`huggingface-cli download <id>` or a local folder), or use the demo model with --base demo."
         )
+    if loaded.is_demo:
+        log.warning("The base model is the DEMO model (random weights): adapters trained on it fit only it.")
     return loaded
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def test_demo_model_uses_qwens_real_processor(demo) -> None:
     assert demo.is_demo and demo.demo_reason == "LOUPE_MODEL is set to 'demo'"
     assert len(tokenizer) == 151657  # Qwen2-VL's vocabulary with its special tokens
     assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == demo.model.config.image_token_id
+
+
+def test_loading_the_demo_model_leaves_why_to_its_caller(caplog: pytest.LogCaptureFixture) -> None:
+    """The app says it serves the demo model (chat/ui/runtime.py), training that it trains on it (models/train.py):
+    the loader does not claim either, nor blame LOUPE_MODEL for a `--base demo`."""
+    with caplog.at_level(logging.INFO):
+        loaded = load_model("demo", device="cpu")
+    assert loaded.demo_reason == "LOUPE_MODEL is set to 'demo'", "the app's notice shows it"
+    assert "Serving" not in caplog.text and "LOUPE_MODEL" not in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,9 @@ def test_importing_the_app_loads_no_model_and_touches_no_database(tmp_path: Path
     assert not data_dir.exists(), "no database, secret or upload folder was made"
 
 
-async def test_a_runtime_is_built_in_process_from_its_own_settings(tmp_path: Path) -> None:
+async def test_a_runtime_is_built_in_process_from_its_own_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = Settings(
         model="demo",
         device="cpu",
@@ -53,6 +55,9 @@ async def test_a_runtime_is_built_in_process_from_its_own_settings(tmp_path: Pat
     try:
         assert await runtime.password_checks.check("admin", ADMIN_PASSWORD), "migrated, first admin created"
         assert runtime.backend.demo_reason is not None
+        assert "Serving the DEMO model (random weights, answers are noise) because LOUPE_MODEL is set to 'demo'" in (
+            caplog.text
+        )
         dtype = str(runtime.backend.loaded.model.dtype).removeprefix("torch.")
         assert runtime.status() == {"name": "demo", "demo": True, "backend": "local", "precision": ANY}
         assert runtime.status()["precision"].startswith(f"{dtype}, "), "it reports what it computes in"

@@ -433,7 +433,7 @@ def test_a_dpo_loss_still_at_ln_2_says_nothing_was_learned() -> None:
 
 @pytest.mark.slow
 def test_the_readme_example_trains_on_the_demo_model_the_app_serves_and_says_it_cannot_learn(tmp_path: Path) -> None:
-    """`python -m models train --method dpo --data DIR --out DIR` as README writes it, on a fresh install that
+    """`python -m models train --method dpo --data DIR --out DIR` as the docs write it, on a fresh install that
     serves the demo model (no weights, no hub), on a first export of 4 pairs."""
     data = write_export(tmp_path / "export", "dpo", prompts=4, seed=13)
     environment = {key: value for key, value in os.environ.items() if key != "LOUPE_MODEL"}
@@ -442,9 +442,9 @@ def test_the_readme_example_trains_on_the_demo_model_the_app_serves_and_says_it_
     command += ["--out", str(tmp_path / "adapters/engineering-v2")]
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
-    assert "Training on the demo model, which the app serves because 'Qwen/Qwen2-VL-2B-Instruct' is not on" in (
-        result.stderr
-    )
+    assert "The app serves the demo model because 'Qwen/Qwen2-VL-2B-Instruct' is not on" in result.stderr
+    assert "The base model is the DEMO model (random weights)" in result.stderr
+    assert "Serving" not in result.stderr and "LOUPE_MODEL is set to 'demo'" not in result.stderr
     metadata = json.loads((tmp_path / "adapters/engineering-v2/loupe.json").read_text())
     assert metadata["base"] == "demo" and metadata["training"]["steps"] == 1
     # 4 pairs: 1 step of 8 rows, spent warming up from learning rate 0; none of 4 prompts held out; loss ln 2.

@@ -11,6 +11,7 @@ so importing any module of Loupe has no side effects, and a test can build a run
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import random
@@ -57,6 +58,8 @@ from models.checkpoint import load_model, load_processor, pick_device
 from models.generation import Generator
 from models.pdf_pool import PdfPool
 from models.vllm_client import VllmBackend
+
+log = logging.getLogger(__name__)
 
 # The composer's commands (Chainlit's), the only ones a client message may carry. Library: ask across all
 # of one's documents, or, sent empty, list them (chat/ui/documents.py).
@@ -159,7 +162,14 @@ async def start_backend(settings: Settings) -> Backend:
         processor = await asyncio.to_thread(load_processor, settings.model)
         url, key, served = settings.vllm_url, settings.vllm_api_key, settings.vllm_model
         return await VllmBackend.connect(url, key, served, settings.model, processor)
-    return Generator(await asyncio.to_thread(load_model, settings.model, settings.device, settings.dtype))
+    generator = Generator(await asyncio.to_thread(load_model, settings.model, settings.device, settings.dtype))
+    if generator.demo_reason is not None:
+        log.warning(
+            "Serving the DEMO model (random weights, answers are noise) because %s. "
+            "Point LOUPE_MODEL at a Qwen2-VL checkpoint folder or hub id for real answers.",
+            generator.demo_reason,
+        )
+    return generator
 
 
 def build_runtime(settings: Settings) -> Runtime:
