@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from transformers import (
     AutoConfig,
     AutoProcessor,
@@ -144,7 +144,8 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
 
 def why_demo(model: str) -> str | None:
     """Why the demo model stands in for `model`, or None when `model` loads: it is "demo", or it is not on
-    disk, not in the local hub cache, and the hub cannot be reached. ModelLoadError when the hub refuses it."""
+    disk, not in the local hub cache, and the hub cannot be reached. ModelLoadError when the hub refuses it, or
+    when it is neither a folder nor a hub id."""
     if model == DEMO:
         return "LOUPE_MODEL is set to 'demo'"
     if not Path(model).is_dir() and not _in_hub_cache(model):
@@ -231,6 +232,10 @@ def _hub_unreachable(model: str) -> str | None:
     """
     try:
         HfApi().model_info(model, timeout=10)
+    except HFValidationError as error:  # no hub would take it (a mistyped absolute path): the hub was never asked
+        raise ModelLoadError(
+            f"'{model}' is neither a folder on this machine nor a model hub id (such as Qwen/Qwen2-VL-2B-Instruct)"
+        ) from error
     except HfHubHTTPError as error:  # the hub answered: no such repo, gated, ...
         raise ModelLoadError(f"The model hub refused '{model}': {error}") from error
     except Exception as error:  # noqa: BLE001 - DNS, TLS, proxy, timeout: all mean "no hub here"

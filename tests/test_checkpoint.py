@@ -73,6 +73,12 @@ def test_corrupt_checkpoint_folder_is_an_error_not_a_fallback(tmp_path: Path) ->
         load_model(str(tmp_path), device="cpu")
 
 
+def test_a_path_to_no_folder_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    """A mistyped LOUPE_MODEL=/models/... is no hub id either: the hub is not asked, nor called unreachable."""
+    with pytest.raises(ModelLoadError, match="is neither a folder on this machine nor a model hub id"):
+        load_model(str(tmp_path / "no-such-model"), device="cpu")
+
+
 def test_other_architecture_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     with pytest.raises(ModelLoadError, match="it is a 'bert' model, not Qwen2-VL"):
