@@ -42,7 +42,7 @@ from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settin
 from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, StartFailed, serving
 from chat.ui.side_by_side import reopen_stored
 from chat.ui.signin import signed_in
-from chat.ui.texts import describe_profile, language_of, leaderboard_words, profile_label, text
+from chat.ui.texts import demo_cause, describe_profile, language_of, leaderboard_words, profile_label, text
 
 log = logging.getLogger("loupe")
 
@@ -142,7 +142,8 @@ async def start() -> None:
         table = leaderboard.as_markdown(board, leaderboard_words(language))
         await cl.Message(content=text("arena_intro", language, leaderboard=table)).send()
     if runtime.backend.demo_reason is not None:
-        await cl.Message(content=text("demo_notice", language, reason=runtime.backend.demo_reason)).send()
+        reason = demo_cause(runtime.backend.demo_reason, language)
+        await cl.Message(content=text("demo_notice", language, reason=reason)).send()
 
 
 @cl.on_chat_resume

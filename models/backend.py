@@ -85,10 +85,26 @@ class TokenCounter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class DemoReason:
+    """Why the demo model (random weights) stands in for the model asked for: a `code` a page says in its own
+    language ("asked": LOUPE_MODEL is "demo"; "unreachable": not on this machine, and the hub cannot be reached),
+    the `model` asked for, and the error's `detail` for the log only (str() is the log's English sentence)."""
+
+    code: str
+    model: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.code == "asked":
+            return "LOUPE_MODEL is set to 'demo'"
+        return f"'{self.model}' is not on this machine and the model hub is unreachable ({self.detail})"
+
+
 class Backend(TokenCounter, Protocol):
     kind: str  # which backend: "local" (in this process) or "vllm"; recorded with every answer
     name: str  # the model's name (as served), recorded with every answer
-    demo_reason: str | None  # why a demo model with random weights serves, if one does
+    demo_reason: DemoReason | None  # why a demo model with random weights serves, if one does
     precision: str | None  # what the model computes in, and why; None where a server decides it
     context_length: int  # prompt plus answer, in tokens
     default_sampling: SamplingSettings  # the model's own generation defaults

@@ -25,6 +25,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+from models.backend import DemoReason
+
 log = logging.getLogger(__name__)
 
 QWEN2_VL_FILES = Path(__file__).parent / "qwen2_vl_2b_instruct"
@@ -43,7 +45,7 @@ class LoadedModel:
     name: str
     is_demo: bool
     # Why the demo model is serving, when it is: shown in the UI and the log.
-    demo_reason: str | None = None
+    demo_reason: DemoReason | None = None
     precision: str = "float32"  # what it computes in, and why (pick_dtype)
 
     @property
@@ -142,12 +144,12 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
     )
 
 
-def why_demo(model: str) -> str | None:
+def why_demo(model: str) -> DemoReason | None:
     """Why the demo model stands in for `model`, or None when `model` loads: it is "demo", or it is not on
     disk, not in the local hub cache, and the hub cannot be reached. ModelLoadError when the hub refuses it, or
     when it is neither a folder nor a hub id."""
     if model == DEMO:
-        return "LOUPE_MODEL is set to 'demo'"
+        return DemoReason("asked", model)
     if not Path(model).is_dir() and not _in_hub_cache(model):
         return _hub_unreachable(model)
     return None
@@ -225,7 +227,7 @@ def _in_hub_cache(model: str) -> bool:
     return True
 
 
-def _hub_unreachable(model: str) -> str | None:
+def _hub_unreachable(model: str) -> DemoReason | None:
     """The reason to fall back to the demo model, or None when the hub answers for `model`.
 
     One quick request decides it: transformers' own download path retries for minutes.
@@ -239,5 +241,5 @@ def _hub_unreachable(model: str) -> str | None:
     except HfHubHTTPError as error:  # the hub answered: no such repo, gated, ...
         raise ModelLoadError(f"The model hub refused '{model}': {error}") from error
     except Exception as error:  # noqa: BLE001 - DNS, TLS, proxy, timeout: all mean "no hub here"
-        return f"'{model}' is not on this machine and the model hub is unreachable ({error})"
+        return DemoReason("unreachable", model, str(error))
     return None

@@ -101,6 +101,7 @@ async def test_a_waiting_user_sees_their_place_in_the_queue(server):
 async def test_korean_browser_gets_korean_messages(server):
     async with ChatClient(server.url, language="ko-KR") as client:
         assert client.greetings[0]["output"].startswith("**데모 모델입니다.**")
+        assert "이유: `LOUPE_MODEL`이 `demo`로 설정되어 있습니다." in client.greetings[0]["output"], "the cause too"
         [refusal] = texts(await client.ask("", [await client.upload("빈.png", b"", "image/png")]))
         assert "**빈.png**: 빈 파일입니다" in refusal
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
+from models.backend import DemoReason
 from models.checkpoint import NATIVE_BF16_FLAGS, ModelLoadError, build_demo_model, cpu_flags, load_model, pick_dtype
 
 
@@ -21,7 +22,7 @@ def test_demo_weights_are_deterministic() -> None:
 
 def test_demo_model_uses_qwens_real_processor(demo) -> None:
     tokenizer = demo.processor.tokenizer
-    assert demo.is_demo and demo.demo_reason == "LOUPE_MODEL is set to 'demo'"
+    assert demo.is_demo and str(demo.demo_reason) == "LOUPE_MODEL is set to 'demo'"
     assert len(tokenizer) == 151657  # Qwen2-VL's vocabulary with its special tokens
     assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == demo.model.config.image_token_id
 
@@ -31,7 +32,7 @@ def test_loading_the_demo_model_leaves_why_to_its_caller(caplog: pytest.LogCaptu
     the loader does not claim either, nor blame LOUPE_MODEL for a `--base demo`."""
     with caplog.at_level(logging.INFO):
         loaded = load_model("demo", device="cpu")
-    assert loaded.demo_reason == "LOUPE_MODEL is set to 'demo'", "the app's notice shows it"
+    assert loaded.demo_reason == DemoReason("asked", "demo"), "the app's notice says it"
     assert "Serving" not in caplog.text and "LOUPE_MODEL" not in caplog.text
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
@@ -64,7 +65,7 @@ def test_unreachable_hub_falls_back_to_the_demo_model(monkeypatch: pytest.Monkey
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     loaded = load_model("Qwen/Qwen2-VL-2B-Instruct", device="cpu")
     assert loaded.is_demo
-    assert "unreachable" in loaded.demo_reason
+    assert loaded.demo_reason.code == "unreachable" and "unreachable" in str(loaded.demo_reason)
 
 
 def test_corrupt_checkpoint_folder_is_an_error_not_a_fallback(tmp_path: Path) -> None:

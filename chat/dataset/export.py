@@ -701,7 +701,7 @@ def why_nothing(summary: ExportSummary) -> str | None:
     else:
         need = "a KTO row needs a judged answer that finished, in a conversation whose earlier answers all finished"
     judged = f"{summary.feedback} judgement{'s' * (summary.feedback != 1)} (ratings, comparisons, corrections)"
-    return f'Nothing to export: {judged} of {answers} make no row ({need}; README, "Pairing rules").'
+    return f'Nothing to export: {judged} of {answers} make no row ({need}; docs/preference-data.md, "Pairing rules").'
 
 
 # The dataset card -----------------------------------------------------------------------------

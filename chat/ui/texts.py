@@ -9,7 +9,7 @@ from __future__ import annotations
 from chat.arena.leaderboard import TABLE_WORDS
 from chat.arena.profiles import Profile
 from chat.store.generations import Source
-from models.backend import Ended
+from models.backend import DemoReason, Ended
 
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
@@ -138,6 +138,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "sources": "Sources",
         "documents_read": "Read {names}: ask about them in your next message.",
         "login_failed": "Wrong user name or password.",
+        "demo_asked": "`LOUPE_MODEL` is set to `demo`",
+        "demo_unreachable": "`{model}` is not on this machine, and the model hub cannot be reached",
         "ask_without_files": "Ask it without the attachments",
         "profile_base_name": "Base model",
         "profile_arena_name": "Arena",
@@ -297,6 +299,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "sources": "출처",
         "documents_read": "{names} 읽기 완료. 다음 메시지로 질문해 보세요.",
         "login_failed": "사용자 이름 또는 비밀번호가 틀렸습니다.",
+        "demo_asked": "`LOUPE_MODEL`이 `demo`로 설정되어 있습니다",
+        "demo_unreachable": "`{model}` 모델이 이 컴퓨터에 없고, 모델 허브에 연결할 수 없습니다",
         "ask_without_files": "첨부 없이 질문하기",
         "profile_base_name": "기본 모델",
         "profile_arena_name": "아레나",
@@ -383,6 +387,11 @@ def shown_answer(
         cited = " · ".join(Source(**source).label for source in sources)
         shown = f"{shown}\n\n**{text('sources', language)}:** {cited}"
     return f"{label}\n\n{shown}" if label else shown
+
+
+def demo_cause(reason: DemoReason, language: str) -> str:
+    """Why the demo model serves, in the user's language (the error behind it stays in the log)."""
+    return text(f"demo_{reason.code}", language, model=reason.model)
 
 
 def profile_label(profile: Profile, language: str) -> str:
