@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 QWEN2_VL_FILES = Path(__file__).parent / "qwen2_vl_2b_instruct"
 DEMO = "demo"
 DEMO_SEED = 0
+# The demo's answers are noise: the chat asks for this many new tokens unless the user asks for more, so a
+# newcomer sees one stream in seconds, not minutes.
+DEMO_ANSWER_TOKENS = 128
 
 
 class ModelLoadError(RuntimeError):
@@ -203,9 +206,7 @@ def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGenerat
         temperature=0.7,
         top_p=0.8,
         repetition_penalty=1.05,
-        # Random weights write noise: a newcomer sees it stream in seconds, not minutes (a real checkpoint's own
-        # generation config says how long its answers may be).
-        max_new_tokens=128,
+        max_new_tokens=1024,  # a served copy's cap (vLLM takes it as the most a request may ask for)
     )
     return demo
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCr
 
 from models.adapters import Adapter, AdapterSwitch
 from models.backend import ChatTemplateTokens, Ended, OutOfMemory, SamplingSettings, Usage
-from models.checkpoint import LoadedModel
+from models.checkpoint import DEMO_ANSWER_TOKENS, LoadedModel
 
 
 class ArrivalQueue:
@@ -74,6 +75,8 @@ class Generator(ChatTemplateTokens):
         self.name, self.demo_reason, self.precision = loaded.name, loaded.demo_reason, loaded.precision
         self.context_length = loaded.context_length
         self.default_sampling = SamplingSettings.from_config(loaded.model.generation_config)
+        if loaded.is_demo:
+            self.default_sampling = replace(self.default_sampling, max_new_tokens=DEMO_ANSWER_TOKENS)
         self.queue = ArrivalQueue()
         self.adapters = AdapterSwitch(loaded.model)
 

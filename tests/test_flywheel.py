@@ -64,7 +64,8 @@ async def test_feedback_trains_an_adapter_that_is_served_compared_and_ranked(tmp
         [contenders] = await stored(server, "SELECT contender_a, contender_b FROM battles", count=1)
         assert sorted(contenders) == ["base", "loop-v1"]
         board = chat(server, adapters, "leaderboard")
-        assert f"| {contender_key('loop-v1', version)} |" in board and "| base |" in board  # this version's record
+        assert f"- {contender_key('loop-v1', version)}: provisional: 1 battle" in board  # this version's record
+        assert "- base: provisional: 1 battle" in board, "one battle ranks nobody yet"
     finally:
         process.terminate()
         process.wait(timeout=20)
