@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from chat.ui.texts import text
 from tests.helpers.client import GREEDY, ChatClient
 from tests.helpers.dashboard import battle, dashboard, rated_answer, table
 from tests.helpers.datasets import save_adapter
@@ -95,3 +96,14 @@ async def test_the_dashboard_files_are_the_owners(server: Server) -> None:
         async with httpx.AsyncClient(base_url=server.url, cookies=bob.cookies) as http:
             for url in urls - {element["url"] for element in bob.elements.values()}:
                 assert (await http.get(url)).status_code == 404
+
+
+async def test_a_chart_with_nothing_to_draw_says_so(server: Server) -> None:
+    """A new user's dashboard: every chart says it fills in as answers are rated, instead of bare axes."""
+    add_account(server, "newbie", "newbie-password-1")
+    async with ChatClient(server.url, username="newbie", password="newbie-password-1") as newbie:
+        _, files = await dashboard(newbie)
+    for chart in (*CHARTS, "dataset"):
+        layout = json.loads(files[chart])["layout"]
+        assert [note["text"] for note in layout["annotations"]] == [text("chart_empty", "en")], chart
+        assert layout["xaxis"]["visible"] is False

@@ -54,7 +54,10 @@ async def show_dashboard(user: str, language: str, contender: str | None = None)
     counting = await without_thumbs(cl.Message(content=text("dashboard_counting", language))).send()
     sizes = await dataset_sizes(runtime.engine, scope)
     await counting.remove()
-    elements = [plotly("dataset", dataset_chart(sizes, language)), csv_file("dataset.csv", dataset_csv(sizes))]
+    elements = [
+        plotly("dataset", dataset_chart(sizes, language), language),
+        csv_file("dataset.csv", dataset_csv(sizes)),
+    ]
     await send_with_files(without_thumbs(cl.Message(content=text("dashboard_dataset", language))), elements)
 
 
@@ -93,11 +96,16 @@ def charts(data: Dashboard, language: str) -> list[cl.Plotly]:
         "reasons": reasons_chart(data, language),
         "battles": battles_chart(data, language),
     }
-    return [plotly(name, figure) for name, figure in figures.items()]
+    return [plotly(name, figure, language) for name, figure in figures.items()]
 
 
-def plotly(name: str, figure: go.Figure) -> cl.Plotly:
-    """A chart the page loads from Loupe's own route (chat/ui/routes.py `stored_file_url`)."""
+def plotly(name: str, figure: go.Figure, language: str) -> cl.Plotly:
+    """A chart the page loads from Loupe's own route (chat/ui/routes.py `stored_file_url`); one with nothing to
+    draw says so, instead of showing bare axes."""
+    if not any(len(trace.x or ()) for trace in figure.data):
+        figure.update_xaxes(visible=False)
+        figure.update_yaxes(visible=False)
+        figure.add_annotation(text=text("chart_empty", language), showarrow=False, font={"size": 15})
     element = cl.Plotly(name=name, figure=figure, display="inline")
     element.url = stored_file_url(element.content)
     return element

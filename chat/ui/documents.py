@@ -74,7 +74,7 @@ async def read_document(file: DocumentFile, max_pages: int, user: str, language:
         if total >= PROGRESS_FROM_PAGES:
             content = text("reading_document", language, name=file.name, done=first, total=total)
             if progress is None:
-                progress = without_thumbs(cl.Message(content=content))
+                progress = cl.Message(content=content)  # in the answer's run: shown before the answer it leads to
                 await progress.send()
             else:
                 progress.content = content

@@ -176,6 +176,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "chart_stored": "stored",
         "chart_counted": "counted",
         "chart_dataset": "Rows by pairing rule",
+        "chart_empty": "Nothing yet: it fills in as answers are rated, compared and voted on.",
         **{f"board_{key}": words for key, words in TABLE_WORDS.items()},
     },
     "ko": {
@@ -337,6 +338,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "chart_stored": "저장됨",
         "chart_counted": "반영됨",
         "chart_dataset": "페어링 규칙별 행 수",
+        "chart_empty": "아직 없습니다. 답변을 평가하고 비교하고 투표하면 채워집니다.",
         "board_rank": "순위",
         "board_contender": "참가자",
         "board_score": "점수 (95% 구간)",
