@@ -9,7 +9,7 @@ issued (chat/ui/routes.py), so no click widens what a user sees.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import chainlit as cl
 import plotly.graph_objects as go
@@ -30,6 +30,8 @@ CHART_HEIGHT = 360  # px: a chart beside the chat's text, not a full page
 INK = "#8b93a1"
 GRID = "rgba(139, 147, 161, 0.25)"
 CLEAR = "rgba(0, 0, 0, 0)"
+DAY_MS = 86_400_000  # a tick a day, while the days shown are few enough to label each
+DAY_TICKS_UP_TO = 14
 
 
 async def show_dashboard(user: str, language: str, contender: str | None = None) -> None:
@@ -177,6 +179,21 @@ def feedback_chart(data: Dashboard, language: str) -> go.Figure:
                 mode="lines+markers",
             )
         )
+    return by_day(figure, [day.day for day in data.feedback])
+
+
+def by_day(figure: go.Figure, days: list[date]) -> go.Figure:
+    """An x axis of whole days, a day either side of the data: left to itself, Plotly zooms one day's points
+    to a millisecond wide window labelled with clock times."""
+    if days:
+        first, last = min(days) - timedelta(days=1), max(days) + timedelta(days=1)
+        wide = (last - first).days > DAY_TICKS_UP_TO
+        figure.update_xaxes(
+            type="date",
+            tickformat="%Y-%m-%d",
+            range=[first.isoformat(), last.isoformat()],
+            dtick=None if wide else DAY_MS,
+        )
     return figure
 
 
@@ -195,7 +212,7 @@ def battles_chart(data: Dashboard, language: str) -> go.Figure:
     days = [day.isoformat() for day, _, _ in data.battles_per_day]
     for name, column in ((text("chart_stored", language), 1), (text("chart_counted", language), 2)):
         figure.add_trace(go.Bar(name=name, x=days, y=[row[column] for row in data.battles_per_day]))
-    return figure
+    return by_day(figure, [day for day, _, _ in data.battles_per_day])
 
 
 def dataset_chart(sizes: Tally, language: str) -> go.Figure:
