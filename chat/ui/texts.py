@@ -233,7 +233,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "**아레나.** 질문마다 무작위로 고른 두 모델(기본 모델과 어댑터들)이 *답변 A*와 *답변 B*로 "
             "답합니다. 더 나은 쪽을 고르면 어느 모델이었는지 보여 드리고, 투표로 순위가 매겨집니다.\n\n{leaderboard}"
         ),
-        "arena_reveal": "답변 A는 **{a}**, 답변 B는 **{b}**였습니다.",
+        "arena_reveal": "작성한 모델: 답변 A는 **{a}**, 답변 B는 **{b}**.",
         "column_title": "답변 {side}",
         "column_waiting": "모델을 기다리는 중: 앞에 요청 {ahead}개…",
         "column_writing": "작성 중…",
