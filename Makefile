@@ -25,6 +25,7 @@ run: $(INSTALLED)
 PYTEST_WORKERS ?= 2
 test: $(INSTALLED) $(VLLM_INSTALLED) locked
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest --numprocesses $(PYTEST_WORKERS) --dist loadfile --durations 20
 
 install: $(INSTALLED)

@@ -718,8 +718,17 @@ async def test_arena_streams_both_answers_side_by_side_and_the_vote_under_both_i
     await page.screenshot(path=artifacts / "browser-arena-voted.png")
 
     await page.set_viewport_size({"width": 560, "height": 800})
-    a, b = [await columns[side].bounding_box() for side in "AB"]
-    assert a and b and b["y"] >= a["y"] + a["height"], "on a narrow page B is under A"
+    try:  # once the page has laid itself out again
+        await page.wait_for_function(
+            """() => {
+                const [a, b] = ["A", "B"].map((side) => document.querySelector(`[data-column='${side}']`));
+                return b.getBoundingClientRect().top >= a.getBoundingClientRect().bottom - 1;
+            }""",
+            timeout=10_000,
+        )
+    except PlaywrightTimeoutError:
+        a, b = [await columns[side].bounding_box() for side in "AB"]
+        pytest.fail(f"on a narrow page B is not under A: {a}, {b}")
 
 
 async def test_a_korean_page_is_korean_from_the_login_to_the_readme(

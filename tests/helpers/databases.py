@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -51,3 +52,18 @@ async def thread_rows(sessions: async_sessionmaker[AsyncSession], thread_id: str
             result = await session.execute(select(table.__table__).where(key == thread_id).order_by(table.id))
             found[table.__tablename__] = [tuple(row) for row in result]
     return found
+
+
+async def quiet_thread_rows(
+    sessions: async_sessionmaker[AsyncSession], thread_id: str, timeout: float = 30
+) -> dict[str, list[tuple]]:
+    """A thread's rows once the writes still on their way have landed (Chainlit ends a run's step in the
+    background, after the answer has reached the client): two reads a second apart agree."""
+    rows = await thread_rows(sessions, thread_id)
+    async with asyncio.timeout(timeout):
+        while True:
+            await asyncio.sleep(1)
+            again = await thread_rows(sessions, thread_id)
+            if again == rows:
+                return rows
+            rows = again
