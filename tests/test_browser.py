@@ -535,7 +535,7 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
     await expect(view).to_have_count(0)
     for shown, label in ((first, "Answer 1 of 3"), (second, "Answer 2 of 3"), (third, "Answer 3 of 3")):
         await expect(shown).to_be_visible()
-        await expect(shown).to_contain_text(label)
+        await expect(shown).to_contain_text(label, timeout=START)  # relabelled once the new answer has ended
     await expect(third.get_by_role("button", name="Answer 3 is better")).to_be_visible()
 
 
