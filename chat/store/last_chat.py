@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.outages import CLICKS, patient
@@ -22,19 +22,33 @@ LAST_CHAT = "last_chat"  # the users.metadata key: {"settings": {...}, "profile"
 @patient(CLICKS, "a user's last chat settings")
 async def last_chat(sessions: async_sessionmaker[AsyncSession], identifier: str) -> dict[str, Any]:
     """The user's remembered choices: "settings" (unchecked: check them before use) and "profile", where set."""
-    async with sessions() as session:
-        metadata = await session.scalar(select(User.metadata_).where(User.identifier == identifier))
-    remembered = (metadata or {}).get(LAST_CHAT)
-    return remembered if isinstance(remembered, dict) else {}
+    return _remembered(await _metadata(sessions, identifier) or {})
 
 
 @patient(CLICKS, "a user's last chat settings")
 async def remember(sessions: async_sessionmaker[AsyncSession], identifier: str, **choices: Any) -> None:
-    """Remember the user's `choices` (settings=..., profile=...); a choice of None forgets that one."""
+    """Remember the user's `choices` (settings=..., profile=...); a choice of None forgets that one.
+
+    Read, then written in one statement only if it changed: a user's tabs may change their settings at once,
+    and on SQLite a transaction that reads and then writes fails when another wrote in between; the last
+    change wins, as it would have anyway."""
+    if (metadata := await _metadata(sessions, identifier)) is None:
+        return
+    before = _remembered(metadata)
+    after = {name: value for name, value in {**before, **choices}.items() if value is not None}
+    if after == before:
+        return
     async with sessions.begin() as session:
-        user = await session.scalar(select(User).where(User.identifier == identifier).with_for_update())
-        if user is None:
-            return
-        remembered = {**(user.metadata_ or {}).get(LAST_CHAT, {}), **choices}
-        remembered = {name: value for name, value in remembered.items() if value is not None}
-        user.metadata_ = {**(user.metadata_ or {}), LAST_CHAT: remembered}
+        await session.execute(
+            update(User).where(User.identifier == identifier).values(metadata_={**metadata, LAST_CHAT: after})
+        )
+
+
+async def _metadata(sessions: async_sessionmaker[AsyncSession], identifier: str) -> dict[str, Any] | None:
+    async with sessions() as session:
+        return await session.scalar(select(User.metadata_).where(User.identifier == identifier))
+
+
+def _remembered(metadata: dict[str, Any]) -> dict[str, Any]:
+    remembered = metadata.get(LAST_CHAT)
+    return remembered if isinstance(remembered, dict) else {}
