@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -89,6 +90,17 @@ async def browser() -> AsyncIterator[Browser]:
         launched = await launch(playwright, chromium)
         yield launched
         await launched.close()
+
+
+@pytest.fixture
+def newcomer(server: Server) -> tuple[str, str]:
+    """A user of one test alone (name, password), for open_chat on the session's shared server.
+
+    Other test files use that server too, and a user's next chat starts with the chat settings they last chose
+    (chat/store/last_chat.py): the admin's would be whatever those files left, a system prompt included."""
+    name = f"page-{uuid.uuid4().hex[:8]}"
+    add_account(server, name, f"{name}-password")
+    return name, f"{name}-password"
 
 
 @pytest.fixture
@@ -339,7 +351,7 @@ async def expect_header_clear_of_the_banner(page: Page) -> None:
 
 
 async def test_answer_streams_about_an_image_and_stops_on_request(
-    page: Page, server: Server, artifacts: Path, tmp_path: Path
+    page: Page, server: Server, newcomer: tuple[str, str], artifacts: Path, tmp_path: Path
 ) -> None:
     """One chat, two questions: the first, with an image, streams to its end; the second is stopped.
 
@@ -348,7 +360,7 @@ async def test_answer_streams_about_an_image_and_stops_on_request(
     violations = await watch_csp_violations(page)
     policy = (await page.request.get(server.url)).headers["content-security-policy"]
     assert "script-src 'self' 'sha256-" in policy
-    await open_chat(page, server.url)
+    await open_chat(page, server.url, *newcomer)
     await expect(page.locator("#loupe-demo-banner")).to_be_visible(timeout=START)
     await set_max_new_tokens(page, 1024)  # long enough to watch it stream, and to stop the second mid-answer
 
@@ -394,12 +406,12 @@ async def watch_csp_violations(page: Page) -> list[str]:
 
 
 async def test_rated_answer_and_image_come_back_from_the_history(
-    page: Page, server: Server, artifacts: Path, tmp_path: Path
+    page: Page, server: Server, newcomer: tuple[str, str], artifacts: Path, tmp_path: Path
 ) -> None:
     """Ask about an image and thumbs-down the answer with a comment; load the app afresh, open the chat
     from the history: the image (from durable storage), the answer and the rating are as they were,
     and the chat goes on with its history, image included, restored on the server."""
-    await open_chat(page, server.url)
+    await open_chat(page, server.url, *newcomer)
     await set_max_new_tokens(page, 32)  # this test is about what is kept, not about streaming: short answers
     circuit = draw_circuit(tmp_path / "circuit.png")
     question = "Which resistor limits the LED current?"
@@ -443,12 +455,12 @@ async def test_rated_answer_and_image_come_back_from_the_history(
 
 
 async def test_regenerate_compare_reason_and_correction_from_the_page(
-    page: Page, server: Server, artifacts: Path, tmp_path: Path
+    page: Page, server: Server, newcomer: tuple[str, str], artifacts: Path, tmp_path: Path
 ) -> None:
     """Ask with an image, regenerate (the new answer streams beside the first), say which answer is
     better under both, thumbs down the first with a reason, and write the answer wanted: every click
     lands in the database as a preference."""
-    await open_chat(page, server.url)
+    await open_chat(page, server.url, *newcomer)
     await set_max_new_tokens(page, 16)
     circuit = draw_circuit(tmp_path / "circuit.png")
     first = await ask(page, "Which resistor limits the LED current?", circuit)
@@ -578,7 +590,7 @@ async def readme_screenshot(destination: Path) -> None:
 
 
 async def test_a_dropped_pdf_is_answered_from_and_its_cited_page_opens(
-    page: Page, server: Server, artifacts: Path, tmp_path: Path
+    page: Page, server: Server, newcomer: tuple[str, str], artifacts: Path, tmp_path: Path
 ) -> None:
     """Drop a datasheet on the page, ask about one of its facts: the answer streams, names the pages it
     was shown, and the cited page opens beside the chat as the image the model saw."""
@@ -586,7 +598,7 @@ async def test_a_dropped_pdf_is_answered_from_and_its_cited_page_opens(
     fact = facts[3]
     datasheet = tmp_path / "datasheet.pdf"
     datasheet.write_bytes(data)
-    await open_chat(page, server.url)
+    await open_chat(page, server.url, *newcomer)
     await set_max_new_tokens(page, 64)
 
     before = await page.locator(ANSWERS).count()
