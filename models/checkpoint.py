@@ -3,14 +3,17 @@
 The demo model is Qwen2-VL's real architecture at a tiny size with deterministic random weights,
 driven by Qwen2-VL-2B-Instruct's genuine processor files vendored in `qwen2_vl_2b_instruct/`.
 It lets the whole product run, and be tested, on a machine that cannot download weights.
-Its answers are noise, and the app says so.
+Its answers are noise, and the app says so; but noise that feedback can move (group_by_script), so the
+whole loop, from thumbs to a better adapter, can be seen working on it (bench/bench_flywheel.py).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import unicodedata
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -19,6 +22,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from transformers import (
     AutoConfig,
     AutoProcessor,
+    AutoTokenizer,
     GenerationConfig,
     ProcessorMixin,
     Qwen2VLConfig,
@@ -198,6 +202,7 @@ def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGenerat
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)
         demo = Qwen2VLForConditionalGeneration(config)
+        group_by_script(demo)
     demo.generation_config = GenerationConfig(
         bos_token_id=151643,
         eos_token_id=[151645, 151643],
@@ -209,6 +214,38 @@ def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGenerat
         max_new_tokens=1024,  # a served copy's cap (vLLM takes it as the most a request may ask for)
     )
     return demo
+
+
+# The norm of the component that the tokens of one writing system share; a token's own random part has norm
+# ~0.02 * sqrt(hidden), 0.16 in the demo. Large enough that an adapter can make a script several times more
+# likely within a few steps (bench/RESULTS.md, the flywheel), small enough that every script still appears.
+SCRIPT_SPREAD = 0.6
+
+
+def group_by_script(model: Qwen2VLForConditionalGeneration) -> None:
+    """Give the tokens of each writing system (Latin, Han, Hangul, Cyrillic...) a shared random component in the
+    model's (tied) token embeddings, as a trained model's embeddings cluster by language.
+
+    Without it every token's logit is its own random vector's product with the hidden state, and the hidden
+    state is normalised to a fixed length: the demo's next-token distribution stays within a hair of uniform over
+    151,000 tokens, and no adapter can move it toward anything a person could prefer. With it, "answer in Korean"
+    is one direction an adapter can learn, as it would be for a real model. Special tokens keep their own."""
+    scripts, names = vocabulary_scripts()
+    hidden = model.config.text_config.hidden_size
+    centroids = torch.nn.functional.normalize(torch.randn(len(names), hidden), dim=-1) * SCRIPT_SPREAD
+    with torch.no_grad():
+        model.get_input_embeddings().weight[: len(scripts)] += centroids[scripts]
+
+
+@cache
+def vocabulary_scripts() -> tuple[torch.Tensor, tuple[str, ...]]:
+    """For each regular token of Qwen's vocabulary, the index of its writing system among the names returned:
+    the first word of the Unicode name of its first letter (LATIN, CJK, HANGUL...), or OTHER for none."""
+    tokenizer = AutoTokenizer.from_pretrained(QWEN2_VL_FILES)
+    texts = tokenizer.batch_decode([[token] for token in range(tokenizer.vocab_size)])
+    scripts = [next((unicodedata.name(c, "OTHER").split()[0] for c in text if c.isalpha()), "OTHER") for text in texts]
+    names = tuple(sorted(set(scripts)))
+    return torch.tensor([names.index(script) for script in scripts]), names
 
 
 def write_checkpoint(model: Qwen2VLForConditionalGeneration, folder: Path) -> Path:
