@@ -1,0 +1,401 @@
+"""Prove the loop: a simulated team's feedback, taken through the real app, export, training, arena and promotion,
+makes the next adapter do more of what the team prefers; and the same team with its preference reversed makes it
+do less (so the measurement is not an artefact of training itself).
+
+The team shares one hidden preference, judged by an oracle of the answer's text that is not style (not length
+or markdown, which the leaderboard's style control discounts): the share of the answer's characters that are
+Han ideographs (a team that wants its answers in Chinese). The demo model writes some in about a quarter of its
+answers. Each scenario is one fresh app process on the demo model, driven over socket.io and HTTP as the page
+drives it:
+
+1. every user asks questions (some with an image), with sampled answers (temperature 1); for each answer they
+   Regenerate and compare the two, or give a thumb with a reason (and now and then write the answer wanted), or
+   leave it unrated, by the oracle;
+2. `python -m chat export` (DPO), `python -m models train`, and the adapter is a profile at once;
+3. held out: questions never asked in the app, answered by base and adapter in-process with the app's sampling;
+   `win_rate` is the share of head-to-head comparisons the oracle prefers the adapter's answer in (a tie is half
+   a win), with a 95% Wilson interval;
+4. the same users battle in the arena (honest votes by the oracle), `python -m chat leaderboard --json`, and
+   `python -m chat promote NAME` without --force decides.
+
+Scenarios: `honest` (the oracle as is) and `reversed` (everyone prefers less Han: the control).
+
+    .venv/bin/python -m bench.bench_flywheel --quick --json out.json
+    .venv/bin/python -m bench.bench_flywheel --users 12 --questions 8
+
+The demo model learns only because its vocabulary is grouped by writing system (models/checkpoint.py,
+group_by_script); training uses a learning rate fit for a tiny random model (--learning-rate), not TRL's
+5e-6 for a real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from bench.bench_chat import machine_details
+from chat.prompts import DEFAULT_PROMPT, system_prompt
+from models.checkpoint import DEMO, LoadedModel, load_model
+from tests.helpers.client import ChatClient, Reply, arena_answers, png
+from tests.helpers.load import Account, add_accounts, sqlite_url
+from tests.helpers.server import REPO, Server, start_server, stop_server
+
+HAN = re.compile(r"[\u4e00-\u9fff]")  # CJK Unified Ideographs
+ADAPTER = "team-v1"
+# What every user asks with: sampled answers, as the issue's team samples them, short enough for a CPU.
+ANSWER_TOKENS = 48
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "max_new_tokens": ANSWER_TOKENS}
+# Corrections a user writes: the answer they wanted, in the language the oracle prefers.
+CORRECTIONS = {
+    True: "电阻限制电流 电容滤除噪声",
+    False: "The resistor limits the current; the capacitor filters noise.",
+}
+PARTS = [
+    "pull-up resistor", "decoupling capacitor", "flyback diode", "gate driver", "current shunt", "ferrite bead",
+    "TVS diode", "buck converter", "LDO regulator", "optocoupler", "crystal oscillator", "relay coil",
+    "thermistor", "op-amp buffer", "H-bridge", "bootstrap capacitor", "snubber", "Zener clamp",
+    "level shifter", "watchdog timer",
+]  # fmt: skip
+ASKS = ["What does a {} do?", "How do I size a {}?", "What fails first in a {}?", "Why add a {} here?"]
+
+
+# The oracle -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """The team's hidden preference: more Han in an answer (or, reversed, less)."""
+
+    wants_more: bool = True
+
+    @staticmethod
+    def score(text: str) -> float:
+        """The share of the answer's non-blank characters that are Han: its length does not count."""
+        characters = [c for c in text if not c.isspace()]
+        return sum(bool(HAN.match(c)) for c in characters) / len(characters) if characters else 0.0
+
+    def prefers(self, a: str, b: str) -> str:
+        """ "a", "b" or "tie", as the comparison and vote buttons name their choices."""
+        difference = (self.score(a) - self.score(b)) * (1 if self.wants_more else -1)
+        return "a" if difference > 0 else "b" if difference < 0 else "tie"
+
+    def liked(self, text: str) -> bool:
+        """A thumb up: some Han (or, reversed, none)."""
+        return (self.score(text) > 0) == self.wants_more
+
+
+# Settings -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlywheelSettings:
+    users: int = 12
+    questions: int = 8  # per user, each its own prompt
+    battles: int = 6  # arena battles per user
+    held_out: int = 240  # held-out comparisons, at least 200 for the interval to mean anything
+    image_share: float = 0.25  # questions asked with an image
+    steps: int = 30
+    learning_rate: float = 5e-4
+    arena_min_battles: int = 50  # LOUPE_ARENA_MIN_BATTLES: the team's setting promote applies
+    scenarios: tuple[str, ...] = ("honest", "reversed")
+    seed: int = 0
+    json: Path | None = None
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> FlywheelSettings:
+        """Fewer users and questions, the same held-out size: well under 20 minutes on a 2-core machine."""
+        return cls(**{"users": 6, "questions": 6, "battles": 5, "steps": 20, "arena_min_battles": 20, **overrides})
+
+
+# Measures -------------------------------------------------------------------------------------------------
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (ties counted as half a success)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def mean_interval(values: list[float]) -> dict[str, float]:
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1) / len(values))
+    return {"mean": mean, "low": mean - 1.96 * spread, "high": mean + 1.96 * spread}
+
+
+@dataclass
+class Stage:
+    seconds: float = 0.0
+    peak_rss_mib: float = 0.0  # the largest child process's, for the stages that run one
+
+
+@dataclass
+class Result:
+    scenario: str
+    win_rate: float = 0.0
+    win_rate_ci: tuple[float, float] = (0.0, 1.0)
+    comparisons: int = 0
+    oracle_base: dict[str, float] = field(default_factory=dict)
+    oracle_adapter: dict[str, float] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    promoted: bool = False
+    promote_said: str = ""
+    feedback: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
+
+
+# The team in the app --------------------------------------------------------------------------------------
+
+
+def questions_for(user: int, count: int, offset: int = 0) -> list[str]:
+    """Distinct prompts per user (the export and the arena count one per user and prompt)."""
+    return [f"{ASKS[(user + i) % len(ASKS)].format(PARTS[(3 * user + i) % len(PARTS)])} (case {offset + i})"
+            for i in range(count)]  # fmt: skip
+
+
+def answer_of(reply: Reply) -> dict[str, Any]:
+    """The answer among the reply's messages (a queue notice may come first: the demo answers one at a time)."""
+    [answer] = [message for message in reply.messages if message.get("metadata", {}).get("generation")]
+    return answer
+
+
+def arena_texts(reply: Reply) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """Answers A and B, and their texts without their labels."""
+    a, b = arena_answers(reply)
+    return a, b, a["output"].split("\n\n", 1)[-1], b["output"].split("\n\n", 1)[-1]
+
+
+async def honest_member(url: str, account: Account, user: int, oracle: Oracle, settings: FlywheelSettings,
+                        tally: dict[str, int]) -> None:  # fmt: skip
+    """Ask, and act on each answer as people do: compare when unsure, thumbs with a reason, a correction now and
+    then, many answers unrated."""
+    rng = random.Random(settings.seed * 1000 + user)
+    async with ChatClient(url, username=account.name, password=account.password) as client:
+        await client.change_settings({**SAMPLING, "system_prompt": DEFAULT_PROMPT})
+        for question in questions_for(user, settings.questions):
+            files = (
+                [await client.upload("figure.png", png(), "image/png")] if rng.random() < settings.image_share else None
+            )
+            answer = answer_of(await client.ask(question, files))
+            roll = rng.random()
+            if roll < 0.4:  # unsure: another answer, and which is better
+                second = answer_of(await client.regenerate(answer["id"]))
+                choice = oracle.prefers(answer["output"], second["output"])
+                [button] = [a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == choice]
+                (await client.click(button)).raise_for_status()
+                tally["comparisons"] += 1
+            elif roll < 0.75:  # a thumb, with a reason
+                liked = oracle.liked(answer["output"])
+                (await client.rate(answer["parentId"], int(liked))).raise_for_status()
+                reason = "helpful" if liked else "wrong_language"
+                [button] = [a for a in client.actions_for(answer["id"], "reason") if a["payload"]["reason"] == reason]
+                (await client.click(button)).raise_for_status()
+                tally["thumbs"] += 1
+                if not liked and rng.random() < 0.3:  # the answer wanted
+                    [correct] = client.actions_for(answer["id"], "correct")
+                    await client.ask_answers.put(CORRECTIONS[oracle.wants_more])
+                    (await client.click(correct)).raise_for_status()
+                    tally["corrections"] += 1
+            else:
+                tally["unrated"] += 1
+
+
+async def arena_member(url: str, account: Account, user: int, oracle: Oracle, settings: FlywheelSettings,
+                       tally: dict[str, int]) -> None:  # fmt: skip
+    async with ChatClient(url, username=account.name, password=account.password, profile="Arena") as client:
+        await client.change_settings({**SAMPLING, "system_prompt": DEFAULT_PROMPT})
+        for question in questions_for(user, settings.battles, offset=1000):
+            _, b, text_a, text_b = arena_texts(await client.ask(question))
+            choice = oracle.prefers(text_a, text_b)
+            [vote] = [v for v in client.actions_for(b["id"], "vote") if v["payload"]["choice"] == choice]
+            (await client.click(vote)).raise_for_status()
+            tally["votes"] += 1
+
+
+# The loop's commands --------------------------------------------------------------------------------------
+
+
+def command(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Stage]:
+    """A Loupe command as an operator runs it; its wall time and its peak memory."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env})  # fmt: skip
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return done, Stage(time.monotonic() - started, max(peak, before) / 1024)
+
+
+def checked(done: subprocess.CompletedProcess, what: str) -> str:
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+# Held-out comparisons -------------------------------------------------------------------------------------
+
+
+def sample_answers(model: torch.nn.Module, loaded: LoadedModel, questions: list[str], seed: int) -> list[str]:
+    """Sampled answers, as the app samples them (its system prompt and settings), in batches."""
+    tokenizer = loaded.processor.tokenizer
+    tokenizer.padding_side = "left"
+    prompts = [
+        loaded.processor.apply_chat_template(
+            [{"role": "system", "content": [{"type": "text", "text": system_prompt(DEFAULT_PROMPT)}]},
+             {"role": "user", "content": [{"type": "text", "text": question}]}],
+            tokenize=False, add_generation_prompt=True,
+        )
+        for question in questions
+    ]  # fmt: skip
+    answers = []
+    torch.manual_seed(seed)
+    for start in range(0, len(prompts), 60):
+        batch = tokenizer(prompts[start : start + 60], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=True, top_k=0, **SAMPLING)
+        answers += tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+    return answers
+
+
+def held_out_comparisons(adapter: Path, oracle: Oracle, settings: FlywheelSettings, result: Result) -> None:
+    """Base and adapter answer the same held-out questions (never asked in the app); the oracle judges each pair."""
+    questions = questions_for(10_000, settings.held_out, offset=10_000)
+    loaded = load_model(DEMO, device="cpu", dtype="float32")
+    base = sample_answers(loaded.model, loaded, questions, settings.seed)
+    tuned = PeftModel.from_pretrained(loaded.model, adapter).eval()
+    theirs = sample_answers(tuned, loaded, questions, settings.seed + 1)
+    verdicts = [oracle.prefers(ours, base_answer) for ours, base_answer in zip(theirs, base, strict=True)]
+    wins = verdicts.count("a") + verdicts.count("tie") / 2
+    result.comparisons = len(verdicts)
+    result.win_rate = wins / len(verdicts)
+    result.win_rate_ci = wilson(wins, len(verdicts))
+    result.oracle_base = mean_interval([Oracle.score(text) for text in base])
+    result.oracle_adapter = mean_interval([Oracle.score(text) for text in theirs])
+
+
+# One scenario ---------------------------------------------------------------------------------------------
+
+
+async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
+    oracle = Oracle(wants_more=name != "reversed")
+    result = Result(name)
+    data_dir, adapters = root / "data", root / "adapters"
+    adapters.mkdir(parents=True)
+    (root / "app").mkdir()
+    accounts = await add_accounts(sqlite_url(data_dir), settings.users, prefix="member")
+    env = {"LOUPE_DATA_DIR": str(data_dir), "LOUPE_ADAPTERS_DIR": str(adapters),
+           "LOUPE_ARENA_MIN_BATTLES": str(settings.arena_min_battles)}  # fmt: skip
+    process, server = start_server(root / "app", data_dir=data_dir, **env)
+    try:
+        tally = {"comparisons": 0, "thumbs": 0, "corrections": 0, "unrated": 0, "votes": 0}
+        started = time.monotonic()
+        await team(server, accounts, honest_member, oracle, settings, tally)
+        result.stages["feedback"] = Stage(time.monotonic() - started)
+
+        export = root / "export"
+        done, result.stages["export"] = command(
+            ["-m", "chat", "export", "--format", "trl-dpo", "--out", str(export)], env
+        )
+        result.export = {"said": checked(done, "export").strip().splitlines()[-6:],
+                         "rows": len((export / "train.jsonl").read_text(encoding="utf-8").splitlines())}  # fmt: skip
+
+        out = adapters / ADAPTER
+        train = ["-m", "models", "train", "--method", "dpo", "--data", str(export), "--out", str(out), "--base", DEMO,
+                 "--learning-rate", str(settings.learning_rate), "--max-steps", str(settings.steps),
+                 "--batch-size", "8", "--gradient-accumulation", "1", "--eval-fraction", "0"]  # fmt: skip
+        done, result.stages["train"] = command(train, env)
+        checked(done, "training")
+        result.training = json.loads((out / "loupe.json").read_text(encoding="utf-8")).get("training", {})
+
+        started = time.monotonic()
+        held_out_comparisons(out, oracle, settings, result)
+        result.stages["held_out"] = Stage(time.monotonic() - started)
+
+        started = time.monotonic()
+        await team(server, accounts, arena_member, oracle, settings, tally)
+        result.stages["arena"] = Stage(time.monotonic() - started)
+        done, _ = command(["-m", "chat", "leaderboard", "--json"], env)
+        result.leaderboard = json.loads(checked(done, "leaderboard")).get("standings", [])
+        done, result.stages["promote"] = command(["-m", "chat", "promote", ADAPTER], env)
+        result.promoted = done.returncode == 0
+        result.promote_said = (done.stdout or done.stderr).strip().splitlines()[-1]
+        result.feedback = tally
+    finally:
+        stop_server(process)
+    return result
+
+
+async def team(server: Server, accounts: list[Account], member: Any, oracle: Oracle, settings: FlywheelSettings,
+               tally: dict[str, int]) -> None:  # fmt: skip
+    """Every member at once, as a team uses the app (the demo model answers one at a time)."""
+    await asyncio.gather(*(member(server.url, account, user, oracle, settings, tally)
+                           for user, account in enumerate(accounts)))  # fmt: skip
+
+
+# Report ---------------------------------------------------------------------------------------------------
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| scenario | win rate (95%) | oracle: base → adapter | DPO rows | promoted | feedback |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        low, high = r.win_rate_ci
+        lines.append(
+            f"| {r.scenario} | {r.win_rate:.2f} ({low:.2f} to {high:.2f}), n={r.comparisons} "
+            f"| {r.oracle_base['mean']:.3f} → {r.oracle_adapter['mean']:.3f} | {r.export['rows']} "
+            f"| {'yes' if r.promoted else 'no'} | {', '.join(f'{k} {v}' for k, v in r.feedback.items())} |"
+        )
+    return "\n".join(lines)
+
+
+async def run(settings: FlywheelSettings) -> list[Result]:
+    results = []
+    for name in settings.scenarios:
+        with tempfile.TemporaryDirectory(prefix=f"flywheel-{name}-") as root:
+            print(f"Scenario {name}: {settings.users} users...", flush=True)
+            results.append(await scenario(name, settings, Path(root)))
+            print(table(results[-1:]), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer users and questions (under 20 minutes)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    for option in ("users", "questions", "battles", "held_out", "steps"):
+        parser.add_argument(f"--{option.replace('_', '-')}", type=int)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("quick",) and v is not None}
+    settings = FlywheelSettings.quick(**overrides) if args.quick else FlywheelSettings(**overrides)
+    for key, value in machine_details().items():
+        print(f"{key}: {value}")
+    results = asyncio.run(run(settings))
+    print(table(results))
+    if settings.json:
+        scenarios = {r.scenario: asdict(r) for r in results}
+        document = {"machine": machine_details(), "settings": asdict(settings), "scenarios": scenarios}
+        settings.json.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
