@@ -52,7 +52,7 @@ from peft import PeftModel
 from bench.bench_chat import machine_details
 from chat.prompts import DEFAULT_PROMPT, system_prompt
 from models.checkpoint import DEMO, LoadedModel, load_model
-from tests.helpers.client import ChatClient, Reply, arena_answers, png
+from tests.helpers.client import ANSWER_TIMEOUT_S, ChatClient, Reply, arena_answers, png
 from tests.helpers.load import Account, add_accounts, sqlite_url
 from tests.helpers.server import REPO, Server, start_server, stop_server
 
@@ -174,9 +174,22 @@ def questions_for(user: int, count: int, offset: int = 0) -> list[str]:
             for i in range(count)]  # fmt: skip
 
 
-def answer_of(reply: Reply) -> dict[str, Any]:
-    """The answer among the reply's messages (a queue notice may come first: the demo answers one at a time)."""
-    [answer] = [message for message in reply.messages if message.get("metadata", {}).get("generation")]
+def answers_in(reply: Reply) -> list[dict[str, Any]]:
+    """The answers among a reply's messages (a queue notice may come first: the demo answers one at a time)."""
+    return [message for message in reply.messages if message.get("metadata", {}).get("generation")]
+
+
+async def answered(client: ChatClient, reply: Reply) -> Reply:
+    """The reply that holds the answers: ChatClient.click fences with an empty settings change, whose own task
+    may still be queued and be taken for the next answer's."""
+    while not answers_in(reply):
+        await client.wait_for("task_start", ANSWER_TIMEOUT_S)
+        reply = await client.collect()
+    return reply
+
+
+async def answer_to(client: ChatClient, question: str, files: list[str] | None = None) -> dict[str, Any]:
+    [answer] = answers_in(await answered(client, await client.ask(question, files)))
     return answer
 
 
@@ -197,10 +210,10 @@ async def honest_member(url: str, account: Account, user: int, oracle: Oracle, s
             files = (
                 [await client.upload("figure.png", png(), "image/png")] if rng.random() < settings.image_share else None
             )
-            answer = answer_of(await client.ask(question, files))
+            answer = await answer_to(client, question, files)
             roll = rng.random()
             if roll < 0.4:  # unsure: another answer, and which is better
-                second = answer_of(await client.regenerate(answer["id"]))
+                [second] = answers_in(await answered(client, await client.regenerate(answer["id"])))
                 choice = oracle.prefers(answer["output"], second["output"])
                 [button] = [a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == choice]
                 (await client.click(button)).raise_for_status()
@@ -226,7 +239,7 @@ async def arena_member(url: str, account: Account, user: int, oracle: Oracle, se
     async with ChatClient(url, username=account.name, password=account.password, profile="Arena") as client:
         await client.change_settings({**SAMPLING, "system_prompt": DEFAULT_PROMPT})
         for question in questions_for(user, settings.battles, offset=1000):
-            _, b, text_a, text_b = arena_texts(await client.ask(question))
+            _, b, text_a, text_b = arena_texts(await answered(client, await client.ask(question)))
             choice = oracle.prefers(text_a, text_b)
             [vote] = [v for v in client.actions_for(b["id"], "vote") if v["payload"]["choice"] == choice]
             (await client.click(vote)).raise_for_status()
@@ -331,18 +344,25 @@ async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
         held_out_comparisons(out, oracle, settings, result)
         result.stages["held_out"] = Stage(time.monotonic() - started)
 
-        started = time.monotonic()
-        await team(server, accounts, arena_member, oracle, settings, tally)
-        result.stages["arena"] = Stage(time.monotonic() - started)
-        done, _ = command(["-m", "chat", "leaderboard", "--json"], env)
-        result.leaderboard = json.loads(checked(done, "leaderboard")).get("standings", [])
-        done, result.stages["promote"] = command(["-m", "chat", "promote", ADAPTER], env)
-        result.promoted = done.returncode == 0
-        result.promote_said = (done.stdout or done.stderr).strip().splitlines()[-1]
         result.feedback = tally
+        if settings.battles:
+            await arena(server, accounts, oracle, settings, env, result)
     finally:
         stop_server(process)
     return result
+
+
+async def arena(server: Server, accounts: list[Account], oracle: Oracle, settings: FlywheelSettings,
+                env: dict[str, str], result: Result) -> None:  # fmt: skip
+    """The users battle the adapter against the base model; the leaderboard ranks them; promote decides."""
+    started = time.monotonic()
+    await team(server, accounts, arena_member, oracle, settings, result.feedback)
+    result.stages["arena"] = Stage(time.monotonic() - started)
+    done, _ = command(["-m", "chat", "leaderboard", "--json"], env)
+    result.leaderboard = json.loads(checked(done, "leaderboard")).get("standings", [])
+    done, result.stages["promote"] = command(["-m", "chat", "promote", ADAPTER], env)
+    result.promoted = done.returncode == 0
+    result.promote_said = (done.stdout or done.stderr).strip().splitlines()[-1]
 
 
 async def team(server: Server, accounts: list[Account], member: Any, oracle: Oracle, settings: FlywheelSettings,
