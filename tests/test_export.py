@@ -783,6 +783,45 @@ async def test_identical_pairs_and_rows_beyond_a_prompts_cap_are_left_out_and_co
     assert tally["KTO rows left out: more than 4 rows for one prompt (rule 8)"] == 8
 
 
+async def test_one_users_rows_beyond_twice_the_median_users_are_left_out_and_counted(
+    migrated: str, layer: LoupeDataLayer, tmp_path: Path
+) -> None:
+    """Ada, Bob and Carol each compare two answers to a question of their own; Mallory compares five times as
+    much, each time for the worse answer. Rule 9 keeps everyone's rows up to twice the median user's: all of the
+    three's, two of Mallory's pairs and four of her KTO rows; the card and `stats` count the rest."""
+    preferences = Preferences(layer.sessions)
+    for name, questions in (("ada", 1), ("bob", 1), ("carol", 1), ("mallory", 5)):
+        person = await layer.create_user(ChainlitUser(identifier=name))
+        chat = Chat(layer, person, tmp_path)
+        for number in range(questions):
+            asked = await chat.ask(f"What does {name}'s part {number} do?")
+            first = await chat.answer(asked, f"It limits the current ({name} {number}).")
+            second = await chat.answer(asked, f"Nothing ({name} {number}).")
+            await preferences.compare(name, first, second, "b" if name == "mallory" else "a")
+
+    dpo = await run_export(migrated, layer, tmp_path / "dpo", "trl-dpo")
+    chosen = sorted(row["chosen"][0]["content"][0]["text"] for row in dpo)
+    assert chosen[:3] == [f"It limits the current ({name} 0)." for name in ("ada", "bob", "carol")]
+    assert len(chosen) == 3 + 2 and all(text.startswith("Nothing (mallory") for text in chosen[3:])
+    card = (tmp_path / "dpo" / "README.md").read_text(encoding="utf-8")
+    assert "| rows left out: more than 2 times the median user's rows (rule 9) | 3 |" in card
+
+    kto = await run_export(migrated, layer, tmp_path / "kto", "trl-kto")
+    assert len(kto) == 6 + 4
+    card = (tmp_path / "kto" / "README.md").read_text(encoding="utf-8")
+    assert "| rows left out: more than 2 times the median user's rows (rule 9) | 6 |" in card
+
+    engine = create_engine(migrated)
+    try:
+        tally = (await collect(engine))["all"]
+    finally:
+        await engine.dispose()
+    assert tally["DPO pairs comparison"] == 5
+    assert tally["DPO pairs left out: more than 2 times the median user's rows (rule 9)"] == 3
+    assert tally["KTO rows desirable"] + tally["KTO rows undesirable"] == 10
+    assert tally["KTO rows left out: more than 2 times the median user's rows (rule 9)"] == 6
+
+
 async def test_a_missing_image_leaves_out_its_rows_and_says_so(
     migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path
 ) -> None:

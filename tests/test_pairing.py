@@ -17,6 +17,7 @@ from chat.dataset.pairing import (
     Response,
     judge,
     prompt_key,
+    user_cap,
 )
 from chat.dataset.quality import PromptCap
 
@@ -218,3 +219,10 @@ def test_a_prompt_gives_at_most_the_cap_of_rows_the_first_ones_kept() -> None:
 def test_the_docs_state_the_rules_verbatim() -> None:
     docs = (Path(__file__).resolve().parent.parent / "docs" / "preference-data.md").read_text(encoding="utf-8")
     assert RULES in docs
+
+
+def test_rule_9_caps_a_user_at_twice_the_median_users_rows() -> None:
+    assert user_cap([1, 1, 1, 50]) == 2  # one member fifty times as active as the rest
+    assert user_cap([3, 4, 10, 40]) == 14  # an even count: the median is the middle two's mean
+    assert user_cap([7]) == 14  # alone, a user is never capped
+    assert user_cap([0, 0]) is None and user_cap([]) is None  # users without rows do not count

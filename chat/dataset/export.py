@@ -43,6 +43,7 @@ from tqdm import tqdm
 from chat.dataset.pairing import (
     IDENTICAL,
     NEAR_DUPLICATE,
+    OVER_USER_CAP,
     RULES,
     Answer,
     Comparison,
@@ -55,7 +56,7 @@ from chat.dataset.pairing import (
     judge,
     prompt_key,
 )
-from chat.dataset.quality import Measures, PromptCap, Said
+from chat.dataset.quality import Measures, PromptCap, Said, UserCap
 from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
 from chat.store.atomic import kept_secret
@@ -529,10 +530,56 @@ class ExportSummary:
     measures: Measures  # of the rows written, for the card
 
 
+def admitted(
+    thread: StoredThread, request: ExportRequest, cap: PromptCap, left_out: Counter[str], unselected: Counter[str]
+) -> Iterator[tuple[Pair | Label, Conversation]]:
+    """The thread's rows (pairs or KTO rows, as the request's format takes) that its filters select and rules 5
+    and 8 keep, with their conversations; those left out are counted in `left_out` and `unselected`."""
+    pairs = request.format in PAIR_FORMATS
+
+    def selected(item: Pair | Label) -> bool:
+        return request.adapter is None or thread.adapter_group(item.answers) == request.adapter
+
+    for judged in thread.judged():
+        judgement = judged.judgement
+        items: list[Pair] | list[Label] = judgement.pairs if pairs else judgement.labels
+        if outside := request.outside(judged.first_answer_at):
+            unselected[outside] += len(items)
+            continue
+        if pairs and (identical := sum(map(selected, judgement.identical))):
+            left_out[IDENTICAL] += identical
+        kept = list(filter(selected, items))
+        if len(kept) < len(items):
+            unselected[f"answers not all of --adapter {request.adapter}"] += len(items) - len(kept)
+        for item in kept:
+            conversation = thread.prompt(item)
+            if cap.admit(conversation.key):
+                yield item, conversation
+            else:
+                left_out[NEAR_DUPLICATE] += 1
+
+
+async def rows_per_user(engine: AsyncEngine, request: ExportRequest) -> Counter[str]:
+    """Rule 9's first pass: the rows each user's conversations give after the selection and rules 5 and 8."""
+    counts: Counter[str] = Counter()
+    cap = PromptCap()
+    async for thread in read_threads(engine, "Counting each user's rows"):
+        rows = sum(1 for _ in admitted(thread, request, cap, Counter(), Counter()))
+        if thread.user_id is not None and rows:
+            counts[thread.user_id] += rows
+    return counts
+
+
 class Exporter:
     """Writes the rows of one export into `folder`, copying each image it needs once."""
 
-    def __init__(self, request: ExportRequest, folder: Path, image_path: Callable[[str], Path]) -> None:
+    def __init__(
+        self,
+        request: ExportRequest,
+        folder: Path,
+        image_path: Callable[[str], Path],
+        rows_per_user: Counter[str] | None = None,
+    ) -> None:
         self.request = request
         self.folder = folder
         self.image_path = image_path
@@ -543,6 +590,7 @@ class Exporter:
         self.unselected: Counter[str] = Counter()
         self.answers = self.feedback = 0
         self.cap = PromptCap()
+        self.user_cap = UserCap(rows_per_user or Counter())
         self.measures = Measures(pairs=self.pairs)
         self.threads: set[str] = set()
         (folder / IMAGES_DIR).mkdir()
@@ -555,36 +603,20 @@ class Exporter:
         self.rows.close()
 
     def add(self, thread: StoredThread) -> None:
-        """Write the rows of one thread that the request selects and the quality rules (5 and 8) keep."""
+        """Write the rows of one thread that the request selects and the quality rules (5, 8 and 9) keep."""
         salt = self.request.user_hash_salt
         pseudonyms = {
             "thread": pseudonym(thread.id, salt),
             "user": pseudonym(thread.user_id, salt) if thread.user_id else None,
         }
-
-        def selected(item: Pair | Label) -> bool:
-            return self.request.adapter is None or thread.adapter_group(item.answers) == self.request.adapter
-
         self.answers += len(thread.answers)
         self.feedback += sum(answer.rating is not None for answer in thread.answers.values()) + len(thread.corrections)
         self.feedback += sum(map(len, thread.comparisons.values()))
-        for judged in thread.judged():
-            judgement = judged.judgement
-            items: list[Pair] | list[Label] = judgement.pairs if self.pairs else judgement.labels
-            if outside := self.request.outside(judged.first_answer_at):
-                self.unselected[outside] += len(items)
-                continue
-            if self.pairs and (identical := sum(map(selected, judgement.identical))):
-                self.left_out[IDENTICAL] += identical
-            kept = list(filter(selected, items))
-            if len(kept) < len(items):
-                self.unselected[f"answers not all of --adapter {self.request.adapter}"] += len(items) - len(kept)
-            for item in kept:
-                conversation = thread.prompt(item)
-                if self.cap.admit(conversation.key):
-                    self._write(thread, item, conversation, pseudonyms)
-                else:
-                    self.left_out[NEAR_DUPLICATE] += 1
+        for item, conversation in admitted(thread, self.request, self.cap, self.left_out, self.unselected):
+            if self.user_cap.admit(thread.user_id):
+                self._write(thread, item, conversation, pseudonyms)
+            else:
+                self.left_out[OVER_USER_CAP] += 1
 
     def _write(
         self, thread: StoredThread, item: Pair | Label, conversation: Conversation, pseudonyms: dict[str, str | None]
@@ -672,7 +704,8 @@ async def export(engine: AsyncEngine, image_path: Callable[[str], Path], request
     except OSError as error:
         raise ExportError(f"Cannot write beside {out} ({error.strerror}). Choose a folder you can write to.") from None
     try:
-        with Exporter(request, folder, image_path) as exporter:
+        counts = await rows_per_user(engine, request)
+        with Exporter(request, folder, image_path, counts) as exporter:
             async for thread in read_threads(engine, "Exporting"):
                 exporter.add(thread)
         summary = exporter.finish()
