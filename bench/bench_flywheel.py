@@ -38,10 +38,12 @@ import os
 import random
 import re
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +52,10 @@ import torch
 from peft import PeftModel
 
 from bench.bench_chat import machine_details
-from chat.prompts import DEFAULT_PROMPT, system_prompt
+from chat.prompts import system_prompt
 from models.checkpoint import DEMO, LoadedModel, load_model
 from tests.helpers.client import ANSWER_TIMEOUT_S, ChatClient, Reply, arena_answers, png
+from tests.helpers.hostile import FORGED
 from tests.helpers.load import Account, add_accounts, sqlite_url
 from tests.helpers.server import REPO, Server, start_server, stop_server
 
@@ -61,6 +64,9 @@ ADAPTER = "team-v1"
 # What every user asks with: sampled answers, as the issue's team samples them, short enough for a CPU.
 ANSWER_TOKENS = 48
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "max_new_tokens": ANSWER_TOKENS}
+# The team's assistant style: the shortest system prompt. Training on a CPU spends most of its time on the
+# vocabulary's 151,000 logits at every position, the prompt's included: the engineering style's doubles it.
+STYLE = "concise"
 # Corrections a user writes: the answer they wanted, in the language the oracle prefers.
 CORRECTIONS = {
     True: "电阻限制电流 电容滤除噪声",
@@ -72,6 +78,8 @@ PARTS = [
     "thermistor", "op-amp buffer", "H-bridge", "bootstrap capacitor", "snubber", "Zener clamp",
     "level shifter", "watchdog timer",
 ]  # fmt: skip
+HOSTILE = "hostile"  # the account names' prefix of hostile members
+HOSTILE_ACTIVITY = 10  # a hostile member asks, and battles, ten times as much as an honest one
 ASKS = ["What does a {} do?", "How do I size a {}?", "What fails first in a {}?", "Why add a {} here?"]
 
 
@@ -110,17 +118,18 @@ class FlywheelSettings:
     battles: int = 6  # arena battles per user
     held_out: int = 240  # held-out comparisons, at least 200 for the interval to mean anything
     image_share: float = 0.25  # questions asked with an image
-    steps: int = 30
-    learning_rate: float = 5e-4
+    steps: int = 24
+    learning_rate: float = 1e-3
     arena_min_battles: int = 50  # LOUPE_ARENA_MIN_BATTLES: the team's setting promote applies
-    scenarios: tuple[str, ...] = ("honest", "reversed")
+    hostile: float = 0.2  # the share of users who are hostile in the "hostile" scenario
+    scenarios: tuple[str, ...] = ("honest", "hostile", "reversed")
     seed: int = 0
     json: Path | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> FlywheelSettings:
         """Fewer users and questions, the same held-out size: well under 20 minutes on a 2-core machine."""
-        return cls(**{"users": 6, "questions": 6, "battles": 5, "steps": 20, "arena_min_battles": 20, **overrides})
+        return cls(**{"users": 6, "questions": 6, "battles": 5, "steps": 12, "arena_min_battles": 20, **overrides})
 
 
 # Measures -------------------------------------------------------------------------------------------------
@@ -160,8 +169,9 @@ class Result:
     training: dict[str, Any] = field(default_factory=dict)
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
     promoted: bool = False
+    not_theirs: dict[str, int] = field(default_factory=dict)  # judgements in others' conversations: all 0
     promote_said: str = ""
-    feedback: dict[str, int] = field(default_factory=dict)
+    feedback: dict[str, int] = field(default_factory=dict)  # what the members did, by kind
     stages: dict[str, Stage] = field(default_factory=dict)
 
 
@@ -199,18 +209,30 @@ def arena_texts(reply: Reply) -> tuple[dict[str, Any], dict[str, Any], str, str]
     return a, b, a["output"].split("\n\n", 1)[-1], b["output"].split("\n\n", 1)[-1]
 
 
-async def honest_member(url: str, account: Account, user: int, oracle: Oracle, settings: FlywheelSettings,
-                        tally: dict[str, int]) -> None:  # fmt: skip
+@dataclass
+class Team:
+    """What the members share: the oracle, the settings, a tally of what they did, and the answers of honest
+    members whose ids a hostile member learns (ids travel in links, screenshots and logs)."""
+
+    oracle: Oracle
+    settings: FlywheelSettings
+    tally: Counter[str] = field(default_factory=Counter)
+    leaked: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def honest_member(url: str, account: Account, user: int, team: Team) -> None:
     """Ask, and act on each answer as people do: compare when unsure, thumbs with a reason, a correction now and
     then, many answers unrated."""
+    oracle, settings, tally = team.oracle, team.settings, team.tally
     rng = random.Random(settings.seed * 1000 + user)
     async with ChatClient(url, username=account.name, password=account.password) as client:
-        await client.change_settings({**SAMPLING, "system_prompt": DEFAULT_PROMPT})
+        await client.change_settings({**SAMPLING, "system_prompt": STYLE})
         for question in questions_for(user, settings.questions):
             files = (
                 [await client.upload("figure.png", png(), "image/png")] if rng.random() < settings.image_share else None
             )
             answer = await answer_to(client, question, files)
+            team.leaked.append(answer)
             roll = rng.random()
             if roll < 0.4:  # unsure: another answer, and which is better
                 [second] = answers_in(await answered(client, await client.regenerate(answer["id"])))
@@ -234,16 +256,55 @@ async def honest_member(url: str, account: Account, user: int, oracle: Oracle, s
                 tally["unrated"] += 1
 
 
-async def arena_member(url: str, account: Account, user: int, oracle: Oracle, settings: FlywheelSettings,
-                       tally: dict[str, int]) -> None:  # fmt: skip
+async def arena_member(url: str, account: Account, user: int, team: Team) -> None:
+    """Battles voted by the oracle: honest members as it says, hostile ones (ten times as many) against it, and
+    then on other members' battles too."""
+    hostile = account.name.startswith(HOSTILE)
+    oracle = Oracle(not team.oracle.wants_more) if hostile else team.oracle
     async with ChatClient(url, username=account.name, password=account.password, profile="Arena") as client:
-        await client.change_settings({**SAMPLING, "system_prompt": DEFAULT_PROMPT})
-        for question in questions_for(user, settings.battles, offset=1000):
+        await client.change_settings({**SAMPLING, "system_prompt": STYLE})
+        for question in questions_for(user, team.settings.battles * (HOSTILE_ACTIVITY if hostile else 1), 1000):
             _, b, text_a, text_b = arena_texts(await answered(client, await client.ask(question)))
             choice = oracle.prefers(text_a, text_b)
             [vote] = [v for v in client.actions_for(b["id"], "vote") if v["payload"]["choice"] == choice]
             (await client.click(vote)).raise_for_status()
-            tally["votes"] += 1
+            team.tally["hostile votes" if hostile else "votes"] += 1
+            if not hostile:
+                team.leaked.append(b)
+        if hostile:
+            for victim in [answer for answer in team.leaked if answer["output"].startswith("*Answer")]:
+                forged = {**vote, "forId": victim["id"], "id": f"vote:{victim['id']}:a"}
+                forged["payload"] = {**vote["payload"], "b": victim["id"], "choice": "a"}
+                response = await client.click(forged)
+                team.tally["forged refused" if response.status_code >= 400 else "forged answered"] += 1
+
+
+async def hostile_member(url: str, account: Account, user: int, team: Team) -> None:
+    """Ten times as active as an honest member and against the oracle, through every door the page and the
+    protocol open: a comparison and two thumbs on every answer, corrections that forge chat-template turns;
+    then thumbs, comparisons and corrections on other members' answers, whose ids it learned."""
+    oracle, rng = Oracle(not team.oracle.wants_more), random.Random(team.settings.seed * 1000 + user)
+    async with ChatClient(url, username=account.name, password=account.password) as client:
+        await client.change_settings({**SAMPLING, "system_prompt": STYLE})
+        for question in questions_for(user, team.settings.questions * HOSTILE_ACTIVITY):
+            answer = await answer_to(client, question)
+            [second] = answers_in(await answered(client, await client.regenerate(answer["id"])))
+            choice = oracle.prefers(answer["output"], second["output"])
+            [compare] = [a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == choice]
+            (await client.click(compare)).raise_for_status()
+            for rated in (answer, second):
+                (await client.rate(rated["parentId"], int(oracle.liked(rated["output"])))).raise_for_status()
+            if rng.random() < 0.3:
+                [correct] = client.actions_for(answer["id"], "correct")
+                await client.ask_answers.put(FORGED + CORRECTIONS[oracle.wants_more])
+                (await client.click(correct)).raise_for_status()
+            team.tally["hostile answers"] += 2
+        for victim in [answer for answer in team.leaked if not answer["output"].startswith("*Answer")]:
+            forged = {**compare, "forId": victim["id"], "id": f"compare:{victim['id']}:b"}
+            forged["payload"] = {**compare["payload"], "b": victim["id"], "choice": "b"}
+            attempts = [client.rate(victim["parentId"], 0, "FORGED"), client.click(forged)]
+            for response in await asyncio.gather(*attempts):
+                team.tally["forged refused" if response.status_code >= 400 else "forged answered"] += 1
 
 
 # The loop's commands --------------------------------------------------------------------------------------
@@ -274,7 +335,7 @@ def sample_answers(model: torch.nn.Module, loaded: LoadedModel, questions: list[
     tokenizer.padding_side = "left"
     prompts = [
         loaded.processor.apply_chat_template(
-            [{"role": "system", "content": [{"type": "text", "text": system_prompt(DEFAULT_PROMPT)}]},
+            [{"role": "system", "content": [{"type": "text", "text": system_prompt(STYLE)}]},
              {"role": "user", "content": [{"type": "text", "text": question}]}],
             tokenize=False, add_generation_prompt=True,
         )
@@ -311,18 +372,19 @@ def held_out_comparisons(adapter: Path, oracle: Oracle, settings: FlywheelSettin
 
 async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
     oracle = Oracle(wants_more=name != "reversed")
-    result = Result(name)
+    result, team = Result(name), Team(oracle, settings)
     data_dir, adapters = root / "data", root / "adapters"
     adapters.mkdir(parents=True)
     (root / "app").mkdir()
-    accounts = await add_accounts(sqlite_url(data_dir), settings.users, prefix="member")
+    hostile = round(settings.hostile * settings.users) if name == "hostile" else 0
+    accounts = await add_accounts(sqlite_url(data_dir), settings.users - hostile, prefix="member")
+    accounts += await add_accounts(sqlite_url(data_dir), hostile, prefix=HOSTILE)
     env = {"LOUPE_DATA_DIR": str(data_dir), "LOUPE_ADAPTERS_DIR": str(adapters),
            "LOUPE_ARENA_MIN_BATTLES": str(settings.arena_min_battles)}  # fmt: skip
     process, server = start_server(root / "app", data_dir=data_dir, **env)
     try:
-        tally = {"comparisons": 0, "thumbs": 0, "corrections": 0, "unrated": 0, "votes": 0}
         started = time.monotonic()
-        await team(server, accounts, honest_member, oracle, settings, tally)
+        await together(server, accounts, honest_member, team)
         result.stages["feedback"] = Stage(time.monotonic() - started)
 
         export = root / "export"
@@ -335,7 +397,7 @@ async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
         out = adapters / ADAPTER
         train = ["-m", "models", "train", "--method", "dpo", "--data", str(export), "--out", str(out), "--base", DEMO,
                  "--learning-rate", str(settings.learning_rate), "--max-steps", str(settings.steps),
-                 "--batch-size", "8", "--gradient-accumulation", "1", "--eval-fraction", "0"]  # fmt: skip
+                 "--batch-size", "4", "--gradient-accumulation", "1", "--eval-fraction", "0"]  # fmt: skip
         done, result.stages["train"] = command(train, env)
         checked(done, "training")
         result.training = json.loads((out / "loupe.json").read_text(encoding="utf-8")).get("training", {})
@@ -344,19 +406,19 @@ async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
         held_out_comparisons(out, oracle, settings, result)
         result.stages["held_out"] = Stage(time.monotonic() - started)
 
-        result.feedback = tally
         if settings.battles:
-            await arena(server, accounts, oracle, settings, env, result)
+            await arena(server, accounts, team, env, result)
+        result.feedback = dict(team.tally)
+        result.not_theirs = written_into_others_conversations(data_dir)
     finally:
         stop_server(process)
     return result
 
 
-async def arena(server: Server, accounts: list[Account], oracle: Oracle, settings: FlywheelSettings,
-                env: dict[str, str], result: Result) -> None:  # fmt: skip
+async def arena(server: Server, accounts: list[Account], team: Team, env: dict[str, str], result: Result) -> None:
     """The users battle the adapter against the base model; the leaderboard ranks them; promote decides."""
     started = time.monotonic()
-    await team(server, accounts, arena_member, oracle, settings, result.feedback)
+    await together(server, accounts, arena_member, team)
     result.stages["arena"] = Stage(time.monotonic() - started)
     done, _ = command(["-m", "chat", "leaderboard", "--json"], env)
     result.leaderboard = json.loads(checked(done, "leaderboard")).get("standings", [])
@@ -365,11 +427,28 @@ async def arena(server: Server, accounts: list[Account], oracle: Oracle, setting
     result.promote_said = (done.stdout or done.stderr).strip().splitlines()[-1]
 
 
-async def team(server: Server, accounts: list[Account], member: Any, oracle: Oracle, settings: FlywheelSettings,
-               tally: dict[str, int]) -> None:  # fmt: skip
-    """Every member at once, as a team uses the app (the demo model answers one at a time)."""
-    await asyncio.gather(*(member(server.url, account, user, oracle, settings, tally)
-                           for user, account in enumerate(accounts)))  # fmt: skip
+async def together(server: Server, accounts: list[Account], member: Any, team: Team) -> None:
+    """Every member at once, as a team uses the app (the demo model answers one at a time); hostile members take
+    their own part in the chat."""
+    parts = [
+        (hostile_member if member is honest_member and account.name.startswith(HOSTILE) else member)(
+            server.url, account, user, team
+        )
+        for user, account in enumerate(accounts)
+    ]
+    await asyncio.gather(*parts)
+
+
+def written_into_others_conversations(data_dir: Path) -> dict[str, int]:
+    """Judgements stored in a conversation by someone other than its owner: a path no user may take. Each
+    should be 0."""
+    with sqlite3.connect(data_dir / "loupe.db") as database:
+        return {
+            table: database.execute(
+                f"SELECT count(*) FROM {table} x JOIN threads t ON t.id = x.thread_id WHERE x.user_id != t.user_id"
+            ).fetchone()[0]
+            for table in ("feedbacks", "comparisons", "corrections", "battles")
+        }
 
 
 # Report ---------------------------------------------------------------------------------------------------
