@@ -78,6 +78,7 @@ PARTS = [
     "thermistor", "op-amp buffer", "H-bridge", "bootstrap capacitor", "snubber", "Zener clamp",
     "level shifter", "watchdog timer",
 ]  # fmt: skip
+SCENARIOS = ("honest", "hostile", "reversed")
 HOSTILE = "hostile"  # the account names' prefix of hostile members
 HOSTILE_ACTIVITY = 10  # a hostile member asks, and battles, ten times as much as an honest one
 ASKS = ["What does a {} do?", "How do I size a {}?", "What fails first in a {}?", "Why add a {} here?"]
@@ -122,14 +123,25 @@ class FlywheelSettings:
     learning_rate: float = 1e-3
     arena_min_battles: int = 50  # LOUPE_ARENA_MIN_BATTLES: the team's setting promote applies
     hostile: float = 0.2  # the share of users who are hostile in the "hostile" scenario
-    scenarios: tuple[str, ...] = ("honest", "hostile", "reversed")
+    scenarios: tuple[str, ...] = SCENARIOS
     seed: int = 0
     json: Path | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> FlywheelSettings:
-        """Fewer users and questions, the same held-out size: well under 20 minutes on a 2-core machine."""
-        return cls(**{"users": 6, "questions": 6, "battles": 5, "steps": 12, "arena_min_battles": 20, **overrides})
+        """Fewer users, questions, battles and steps, and the 200 held-out comparisons the interval needs: under
+        20 minutes on an idle 2-core machine. Six users give 30 battles: promote asks for 20 here."""
+        return cls(
+            **{
+                "users": 6,
+                "questions": 6,
+                "battles": 5,
+                "steps": 8,
+                "held_out": 200,
+                "arena_min_battles": 20,
+                **overrides,
+            }
+        )
 
 
 # Measures -------------------------------------------------------------------------------------------------
@@ -477,14 +489,50 @@ async def run(settings: FlywheelSettings) -> list[Result]:
     return results
 
 
+def plot(results: list[Result], path: Path) -> None:
+    """Two panels per scenario: the oracle's score of base and adapter answers, and the adapter's win rate, each
+    with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.scenario for r in results]
+    figure, (scores, wins) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for offset, (label, of) in enumerate((("base", "oracle_base"), ("adapter", "oracle_adapter"))):
+        values = [getattr(r, of) for r in results]
+        errors = [[v["mean"] - v["low"] for v in values], [v["high"] - v["mean"] for v in values]]
+        positions = [index + (offset - 0.5) * 0.38 for index in range(len(results))]
+        scores.bar(positions, [v["mean"] for v in values], 0.38, yerr=errors, capsize=3, label=label)
+    scores.set_xticks(range(len(results)), names)
+    scores.set_ylabel("share of Han characters")
+    scores.set_title("What the team prefers, held out")
+    scores.legend(frameon=False)
+    rates = [r.win_rate for r in results]
+    errors = [[r.win_rate - r.win_rate_ci[0] for r in results], [r.win_rate_ci[1] - r.win_rate for r in results]]
+    wins.bar(range(len(results)), rates, 0.5, yerr=errors, capsize=3, color="tab:green")
+    wins.axhline(0.5, color="grey", linewidth=1, linestyle="--")
+    wins.set_xticks(range(len(results)), names)
+    wins.set_ylim(0, 1)
+    wins.set_ylabel("adapter's win rate (by each scenario's oracle)")
+    wins.set_title("Adapter vs base, held out")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer users and questions (under 20 minutes)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--plot", type=Path, help="draw them into this PNG")
     for option in ("users", "questions", "battles", "held_out", "steps"):
         parser.add_argument(f"--{option.replace('_', '-')}", type=int)
+    parser.add_argument("--hostile", type=float, help="the share of hostile users in the hostile scenario (0.2)")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, help="default: all three")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("quick",) and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("quick", "plot") and v is not None}
+    overrides["scenarios"] = tuple(overrides.get("scenarios", SCENARIOS))
     settings = FlywheelSettings.quick(**overrides) if args.quick else FlywheelSettings(**overrides)
     for key, value in machine_details().items():
         print(f"{key}: {value}")
@@ -494,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
         scenarios = {r.scenario: asdict(r) for r in results}
         document = {"machine": machine_details(), "settings": asdict(settings), "scenarios": scenarios}
         settings.json.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+    if args.plot:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ async def test_feedback_trains_an_adapter_that_is_served_compared_and_ranked(tmp
 
 
 # bench_flywheel at its smallest, without the arena: enough feedback for the signal to show, little enough for CI.
-SIGNAL = FlywheelSettings(users=3, questions=8, battles=0, held_out=120, steps=15)
+SIGNAL = FlywheelSettings(users=3, questions=6, battles=0, held_out=100, steps=6)
 
 
 @pytest.mark.slow
