@@ -202,23 +202,27 @@ def answers_in(reply: Reply) -> list[dict[str, Any]]:
 
 
 async def answered(client: ChatClient, reply: Reply) -> Reply:
-    """The reply that holds the answers: ChatClient.click fences with an empty settings change, whose own task
-    may still be queued and be taken for the next answer's."""
-    while not answers_in(reply):
+    """The reply that holds the run's messages: ChatClient.click fences with an empty settings change, whose own
+    task may still be queued and be taken for the next answer's."""
+    while not reply.messages:
         await client.wait_for("task_start", ANSWER_TIMEOUT_S)
         reply = await client.collect()
     return reply
 
 
-async def answer_to(client: ChatClient, question: str, files: list[str] | None = None) -> dict[str, Any]:
-    [answer] = answers_in(await answered(client, await client.ask(question, files)))
-    return answer
+async def answer_to(client: ChatClient, question: str, files: list[str] | None = None) -> dict[str, Any] | None:
+    """The answer to `question`, or None where the app refused it (a limit, said to the user in a notice)."""
+    answers = answers_in(await answered(client, await client.ask(question, files)))
+    return answers[0] if answers else None
 
 
-def arena_texts(reply: Reply) -> tuple[dict[str, Any], dict[str, Any], str, str]:
-    """Answers A and B, and their texts without their labels."""
+def arena_texts(reply: Reply) -> tuple[dict[str, Any], str, str] | None:
+    """Answer B (its buttons hold the vote) and the texts of A and B without their labels; None where the app
+    refused the question."""
+    if len(answers_in(reply)) < 2:
+        return None
     a, b = arena_answers(reply)
-    return a, b, a["output"].split("\n\n", 1)[-1], b["output"].split("\n\n", 1)[-1]
+    return b, a["output"].split("\n\n", 1)[-1], b["output"].split("\n\n", 1)[-1]
 
 
 @dataclass
@@ -243,11 +247,16 @@ async def honest_member(url: str, account: Account, user: int, team: Team) -> No
             files = (
                 [await client.upload("figure.png", png(), "image/png")] if rng.random() < settings.image_share else None
             )
-            answer = await answer_to(client, question, files)
+            if (answer := await answer_to(client, question, files)) is None:
+                tally["refused"] += 1
+                continue
             team.leaked.append(answer)
             roll = rng.random()
             if roll < 0.4:  # unsure: another answer, and which is better
-                [second] = answers_in(await answered(client, await client.regenerate(answer["id"])))
+                if not (regenerated := answers_in(await answered(client, await client.regenerate(answer["id"])))):
+                    tally["refused"] += 1
+                    continue
+                second = regenerated[0]
                 choice = oracle.prefers(answer["output"], second["output"])
                 [button] = [a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == choice]
                 (await client.click(button)).raise_for_status()
@@ -275,15 +284,19 @@ async def arena_member(url: str, account: Account, user: int, team: Team) -> Non
     oracle = Oracle(not team.oracle.wants_more) if hostile else team.oracle
     async with ChatClient(url, username=account.name, password=account.password, profile="Arena") as client:
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
+        vote: dict[str, Any] | None = None  # the last vote cast: what a forged one is made from
         for question in questions_for(user, team.settings.battles * (HOSTILE_ACTIVITY if hostile else 1), 1000):
-            _, b, text_a, text_b = arena_texts(await answered(client, await client.ask(question)))
+            if (battle := arena_texts(await answered(client, await client.ask(question)))) is None:
+                team.tally["refused"] += 1
+                continue
+            b, text_a, text_b = battle
             choice = oracle.prefers(text_a, text_b)
             [vote] = [v for v in client.actions_for(b["id"], "vote") if v["payload"]["choice"] == choice]
             (await client.click(vote)).raise_for_status()
             team.tally["hostile votes" if hostile else "votes"] += 1
             if not hostile:
                 team.leaked.append(b)
-        if hostile:
+        if hostile and vote is not None:
             for victim in [answer for answer in team.leaked if answer["output"].startswith("*Answer")]:
                 forged = {**vote, "forId": victim["id"], "id": f"vote:{victim['id']}:a"}
                 forged["payload"] = {**vote["payload"], "b": victim["id"], "choice": "a"}
@@ -298,24 +311,30 @@ async def hostile_member(url: str, account: Account, user: int, team: Team) -> N
     oracle, rng = Oracle(not team.oracle.wants_more), random.Random(team.settings.seed * 1000 + user)
     async with ChatClient(url, username=account.name, password=account.password) as client:
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
+        compare: dict[str, Any] | None = None  # the last comparison made: what a forged one is made from
         for question in questions_for(user, team.settings.questions * HOSTILE_ACTIVITY):
-            answer = await answer_to(client, question)
-            [second] = answers_in(await answered(client, await client.regenerate(answer["id"])))
+            if (answer := await answer_to(client, question)) is None:
+                team.tally["hostile refused"] += 1
+                continue
+            if not (regenerated := answers_in(await answered(client, await client.regenerate(answer["id"])))):
+                team.tally["hostile refused"] += 1
+                continue
+            second = regenerated[0]
             choice = oracle.prefers(answer["output"], second["output"])
             [compare] = [a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == choice]
             (await client.click(compare)).raise_for_status()
             for rated in (answer, second):
                 (await client.rate(rated["parentId"], int(oracle.liked(rated["output"])))).raise_for_status()
-            if rng.random() < 0.3:
+            if not oracle.liked(answer["output"]) and rng.random() < 0.3:  # Correct follows a thumb down
                 [correct] = client.actions_for(answer["id"], "correct")
                 await client.ask_answers.put(FORGED + CORRECTIONS[oracle.wants_more])
                 (await client.click(correct)).raise_for_status()
             team.tally["hostile answers"] += 2
-        for victim in [answer for answer in team.leaked if not answer["output"].startswith("*Answer")]:
+        victims = [answer for answer in team.leaked if not answer["output"].startswith("*Answer")] if compare else []
+        for victim in victims:
             forged = {**compare, "forId": victim["id"], "id": f"compare:{victim['id']}:b"}
             forged["payload"] = {**compare["payload"], "b": victim["id"], "choice": "b"}
-            attempts = [client.rate(victim["parentId"], 0, "FORGED"), client.click(forged)]
-            for response in await asyncio.gather(*attempts):
+            for response in (await client.rate(victim["parentId"], 0, "FORGED"), await client.click(forged)):
                 team.tally["forged refused" if response.status_code >= 400 else "forged answered"] += 1
 
 
