@@ -18,14 +18,15 @@ drives it:
 4. the same users battle in the arena (honest votes by the oracle), `python -m chat leaderboard --json`, and
    `python -m chat promote NAME` without --force decides.
 
-Scenarios: `honest` (the oracle as is) and `reversed` (everyone prefers less Han: the control).
+Scenarios: `honest` (the oracle as is); `hostile` (a fifth of the members, each ten times as active, against the
+oracle, and trying other members' answers and battles by their ids); `reversed` (everyone prefers less Han: the
+control).
 
-    .venv/bin/python -m bench.bench_flywheel --quick --json out.json
-    .venv/bin/python -m bench.bench_flywheel --users 12 --questions 8
+    .venv/bin/python -m bench.bench_flywheel --quick --json out.json --plot bench/flywheel.png
+    .venv/bin/python -m bench.bench_flywheel --scenarios honest --users 12 --questions 8
 
 The demo model learns only because its vocabulary is grouped by writing system (models/checkpoint.py,
-group_by_script); training uses a learning rate fit for a tiny random model (--learning-rate), not TRL's
-5e-6 for a real one.
+group_by_script); training uses a learning rate fit for a tiny random model, not TRL's 5e-6 for a real one.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Oracle:
         return sum(bool(HAN.match(c)) for c in characters) / len(characters) if characters else 0.0
 
     def prefers(self, a: str, b: str) -> str:
-        """ "a", "b" or "tie", as the comparison and vote buttons name their choices."""
+        """Which of two answers is better: "a", "b" or "tie", as the comparison and vote buttons name them."""
         difference = (self.score(a) - self.score(b)) * (1 if self.wants_more else -1)
         return "a" if difference > 0 else "b" if difference < 0 else "tie"
 
@@ -119,8 +120,8 @@ class FlywheelSettings:
     battles: int = 6  # arena battles per user
     held_out: int = 240  # held-out comparisons, at least 200 for the interval to mean anything
     image_share: float = 0.25  # questions asked with an image
-    steps: int = 24
-    learning_rate: float = 1e-3
+    steps: int = 24  # optimizer steps of 4 rows: a few epochs of what a round exports
+    learning_rate: float = 1e-3  # a tiny random model's; TRL's 5e-6 for LoRA DPO moves it nowhere in so few steps
     arena_min_battles: int = 50  # LOUPE_ARENA_MIN_BATTLES: the team's setting promote applies
     hostile: float = 0.2  # the share of users who are hostile in the "hostile" scenario
     scenarios: tuple[str, ...] = SCENARIOS
