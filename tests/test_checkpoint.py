@@ -11,7 +11,31 @@ import torch
 from huggingface_hub import constants
 
 from models.backend import DemoReason
-from models.checkpoint import NATIVE_BF16_FLAGS, ModelLoadError, build_demo_model, cpu_flags, load_model, pick_dtype
+from models.checkpoint import (
+    NATIVE_BF16_FLAGS,
+    ModelLoadError,
+    build_demo_model,
+    cpu_flags,
+    load_model,
+    pick_dtype,
+    vocabulary_scripts,
+)
+
+
+def test_the_demo_groups_its_vocabulary_by_writing_system() -> None:
+    """What lets feedback move the demo's answers (bench/bench_flywheel.py): the tokens of one script share a
+    direction of the embedding space, which the tokens of another do not."""
+    scripts, names = vocabulary_scripts()
+    embeddings = build_demo_model().get_input_embeddings().weight[: len(scripts)].detach()
+    han, latin = (embeddings[scripts == names.index(name)] for name in ("CJK", "LATIN"))
+    direction = torch.nn.functional.normalize(han.mean(0), dim=0)
+    along = {
+        name: torch.nn.functional.normalize(tokens, dim=1) @ direction
+        for name, tokens in (("han", han), ("latin", latin))
+    }
+    assert along["han"].mean() > 0.9, "a Han token is mostly its script's shared part"
+    assert along["latin"].abs().mean() < 0.5, "a Latin token has little of the Han direction"
+    assert len(han) > 20_000 and len(latin) > 90_000  # Qwen's vocabulary, classified by its decoded text
 
 
 def test_demo_weights_are_deterministic() -> None:
