@@ -39,7 +39,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from chat.dataset.pairing import USER_ROWS_OVER_MEDIAN, user_cap
 from chat.settings import Settings
 from chat.store.generations import BASE
 from chat.store.schema import Battle, Generation, Step
@@ -69,7 +68,6 @@ BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 # Why a stored battle is not counted (vote hygiene), as the leaderboard reports them.
 REPEATED_PROMPT = "the user already voted on this prompt"
 OVER_DAILY_CAP = "over the user's daily cap"
-OVER_USER_CAP = f"over {USER_ROWS_OVER_MEDIAN} times the median user's counted battles"
 
 
 def style_of(answer: str) -> tuple[int, int, int, int]:
@@ -276,9 +274,7 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
 
     In the order voted: a flagged battle (no arena held it) never counts; a user's first battle on a prompt
     counts, later ones on the same prompt (asked again to vote again) do not; of the rest, at most `daily_cap`
-    per user per UTC day count, so that one eager user cannot decide the board alone; and of those, no user's
-    beyond twice the median user's count, as the export's rule 9 (chat/dataset/pairing.py), so that a few users
-    far more active than the team cannot either, over days.
+    per user per UTC day count, so that one eager user cannot decide the board alone.
     """
     ordered = sorted(battles, key=lambda battle: battle.voted_at or datetime.min)
     seen: set[tuple[str, str]] = set()
@@ -299,14 +295,7 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
             continue
         per_day[day] += 1
         kept.append(battle)
-    limit, taken, capped = user_cap(Counter(battle.user for battle in kept).values()), Counter(), []
-    for battle in kept:
-        taken[battle.user] += 1
-        if limit is not None and taken[battle.user] > limit:
-            dropped[OVER_USER_CAP] += 1
-        else:
-            capped.append(battle)
-    return capped, dropped
+    return kept, dropped
 
 
 # The models ---------------------------------------------------------------------------------------
