@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_flywheel import FlywheelSettings, scenario
 from chat.arena.leaderboard import contender_key
 from models.adapters import adapter_version
 from tests.helpers.client import GREEDY, ChatClient, arena_answers, listed_profiles, only_answer
@@ -70,24 +69,3 @@ async def test_feedback_trains_an_adapter_that_is_served_compared_and_ranked(tmp
     finally:
         process.terminate()
         process.wait(timeout=20)
-
-
-# bench_flywheel at its smallest, without the arena: enough feedback for the signal to show, little enough for CI.
-SIGNAL = FlywheelSettings(users=3, questions=6, battles=0, held_out=100, steps=6)
-
-
-@pytest.mark.slow
-async def test_the_teams_preference_gets_through_the_loop_and_its_reverse_moves_the_adapter_the_other_way(
-    tmp_path: Path,
-) -> None:
-    """A team that prefers answers with Han characters gets an adapter that writes more of them, on questions it
-    never asked; the same team preferring fewer gets one that writes fewer. A sign flipped anywhere in the loop
-    (pairing, export, training, adapter loading) fails one of the two."""
-    honest = await scenario("honest", SIGNAL, tmp_path / "honest")
-    assert honest.export["rows"] > 0
-    assert honest.win_rate_ci[0] > 0.5, honest
-    assert honest.oracle_adapter["low"] > honest.oracle_base["high"], honest
-
-    reversed_ = await scenario("reversed", SIGNAL, tmp_path / "reversed")
-    assert reversed_.win_rate_ci[0] > 0.5, reversed_  # by the reversed oracle: fewer Han characters win
-    assert reversed_.oracle_adapter["high"] < reversed_.oracle_base["mean"], reversed_
