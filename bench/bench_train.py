@@ -6,6 +6,9 @@ per optimizer step; the first step (lazy set-up, allocator growth) is left out o
   loupe           the trainer `python -m models train` builds: LoRA r=16 on the language model's
                   projections, gradient checkpointing, fp32 on CPU and bf16 on CUDA.
   loupe-no-gc     the same without gradient checkpointing: the speed it costs, the memory it saves.
+  loupe-every-position
+                  the same, scoring every position's 151,657 logits as TRL does where Triton is missing (a
+                  CPU); Loupe scores only the answer's positions there (models/train.scores_only_completions).
   trl-defaults    the baseline: TRL's DPOTrainer with DPOConfig's defaults (bf16 autocast, gradient
                   checkpointing) and LoRA on every linear layer, vision tower included, the usual recipe.
 
@@ -42,13 +45,14 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from trl import DPOConfig, DPOTrainer
 
 from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, print_machine
+from models import train
 from models.checkpoint import QWEN2_VL_FILES, load_model, load_processor
 from models.images import visual_tokens
 from models.train import TrainSettings, build_trainer, load_training_data, training_dtype
 from tests.helpers.datasets import write_export
 
 PARTS = ("demo", "full")
-VARIANTS = ("loupe", "loupe-no-gc", "trl-defaults")
+VARIANTS = ("loupe", "loupe-no-gc", "loupe-every-position", "trl-defaults")
 
 
 @dataclass
@@ -135,6 +139,8 @@ def baseline_trainer(settings: TrainSettings, train_dataset: Dataset) -> DPOTrai
 
 def train_variant(variant: str, base: str, device: str, data: Path, bench: BenchSettings) -> TrainResult:
     """Runs in a fresh process: build the variant's trainer on `data`, train, time each step."""
+    if variant == "loupe-every-position":
+        train.trl_utils._use_triton = train.TRITON_DECIDES
     with tempfile.TemporaryDirectory(prefix="loupe-bench-train-") as out:
         settings = TrainSettings(
             method="dpo",

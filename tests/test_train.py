@@ -26,6 +26,8 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from trl import DPOTrainer
+from trl.trainer import utils as trl_utils
+from trl.trainer.utils import add_fused_lm_head
 
 from chat.arena.leaderboard import as_markdown, contender_of, held_out_cell, standings, with_held_out
 from models.adapters import METADATA_FILE, AdapterDirectory, adapter_version
@@ -33,7 +35,16 @@ from models.checkpoint import load_model
 from models.doubts import Plan, end_warnings, plan_warnings
 from models.evaluate import EvaluateSettings, evaluate, logp_margins, preference_scores, scoring_model, table
 from models.evaluate import main as evaluate_command
-from models.train import TrainingError, TrainSettings, image_dataset, main, read_rows, split_held_out, train
+from models.train import (
+    TRITON_DECIDES,
+    TrainingError,
+    TrainSettings,
+    image_dataset,
+    main,
+    read_rows,
+    split_held_out,
+    train,
+)
 from tests.helpers.battles import battles
 from tests.helpers.datasets import MARKER, write_export
 from tests.helpers.hostile import FORGED
@@ -252,6 +263,31 @@ def test_the_command_prints_the_same_numbers_again_and_replaces_the_stored_resul
     assert "Loading demo" in result.stderr and f"Pairs scored: {held_out_rows} of {held_out_rows}" in result.stderr
     metadata = json.loads((evaluated.adapters_dir / ADAPTER / METADATA_FILE).read_text())
     assert len(metadata["evaluations"]) == 1  # the same measurement again: replaced, not added
+
+
+def test_on_a_cpu_only_the_answers_positions_are_scored_and_their_log_probabilities_are_trls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TRL scores all 151,657 logits at every position on a CPU; the answer's positions alone carry the loss."""
+    model = demo_model()
+    add_fused_lm_head(model)
+    input_ids = torch.randint(0, 1000, (2, 40), generator=torch.Generator().manual_seed(0))
+    labels = input_ids.masked_fill(torch.arange(40) < 30, -100)  # a 30-token prompt, a 10-token answer
+    scored: list[int] = []
+    kernel = trl_utils._ChunkedLogProbFunction.apply
+
+    def counted(hidden: torch.Tensor, *rest: Any) -> Any:
+        scored.append(hidden.shape[0])
+        return kernel(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
+    ours = model(input_ids=input_ids, labels=labels, fused_lm_head=True).log_probs
+    assert scored == [2 * 10]  # the labels shift by one: 10 labelled next tokens per row
+    monkeypatch.setattr(trl_utils, "_use_triton", TRITON_DECIDES)
+    every_position = model(input_ids=input_ids, labels=labels, fused_lm_head=True).log_probs
+    assert scored[1:] == [2 * 39]
+    torch.testing.assert_close(ours, every_position)
+    assert ours[:, 29:].lt(0).all() and ours[:, :29].eq(0).all()
 
 
 def test_preference_scores_of_known_margins() -> None:
