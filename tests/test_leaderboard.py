@@ -15,6 +15,7 @@ import pytest
 from chat.arena.leaderboard import (
     ELO,
     OVER_DAILY_CAP,
+    OVER_USER_CAP,
     REPEATED_PROMPT,
     HeldOut,
     Interval,
@@ -178,6 +179,24 @@ def test_one_battle_ranks_nobody_and_the_table_fits_the_chat_column() -> None:
     assert "- v3 (retired): provisional: 3 battles, too few to rank" in english.splitlines()
     for table in (english, as_markdown(ranked, leaderboard_words("ko"))):
         assert table_width(table) <= CHAT_COLUMN_CHARACTERS, table
+
+
+def test_no_user_counts_more_than_twice_the_median_users_battles() -> None:
+    """Three members vote twice each; a fourth, within the daily cap each day, votes twelve times over three days
+    against them: their first four count, as many as the export's rule 9 keeps of a user's rows."""
+    team = [
+        Outcome("v1", "base", "a", user=name, prompt=f"{name} {i}", voted_at=START + timedelta(minutes=i))
+        for name in ("ann", "bob", "cy")
+        for i in range(2)
+    ]
+    flood = [
+        Outcome("v1", "base", "b", user="mallory", prompt=f"flood {i}", voted_at=START + timedelta(hours=8 * i))
+        for i in range(12)
+    ]
+    kept, dropped = counted(team + flood, daily_cap=25)
+    assert dropped == {OVER_USER_CAP: 8}
+    assert [vote.prompt for vote in kept if vote.user == "mallory"] == [f"flood {i}" for i in range(4)]
+    assert len(kept) == 6 + 4
 
 
 def test_one_vote_per_user_per_prompt_and_a_daily_cap_count() -> None:

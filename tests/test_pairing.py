@@ -17,9 +17,9 @@ from chat.dataset.pairing import (
     Response,
     judge,
     prompt_key,
-    user_cap,
 )
 from chat.dataset.quality import PromptCap
+from chat.fair_share import user_cap
 
 START = datetime(2026, 11, 21, 10, 0)
 SYSTEM = "Answer like an engineer."

@@ -39,6 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from chat.fair_share import OVER_MEDIAN, user_cap
 from chat.settings import Settings
 from chat.store.generations import BASE
 from chat.store.schema import Battle, Generation, Step
@@ -68,6 +69,7 @@ BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 # Why a stored battle is not counted (vote hygiene), as the leaderboard reports them.
 REPEATED_PROMPT = "the user already voted on this prompt"
 OVER_DAILY_CAP = "over the user's daily cap"
+OVER_USER_CAP = f"over {OVER_MEDIAN} times the median user's counted battles"
 
 
 def style_of(answer: str) -> tuple[int, int, int, int]:
@@ -274,7 +276,9 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
 
     In the order voted: a flagged battle (no arena held it) never counts; a user's first battle on a prompt
     counts, later ones on the same prompt (asked again to vote again) do not; of the rest, at most `daily_cap`
-    per user per UTC day count, so that one eager user cannot decide the board alone.
+    per user per UTC day count, so that one eager user cannot decide the board alone; and of those, no user's
+    beyond twice the median user's count, as the export's rule 9 (chat/fair_share.py), so that a few users
+    far more active than the team cannot either, over days.
     """
     ordered = sorted(battles, key=lambda battle: battle.voted_at or datetime.min)
     seen: set[tuple[str, str]] = set()
@@ -295,7 +299,14 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
             continue
         per_day[day] += 1
         kept.append(battle)
-    return kept, dropped
+    limit, taken, capped = user_cap(Counter(battle.user for battle in kept).values()), Counter(), []
+    for battle in kept:
+        taken[battle.user] += 1
+        if limit is not None and taken[battle.user] > limit:
+            dropped[OVER_USER_CAP] += 1
+        else:
+            capped.append(battle)
+    return capped, dropped
 
 
 # The models ---------------------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import unicodedata
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import combinations
 
+from chat.fair_share import OVER_MEDIAN
 from models.backend import Ended
 
 # One prompt asked again and again (a demo question everyone tries, a user regenerating and judging many
@@ -26,13 +26,9 @@ from models.backend import Ended
 # answers judged every way the chat offers give (a comparison, thumbs on a third answer, a correction).
 MAX_ROWS_PER_PROMPT = 4
 # Why a pair or row is left out by the quality rules, as the card and `python -m chat stats` name it.
-# One member must not outweigh the team either: a member ten times as active as the rest, honest or flooding
-# comparisons against the team, would otherwise set the direction of the whole adapter (bench/bench_flywheel.py,
-# the hostile scenario). Twice the median member's count leaves the ordinary spread between members alone.
-USER_ROWS_OVER_MEDIAN = 2
 IDENTICAL = "identical answers (rule 5)"
 NEAR_DUPLICATE = f"more than {MAX_ROWS_PER_PROMPT} rows for one prompt (rule 8)"
-OVER_USER_CAP = f"more than {USER_ROWS_OVER_MEDIAN} times the median user's rows (rule 9)"
+OVER_USER_CAP = f"more than {OVER_MEDIAN} times the median user's rows (rule 9)"
 
 RULES = f"""\
 Answers are judged per user message, among its answers (regenerated answers are siblings).
@@ -79,21 +75,11 @@ Every export:
    texts (system prompt, earlier turns, question, document text) match once NFKC-normalised,
    casefolded, stripped of punctuation and with each run of whitespace one space, and they show
    the same images and document pages in the same order.
-9. **No user outweighs the team**: one user gives at most {USER_ROWS_OVER_MEDIAN} times as many rows as the
+9. **No user outweighs the team**: one user gives at most {OVER_MEDIAN} times as many rows as the
    median user of the export (counted after its selection and rules 5 and 8, among the users with a
    row); their first ones in the export's order are kept and the card counts the others among the
    rows left out. Conversations without a user are not capped.
 """
-
-
-def user_cap(rows_per_user: Iterable[int]) -> int | None:
-    """Rule 9: the most rows one user may give, from each user's count of rows; None when no user has one."""
-    counts = sorted(count for count in rows_per_user if count > 0)
-    if not counts:
-        return None
-    middle = len(counts) // 2
-    median = counts[middle] if len(counts) % 2 else (counts[middle - 1] + counts[middle]) / 2
-    return math.floor(USER_ROWS_OVER_MEDIAN * median)
 
 
 @dataclass(frozen=True)

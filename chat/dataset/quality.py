@@ -21,7 +21,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from chat.dataset.pairing import MAX_ROWS_PER_PROMPT, normal_text, user_cap
+from chat.dataset.pairing import MAX_ROWS_PER_PROMPT, normal_text
+from chat.fair_share import user_cap
 
 
 class PromptCap:
