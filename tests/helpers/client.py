@@ -231,9 +231,15 @@ class ChatClient:
 
         An HTTP response can overtake the socket events sent while it was handled. A socket.io
         call's acknowledgement comes after everything emitted before it on this connection, so an
-        empty settings change (which changes nothing) works as a fence.
+        empty settings change (which changes nothing) works as a fence: its handler runs as a task,
+        whose end is the last one queued when the acknowledgement comes. That end and everything
+        before it are taken, so that no later read takes the fence's task for a run's.
         """
-        await self.change_settings({})
+        await self.sio.call("chat_settings_change", {}, timeout=10)
+        queued = [self._events.get_nowait() for _ in range(self._events.qsize())]
+        fence = max(index for index, (event, _) in enumerate(queued) if event == "task_end")
+        for event in queued[fence + 1 :]:
+            self._events.put_nowait(event)
 
     async def regenerate(self, answer_id: str, timeout: float = ANSWER_TIMEOUT_S) -> Reply:
         """Press Regenerate under an answer; everything emitted until the new answer's task ends."""
