@@ -55,13 +55,15 @@ from peft import PeftModel
 from bench.bench_chat import machine_details
 from chat.prompts import system_prompt
 from models.checkpoint import DEMO, LoadedModel, load_model
-from tests.helpers.client import ANSWER_TIMEOUT_S, ChatClient, Reply, arena_answers, png
+from tests.helpers.client import ChatClient, Reply, arena_answers, png
 from tests.helpers.hostile import FORGED
 from tests.helpers.load import Account, add_accounts, sqlite_url
 from tests.helpers.server import REPO, Server, start_server, stop_server
 
 HAN = re.compile(r"[\u4e00-\u9fff]")  # CJK Unified Ideographs
 ADAPTER = "team-v1"
+# The share of the DPO export's prompts training holds out, for `models evaluate`'s preference accuracy.
+EVAL_FRACTION = 0.2
 # What every user asks with: sampled answers, as the issue's team samples them, short enough for a CPU.
 ANSWER_TOKENS = 48
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "max_new_tokens": ANSWER_TOKENS}
@@ -116,11 +118,11 @@ class Oracle:
 @dataclass
 class FlywheelSettings:
     users: int = 12
-    questions: int = 8  # per user, each its own prompt
-    battles: int = 6  # arena battles per user
+    questions: int = 16  # per user, each its own prompt
+    battles: int = 12  # arena battles per user
     held_out: int = 240  # held-out comparisons, at least 200 for the interval to mean anything
     image_share: float = 0.25  # questions asked with an image
-    steps: int = 24  # optimizer steps of 4 rows: a few epochs of what a round exports
+    steps: int = 40  # optimizer steps of 4 rows: a few epochs of what a round exports
     learning_rate: float = 1e-3  # a tiny random model's; TRL's 5e-6 for LoRA DPO moves it nowhere in so few steps
     arena_min_battles: int = 50  # LOUPE_ARENA_MIN_BATTLES: the team's setting promote applies
     hostile: float = 0.2  # the share of users who are hostile in the "hostile" scenario
@@ -131,13 +133,13 @@ class FlywheelSettings:
     @classmethod
     def quick(cls, **overrides: Any) -> FlywheelSettings:
         """Fewer users, questions, battles and steps, and the 200 held-out comparisons the interval needs: under
-        20 minutes on an idle 2-core machine. Six users give 30 battles: promote asks for 20 here."""
+        20 minutes on an idle 2-core machine. Six users give 72 battles: promote asks for 20 here."""
         return cls(
             **{
                 "users": 6,
-                "questions": 6,
-                "battles": 5,
-                "steps": 8,
+                "questions": 16,
+                "battles": 12,
+                "steps": 30,
                 "held_out": 200,
                 "arena_min_battles": 20,
                 **overrides,
@@ -167,7 +169,7 @@ def mean_interval(values: list[float]) -> dict[str, float]:
 @dataclass
 class Stage:
     seconds: float = 0.0
-    peak_rss_mib: float = 0.0  # the largest child process's, for the stages that run one
+    peak_rss_mib: float = 0.0  # the stage's command's, or this process's peak so far for in-process stages
 
 
 @dataclass
@@ -178,7 +180,8 @@ class Result:
     comparisons: int = 0
     oracle_base: dict[str, float] = field(default_factory=dict)
     oracle_adapter: dict[str, float] = field(default_factory=dict)
-    export: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)  # per format: rows written, and what the export said
+    preference_accuracy: dict[str, Any] = field(default_factory=dict)  # models evaluate, base and adapter
     training: dict[str, Any] = field(default_factory=dict)
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
     promoted: bool = False
@@ -202,18 +205,9 @@ def answers_in(reply: Reply) -> list[dict[str, Any]]:
     return [message for message in reply.messages if message.get("metadata", {}).get("generation")]
 
 
-async def answered(client: ChatClient, reply: Reply) -> Reply:
-    """The reply that holds the run's messages: ChatClient.click fences with an empty settings change, whose own
-    task may still be queued and be taken for the next answer's."""
-    while not reply.messages:
-        await client.wait_for("task_start", ANSWER_TIMEOUT_S)
-        reply = await client.collect()
-    return reply
-
-
 async def answer_to(client: ChatClient, question: str, files: list[str] | None = None) -> dict[str, Any] | None:
     """The answer to `question`, or None where the app refused it (a limit, said to the user in a notice)."""
-    answers = answers_in(await answered(client, await client.ask(question, files)))
+    answers = answers_in(await client.ask(question, files))
     return answers[0] if answers else None
 
 
@@ -254,7 +248,7 @@ async def honest_member(url: str, account: Account, user: int, team: Team) -> No
             team.leaked.append(answer)
             roll = rng.random()
             if roll < 0.4:  # unsure: another answer, and which is better
-                if not (regenerated := answers_in(await answered(client, await client.regenerate(answer["id"])))):
+                if not (regenerated := answers_in(await client.regenerate(answer["id"]))):
                     tally["refused"] += 1
                     continue
                 second = regenerated[0]
@@ -287,7 +281,7 @@ async def arena_member(url: str, account: Account, user: int, team: Team) -> Non
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
         vote: dict[str, Any] | None = None  # the last vote cast: what a forged one is made from
         for question in questions_for(user, team.settings.battles * (HOSTILE_ACTIVITY if hostile else 1), 1000):
-            if (battle := arena_texts(await answered(client, await client.ask(question)))) is None:
+            if (battle := arena_texts(await client.ask(question))) is None:
                 team.tally["refused"] += 1
                 continue
             b, text_a, text_b = battle
@@ -317,7 +311,7 @@ async def hostile_member(url: str, account: Account, user: int, team: Team) -> N
             if (answer := await answer_to(client, question)) is None:
                 team.tally["hostile refused"] += 1
                 continue
-            if not (regenerated := answers_in(await answered(client, await client.regenerate(answer["id"])))):
+            if not (regenerated := answers_in(await client.regenerate(answer["id"]))):
                 team.tally["hostile refused"] += 1
                 continue
             second = regenerated[0]
@@ -342,14 +336,33 @@ async def hostile_member(url: str, account: Account, user: int, team: Team) -> N
 # The loop's commands --------------------------------------------------------------------------------------
 
 
-def command(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Stage]:
-    """A Loupe command as an operator runs it; its wall time and its peak memory."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+# Runs `python -m MODULE ARGS...` and at its exit writes its own peak memory (VmHWM, KiB) to the file that
+# FLYWHEEL_PEAK names. ru_maxrss would not do: Linux keeps a forked child's high-water mark across exec, so every
+# command would report at least this (large) process's memory at the time it was started.
+MEASURED = """
+import atexit, os, re, runpy, sys
+def peak():
+    status = open("/proc/self/status").read()
+    open(os.environ["FLYWHEEL_PEAK"], "w").write(re.search(r"VmHWM:\\s+(\\d+)", status).group(1))
+atexit.register(peak)
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def command(module: str, args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Stage]:
+    """A Loupe command (`python -m MODULE ARGS`) as an operator runs it; its wall time and its own peak memory."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **env})  # fmt: skip
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return done, Stage(time.monotonic() - started, max(peak, before) / 1024)
+    with tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "FLYWHEEL_PEAK": peak.name, **env}
+        done = subprocess.run([sys.executable, "-c", MEASURED, module, *args], cwd=REPO, capture_output=True,
+                              text=True, env=env)  # fmt: skip
+        kib = peak.read().strip()
+    return done, Stage(time.monotonic() - started, int(kib) / 1024 if kib else 0.0)
+
+
+def self_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def checked(done: subprocess.CompletedProcess, what: str) -> str:
@@ -420,23 +433,28 @@ async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
         result.stages["feedback"] = Stage(time.monotonic() - started)
 
         export = root / "export"
-        done, result.stages["export"] = command(
-            ["-m", "chat", "export", "--format", "trl-dpo", "--out", str(export)], env
-        )
-        result.export = {"said": checked(done, "export").strip().splitlines()[-6:],
-                         "rows": len((export / "train.jsonl").read_text(encoding="utf-8").splitlines())}  # fmt: skip
+        for kind in ("dpo", "kto"):
+            done, result.stages[f"export {kind}"] = command(
+                "chat", ["export", "--format", f"trl-{kind}", "--out", str(export / kind)], env
+            )
+            result.export[kind] = {"said": checked(done, f"export {kind}").strip().splitlines()[-6:],
+                                   "rows": len((export / kind / "train.jsonl").read_text().splitlines())}  # fmt: skip
 
         out = adapters / ADAPTER
-        train = ["-m", "models", "train", "--method", "dpo", "--data", str(export), "--out", str(out), "--base", DEMO,
-                 "--learning-rate", str(settings.learning_rate), "--max-steps", str(settings.steps),
-                 "--batch-size", "4", "--gradient-accumulation", "1", "--eval-fraction", "0"]  # fmt: skip
-        done, result.stages["train"] = command(train, env)
+        train = ["train", "--method", "dpo", "--data", str(export / "dpo"), "--out", str(out),
+                 "--base", DEMO, "--learning-rate", str(settings.learning_rate), "--max-steps", str(settings.steps),
+                 "--batch-size", "4", "--gradient-accumulation", "1",
+                 "--eval-fraction", str(EVAL_FRACTION)]  # fmt: skip
+        done, result.stages["train"] = command("models", train, env)
         checked(done, "training")
         result.training = json.loads((out / "loupe.json").read_text(encoding="utf-8")).get("training", {})
+        evaluate = ["evaluate", "--data", str(export / "dpo"), "--adapter", ADAPTER, "--json"]
+        done, result.stages["evaluate"] = command("models", evaluate, env)
+        result.preference_accuracy = json.loads(checked(done, "evaluation"))["scores"]
 
         started = time.monotonic()
         held_out_comparisons(out, oracle, settings, result)
-        result.stages["held_out"] = Stage(time.monotonic() - started)
+        result.stages["held_out"] = Stage(time.monotonic() - started, self_peak_mib())
 
         if settings.battles:
             await arena(server, accounts, team, env, result)
@@ -452,9 +470,9 @@ async def arena(server: Server, accounts: list[Account], team: Team, env: dict[s
     started = time.monotonic()
     await together(server, accounts, arena_member, team)
     result.stages["arena"] = Stage(time.monotonic() - started)
-    done, _ = command(["-m", "chat", "leaderboard", "--json"], env)
+    done, _ = command("chat", ["leaderboard", "--json"], env)
     result.leaderboard = json.loads(checked(done, "leaderboard")).get("standings", [])
-    done, result.stages["promote"] = command(["-m", "chat", "promote", ADAPTER], env)
+    done, result.stages["promote"] = command("chat", ["promote", ADAPTER], env)
     result.promoted = done.returncode == 0
     result.promote_said = (done.stdout or done.stderr).strip().splitlines()[-1]
 
@@ -487,13 +505,16 @@ def written_into_others_conversations(data_dir: Path) -> dict[str, int]:
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| scenario | win rate (95%) | oracle: base → adapter | DPO rows | promoted | feedback |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| scenario | win rate (95%) | oracle: base → adapter | held-out accuracy: base → adapter "
+             "| DPO rows | promoted | feedback |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         low, high = r.win_rate_ci
+        accuracy = {name: scores["accuracy"] for name, scores in r.preference_accuracy.items()}
         lines.append(
             f"| {r.scenario} | {r.win_rate:.2f} ({low:.2f} to {high:.2f}), n={r.comparisons} "
-            f"| {r.oracle_base['mean']:.3f} → {r.oracle_adapter['mean']:.3f} | {r.export['rows']} "
+            f"| {r.oracle_base['mean']:.3f} → {r.oracle_adapter['mean']:.3f} "
+            f"| {accuracy.get('base', 0):.2f} → {accuracy.get(ADAPTER, 0):.2f} "
+            f"(n={r.preference_accuracy.get(ADAPTER, {}).get('pairs', 0)}) | {r.export['dpo']['rows']} "
             f"| {'yes' if r.promoted else 'no'} | {', '.join(f'{k} {v}' for k, v in r.feedback.items())} |"
         )
     return "\n".join(lines)
