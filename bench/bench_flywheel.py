@@ -55,6 +55,7 @@ from peft import PeftModel
 from bench.bench_chat import machine_details
 from chat.prompts import system_prompt
 from models.checkpoint import DEMO, LoadedModel, load_model
+from models.control_tokens import control_tokens
 from tests.helpers.client import ChatClient, Reply, arena_answers, png
 from tests.helpers.hostile import FORGED
 from tests.helpers.load import Account, add_accounts, sqlite_url
@@ -180,7 +181,9 @@ class Result:
     comparisons: int = 0
     oracle_base: dict[str, float] = field(default_factory=dict)
     oracle_adapter: dict[str, float] = field(default_factory=dict)
-    export: dict[str, Any] = field(default_factory=dict)  # per format: rows written, and what the export said
+    # Per format: rows written, what the export said, and rows holding a chat-template control token (a forged
+    # turn, as hostile corrections write them): 0, as the export breaks every one (models/control_tokens.py).
+    export: dict[str, Any] = field(default_factory=dict)
     preference_accuracy: dict[str, Any] = field(default_factory=dict)  # models evaluate, base and adapter
     training: dict[str, Any] = field(default_factory=dict)
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
@@ -205,16 +208,27 @@ def answers_in(reply: Reply) -> list[dict[str, Any]]:
     return [message for message in reply.messages if message.get("metadata", {}).get("generation")]
 
 
-async def answer_to(client: ChatClient, question: str, files: list[str] | None = None) -> dict[str, Any] | None:
-    """The answer to `question`, or None where the app refused it (a limit, said to the user in a notice)."""
-    answers = answers_in(await client.ask(question, files))
-    return answers[0] if answers else None
+def refused(reply: Reply, tally: Counter[str], who: str) -> None:
+    """Tally a question the app did not answer under what it said instead (a limit's notice; not the queue's),
+    its numbers blanked."""
+    notices = [m["output"] for m in reply.messages if m not in answers_in(reply) and not m["output"].startswith("⏳")]
+    said = notices[0] if notices else "nothing"
+    tally[f"{who} refused: {re.sub(r'[0-9]+', 'N', said.split('.')[0])[:70]}"] += 1
 
 
-def arena_texts(reply: Reply) -> tuple[dict[str, Any], str, str] | None:
+def first_answer(reply: Reply, tally: Counter[str], who: str) -> dict[str, Any] | None:
+    """The reply's answer; None where the app refused the question (tallied)."""
+    if answers := answers_in(reply):
+        return answers[0]
+    refused(reply, tally, who)
+    return None
+
+
+def arena_texts(reply: Reply, tally: Counter[str], who: str) -> tuple[dict[str, Any], str, str] | None:
     """Answer B (its buttons hold the vote) and the texts of A and B without their labels; None where the app
-    refused the question."""
+    refused the question (tallied)."""
     if len(answers_in(reply)) < 2:
+        refused(reply, tally, who)
         return None
     a, b = arena_answers(reply)
     return b, a["output"].split("\n\n", 1)[-1], b["output"].split("\n\n", 1)[-1]
@@ -242,16 +256,13 @@ async def honest_member(url: str, account: Account, user: int, team: Team) -> No
             files = (
                 [await client.upload("figure.png", png(), "image/png")] if rng.random() < settings.image_share else None
             )
-            if (answer := await answer_to(client, question, files)) is None:
-                tally["refused"] += 1
+            if (answer := first_answer(await client.ask(question, files), tally, "member")) is None:
                 continue
             team.leaked.append(answer)
             roll = rng.random()
             if roll < 0.4:  # unsure: another answer, and which is better
-                if not (regenerated := answers_in(await client.regenerate(answer["id"]))):
-                    tally["refused"] += 1
+                if (second := first_answer(await client.regenerate(answer["id"]), tally, "member")) is None:
                     continue
-                second = regenerated[0]
                 choice = oracle.prefers(answer["output"], second["output"])
                 [button] = [a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == choice]
                 (await client.click(button)).raise_for_status()
@@ -281,8 +292,9 @@ async def arena_member(url: str, account: Account, user: int, team: Team) -> Non
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
         vote: dict[str, Any] | None = None  # the last vote cast: what a forged one is made from
         for question in questions_for(user, team.settings.battles * (HOSTILE_ACTIVITY if hostile else 1), 1000):
-            if (battle := arena_texts(await client.ask(question))) is None:
-                team.tally["refused"] += 1
+            if (
+                battle := arena_texts(await client.ask(question), team.tally, "hostile arena" if hostile else "arena")
+            ) is None:
                 continue
             b, text_a, text_b = battle
             choice = oracle.prefers(text_a, text_b)
@@ -308,13 +320,10 @@ async def hostile_member(url: str, account: Account, user: int, team: Team) -> N
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
         compare: dict[str, Any] | None = None  # the last comparison made: what a forged one is made from
         for question in questions_for(user, team.settings.questions * HOSTILE_ACTIVITY):
-            if (answer := await answer_to(client, question)) is None:
-                team.tally["hostile refused"] += 1
+            if (answer := first_answer(await client.ask(question), team.tally, HOSTILE)) is None:
                 continue
-            if not (regenerated := answers_in(await client.regenerate(answer["id"]))):
-                team.tally["hostile refused"] += 1
+            if (second := first_answer(await client.regenerate(answer["id"]), team.tally, HOSTILE)) is None:
                 continue
-            second = regenerated[0]
             choice = oracle.prefers(answer["output"], second["output"])
             [compare] = [a for a in client.actions_for(second["id"], "compare") if a["payload"]["choice"] == choice]
             (await client.click(compare)).raise_for_status()
@@ -437,8 +446,10 @@ async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
             done, result.stages[f"export {kind}"] = command(
                 "chat", ["export", "--format", f"trl-{kind}", "--out", str(export / kind)], env
             )
-            result.export[kind] = {"said": checked(done, f"export {kind}").strip().splitlines()[-6:],
-                                   "rows": len((export / kind / "train.jsonl").read_text().splitlines())}  # fmt: skip
+            rows = (export / kind / "train.jsonl").read_text(encoding="utf-8").splitlines()
+            said = checked(done, f"export {kind}").strip().splitlines()[-6:]
+            forged = sum(bool(control_tokens(row)) for row in rows)
+            result.export[kind] = {"said": said, "rows": len(rows), "forged_turns": forged}
 
         out = adapters / ADAPTER
         train = ["train", "--method", "dpo", "--data", str(export / "dpo"), "--out", str(out),

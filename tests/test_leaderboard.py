@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from chat.arena.leaderboard import (
+    AGAINST_THE_TEAM,
     ELO,
     OVER_DAILY_CAP,
     OVER_USER_CAP,
@@ -22,6 +23,7 @@ from chat.arena.leaderboard import (
     Outcome,
     as_json,
     as_markdown,
+    binomial_tail,
     counted,
     objections_to_promoting,
     rank_by_intervals,
@@ -197,6 +199,45 @@ def test_no_user_counts_more_than_twice_the_median_users_battles() -> None:
     assert dropped == {OVER_USER_CAP: 8}
     assert [vote.prompt for vote in kept if vote.user == "mallory"] == [f"flood {i}" for i in range(4)]
     assert len(kept) == 6 + 4
+
+
+def votes(user: str, choices: str, day: int = 0) -> list[Outcome]:
+    """One battle of v1 (A) against the base model (B) per choice (a, b, or t for a tie), each on its own prompt,
+    a minute apart."""
+    return [
+        Outcome("v1", "base", {"t": "tie"}.get(choice, choice), user=user, prompt=f"{user} {i}",
+                voted_at=START + timedelta(days=day, minutes=i))
+        for i, choice in enumerate(choices)
+    ]  # fmt: skip
+
+
+def test_the_votes_of_a_user_who_votes_against_the_rest_of_the_team_do_not_count() -> None:
+    """Ten members prefer v1 four times in five; a hostile member votes for the base model every time, within
+    every cap: none of the hostile votes count. A member who disagrees six times of six keeps their votes."""
+    team = [vote for member in range(10) for vote in votes(f"member{member}", "aaaab" if member % 2 else "aaaat")]
+    hostile = votes("mallory", "bbbbbbbbbt", day=1)
+    kept, dropped = counted(team + hostile, daily_cap=25)
+    assert dropped == {AGAINST_THE_TEAM: 10}
+    assert len(kept) == len(team) and "mallory" not in {vote.user for vote in kept}
+    board = by_name(standings(team + hostile, min_battles=1))
+    assert board["v1"].score.low > board["base"].score.high
+    assert standings(team + hostile).not_counted == {AGAINST_THE_TEAM: 10}
+
+    dissenter = votes("dora", "bbbbbb", day=1)
+    kept, dropped = counted(team + dissenter, daily_cap=25)
+    assert not dropped and len(kept) == 56  # 6 against a rest voting 80:20 happens by chance once in 16,000
+
+
+def test_a_divided_team_keeps_every_vote() -> None:
+    team = [vote for member in range(10) for vote in votes(f"member{member}", "aaaaaa" if member < 5 else "bbbbbb")]
+    kept, dropped = counted(team, daily_cap=25)
+    assert not dropped and len(kept) == len(team)
+
+
+def test_binomial_tails() -> None:
+    assert binomial_tail(4, 4, 0.5) == pytest.approx(1 / 16)
+    assert binomial_tail(3, 1, 0.1) == pytest.approx(1 - 0.9**3)
+    assert binomial_tail(5000, 2600, 0.5) == pytest.approx(0.00244, rel=0.01)  # thousands of votes: no overflow
 
 
 def test_one_vote_per_user_per_prompt_and_a_daily_cap_count() -> None:

@@ -7,8 +7,9 @@ own contender (`name@version`), so retraining an adapter starts a new record; a 
 longer in the adapters folder is shown as retired. Only voted battles are read, and only those the arena
 held count (a battle stored before the arena recorded its own is flagged if no arena held it). Before
 anything is fitted, vote hygiene decides which of them count (`counted`): one per user per prompt, a daily
-cap per user, and the vote the user cast blind (a battle voted again after the reveal, before votes were
-final, keeps its first choice).
+cap per user, no user beyond twice the median user's count, none of a user voting against the rest of the team,
+and the vote the user cast blind (a battle voted again after the reveal, before votes were final, keeps its
+first choice).
 
 Two scores, both on the Elo scale (400 points = 10:1 odds, mean 1000) as in Chatbot Arena:
 - **plain**: the Bradley-Terry model, a logistic regression of the outcome on +1 for A's contender
@@ -70,6 +71,12 @@ BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 REPEATED_PROMPT = "the user already voted on this prompt"
 OVER_DAILY_CAP = "over the user's daily cap"
 OVER_USER_CAP = f"over {OVER_MEDIAN} times the median user's counted battles"
+# A user whose decisive votes go against the rest of the team's far more often than chance allows is voting
+# against the team, not judging answers (bench/bench_flywheel.py's hostile members). So small a chance that an
+# honest member who merely disagrees keeps their votes unless they disagree with nearly everyone, many times:
+# 6 of 6 votes against a rest that votes 80:20 is p = 6e-5, and counts; 10 of 10 is 1e-7, and does not.
+AGAINST_THE_TEAM_P = 1e-6
+AGAINST_THE_TEAM = "the user's votes go against the rest of the team's (p < 1e-6)"
 
 
 def style_of(answer: str) -> tuple[int, int, int, int]:
@@ -278,7 +285,8 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
     counts, later ones on the same prompt (asked again to vote again) do not; of the rest, at most `daily_cap`
     per user per UTC day count, so that one eager user cannot decide the board alone; and of those, no user's
     beyond twice the median user's count, as the export's rule 9 (chat/fair_share.py), so that a few users
-    far more active than the team cannot either, over days.
+    far more active than the team cannot either, over days; and none of a user who votes against the rest of
+    the team (`against_the_team`).
     """
     ordered = sorted(battles, key=lambda battle: battle.voted_at or datetime.min)
     seen: set[tuple[str, str]] = set()
@@ -306,7 +314,53 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
             dropped[OVER_USER_CAP] += 1
         else:
             capped.append(battle)
-    return capped, dropped
+    contrary = against_the_team(capped)
+    dropped[AGAINST_THE_TEAM] += sum(battle.user in contrary for battle in capped)
+    return [battle for battle in capped if battle.user not in contrary], +dropped
+
+
+def against_the_team(battles: list[Outcome]) -> set[str]:
+    """The users whose decisive votes pick the side the rest of the voters disfavour more often than chance
+    allows.
+
+    For each of a user's decisive votes, q is the rest's share of decisive wins for the side the user picked,
+    between the same two contenders (a win added to each side, so that one vote decides nothing); the vote goes
+    against the rest where q < 1/2. Were the user voting as the rest do, each vote would go against them with
+    probability min(q, 1 - q), at most m over the user's votes, so the count against is at most binomial(n, m).
+    A count in that binomial's tail beyond AGAINST_THE_TEAM_P is not chance.
+    """
+    decisive = Counter(
+        (battle.user, *((battle.contender_a, battle.contender_b)[:: 1 if battle.choice == "a" else -1]))
+        for battle in battles
+        if battle.choice in ("a", "b")
+    )
+    wins: Counter[tuple[str, str]] = Counter()
+    by_user: defaultdict[str, list[tuple[str, str, int]]] = defaultdict(list)
+    for (user, winner, loser), votes in decisive.items():
+        wins[winner, loser] += votes
+        by_user[user].append((winner, loser, votes))
+    contrary = set()
+    for user, votes in by_user.items():
+        shares = []
+        for winner, loser, count in votes:
+            rest_won, rest_lost = wins[winner, loser] - count, wins[loser, winner] - decisive[user, loser, winner]
+            shares += [(rest_won + 1) / (rest_won + rest_lost + 2)] * count
+        leaning = [share for share in shares if share != 0.5]
+        against = sum(share < 0.5 for share in leaning)
+        chance = max((min(share, 1 - share) for share in leaning), default=0.5)
+        if against and binomial_tail(len(leaning), against, chance) < AGAINST_THE_TEAM_P:
+            contrary.add(user)
+    return contrary
+
+
+def binomial_tail(n: int, k: int, p: float) -> float:
+    """P(X >= k) for X ~ binomial(n, p), summed in log space so that thousands of votes do not overflow."""
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(p) + (n - j) * math.log1p(-p)
+        for j in range(k, n + 1)
+    ]
+    top = max(log_terms)
+    return math.exp(top) * sum(math.exp(term - top) for term in log_terms)
 
 
 # The models ---------------------------------------------------------------------------------------
