@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ ADAPTER = "team-v1"
 # The share of the DPO export's prompts training holds out, for `models evaluate`'s preference accuracy.
 EVAL_FRACTION = 0.2
 # What every user asks with: sampled answers, as the issue's team samples them, short enough for a CPU.
-ANSWER_TOKENS = 48
+ANSWER_TOKENS = 32
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "max_new_tokens": ANSWER_TOKENS}
 # The team's assistant style: the shortest system prompt. Training on a CPU spends most of its time on the
 # vocabulary's 151,000 logits at every position, the prompt's included: the engineering style's doubles it.
@@ -134,13 +135,13 @@ class FlywheelSettings:
     @classmethod
     def quick(cls, **overrides: Any) -> FlywheelSettings:
         """Fewer users, questions, battles and steps, and the 200 held-out comparisons the interval needs: under
-        20 minutes on an idle 2-core machine. Six users give 72 battles: promote asks for 20 here."""
+        20 minutes on an idle 2-core machine. Six users give 36 battles: promote asks for 20 here."""
         return cls(
             **{
                 "users": 6,
                 "questions": 16,
-                "battles": 12,
-                "steps": 30,
+                "battles": 6,
+                "steps": 24,
                 "held_out": 200,
                 "arena_min_battles": 20,
                 **overrides,
@@ -405,11 +406,19 @@ def sample_answers(model: torch.nn.Module, loaded: LoadedModel, questions: list[
     return answers
 
 
+@cache
+def base_answers(questions: tuple[str, ...], seed: int) -> list[str]:
+    """The base model's held-out answers, the same in every scenario (the same model, questions and seed): sampled
+    once a run."""
+    loaded = load_model(DEMO, device="cpu", dtype="float32")
+    return sample_answers(loaded.model, loaded, list(questions), seed)
+
+
 def held_out_comparisons(adapter: Path, oracle: Oracle, settings: FlywheelSettings, result: Result) -> None:
     """Base and adapter answer the same held-out questions (never asked in the app); the oracle judges each pair."""
     questions = questions_for(10_000, settings.held_out, offset=10_000)
+    base = base_answers(tuple(questions), settings.seed)
     loaded = load_model(DEMO, device="cpu", dtype="float32")
-    base = sample_answers(loaded.model, loaded, questions, settings.seed)
     tuned = PeftModel.from_pretrained(loaded.model, adapter).eval()
     theirs = sample_answers(tuned, loaded, questions, settings.seed + 1)
     verdicts = [oracle.prefers(ours, base_answer) for ours, base_answer in zip(theirs, base, strict=True)]
