@@ -5,6 +5,7 @@ and the evidence promotion asks for."""
 from __future__ import annotations
 
 import json
+import random
 import unicodedata
 from dataclasses import replace
 from datetime import timedelta
@@ -232,6 +233,25 @@ def test_a_divided_team_keeps_every_vote() -> None:
     team = [vote for member in range(10) for vote in votes(f"member{member}", "aaaaaa" if member < 5 else "bbbbbb")]
     kept, dropped = counted(team, daily_cap=25)
     assert not dropped and len(kept) == len(team)
+
+
+def test_a_contender_that_wins_every_battle_with_shorter_answers_still_ranks_first() -> None:
+    """Found by bench_flywheel: an adapter answering in Han characters (a fraction of the base model's length in
+    characters) won 36 battles of 36, and the style-controlled board said 1000 (1000 to 1000) for both, its
+    unpenalised length coefficient having taken the whole effect. The prior on it keeps a share for the
+    contender."""
+    rng = random.Random(0)
+    shorter, longer = [(rng.randint(30, 45), 0, 0, 0) for _ in range(36)], [(rng.randint(110, 140), 0, 0, 0)] * 36
+    battles = [
+        Outcome("v1", "base", "a", short, long, f"u{i % 6}", f"p{i}")
+        if i % 2
+        else Outcome("base", "v1", "b", long, short, f"u{i % 6}", f"p{i}")
+        for i, (short, long) in enumerate(zip(shorter, longer, strict=True))
+    ]
+    board = standings(battles)
+    ranked = by_name(board)
+    assert ranked["v1"].score.low > ranked["base"].score.high + 200
+    assert board.style_coefficients["length"] < 0  # shorter answers won: the fit says so too, within reason
 
 
 def test_binomial_tails() -> None:

@@ -19,8 +19,8 @@ Two scores, both on the Elo scale (400 points = 10:1 odds, mean 1000) as in Chat
   LMSYS's "style control". A contender whose answers win only because they are longer or more
   formatted loses that lead; the fitted style coefficients say how much voters reward each.
 
-A tie and "both bad" count as half a win for each side. A Gaussian prior on the strengths (`PRIOR`)
-keeps an unbeaten contender's score finite. Rank = 1 + the number of contenders whose interval lies
+A tie and "both bad" count as half a win for each side. A Gaussian prior on the strengths and the style
+coefficients (`PRIOR`) keeps an unbeaten contender's score finite. Rank = 1 + the number of contenders whose interval lies
 entirely above this one's, so contenders whose intervals overlap share a rank. A contender with
 fewer than `min_battles` counted battles is provisional.
 """
@@ -407,8 +407,10 @@ class Design:
         return gradient
 
     def prior(self) -> np.ndarray:
-        """The prior's precision per parameter: on the strengths only, not on the style coefficients."""
-        return np.r_[np.full(self.contenders, PRIOR), np.zeros(self.covariates.shape[1])]
+        """The prior's precision per parameter, the style coefficients' too (per spread of their feature). Without
+        one, a contender that wins every battle with answers of another style (shorter, say) gives a coefficient
+        that grows without bound and takes the whole effect: both contenders at 1000, intervals of no width."""
+        return np.full(self.parameters, PRIOR)
 
 
 def design_of(battles: list[Outcome], names: list[str]) -> Design:
