@@ -55,15 +55,17 @@ from peft import PeftModel
 
 from bench.bench_chat import machine_details
 from chat.prompts import system_prompt
+from chat.store.generations import BASE
+from chat.ui.runtime import MESSAGE_WINDOW_S
 from models.checkpoint import DEMO, LoadedModel, load_model
 from models.control_tokens import control_tokens
 from tests.helpers.client import ChatClient, Reply, arena_answers, png
 from tests.helpers.hostile import FORGED
 from tests.helpers.load import Account, add_accounts, sqlite_url
+from tests.helpers.pdfs import text_pdf
 from tests.helpers.server import REPO, Server, start_server, stop_server
 
 HAN = re.compile(r"[\u4e00-\u9fff]")  # CJK Unified Ideographs
-ADAPTER = "team-v1"
 # The share of the DPO export's prompts training holds out, for `models evaluate`'s preference accuracy.
 EVAL_FRACTION = 0.2
 # What every user asks with: sampled answers, as the issue's team samples them, short enough for a CPU.
@@ -86,6 +88,9 @@ PARTS = [
 SCENARIOS = ("honest", "hostile", "reversed")
 HOSTILE = "hostile"  # the account names' prefix of hostile members
 HOSTILE_ACTIVITY = 10  # a hostile member asks, and battles, ten times as much as an honest one
+ROUND_QUESTIONS = 10_000  # question numbers a round may use: its questions never repeat another round's
+ARENA_QUESTIONS = 5_000  # from here in a round's numbers: the arena's questions
+HELD_OUT_QUESTIONS = 10**7  # and far beyond any round's: the held-out questions, never asked in the app
 ASKS = ["What does a {} do?", "How do I size a {}?", "What fails first in a {}?", "Why add a {} here?"]
 
 
@@ -124,6 +129,8 @@ class FlywheelSettings:
     battles: int = 12  # arena battles per user
     held_out: int = 240  # held-out comparisons, at least 200 for the interval to mean anything
     image_share: float = 0.25  # questions asked with an image
+    pdf_share: float = 0.1  # questions asked with a one-page PDF, which goes into the user's library
+    rounds: int = 1  # each trains on the feedback the model promoted last got, from that model
     steps: int = 40  # optimizer steps of 4 rows: a few epochs of what a round exports
     learning_rate: float = 1e-3  # a tiny random model's; TRL's 5e-6 for LoRA DPO moves it nowhere in so few steps
     arena_min_battles: int = 50  # LOUPE_ARENA_MIN_BATTLES: the team's setting promote applies
@@ -177,6 +184,9 @@ class Stage:
 @dataclass
 class Result:
     scenario: str
+    round: int = 1
+    adapter: str = ""  # the round's new adapter (team-vN)
+    trained_from: str = ""  # the model new chats started with during the round: base or an earlier adapter
     win_rate: float = 0.0
     win_rate_ci: tuple[float, float] = (0.0, 1.0)
     comparisons: int = 0
@@ -188,6 +198,7 @@ class Result:
     preference_accuracy: dict[str, Any] = field(default_factory=dict)  # models evaluate, base and adapter
     training: dict[str, Any] = field(default_factory=dict)
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    battles_not_counted: dict[str, int] = field(default_factory=dict)  # vote hygiene's reasons
     promoted: bool = False
     not_theirs: dict[str, int] = field(default_factory=dict)  # judgements in others' conversations: all 0
     promote_said: str = ""
@@ -244,6 +255,11 @@ class Team:
     settings: FlywheelSettings
     tally: Counter[str] = field(default_factory=Counter)
     leaked: list[dict[str, Any]] = field(default_factory=list)
+    round: int = 1  # whose questions are new each round
+
+    def questions(self, user: int, count: int, arena: bool = False) -> list[str]:
+        """The round's questions of one user, in the chat or (others again) in the arena."""
+        return questions_for(user, count, offset=ROUND_QUESTIONS * self.round + (ARENA_QUESTIONS if arena else 0))
 
 
 async def honest_member(url: str, account: Account, user: int, team: Team) -> None:
@@ -253,10 +269,13 @@ async def honest_member(url: str, account: Account, user: int, team: Team) -> No
     rng = random.Random(settings.seed * 1000 + user)
     async with ChatClient(url, username=account.name, password=account.password) as client:
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
-        for question in questions_for(user, settings.questions):
-            files = (
-                [await client.upload("figure.png", png(), "image/png")] if rng.random() < settings.image_share else None
-            )
+        for question in team.questions(user, settings.questions):
+            files, attachment = None, rng.random()
+            if attachment < settings.image_share:
+                files = [await client.upload("figure.png", png(), "image/png")]
+            elif attachment < settings.image_share + settings.pdf_share:
+                datasheet = text_pdf([f"Datasheet. {question} Rated 2 A at 25 C; derate above 70 C."])
+                files = [await client.upload("datasheet.pdf", datasheet, "application/pdf")]
             if (answer := first_answer(await client.ask(question, files), tally, "member")) is None:
                 continue
             team.leaked.append(answer)
@@ -292,7 +311,7 @@ async def arena_member(url: str, account: Account, user: int, team: Team) -> Non
     async with ChatClient(url, username=account.name, password=account.password, profile="Arena") as client:
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
         vote: dict[str, Any] | None = None  # the last vote cast: what a forged one is made from
-        for question in questions_for(user, team.settings.battles * (HOSTILE_ACTIVITY if hostile else 1), 1000):
+        for question in team.questions(user, team.settings.battles * (HOSTILE_ACTIVITY if hostile else 1), arena=True):
             if (
                 battle := arena_texts(await client.ask(question), team.tally, "hostile arena" if hostile else "arena")
             ) is None:
@@ -320,7 +339,7 @@ async def hostile_member(url: str, account: Account, user: int, team: Team) -> N
     async with ChatClient(url, username=account.name, password=account.password) as client:
         await client.change_settings({**SAMPLING, "system_prompt": STYLE})
         compare: dict[str, Any] | None = None  # the last comparison made: what a forged one is made from
-        for question in questions_for(user, team.settings.questions * HOSTILE_ACTIVITY):
+        for question in team.questions(user, team.settings.questions * HOSTILE_ACTIVITY):
             if (answer := first_answer(await client.ask(question), team.tally, HOSTILE)) is None:
                 continue
             if (second := first_answer(await client.regenerate(answer["id"]), team.tally, HOSTILE)) is None:
@@ -416,7 +435,7 @@ def base_answers(questions: tuple[str, ...], seed: int) -> list[str]:
 
 def held_out_comparisons(adapter: Path, oracle: Oracle, settings: FlywheelSettings, result: Result) -> None:
     """Base and adapter answer the same held-out questions (never asked in the app); the oracle judges each pair."""
-    questions = questions_for(10_000, settings.held_out, offset=10_000)
+    questions = questions_for(0, settings.held_out, offset=HELD_OUT_QUESTIONS)
     base = base_answers(tuple(questions), settings.seed)
     loaded = load_model(DEMO, device="cpu", dtype="float32")
     tuned = PeftModel.from_pretrained(loaded.model, adapter).eval()
@@ -433,9 +452,9 @@ def held_out_comparisons(adapter: Path, oracle: Oracle, settings: FlywheelSettin
 # One scenario ---------------------------------------------------------------------------------------------
 
 
-async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
+async def scenario(name: str, settings: FlywheelSettings, root: Path) -> list[Result]:
+    """One fresh app and team; each round's result."""
     oracle = Oracle(wants_more=name != "reversed")
-    result, team = Result(name), Team(oracle, settings)
     data_dir, adapters = root / "data", root / "adapters"
     adapters.mkdir(parents=True)
     (root / "app").mkdir()
@@ -445,54 +464,74 @@ async def scenario(name: str, settings: FlywheelSettings, root: Path) -> Result:
     env = {"LOUPE_DATA_DIR": str(data_dir), "LOUPE_ADAPTERS_DIR": str(adapters),
            "LOUPE_ARENA_MIN_BATTLES": str(settings.arena_min_battles)}  # fmt: skip
     process, server = start_server(root / "app", data_dir=data_dir, **env)
+    results: list[Result] = []
     try:
-        started = time.monotonic()
-        await together(server, accounts, honest_member, team)
-        result.stages["feedback"] = Stage(time.monotonic() - started)
-
-        export = root / "export"
-        for kind in ("dpo", "kto"):
-            done, result.stages[f"export {kind}"] = command(
-                "chat", ["export", "--format", f"trl-{kind}", "--out", str(export / kind)], env
-            )
-            rows = (export / kind / "train.jsonl").read_text(encoding="utf-8").splitlines()
-            said = checked(done, f"export {kind}").strip().splitlines()[-6:]
-            forged = sum(bool(control_tokens(row)) for row in rows)
-            result.export[kind] = {"said": said, "rows": len(rows), "forged_turns": forged}
-
-        out = adapters / ADAPTER
-        train = ["train", "--method", "dpo", "--data", str(export / "dpo"), "--out", str(out),
-                 "--base", DEMO, "--learning-rate", str(settings.learning_rate), "--max-steps", str(settings.steps),
-                 "--batch-size", "4", "--gradient-accumulation", "1",
-                 "--eval-fraction", str(EVAL_FRACTION)]  # fmt: skip
-        done, result.stages["train"] = command("models", train, env)
-        checked(done, "training")
-        result.training = json.loads((out / "loupe.json").read_text(encoding="utf-8")).get("training", {})
-        evaluate = ["evaluate", "--data", str(export / "dpo"), "--adapter", ADAPTER, "--json"]
-        done, result.stages["evaluate"] = command("models", evaluate, env)
-        result.preference_accuracy = json.loads(checked(done, "evaluation"))["scores"]
-
-        started = time.monotonic()
-        held_out_comparisons(out, oracle, settings, result)
-        result.stages["held_out"] = Stage(time.monotonic() - started, self_peak_mib())
-
-        if settings.battles:
-            await arena(server, accounts, team, env, result)
-        result.feedback = dict(team.tally)
-        result.not_theirs = written_into_others_conversations(data_dir)
+        for number in range(1, settings.rounds + 1):
+            if number > 1 and hostile:
+                # The hostile members end a round at the message limit, and a client learns its chat from the
+                # first message taken: their next chat must not open with a refusal.
+                await asyncio.sleep(MESSAGE_WINDOW_S)
+            default = next((r.adapter for r in reversed(results) if r.promoted), BASE)
+            result = Result(name, number, f"team-v{number}", default)
+            team = Team(oracle, settings, round=number)
+            await one_round(server, accounts, team, env, root / f"round-{number}", result)
+            result.not_theirs = written_into_others_conversations(data_dir)
+            results.append(result)
     finally:
         stop_server(process)
-    return result
+    return results
+
+
+async def one_round(
+    server: Server, accounts: list[Account], team: Team, env: dict[str, str], folder: Path, result: Result
+) -> None:
+    """The team chats with the current default model; its feedback on that model's answers is exported and trains
+    the next adapter, from that model; held-out comparisons, the arena, the leaderboard and promote follow."""
+    started = time.monotonic()
+    await together(server, accounts, honest_member, team)
+    result.stages["feedback"] = Stage(time.monotonic() - started)
+
+    for kind in ("dpo", "kto"):
+        out = folder / kind
+        export = ["export", "--format", f"trl-{kind}", "--out", str(out), "--adapter", result.trained_from]
+        done, result.stages[f"export {kind}"] = command("chat", export, env)
+        said = checked(done, f"export {kind}").strip().splitlines()[-6:]
+        rows = (out / "train.jsonl").read_text(encoding="utf-8").splitlines()
+        forged = sum(bool(control_tokens(row)) for row in rows)
+        result.export[kind] = {"said": said, "rows": len(rows), "forged_turns": forged}
+
+    adapter = Path(env["LOUPE_ADAPTERS_DIR"]) / result.adapter
+    train = ["train", "--method", "dpo", "--data", str(folder / "dpo"), "--out", str(adapter), "--base", DEMO,
+             "--learning-rate", str(team.settings.learning_rate), "--max-steps", str(team.settings.steps),
+             "--batch-size", "4", "--gradient-accumulation", "1", "--eval-fraction", str(EVAL_FRACTION)]  # fmt: skip
+    if result.trained_from != BASE:
+        train += ["--from-adapter", result.trained_from]
+    done, result.stages["train"] = command("models", train, env)
+    checked(done, "training")
+    result.training = json.loads((adapter / "loupe.json").read_text(encoding="utf-8")).get("training", {})
+    evaluate = ["evaluate", "--data", str(folder / "dpo"), "--adapter", result.adapter, "--json"]
+    done, result.stages["evaluate"] = command("models", evaluate, env)
+    result.preference_accuracy = json.loads(checked(done, "evaluation"))["scores"]
+
+    started = time.monotonic()
+    held_out_comparisons(adapter, team.oracle, team.settings, result)
+    result.stages["held_out"] = Stage(time.monotonic() - started, self_peak_mib())
+
+    if team.settings.battles:
+        await arena(server, accounts, team, env, result)
+    result.feedback = dict(team.tally)
 
 
 async def arena(server: Server, accounts: list[Account], team: Team, env: dict[str, str], result: Result) -> None:
-    """The users battle the adapter against the base model; the leaderboard ranks them; promote decides."""
+    """The users battle the contenders (the base model and every adapter so far); the leaderboard ranks them;
+    promote decides on the round's adapter."""
     started = time.monotonic()
     await together(server, accounts, arena_member, team)
     result.stages["arena"] = Stage(time.monotonic() - started)
     done, _ = command("chat", ["leaderboard", "--json"], env)
-    result.leaderboard = json.loads(checked(done, "leaderboard")).get("standings", [])
-    done, result.stages["promote"] = command("chat", ["promote", ADAPTER], env)
+    board = json.loads(checked(done, "leaderboard"))
+    result.leaderboard, result.battles_not_counted = board.get("standings", []), board.get("not_counted", {})
+    done, result.stages["promote"] = command("chat", ["promote", result.adapter], env)
     result.promoted = done.returncode == 0
     result.promote_said = (done.stdout or done.stderr).strip().splitlines()[-1]
 
@@ -530,23 +569,25 @@ def table(results: list[Result]) -> str:
     for r in results:
         low, high = r.win_rate_ci
         accuracy = {name: scores["accuracy"] for name, scores in r.preference_accuracy.items()}
+        name = f"{r.scenario} round {r.round}" if r.round > 1 else r.scenario
         lines.append(
-            f"| {r.scenario} | {r.win_rate:.2f} ({low:.2f} to {high:.2f}), n={r.comparisons} "
+            f"| {name} | {r.win_rate:.2f} ({low:.2f} to {high:.2f}), n={r.comparisons} "
             f"| {r.oracle_base['mean']:.3f} → {r.oracle_adapter['mean']:.3f} "
-            f"| {accuracy.get('base', 0):.2f} → {accuracy.get(ADAPTER, 0):.2f} "
-            f"(n={r.preference_accuracy.get(ADAPTER, {}).get('pairs', 0)}) | {r.export['dpo']['rows']} "
+            f"| {accuracy.get('base', 0):.2f} → {accuracy.get(r.adapter, 0):.2f} "
+            f"(n={r.preference_accuracy.get(r.adapter, {}).get('pairs', 0)}) | {r.export['dpo']['rows']} "
             f"| {'yes' if r.promoted else 'no'} | {', '.join(f'{k} {v}' for k, v in r.feedback.items())} |"
         )
     return "\n".join(lines)
 
 
-async def run(settings: FlywheelSettings) -> list[Result]:
+async def run(settings: FlywheelSettings) -> list[list[Result]]:
+    """Each scenario's rounds."""
     results = []
     for name in settings.scenarios:
         with tempfile.TemporaryDirectory(prefix=f"flywheel-{name}-") as root:
-            print(f"Scenario {name}: {settings.users} users...", flush=True)
+            print(f"Scenario {name}: {settings.users} users, {settings.rounds} round(s)...", flush=True)
             results.append(await scenario(name, settings, Path(root)))
-            print(table(results[-1:]), flush=True)
+            print(table(results[-1]), flush=True)
     return results
 
 
@@ -591,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{option.replace('_', '-')}", type=int)
     parser.add_argument("--hostile", type=float, help="the share of hostile users in the hostile scenario (0.2)")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, help="default: all three")
+    parser.add_argument("--rounds", type=int, help="rounds per scenario (1)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("quick", "plot") and v is not None}
     overrides["scenarios"] = tuple(overrides.get("scenarios", SCENARIOS))
@@ -598,13 +640,18 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in machine_details().items():
         print(f"{key}: {value}")
     results = asyncio.run(run(settings))
-    print(table(results))
+    print(table([r for rounds in results for r in rounds]))
     if settings.json:
-        scenarios = {r.scenario: asdict(r) for r in results}
+        # A scenario's object is its last round's; earlier rounds, where there were any, are listed in it.
+        scenarios = {
+            rounds[-1].scenario: asdict(rounds[-1]) | ({"earlier_rounds": [asdict(r) for r in rounds[:-1]]} if
+                                                       rounds[:-1] else {})
+            for rounds in results
+        }  # fmt: skip
         document = {"machine": machine_details(), "settings": asdict(settings), "scenarios": scenarios}
         settings.json.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
     if args.plot:
-        plot(results, args.plot)
+        plot([rounds[-1] for rounds in results], args.plot)
 
 
 if __name__ == "__main__":

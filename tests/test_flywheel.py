@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.bench_flywheel import FlywheelSettings, scenario, table
 from chat.arena.leaderboard import contender_key
 from models.adapters import adapter_version
 from tests.helpers.client import GREEDY, ChatClient, arena_answers, listed_profiles, only_answer
@@ -69,3 +70,17 @@ async def test_feedback_trains_an_adapter_that_is_served_compared_and_ranked(tmp
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+# bench_flywheel at its smallest, without the arena: enough feedback for the signal to show, little enough for CI.
+SIGNAL = FlywheelSettings(users=3, questions=10, battles=0, held_out=100, steps=16)
+
+
+@pytest.mark.slow
+async def test_the_teams_preference_gets_through_the_loop(tmp_path: Path) -> None:
+    """A team that prefers answers with Han characters gets an adapter that writes more of them, on questions it
+    never asked, through the app, the export, training and the adapter's loading. A sign flipped anywhere in the
+    loop (pairing, export, training) makes it write fewer."""
+    [honest] = await scenario("honest", SIGNAL, tmp_path)
+    assert honest.oracle_adapter["low"] > honest.oracle_base["high"], table([honest])
+    assert honest.win_rate_ci[0] > 0.5, table([honest])
