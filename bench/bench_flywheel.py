@@ -508,10 +508,12 @@ async def one_round(
         train += ["--from-adapter", result.trained_from]
     done, result.stages["train"] = command("models", train, env)
     checked(done, "training")
-    result.training = json.loads((adapter / "loupe.json").read_text(encoding="utf-8")).get("training", {})
-    evaluate = ["evaluate", "--data", str(folder / "dpo"), "--adapter", result.adapter, "--json"]
-    done, result.stages["evaluate"] = command("models", evaluate, env)
-    result.preference_accuracy = json.loads(checked(done, "evaluation"))["scores"]
+    metadata = json.loads((adapter / "loupe.json").read_text(encoding="utf-8"))
+    result.training = metadata.get("training", {})
+    if metadata["data"]["held_out_rows"]:  # a few rows hold none out: nothing to measure the adapter on
+        evaluate = ["evaluate", "--data", str(folder / "dpo"), "--adapter", result.adapter, "--json"]
+        done, result.stages["evaluate"] = command("models", evaluate, env)
+        result.preference_accuracy = json.loads(checked(done, "evaluation"))["scores"]
 
     started = time.monotonic()
     held_out_comparisons(adapter, team.oracle, team.settings, result)
