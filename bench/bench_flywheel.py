@@ -6,24 +6,26 @@ The team shares one hidden preference, judged by an oracle of the answer's text 
 or markdown, which the leaderboard's style control discounts): the share of the answer's characters that are
 Han ideographs (a team that wants its answers in Chinese). The demo model writes some in about a quarter of its
 answers. Each scenario is one fresh app process on the demo model, driven over socket.io and HTTP as the page
-drives it:
+drives it, for one round or more (`--rounds`):
 
-1. every user asks questions (some with an image), with sampled answers (temperature 1); for each answer they
-   Regenerate and compare the two, or give a thumb with a reason (and now and then write the answer wanted), or
-   leave it unrated, by the oracle;
-2. `python -m chat export` (DPO), `python -m models train`, and the adapter is a profile at once;
+1. every user asks questions (some with an image, some with a PDF), with sampled answers (temperature 1); for each
+   answer they Regenerate and compare the two, or give a thumb with a reason (and now and then write the answer
+   wanted), or leave it unrated, by the oracle;
+2. `python -m chat export` (DPO and KTO) of the feedback on the current default model's answers, `python -m
+   models train` (DPO, from that model, a fifth of the prompts held out) and `python -m models evaluate`; the
+   adapter is a profile at once;
 3. held out: questions never asked in the app, answered by base and adapter in-process with the app's sampling;
    `win_rate` is the share of head-to-head comparisons the oracle prefers the adapter's answer in (a tie is half
    a win), with a 95% Wilson interval;
 4. the same users battle in the arena (honest votes by the oracle), `python -m chat leaderboard --json`, and
-   `python -m chat promote NAME` without --force decides.
+   `python -m chat promote NAME` without --force decides; a promoted adapter is what the next round's chats use.
 
 Scenarios: `honest` (the oracle as is); `hostile` (a fifth of the members, each ten times as active, against the
 oracle, and trying other members' answers and battles by their ids); `reversed` (everyone prefers less Han: the
 control).
 
     .venv/bin/python -m bench.bench_flywheel --quick --json out.json --plot bench/flywheel.png
-    .venv/bin/python -m bench.bench_flywheel --scenarios honest --users 12 --questions 8
+    .venv/bin/python -m bench.bench_flywheel --scenarios honest --rounds 2
 
 The demo model learns only because its vocabulary is grouped by writing system (models/checkpoint.py,
 group_by_script); training uses a learning rate fit for a tiny random model, not TRL's 5e-6 for a real one.
