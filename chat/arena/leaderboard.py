@@ -20,8 +20,8 @@ Two scores, both on the Elo scale (400 points = 10:1 odds, mean 1000) as in Chat
   formatted loses that lead; the fitted style coefficients say how much voters reward each.
 
 A tie and "both bad" count as half a win for each side. A Gaussian prior on the strengths and the style
-coefficients (`PRIOR`) keeps an unbeaten contender's score finite. Rank = 1 + the number of contenders whose interval lies
-entirely above this one's, so contenders whose intervals overlap share a rank. A contender with
+coefficients (`PRIOR`) keeps an unbeaten contender's score finite. Rank = 1 + the number of contenders whose
+interval lies entirely above this one's, so contenders whose intervals overlap share a rank. A contender with
 fewer than `min_battles` counted battles is provisional.
 """
 
