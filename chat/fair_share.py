@@ -9,6 +9,7 @@ the hostile scenario). The export's rule 9 (chat/dataset/pairing.py) and the lea
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 # Twice the median user's count: the ordinary spread between members stays, a flood does not.
@@ -23,3 +24,19 @@ def user_cap(per_user: Iterable[int]) -> int | None:
     middle = len(counts) // 2
     median = counts[middle] if len(counts) % 2 else (counts[middle - 1] + counts[middle]) / 2
     return math.floor(OVER_MEDIAN * median)
+
+
+class UserCap:
+    """Admits each user's first rows (or battles), in order, up to user_cap of what each user would give
+    (`per_user`, counted by a first pass over the same items in the same order). Items without a user are
+    not capped."""
+
+    def __init__(self, per_user: Counter[str]) -> None:
+        self.limit = user_cap(per_user.values())
+        self.taken: Counter[str] = Counter()
+
+    def admit(self, user: str | None) -> bool:
+        if user is None or self.limit is None:
+            return True
+        self.taken[user] += 1
+        return self.taken[user] <= self.limit

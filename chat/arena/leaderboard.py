@@ -40,7 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from chat.fair_share import OVER_MEDIAN, user_cap
+from chat.fair_share import OVER_MEDIAN, UserCap
 from chat.settings import Settings
 from chat.store.generations import BASE
 from chat.store.schema import Battle, Generation, Step
@@ -307,13 +307,12 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
             continue
         per_day[day] += 1
         kept.append(battle)
-    limit, taken, capped = user_cap(Counter(battle.user for battle in kept).values()), Counter(), []
+    cap, capped = UserCap(Counter(battle.user for battle in kept)), []
     for battle in kept:
-        taken[battle.user] += 1
-        if limit is not None and taken[battle.user] > limit:
-            dropped[OVER_USER_CAP] += 1
-        else:
+        if cap.admit(battle.user):
             capped.append(battle)
+        else:
+            dropped[OVER_USER_CAP] += 1
     contrary = against_the_team(capped)
     dropped[AGAINST_THE_TEAM] += sum(battle.user in contrary for battle in capped)
     return [battle for battle in capped if battle.user not in contrary], +dropped

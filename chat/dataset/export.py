@@ -56,7 +56,8 @@ from chat.dataset.pairing import (
     judge,
     prompt_key,
 )
-from chat.dataset.quality import Measures, PromptCap, Said, UserCap
+from chat.dataset.quality import Measures, PromptCap, Said
+from chat.fair_share import UserCap
 from chat.prompts import pages_prompt, system_prompt
 from chat.store import schema
 from chat.store.atomic import kept_secret

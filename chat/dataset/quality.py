@@ -4,8 +4,8 @@ dataset card measures of the rows.
 chat/dataset/pairing.py judges one user message at a time; three things need the whole export. Rule 8
 (near-duplicate prompts) counts rows per prompt across conversations: PromptCap keeps that count,
 and the export and `python -m chat stats` each feed one in the same order, so they agree. Rule 9 (no user
-outweighs the team) needs every user's count before the first row is kept: UserCap applies it from a first
-pass over the same conversations. Measures
+outweighs the team) needs every user's count before the first row is kept: UserCap (chat/fair_share.py)
+applies it from a first pass over the same conversations. Measures
 is what the card reports of the rows written, so that a dataset's user can see its biases before
 training on it: how long each side's answers are (DPO learns a length preference as readily as
 any other), the reasons users gave, how many rows each user gave, and whether users who judged the
@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from chat.dataset.pairing import MAX_ROWS_PER_PROMPT, normal_text
-from chat.fair_share import user_cap
 
 
 class PromptCap:
@@ -34,21 +33,6 @@ class PromptCap:
     def admit(self, prompt: str) -> bool:
         self.rows[prompt] += 1
         return self.rows[prompt] <= MAX_ROWS_PER_PROMPT
-
-
-class UserCap:
-    """Rule 9: admits each user's first rows, in order, up to pairing.user_cap of the rows each user would give
-    (`rows_per_user`, counted by a first pass over the same conversations in the same order)."""
-
-    def __init__(self, rows_per_user: Counter[str]) -> None:
-        self.limit = user_cap(rows_per_user.values())
-        self.rows: Counter[str] = Counter()
-
-    def admit(self, user: str | None) -> bool:
-        if user is None or self.limit is None:
-            return True
-        self.rows[user] += 1
-        return self.rows[user] <= self.limit
 
 
 @dataclass

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat.dataset.export import StoredThread, read_threads
 from chat.dataset.pairing import IDENTICAL, NEAR_DUPLICATE, OVER_USER_CAP, Label, Pair
-from chat.dataset.quality import PromptCap, UserCap
+from chat.dataset.quality import PromptCap
+from chat.fair_share import UserCap
 
 ALL = "all"
 # Printed in this order; reasons (one line per code) come after the thumbs.
