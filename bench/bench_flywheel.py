@@ -225,7 +225,8 @@ def answers_in(reply: Reply) -> list[dict[str, Any]]:
 def refused(reply: Reply, tally: Counter[str], who: str) -> None:
     """Tally a question the app did not answer under what it said instead (a limit's notice; not the queue's),
     its numbers blanked."""
-    notices = [m["output"] for m in reply.messages if m not in answers_in(reply) and not m["output"].startswith("⏳")]
+    answers = answers_in(reply)
+    notices = [m["output"] for m in reply.messages if m not in answers and not m["output"].startswith("⏳")]
     said = notices[0] if notices else "nothing"
     tally[f"{who} refused: {re.sub(r'[0-9]+', 'N', said.split('.')[0])[:70]}"] += 1
 
