@@ -9,6 +9,10 @@
     python -m chat users link IDENTITY ACCOUNT
                                          let a sign-in provider's user (github:alice) sign in to ACCOUNT
     python -m chat users unlink IDENTITY give the provider's user their own account again
+    python -m chat keys add USER [--name NAME] [--expires DAYS]
+                                         make an API key for USER; the key alone is the last line printed
+    python -m chat keys list USER        list USER's API keys (their names, never the keys)
+    python -m chat keys revoke USER NAME end USER's API key NAME at once
     python -m chat export --format F --out DIR [--since DATE] [--until DATE] [--adapter NAME]
                           [--user-hash-salt SALT]
                                          write preference data for training (docs/preference-data.md)
@@ -139,6 +143,34 @@ async def manage_users(action: str, name: str | None, account: str | None = None
                 account = await unlink(sessions, name)
                 print(f"'{name}' signs in to its own account again; every login of '{account}' has ended.")
         except AccountError as error:
+            raise SystemExit(f"Error: {error}.") from None
+
+
+async def manage_keys(args: argparse.Namespace) -> None:
+    from chat.store.database import session_factory
+    from chat.store.keys import KeyRefused, add_key, list_keys, revoke_key
+    from chat.store.rows import utcnow
+
+    async with database() as engine:
+        sessions = session_factory(engine)
+        try:
+            if args.action == "add":
+                name, key = await add_key(sessions, args.user, args.name, args.expires)
+                ends = f", expiring in {args.expires:g} days" if args.expires else ""
+                print(f"API key '{name}' of '{args.user}'{ends}. It is shown this once; keep it secret:")
+                print(key)
+            elif args.action == "list":
+                now = utcnow()
+                for key in await list_keys(sessions, args.user):
+                    expires = f"expires {key.expires_at:%Y-%m-%d %H:%M}" if key.expires_at else "never expires"
+                    expires = "EXPIRED" if key.expired(now) else expires
+                    used = f"last used {key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never used"
+                    print(f"{key.name}\tmade {key.created_at:%Y-%m-%d %H:%M}\t{expires}\t{used}")
+            elif not await revoke_key(sessions, args.user, args.name):
+                raise SystemExit(f"Error: '{args.user}' has no API key named '{args.name}'.")
+            else:
+                print(f"Revoked the API key '{args.name}' of '{args.user}': it is refused from now on.")
+        except KeyRefused as error:
             raise SystemExit(f"Error: {error}.") from None
 
 
@@ -285,6 +317,15 @@ def main(argv: list[str] | None = None) -> None:
     users.add_parser("unlink", help="give a provider's user their own account again").add_argument(
         "name", metavar="identity"
     )
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    adding = keys.add_parser("add", help="make an API key; the key is shown once")
+    adding.add_argument("user")
+    adding.add_argument("--name", help="what the key is listed and revoked by (default: key-1, key-2, ...)")
+    adding.add_argument("--expires", type=float, metavar="DAYS", help="refused this many days from now")
+    keys.add_parser("list", help="list a user's API keys").add_argument("user")
+    revoking = keys.add_parser("revoke", help="end an API key at once")
+    revoking.add_argument("user")
+    revoking.add_argument("name")
     export = commands.add_parser("export", help="write preference data for training")
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("--out", required=True, type=Path, help="a new or empty folder")
@@ -314,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "migrate":
         migrate()
         print("The database schema is up to date.")
+    elif args.command == "keys":
+        asyncio.run(manage_keys(args))
     elif args.command == "export":
         asyncio.run(export_preferences(args))
     elif args.command == "stats":

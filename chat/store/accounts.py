@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat.store.atomic import kept_secret
+from chat.store.keys import end_keys
 from chat.store.rows import utcnow
 from chat.store.schema import User
 
@@ -93,6 +94,7 @@ async def set_password(sessions: async_sessionmaker[AsyncSession], identifier: s
             raise AccountError(f"no user '{identifier}'")
         user.password_hash = hasher.hash(password)
         user.token_version += 1  # a new password ends every login made with the old one (chat/store/logins.py)
+        await end_keys(session, user.id)  # and every API key made while the old one was in use
 
 
 async def list_accounts(sessions: async_sessionmaker[AsyncSession]) -> list[Account]:

@@ -7,7 +7,8 @@ earlier answers it continued from); `comparisons` and `corrections` are the user
 preferences between answers, which chat/dataset/pairing.py turns into training pairs; `battles` are
 the arena's blind A/B battles between adapters, which chat/arena/leaderboard.py ranks; `documents` are the PDFs
 and text files users attach, page by page, and `library` says whose they are. `limit_records` and
-`pending_uploads` are what every Loupe process on the database counts its limits with (chat/store/limits.py).
+`pending_uploads` are what every Loupe process on the database counts its limits with (chat/store/limits.py);
+`api_keys` are the keys programs call Loupe's API with, each as its user (chat/store/keys.py).
 Times are naive UTC, but for the limits' times, which are the database's clock in Unix seconds (the rules in
 chat/ui/limits.py count in seconds); JSON columns are portable between SQLite and PostgreSQL.
 """
@@ -293,3 +294,18 @@ class PendingUpload(Base):
     session_id: Mapped[str] = mapped_column(String(36), index=True)
     size: Mapped[int] = mapped_column(BigInteger)  # declared while arriving, stored once stored
     expires: Mapped[float] = mapped_column(Float, index=True)  # Chainlit keeps a session's files this long
+
+
+class ApiKey(Base):
+    """A key a program calls Loupe's API with as its user (chat/store/keys.py): only its sha256 is kept."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
