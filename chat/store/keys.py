@@ -88,7 +88,10 @@ async def list_keys(sessions: async_sessionmaker[AsyncSession], user: str) -> li
     """The keys of `user`, oldest first (expired ones too, until revoked: their owner sees why a script stopped)."""
     async with sessions() as session:
         keys = await session.scalars(
-            select(ApiKey).join(User, User.id == ApiKey.user_id).where(User.identifier == user).order_by(ApiKey.created_at)
+            select(ApiKey)
+            .join(User, User.id == ApiKey.user_id)
+            .where(User.identifier == user)
+            .order_by(ApiKey.created_at)
         )
         return [KeyInfo(key.name, key.created_at, key.expires_at, key.last_used_at) for key in keys]
 
