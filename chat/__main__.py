@@ -44,40 +44,36 @@ from chat.settings import get_settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-APP = Path(__file__).resolve().parent / "app.py"  # what Chainlit loads: the handlers
-
 
 def serve() -> None:
-    """Build the server from the settings, then let Chainlit load chat/app.py and serve it on
-    LOUPE_HOST:LOUPE_PORT, without opening a browser. The model loads while the server starts. If any of it
-    fails (a setting, the login secret, the migration, the model, the vLLM server), the process ends with
-    the reason instead of serving broken."""
-    from chainlit.cli import run_chainlit
-    from chainlit.config import config as chainlit_config
+    """Build Loupe's app from the settings (chat/server.py) and serve it on LOUPE_HOST:LOUPE_PORT. The model
+    loads while the server starts. If any of it fails (a setting, the login secret, the migration, the model,
+    the vLLM server), the process ends with the reason instead of serving broken."""
+    import uvicorn
     from sqlalchemy.exc import ArgumentError
 
+    from chat.server import create_app
     from chat.store.accounts import SecretUnavailable
-    from chat.ui.runtime import build_runtime, install
 
     # What can stop the build: a setting out of range (pydantic's ValueError), a database URL SQLAlchemy cannot
     # read, the login secret, a folder this user may not write. Each message says which.
     try:
         settings = get_settings()
-        runtime = build_runtime(settings)
+        app = create_app(settings)
     except (ValueError, ArgumentError, SecretUnavailable, OSError) as error:
         could_not_start(str(error))
-    install(runtime)
-    # Chainlit's own files (.chainlit/, public/, chainlit.md, uploads in .files/) are found in the working directory.
-    chainlit_config.run.headless = True
-    os.environ["CHAINLIT_HOST"], os.environ["CHAINLIT_PORT"] = settings.host, str(settings.port)
     print(f"Loupe: starting on http://{settings.host}:{settings.port}", flush=True)
+    # asyncio's own loop, as Chainlit runs it (uvloop would refuse its re-entrant calls); errors only in the log.
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, loop="asyncio", log_level="error")
+    )
     try:
-        run_chainlit(str(APP))
+        server.run()
     finally:  # uvicorn stops before taking a request when start-up fails (chat/app.py, start_server)
-        if runtime.failure is not None:
+        if (failure := app.state.runtime.failure) is not None:
             # uvicorn's own sys.exit(3) ends the event loop's task: asyncio would log it again after the reason.
             logging.getLogger("asyncio").disabled = True
-            could_not_start(runtime.failure)
+            could_not_start(failure)
 
 
 def could_not_start(reason: str) -> NoReturn:

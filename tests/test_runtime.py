@@ -61,8 +61,8 @@ async def test_a_runtime_is_built_in_process_from_its_own_settings(
         dtype = str(runtime.backend.loaded.model.dtype).removeprefix("torch.")
         assert runtime.status() == {"name": "demo", "demo": True, "backend": "local", "precision": ANY}
         assert runtime.status()["precision"].startswith(f"{dtype}, "), "it reports what it computes in"
-        assert runtime.context_tokens == 2048
-        prompt = runtime.prompts.build(system_prompt(DEFAULT_PROMPT), [user_turn("Hi", [])], 2048 - 8)
+        assert runtime.answering.context_tokens == 2048
+        prompt = runtime.answering.prompts.build(system_prompt(DEFAULT_PROMPT), [user_turn("Hi", [])], 2048 - 8)
         usage = Usage()
         async with aclosing(runtime.backend.stream(prompt, SamplingSettings(0, 1, 8, 1.0), usage)) as pieces:
             answer = "".join([piece async for piece in pieces])

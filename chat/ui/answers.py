@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,11 +21,10 @@ import chainlit as cl
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from PIL import Image
 
+from chat.answering import Question
 from chat.conversation import PromptTooLong, history_from_thread, user_turn
 from chat.documents.reading import Kind, file_kind
-from chat.documents.retrieval import ShownPage, with_pages
-from chat.prompts import system_prompt
-from chat.store.generations import GenerationRecord
+from chat.documents.retrieval import ShownPage
 from chat.ui.chainlit_fixes import browser_only_message, failure_reference, without_thumbs
 from chat.ui.choices import ask_without_files_action, regenerate_action
 from chat.ui.documents import add_to_library, page_elements
@@ -35,7 +33,7 @@ from chat.ui.runtime import serving
 from chat.ui.texts import shown_answer, text
 from chat.ui.uploads import Upload, UploadsRejected, load_fitted_image, read_attachments
 from models.adapters import Adapter
-from models.backend import AdapterRefused, BackendUnavailable, Ended, OutOfMemory, Usage
+from models.backend import AdapterRefused, BackendUnavailable, Ended, OutOfMemory
 
 log = logging.getLogger("loupe")
 STREAM_INTERVAL_S = 0.05  # 20 updates a second reads as smooth; fewer emits leave the CPU to the model
@@ -92,51 +90,26 @@ async def respond(
     Returns the answer sent, if one was.
     """
     runtime = serving()
-    backend = runtime.backend
-    sampling, prompt_name = chosen_sampling(backend.default_sampling)
+    sampling, prompt_name = chosen_sampling(runtime.backend.default_sampling)
     if blind:
-        sampling = arena_sampling(sampling, backend.default_sampling, runtime.settings)
-    pages = list(pages or [])
-    budget = runtime.context_tokens - sampling.max_new_tokens
-    while True:  # tokenizing a long conversation takes long enough to stall every other chat: off the event loop
-        asked = [*earlier, with_pages(turn, pages)]
-        try:
-            prompt = await asyncio.to_thread(runtime.prompts.build, system_prompt(prompt_name), asked, budget)
-            break
-        except PromptTooLong as too_long:
-            if pages:  # the least relevant page gives way first
-                pages.pop()
-                continue
-            refusal = text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
-            await without_thumbs(cl.Message(content=refusal)).send()
-            return None
-    sources = [asdict(page.source) for page in pages]
-
-    usage = Usage()
+        sampling = arena_sampling(sampling, runtime.backend.default_sampling, runtime.settings)
+    try:
+        answer = await runtime.answering.prepare(Question(earlier, turn, adapter, sampling, prompt_name, pages or []))
+    except PromptTooLong as too_long:
+        refusal = text("prompt_too_long", language, needed=too_long.needed, budget=too_long.budget)
+        await without_thumbs(cl.Message(content=refusal)).send()
+        return None
+    sources, usage = answer.sources, answer.usage
     reply = cl.Message(
         content="",
         actions=[regenerate_action(turn.id, language)] if regenerable else [],
-        elements=page_elements(pages),
+        elements=page_elements(answer.pages),
     )
     stream = shown_in(reply) if shown_in else MessageStream(reply, language)
 
     def metadata(completion: str, ended: Ended) -> dict[str, Any]:
         """The generation record, marked blind in the arena, for the answer's (or the failure's) metadata."""
-        return {"generation": record(completion, ended), **({"blind": True} if blind else {})}
-
-    def record(completion: str, ended: Ended) -> dict[str, Any]:
-        return GenerationRecord(
-            model=backend.name,
-            backend=backend.kind,
-            prompt_id=turn.id,
-            completion=completion,
-            adapter=adapter.name if adapter else None,
-            adapter_version=adapter.version if adapter else None,
-            context=[message.id for message in earlier if isinstance(message, AIMessage)],
-            settings={**asdict(sampling), "system_prompt": prompt_name},
-            sources=sources,
-            **{**asdict(usage), "ended": ended},
-        ).as_metadata()
+        return {"generation": answer.record(completion, ended), **({"blind": True} if blind else {})}
 
     def draft() -> dict[str, Any]:
         """The answer so far as stored until it ends: interrupted, unless its end overwrites it."""
@@ -147,7 +120,7 @@ async def respond(
 
     saved_at, saving = time.monotonic(), None
     try:
-        async with aclosing(backend.stream(prompt, sampling, usage, stream.waiting, adapter)) as pieces:
+        async with aclosing(answer.stream(stream.waiting)) as pieces:
             async for piece in pieces:
                 await stream.add(piece)
                 # In the background, like Chainlit's own writes, and one at a time: a slow database slows no answer.

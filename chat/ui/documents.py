@@ -18,9 +18,8 @@ import chainlit as cl
 from langchain_core.messages import BaseMessage, HumanMessage
 from PIL import Image
 
-from chat.conversation import turn_text
 from chat.documents.reading import Kind, text_pages
-from chat.documents.retrieval import ShownPage, pages_for, shown_pages
+from chat.documents.retrieval import ShownPage
 from chat.ui.chainlit_fixes import without_thumbs
 from chat.ui.routes import file_url, stored_file_url
 from chat.ui.runtime import serving
@@ -143,27 +142,10 @@ def markdown_link_text(name: str) -> str:
 async def pages_for_turn(
     earlier: list[BaseMessage], turn: HumanMessage, user: str, whole_library: bool = False
 ) -> list[ShownPage]:
-    """The pages for this question and the one before it, as the model sees them: from the conversation's
-    documents, or from all of the user's documents (the Library command)."""
+    """The pages for this question and the one before it: from the conversation's documents, or from all of the
+    user's documents (the Library command)."""
     within = None if whole_library else conversation_documents()
-    if within == []:
-        return []
-    asked_before = [turn_text(message) for message in earlier if isinstance(message, HumanMessage)][-1:]
-    question = " ".join([*asked_before, turn_text(turn)])
-    runtime = serving()
-    hits = await pages_for(runtime.documents, user, question, within, runtime.settings.document_pages)
-    return await shown_pages(
-        hits, user, runtime.store, runtime.pdfs, runtime.settings.min_pixels, runtime.image_limits.max_pixels
-    )
-
-
-async def pages_again(sources: list[dict], user: str) -> list[ShownPage]:
-    """The pages an earlier answer was shown (its record's sources), for another answer to the same question."""
-    runtime = serving()
-    hits = await runtime.documents.pages(user, [(source["sha256"], source["page"]) for source in sources])
-    return await shown_pages(
-        hits, user, runtime.store, runtime.pdfs, runtime.settings.min_pixels, runtime.image_limits.max_pixels
-    )
+    return await serving().answering.pages(user, earlier, turn, within)
 
 
 def page_elements(pages: list[ShownPage]) -> list[cl.Image | cl.Text]:

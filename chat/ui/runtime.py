@@ -1,9 +1,9 @@
 """The composition root: everything one Loupe server is made of, built from its settings.
 
-`python -m chat serve` builds the runtime (`build_runtime`: objects only, nothing loaded or
-connected) and installs it into Chainlit's server (`install`: Chainlit's configuration, Loupe's
-fixes, security and routes, which must be in place before the server starts), and then lets
-Chainlit import chat/app.py, whose handlers reach the runtime through `serving()`. The model is
+`create_app` (chat/server.py) builds the runtime (`build_runtime`: objects only, nothing loaded or
+connected) and installs it into Loupe's app and Chainlit's (`install`: Chainlit's configuration,
+Loupe's fixes, security and routes, which must be in place before the server starts), and then
+mounts Chainlit, which imports chat/app.py, whose handlers reach the runtime through `serving()`. The model is
 loaded and the database migrated when the server starts (`Runtime.start`, from on_app_startup),
 so importing any module of Loupe has no side effects, and a test can build a runtime of its own.
 """
@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chainlit.config import config as chainlit_config
-from chainlit.server import app as server
+from chainlit.server import app as chainlit_app
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from chat.answering import Answering
 from chat.arena.profiles import Profiles
 from chat.conversation import PromptBuilder
 from chat.documents.reading import pdf_workers
@@ -98,10 +99,11 @@ class Runtime:
     throttle: LoginThrottle
     uploads: UploadQuota
     secret: str  # Chainlit signs login tokens with it
+    background: set[asyncio.Task] = field(default_factory=set)  # writes that outlive their request (chat/api/)
     arena_draw: random.Random = field(default_factory=random.Random)  # which two contenders answer, in which order
-    # Set by start(): the model behind the chat, and the prompt builder that counts with its tokenizer.
+    # Set by start(): the model behind the chat, and the answering (chat/answering.py) that prompts it.
     backend: Backend = field(init=False)
-    prompts: PromptBuilder = field(init=False)
+    answering: Answering = field(init=False)
     started: bool = False
     failure: str | None = None  # why start() failed: `python -m chat serve` exits with it
 
@@ -113,15 +115,19 @@ class Runtime:
         self.backend = await start_backend(self.settings)
         precision = f", in {self.backend.precision}" if self.backend.precision else ""
         print(f"Loupe: answering with {self.backend.name} ({self.backend.kind} backend{precision})", flush=True)
-        self.prompts = PromptBuilder(
-            self.backend, self.settings.min_pixels, self.image_limits.max_pixels, self.settings.images_per_prompt
+        settings, max_pixels = self.settings, self.image_limits.max_pixels
+        self.answering = Answering(
+            backend=self.backend,
+            prompts=PromptBuilder(self.backend, settings.min_pixels, max_pixels, settings.images_per_prompt),
+            context_tokens=min(settings.context_tokens, self.backend.context_length),  # within the model's context
+            documents=self.documents,
+            store=self.store,
+            pdfs=self.pdfs,
+            document_pages=settings.document_pages,
+            min_pixels=settings.min_pixels,
+            max_pixels=max_pixels,
         )
         self.started = True
-
-    @property
-    def context_tokens(self) -> int:
-        """Prompt plus answer: the configured budget, within the model's context."""
-        return min(self.settings.context_tokens, self.backend.context_length)
 
     def status(self) -> dict[str, Any] | None:
         """Read by public/loupe.js to show the permanent demo-model banner, and by operators; None until started."""
@@ -223,9 +229,9 @@ def serving() -> Runtime:
     return _serving
 
 
-def install(runtime: Runtime) -> None:
-    """Make Chainlit's server serve `runtime`. Call it once, before the server starts: middleware
-    cannot be added to a running server, and Chainlit checks for the login secret before starting."""
+def install(runtime: Runtime, app: FastAPI) -> None:
+    """Make Loupe's `app` and Chainlit's server serve `runtime`. Call it once, before the server starts:
+    middleware cannot be added to a running server, and Chainlit checks for the login secret before starting."""
     global _serving
     settings = runtime.settings
     # The browser enforces max_files; uploads over max_upload_mb are refused while they arrive (chat/ui/web.py).
@@ -255,7 +261,15 @@ def install(runtime: Runtime) -> None:
     keep_contenders_blind()
     honour_config_flags()
     hide_other_users_threads()
-    secure(server, settings.allowed_origins, int(settings.max_upload_mb * MB), runtime.login_is_current)
-    runtime.add_routes_to(server)
+    max_upload_bytes = int(settings.max_upload_mb * MB)
+    secure(
+        app,
+        chainlit_app,
+        settings.allowed_origins,
+        max_upload_bytes,
+        settings.max_images_per_message,
+        runtime.login_is_current,
+    )
+    runtime.add_routes_to(app)
     enable_external_logins(runtime.sessions, settings.trusted_user_header)
     _serving = runtime

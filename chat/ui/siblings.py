@@ -18,7 +18,7 @@ from chat.store.generations import GenerationRecord
 from chat.store.preferences import AnswerFeedback
 from chat.ui.answers import as_stoppable_task, model_turn, respond
 from chat.ui.choices import compared_with, comparison_labels, offer_comparison
-from chat.ui.documents import pages_again, pages_for_turn
+from chat.ui.documents import pages_for_turn
 from chat.ui.runtime import serving
 from chat.ui.side_by_side import SideBySide, offered
 from chat.ui.texts import shown_answer, text
@@ -41,7 +41,7 @@ async def regenerate(
     count = len(siblings) + 1
     # The pages the first answer was shown, so that the answers compared were shown the same pages.
     if siblings and (first := await serving().data_layer.get_step(siblings[0].id)):
-        pages = await pages_again(first["metadata"]["generation"].get("sources", []), user)
+        pages = await serving().answering.pages_again(user, first["metadata"]["generation"].get("sources", []))
     else:
         pages = await pages_for_turn(history[:at], history[at], user)
 

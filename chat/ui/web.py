@@ -38,6 +38,7 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers around an up
 # sending it would otherwise find the connection closed under it and never read the answer. A bigger one
 # is not worth the bandwidth: its connection is closed at once.
 DRAINED_EXCESS_BYTES = 16 * MB
+API_PATH = "/v1/"  # chat/api/openai.py
 UPLOAD_PATH = "/project/file"  # POST uploads here; GET /project/file/<id> serves a session's upload back
 # For every file served (ours and Chainlit's session uploads): should a browser ever render one as
 # a page, it runs sandboxed with nothing allowed.
@@ -89,9 +90,11 @@ class BodyTooLarge(HTTPException):
 class Guard:
     """ASGI middleware: security headers on every response, and request bodies held to a limit."""
 
-    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, max_images: int) -> None:
         self.app = app
         self.max_upload_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        # An API call carries its images in its JSON, as base64 (4 characters for 3 bytes).
+        self.max_api_bytes = max_images * max_upload_bytes * 4 // 3 + MAX_BODY_BYTES
         self.policy: str | None = None  # built on the first request, once Chainlit's config is read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,7 +103,11 @@ class Guard:
             return
         if self.policy is None:
             self.policy = content_security_policy()
-        limit = self.max_upload_bytes if scope["path"].endswith(UPLOAD_PATH) else MAX_BODY_BYTES
+        limit = MAX_BODY_BYTES
+        if scope["path"].endswith(UPLOAD_PATH):
+            limit = self.max_upload_bytes
+        elif scope["path"].startswith(API_PATH):
+            limit = self.max_api_bytes
         policy = SANDBOX_POLICY if f"{UPLOAD_PATH}/" in scope["path"] else self.policy
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"").decode()
@@ -145,7 +152,9 @@ class Guard:
             pass
 
     async def _too_large(self, send: Send, limit: int) -> None:
-        body = json.dumps({"detail": BodyTooLarge(limit).detail}).encode()
+        detail = BodyTooLarge(limit).detail  # as the page reads it, and as OpenAI's clients do
+        error = {"message": detail, "type": "invalid_request_error", "code": "request_too_large", "param": None}
+        body = json.dumps({"detail": detail, "error": error}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -174,17 +183,23 @@ def same_or_allowed_origin(allowed: list[str]) -> Callable[..., bool]:
 
 
 def secure(
-    server: FastAPI,
+    app: FastAPI,
+    chainlit_app: FastAPI,
     allowed_origins: list[str],
     max_upload_bytes: int,
+    max_images: int,
     login_is_current: Callable[[str | None], Awaitable[bool]],
 ) -> None:
-    """Install all of the above on Chainlit's server; called before it starts serving."""
-    for middleware in server.user_middleware:
-        if middleware.cls is CORSMiddleware:
-            middleware.kwargs["allow_origins"] = allowed_origins  # was ["*"], with credentials
+    """Install all of the above on Loupe's `app`, and on Chainlit's, mounted in it; called before it serves."""
+    # Chainlit's CORS allowed any origin with credentials; one policy, Loupe's, now covers Chainlit's routes too.
+    chainlit_app.user_middleware = [entry for entry in chainlit_app.user_middleware if entry.cls is not CORSMiddleware]
+    app.add_middleware(
+        CORSMiddleware, allow_origins=allowed_origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"]
+    )
     chainlit.socket.sio.eio.cors_allowed_origins = same_or_allowed_origin(allowed_origins)
-    server.add_middleware(Guard, max_upload_bytes=max_upload_bytes)
+    app.add_middleware(
+        Guard, max_upload_bytes=max_upload_bytes, max_images=max_images
+    )  # outermost: its limits hold before anything reads
 
     async def current_user(token: str | None = Depends(reuseable_oauth)) -> Any:
         if not await login_is_current(token):
@@ -194,5 +209,6 @@ def secure(
     async def current_user_for_socket(token: str) -> Any:
         return await chainlit.auth.get_current_user(token) if await login_is_current(token) else None
 
-    server.dependency_overrides[chainlit.auth.get_current_user] = current_user
+    for served in (app, chainlit_app):  # Loupe's routes ask for the user as Chainlit's do
+        served.dependency_overrides[chainlit.auth.get_current_user] = current_user
     chainlit.socket.get_current_user = current_user_for_socket  # the socket's connect looks it up by name

@@ -1,0 +1,501 @@
+"""OpenAI's chat completions API, spoken by Loupe: what the `openai` SDK, LangChain's ChatOpenAI and editor
+plug-ins call, with the key of a Loupe user (`Authorization: Bearer loupe-...`).
+
+A call is a message of that user's, answered as the page answers one (chat/answering.py) and stored as the
+page stores one: a conversation in their history (marked as from the API, resumable in the browser), its
+images as attachments, the answer with its generation record. So its feedback (`POST /v1/feedback`, as the
+page's thumbs, reasons and corrections) reaches the exports and the next adapter. The completion's `id` is
+the stored answer's id. A call continues a stored conversation when it names it (`loupe.conversation`, as
+every response says it); otherwise it starts one.
+
+What a client sends is checked as an upload is: images only as data URLs (a remote URL is refused, not
+fetched), within the same count, size and pixel limits; a key reads and writes only its user's data (404
+otherwise) and counts against its user's message rate. Failures are OpenAI-shaped: {"error": {"message",
+"type", "code"}} with 400, 401, 404, 413 or 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any, Literal
+
+from chainlit.context import init_http_context
+from chainlit.element import Image as ChainlitImage
+from chainlit.types import Feedback as ChainlitFeedback
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from langchain_core.messages import BaseMessage
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from chat.answering import Answer, Question
+from chat.arena.profiles import UnknownAdapter
+from chat.conversation import PromptTooLong, user_turn
+from chat.prompts import DEFAULT_PROMPT
+from chat.settings import SLIDERS
+from chat.store.generations import BASE
+from chat.store.keys import key_owner
+from chat.store.rows import NotYours, iso, utcnow
+from chat.ui.answers import stored_history
+from chat.ui.choices import reasons_for
+from chat.ui.runtime import Runtime
+from chat.ui.texts import shown_answer
+from chat.ui.uploads import Upload, UploadsRejected, read_attachments
+from models.backend import Ended, SamplingSettings
+
+log = logging.getLogger("loupe.api")
+PREFIX = "/v1"
+LANGUAGE = "en"  # of the messages a program is told (a refused upload's reasons); the page speaks the user's
+API_SOURCE = "api"  # a conversation's metadata "source": where it was started, which the history can show
+
+
+class ApiError(Exception):
+    """A refusal, as OpenAI words one: `status`, and a body {"error": {"message", "type", "code"}}."""
+
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.kind = status, message, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": None}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+MODEL_FAILED = ApiError(
+    500, "The model failed while answering; it is stored as failed. Try again.", "model_error", "server_error"
+)
+
+
+class LoupeOptions(BaseModel):
+    """Loupe's extension of a chat call: continue a stored conversation."""
+
+    conversation: str | None = None
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat completion request that Loupe reads; others are accepted and ignored, as
+    OpenAI-compatible servers do, so that clients sending their defaults (n=1, a user tag) work unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    loupe: LoupeOptions = Field(default_factory=LoupeOptions)
+
+
+class FeedbackRequest(BaseModel):
+    """A rating of a completion (by its `id`), as the page's thumbs, reasons and correction store it."""
+
+    id: str
+    value: Literal[1, -1]
+    reasons: list[str] = Field(default_factory=list)
+    comment: str | None = None
+    correction: str | None = None
+
+
+def api_routes(app: FastAPI, runtime: Runtime) -> None:
+    """Loupe's /v1 routes on `app`, answered from `runtime`."""
+    router = APIRouter(prefix=PREFIX)
+    settings = runtime.settings
+
+    async def caller(request: Request) -> str:
+        """The user whose key the request carries; 401 for none, an unknown, revoked or expired one."""
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "No API key: send it as `Authorization: Bearer <key>`.", "missing_api_key")
+        if (user := await key_owner(runtime.sessions, key.strip())) is None:
+            raise ApiError(
+                401, "This API key is not valid: it was revoked, has expired, or never existed.", "invalid_api_key"
+            )
+        return user
+
+    @router.get("/models")
+    async def models(user: str = Depends(caller)) -> dict[str, Any]:
+        """The base model and each adapter by name, the one new chats start with marked `loupe.default`."""
+        default = runtime.profiles.default().adapter
+        names = [BASE, *(adapter.name for adapter in runtime.profiles.adapters.list())]
+        default_name = default.name if default else BASE
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "loupe",
+                    "loupe": {"default": name == default_name},
+                }
+                for name in names
+            ],
+        }
+
+    @router.post("/chat/completions")
+    async def chat_completions(call: ChatRequest, user: str = Depends(caller)) -> Response:
+        """Answer the call's last user message, streamed as server-sent events or whole."""
+        turn = await parse_turn(call, runtime)
+        question_of = await conversation(call, user, runtime)
+        if (wait := await runtime.message_rate.admit(user)) is not None:
+            raise ApiError(
+                429, f"Too many messages: try again in {wait:.0f} s.", "rate_limit_exceeded", "rate_limit_error"
+            )
+        thread_id, earlier = question_of
+        persisted = await runtime.data_layer.get_user(user)
+        init_http_context(thread_id=thread_id, user=persisted)  # the data layer writes as this user, into their own
+        prompt_id = str(uuid.uuid4())
+        text, images, image_bytes = turn
+        adapter, profile_name = choose_model(call.model, runtime)
+        sampling = sampling_of(call, runtime.backend.default_sampling)
+        question = Question(earlier, user_turn(text, images, prompt_id), adapter, sampling, DEFAULT_PROMPT)
+        try:
+            answer = await runtime.answering.prepare(question)
+        except PromptTooLong as too_long:
+            raise ApiError(400, str(too_long), "context_length_exceeded") from None
+        await store_question(runtime, thread_id, persisted.id, prompt_id, text, image_bytes, profile_name, not earlier)
+        stops = [call.stop] if isinstance(call.stop, str) else list(call.stop or [])
+        exchange = Exchange(runtime, answer, thread_id, prompt_id, profile_name, stops)
+        if call.stream:
+            include_usage = bool((call.stream_options or {}).get("include_usage"))
+            return StreamingResponse(exchange.events(include_usage), media_type="text/event-stream")
+        return JSONResponse(await exchange.whole())
+
+    @router.post("/feedback")
+    async def feedback(rating: FeedbackRequest, user: str = Depends(caller)) -> dict[str, Any]:
+        """A thumb on a completion, with its reasons, comment and correction, stored as the page's are."""
+        value = 1 if rating.value == 1 else 0  # Chainlit stores a thumbs down as 0
+        if unknown := [reason for reason in rating.reasons if reason not in reasons_for(value, settings)]:
+            offered = ", ".join(reasons_for(value, settings))
+            raise ApiError(400, f"Unknown reasons {unknown} for this thumb; offered: {offered}.", "invalid_reason")
+        for written in (rating.comment, rating.correction):
+            if written is not None and len(written) > settings.max_message_chars:
+                raise ApiError(400, f"At most {settings.max_message_chars} characters.", "message_too_long")
+        try:
+            answer = await runtime.preferences.answer(user, rating.id)
+        except NotYours:
+            raise ApiError(404, f"No completion '{rating.id}' of yours.", "not_found") from None
+        step = await runtime.data_layer.get_step(rating.id)
+        init_http_context(thread_id=step["threadId"], user=await runtime.data_layer.get_user(user))
+        await runtime.data_layer.upsert_feedback(
+            ChainlitFeedback(forId=step["parentId"], value=value, comment=rating.comment)
+        )
+        await runtime.preferences.set_reasons(user, answer.id, rating.reasons)
+        if rating.correction and rating.correction.strip():
+            await runtime.preferences.correct(user, answer.id, rating.correction.strip())
+        return {"id": rating.id, "object": "loupe.feedback", "stored": True}
+
+    app.include_router(router)
+
+    @app.exception_handler(ApiError)
+    async def refused(request: Request, error: ApiError) -> Response:
+        return error.response()
+
+    default_validation = app.exception_handlers.get(RequestValidationError)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, error: RequestValidationError) -> Response:
+        """A /v1 body that is not JSON or misses a field: OpenAI's 400; elsewhere FastAPI's own 422."""
+        if not request.url.path.startswith(PREFIX):
+            return await default_validation(request, error)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in error.errors())
+        return ApiError(400, f"The request is malformed: {problems}.", "invalid_request").response()
+
+
+async def parse_turn(call: ChatRequest, runtime: Runtime) -> tuple[str, list[Image.Image], list[bytes]]:
+    """The last message's text and images (checked and fitted as uploads are, and their bytes, to store)."""
+    last = call.messages[-1]
+    if last.get("role") != "user":
+        raise ApiError(400, "The last message must be the user's: it is the one answered.", "invalid_messages")
+    if any(message.get("role") not in ("user", "assistant") for message in call.messages):
+        raise ApiError(
+            400,
+            "Loupe answers with its own system prompt; send user and assistant messages only.",
+            "unsupported_role",
+        )
+    if len(call.messages) > 1 and call.loupe.conversation is None:
+        raise ApiError(
+            400,
+            "Loupe keeps the conversation: send only the new user message, and name the conversation to continue "
+            "in `loupe.conversation` (every response gives it).",
+            "conversation_required",
+        )
+    content = last.get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise ApiError(400, "A message's content is a string or a list of parts.", "invalid_content")
+    texts, data = [], []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            data.append(image_data((part.get("image_url") or {}).get("url")))
+        else:
+            raise ApiError(400, f"Unsupported content part: {str(part)[:80]}.", "invalid_content")
+    text = "\n".join(texts)
+    if len(text) > runtime.settings.max_message_chars:
+        raise ApiError(
+            400, f"The message is longer than {runtime.settings.max_message_chars} characters.", "message_too_long"
+        )
+    if not text.strip() and not data:
+        raise ApiError(400, "The message is empty.", "empty_message")
+    images = await asyncio.to_thread(checked_images, data, runtime)
+    return text, images, data
+
+
+def image_data(url: object) -> bytes:
+    """The bytes of an image sent as a data URL; anything else refused (Loupe never fetches a remote URL)."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise ApiError(
+            400,
+            "Images are sent as data URLs (data:image/png;base64,...); remote URLs are not fetched.",
+            "invalid_image_url",
+        )
+    header, _, payload = url.partition(",")
+    if not header.startswith("data:image/") or not header.endswith(";base64"):
+        raise ApiError(
+            400, "A data URL in an image part must be a base64 image (data:image/...;base64,...).", "invalid_image_url"
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "An image's data URL is not valid base64.", "invalid_image_url") from None
+
+
+def checked_images(data: list[bytes], runtime: Runtime) -> list[Image.Image]:
+    """The images, checked as the page checks uploads (count, size, decoded whole, pixel budget)."""
+    if not data:
+        return []
+    with tempfile.TemporaryDirectory() as folder:
+        uploads = []
+        for number, content in enumerate(data, 1):
+            path = Path(folder) / f"image-{number}"
+            path.write_bytes(content)
+            uploads.append(Upload(f"image {number}", path))
+        try:
+            images, documents = read_attachments(uploads, runtime.image_limits, LANGUAGE)
+        except UploadsRejected as rejected:
+            raise ApiError(400, str(rejected), "invalid_image") from None
+    if documents:
+        raise ApiError(400, "An image part holds a document, not an image.", "invalid_image")
+    return images
+
+
+async def conversation(call: ChatRequest, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage]]:
+    """The conversation the call goes into (a new one, or the user's stored one it names) and its history."""
+    if call.loupe.conversation is None:
+        return str(uuid.uuid4()), []
+    thread = await runtime.data_layer.get_thread(call.loupe.conversation)
+    if thread is None or thread.get("userIdentifier") != user:
+        raise ApiError(404, f"No conversation '{call.loupe.conversation}' of yours.", "not_found")
+    return thread["id"], await stored_history(thread)
+
+
+def choose_model(model: str, runtime: Runtime) -> tuple[Any, str]:
+    """The adapter of the model named (None: the base model) and the profile the conversation is kept under."""
+    try:
+        adapter = runtime.profiles.named(model)
+    except UnknownAdapter:
+        names = ", ".join([BASE, *(adapter.name for adapter in runtime.profiles.adapters.list())])
+        raise ApiError(404, f"The model '{model}' does not exist; models: {names}.", "model_not_found") from None
+    return adapter, (adapter.name if adapter else runtime.profiles.all()[0].name)
+
+
+def sampling_of(call: ChatRequest, defaults: SamplingSettings) -> SamplingSettings:
+    """The call's sampling, within the page's ranges (chat/settings.py SLIDERS), the model's defaults elsewhere."""
+    wanted = {
+        "temperature": call.temperature,
+        "top_p": call.top_p,
+        "max_new_tokens": call.max_completion_tokens or call.max_tokens,
+    }
+    for name, value in wanted.items():
+        low, high, _ = SLIDERS[name]
+        low = 1 if name == "max_new_tokens" else low
+        if value is not None and not low <= value <= high:
+            field = {"max_new_tokens": "max_tokens"}.get(name, name)
+            raise ApiError(400, f"`{field}` must be between {low:g} and {high:g}.", "invalid_value")
+    return SamplingSettings(
+        temperature=defaults.temperature if call.temperature is None else call.temperature,
+        top_p=defaults.top_p if call.top_p is None else call.top_p,
+        max_new_tokens=int(wanted["max_new_tokens"] or defaults.max_new_tokens),
+        repetition_penalty=defaults.repetition_penalty,
+    )
+
+
+async def store_question(
+    runtime: Runtime,
+    thread_id: str,
+    user_id: str,
+    prompt_id: str,
+    text: str,
+    images: list[bytes],
+    profile: str,
+    new: bool,
+) -> None:
+    """The user's message, with its images, in their conversation, as the page stores one."""
+    data_layer = runtime.data_layer
+    if new:
+        metadata = {"source": API_SOURCE, "chat_profile": profile}
+        await data_layer.update_thread(thread_id, name=text or "Image", user_id=user_id, metadata=metadata)
+    now = iso(utcnow())
+    await data_layer.create_step(
+        {
+            "id": prompt_id,
+            "threadId": thread_id,
+            "type": "user_message",
+            "name": "API",
+            "output": text,
+            "createdAt": now,
+            "start": now,
+            "end": now,
+            "metadata": {"source": API_SOURCE},
+        }
+    )
+    for number, content in enumerate(images, 1):
+        element = ChainlitImage(name=f"image-{number}", content=content, display="inline", for_id=prompt_id)
+        element.thread_id = thread_id
+        await data_layer.create_element(element)
+
+
+class Exchange:
+    """One answer of the API, streamed and stored: the run and the answer's steps, as the page keeps them."""
+
+    def __init__(
+        self, runtime: Runtime, answer: Answer, thread_id: str, prompt_id: str, model: str, stops: list[str]
+    ) -> None:
+        self.runtime, self.answer, self.thread_id, self.prompt_id = runtime, answer, thread_id, prompt_id
+        self.model, self.stops = model, [stop for stop in stops if stop]
+        self.run_id, self.id, self.created = str(uuid.uuid4()), str(uuid.uuid4()), int(time.time())
+        self.text = ""
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The answer's text as the model writes it, cut at the first stop sequence; stored however it ends."""
+        usage = self.answer.usage
+        sent = 0
+        try:
+            async with aclosing(self.answer.stream()) as written:
+                async for piece in written:
+                    self.text += piece
+                    cut = min((self.text.find(stop) for stop in self.stops if stop in self.text), default=-1)
+                    if cut >= 0:
+                        self.text = self.text[:cut]
+                        break
+                    # What could still begin a stop sequence waits for the next piece.
+                    held = max((len(stop) - 1 for stop in self.stops), default=0)
+                    if len(self.text) - held > sent:
+                        yield self.text[sent : len(self.text) - held]
+                        sent = len(self.text) - held
+            if sent < len(self.text):
+                yield self.text[sent:]
+        except asyncio.CancelledError:
+            usage.ended = Ended.STOPPED  # the client went away: what was written is kept, marked stopped
+            raise
+        finally:
+            # In a task of its own: a client that went away cancels this request's task, not the write.
+            store = asyncio.create_task(self.store(usage.ended))
+            self.runtime.background.add(store)
+            store.add_done_callback(self.runtime.background.discard)
+            await asyncio.shield(store)
+
+    async def store(self, ended: Ended) -> None:
+        now = iso(utcnow())
+        metadata = {"ended": ended, "generation": self.answer.record(self.text, ended)}
+        shown = shown_answer(self.text, ended, LANGUAGE, None, self.answer.sources)
+        data_layer = self.runtime.data_layer
+        run = {"id": self.run_id, "threadId": self.thread_id, "type": "run", "name": "on_message"}
+        await data_layer.create_step({**run, "parentId": self.prompt_id, "createdAt": now, "start": now, "end": now})
+        await data_layer.create_step(
+            {
+                "id": self.id,
+                "threadId": self.thread_id,
+                "parentId": self.run_id,
+                "type": "assistant_message",
+                "name": self.model,
+                "output": shown,
+                "metadata": metadata,
+                "createdAt": now,
+                "start": now,
+                "end": now,
+            }
+        )
+
+    def finish_reason(self) -> str:
+        return (
+            "length" if self.answer.usage.completion_tokens >= self.answer.question.sampling.max_new_tokens else "stop"
+        )
+
+    def usage(self) -> dict[str, int]:
+        usage = self.answer.usage
+        total = usage.prompt_tokens + usage.completion_tokens
+        return {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": total,
+        }
+
+    def loupe(self) -> dict[str, Any]:
+        return {"conversation": self.thread_id, "sources": self.answer.sources}
+
+    async def whole(self) -> dict[str, Any]:
+        try:
+            async for _ in self.pieces():
+                pass
+        except Exception:
+            log.exception("The model failed while answering through the API (answer %s)", self.id)
+            raise MODEL_FAILED from None
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.text},
+                    "finish_reason": self.finish_reason(),
+                }
+            ],
+            "usage": self.usage(),
+            "loupe": self.loupe(),
+        }
+
+    async def events(self, include_usage: bool) -> AsyncIterator[str]:
+        """The answer as OpenAI's server-sent events: a role, the text's pieces, the end, the usage, [DONE]."""
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+            return f"data: {json.dumps({**chunk, 'choices': choices, **extra})}\n\n"
+
+        def delta(content: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": content, "finish_reason": finish}]
+
+        yield event(delta({"role": "assistant", "content": ""}))
+        try:
+            async for piece in self.pieces():
+                yield event(delta({"content": piece}))
+        except Exception:  # the response has begun: the error is the stream's last event
+            log.exception("The model failed while answering through the API (answer %s)", self.id)
+            yield f"data: {json.dumps(MODEL_FAILED.body())}\n\n"
+            return
+        yield event(delta({}, self.finish_reason()), loupe=self.loupe())
+        if include_usage:  # OpenAI's last chunk: no choices, the usage
+            yield event([], usage=self.usage())
+        yield "data: [DONE]\n\n"
