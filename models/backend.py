@@ -56,6 +56,7 @@ class SamplingSettings:
     top_p: float
     max_new_tokens: int
     repetition_penalty: float
+    seed: int | None = None  # the same seed, prompt and settings sample the same answer (an API call's `seed`)
 
     @classmethod
     def from_config(cls, config: Any) -> SamplingSettings:

@@ -132,6 +132,8 @@ class Generator(ChatTemplateTokens):
         try:
             inputs = self.prepare_inputs(messages)
             usage.prompt_tokens = inputs["input_ids"].shape[1]
+            if sampling.seed is not None:  # one generation at a time (the queue), so the global generator is its own
+                torch.manual_seed(sampling.seed)
             with torch.inference_mode(), self.adapters.use(adapter) as model:
                 output = model.generate(
                     **inputs,

@@ -138,6 +138,7 @@ class VllmBackend(ChatTemplateTokens):
                 "top_p": sampling.top_p,
                 "max_tokens": sampling.max_new_tokens,
                 "extra_body": {"repetition_penalty": sampling.repetition_penalty},
+                **({"seed": sampling.seed} if sampling.seed is not None else {}),
             }
             try:
                 stream = await self.client.chat.completions.create(model=await self.served_name(adapter), **request)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def test_a_script_streams_an_answer_about_an_image_rates_it_and_the_export_holds
     assert text and chunks[-1].usage.completion_tokens == 12 and chunks[-1].choices == []
     stored = rows(
         app,
-        "SELECT g.completion, g.prompt_id, t.metadata FROM generations g JOIN threads t ON t.id = g.thread_id WHERE g.step_id = ?",
+        "SELECT g.completion, g.prompt_id, t.metadata FROM generations g JOIN threads t ON t.id = g.thread_id "
+        "WHERE g.step_id = ?",
         completion_id,
     )
     assert len(stored) == 1 and stored[0][0] == text, "the answer is stored under the completion's id"
@@ -199,3 +201,57 @@ def test_malformed_json_and_missing_or_unknown_keys(app: Server) -> None:
     for headers in ({}, {"Authorization": "Bearer loupe-forged"}, {"Authorization": key}):
         refused = httpx.get(f"{app.url}/v1/models", headers=headers)
         assert refused.status_code == 401 and refused.json()["error"]["code"] in ("missing_api_key", "invalid_api_key")
+
+
+def test_a_seed_samples_the_same_answer_and_a_stop_sequence_ends_it(app: Server) -> None:
+    ada = client(app, new_key(app, "ada"))
+
+    def ask(**options: object) -> str:
+        asked = [{"role": "user", "content": "Describe a resistor."}]
+        answer = ada.chat.completions.create(model="base", messages=asked, temperature=1, max_tokens=16, **options)
+        return answer.choices[0].message.content
+
+    whole = ask(seed=7)
+    assert ask(seed=7) == whole and ask(seed=8) != whole
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 2]
+    cut = ask(seed=7, stop=[stop])
+    assert cut == whole[: whole.index(stop)]
+    assert rows(app, "SELECT completion FROM generations WHERE completion = ?", cut), "stored as returned"
+
+
+def test_a_regenerated_answer_and_its_comparison_reach_the_dpo_export(app: Server, tmp_path: Path) -> None:
+    ada = client(app, new_key(app, "bob"))
+    asked = [{"role": "user", "content": "Which capacitor for a 5 V rail?"}]
+    first = ada.chat.completions.create(model="base", messages=asked, max_tokens=8)
+    again = ada.chat.completions.create(
+        model="base", messages=asked, max_tokens=8, extra_body={"loupe": {"regenerate_of": first.id}}
+    )
+    prompts = rows(app, "SELECT DISTINCT prompt_id FROM generations WHERE step_id IN (?, ?)", first.id, again.id)
+    assert len(prompts) == 1, "both answer the one stored message"
+    ada.post("/feedback", body={"id": again.id, "compared_with": first.id, "choice": "b"}, cast_to=httpx.Response)
+    pairs = [
+        (row["chosen"][0]["content"][0]["text"], row["rejected"][0]["content"][0]["text"])
+        for row in export_rows(app, tmp_path / "dpo", "trl-dpo")
+        if row["prompt"][-1]["content"][-1]["text"] == asked[0]["content"]
+    ]
+    assert pairs == [(again.choices[0].message.content, first.choices[0].message.content)]
+
+
+def test_a_stream_the_client_drops_stops_the_answer_and_stores_it_as_stopped(app: Server) -> None:
+    key = new_key(app, "ada")
+    body = {
+        "model": "base",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 2000,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{app.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as events:
+        lines = events.iter_lines()
+        first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+    for _ in range(100):
+        if stored := rows(app, "SELECT ended, completion_tokens FROM generations WHERE step_id = ?", first["id"]):
+            break
+        time.sleep(0.2)
+    assert stored and stored[0][0] == "stopped" and stored[0][1] < 2000

@@ -35,7 +35,7 @@ from chainlit.types import Feedback as ChainlitFeedback
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +46,7 @@ from chat.prompts import DEFAULT_PROMPT
 from chat.settings import SLIDERS
 from chat.store.generations import BASE
 from chat.store.keys import key_owner
+from chat.store.preferences import CHOICES
 from chat.store.rows import NotYours, iso, utcnow
 from chat.ui.answers import stored_history
 from chat.ui.choices import reasons_for
@@ -80,9 +81,10 @@ MODEL_FAILED = ApiError(
 
 
 class LoupeOptions(BaseModel):
-    """Loupe's extension of a chat call: continue a stored conversation."""
+    """Loupe's extension of a chat call: continue a stored conversation, or answer a message of one again."""
 
-    conversation: str | None = None
+    conversation: str | None = None  # a conversation's id, as every response gives it under `loupe`
+    regenerate_of: str | None = None  # a completion's id: another answer to its message, beside it
 
 
 class ChatRequest(BaseModel):
@@ -100,6 +102,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
+    seed: int | None = None
     loupe: LoupeOptions = Field(default_factory=LoupeOptions)
 
 
@@ -107,10 +110,12 @@ class FeedbackRequest(BaseModel):
     """A rating of a completion (by its `id`), as the page's thumbs, reasons and correction store it."""
 
     id: str
-    value: Literal[1, -1]
+    value: Literal[1, -1] | None = None
     reasons: list[str] = Field(default_factory=list)
     comment: str | None = None
     correction: str | None = None
+    compared_with: str | None = None  # another completion of the same message ("a"; this one is "b")
+    choice: Literal[*CHOICES] | None = None
 
 
 def api_routes(app: FastAPI, runtime: Runtime) -> None:
@@ -151,28 +156,31 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
 
     @router.post("/chat/completions")
     async def chat_completions(call: ChatRequest, user: str = Depends(caller)) -> Response:
-        """Answer the call's last user message, streamed as server-sent events or whole."""
-        turn = await parse_turn(call, runtime)
-        question_of = await conversation(call, user, runtime)
-        if (wait := await runtime.message_rate.admit(user)) is not None:
-            raise ApiError(
-                429, f"Too many messages: try again in {wait:.0f} s.", "rate_limit_exceeded", "rate_limit_error"
-            )
-        thread_id, earlier = question_of
-        persisted = await runtime.data_layer.get_user(user)
-        init_http_context(thread_id=thread_id, user=persisted)  # the data layer writes as this user, into their own
-        prompt_id = str(uuid.uuid4())
-        text, images, image_bytes = turn
+        """Answer the call's last user message (or again the one of `loupe.regenerate_of`), streamed as
+        server-sent events or whole."""
         adapter, profile_name = choose_model(call.model, runtime)
         sampling = sampling_of(call, runtime.backend.default_sampling)
-        question = Question(earlier, user_turn(text, images, prompt_id), adapter, sampling, DEFAULT_PROMPT)
+        if call.loupe.regenerate_of is not None:
+            thread_id, earlier, turn, pages = await asked_again(call.loupe.regenerate_of, user, runtime)
+            sent: tuple[str, list[bytes]] | None = None
+        else:
+            text, images, data = await parse_turn(call, runtime)
+            thread_id, earlier = await conversation(call.loupe.conversation, user, runtime)
+            turn, pages, sent = user_turn(text, images, str(uuid.uuid4())), [], (text, data)
+        if (wait := await runtime.message_rate.admit(user)) is not None:  # the page's limit, shared with it
+            message = f"Too many messages: try again in {wait:.0f} s."
+            raise ApiError(429, message, "rate_limit_exceeded", "rate_limit_error")
         try:
-            answer = await runtime.answering.prepare(question)
+            answer = await runtime.answering.prepare(Question(earlier, turn, adapter, sampling, DEFAULT_PROMPT, pages))
         except PromptTooLong as too_long:
             raise ApiError(400, str(too_long), "context_length_exceeded") from None
-        await store_question(runtime, thread_id, persisted.id, prompt_id, text, image_bytes, profile_name, not earlier)
+        persisted = await runtime.data_layer.get_user(user)
+        init_http_context(thread_id=thread_id, user=persisted)  # the data layer writes as this user, into their own
+        if sent is not None:
+            new = call.loupe.conversation is None
+            await store_question(runtime, thread_id, persisted.id, turn.id, *sent, profile_name, new)
         stops = [call.stop] if isinstance(call.stop, str) else list(call.stop or [])
-        exchange = Exchange(runtime, answer, thread_id, prompt_id, profile_name, stops)
+        exchange = Exchange(runtime, answer, thread_id, profile_name, stops)
         if call.stream:
             include_usage = bool((call.stream_options or {}).get("include_usage"))
             return StreamingResponse(exchange.events(include_usage), media_type="text/event-stream")
@@ -180,27 +188,39 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
 
     @router.post("/feedback")
     async def feedback(rating: FeedbackRequest, user: str = Depends(caller)) -> dict[str, Any]:
-        """A thumb on a completion, with its reasons, comment and correction, stored as the page's are."""
-        value = 1 if rating.value == 1 else 0  # Chainlit stores a thumbs down as 0
+        """A thumb on a completion, with its reasons, comment and correction, and its comparison with an earlier
+        completion of the same message (`compared_with`: "a" is that one, "b" this one), stored as the page's are."""
+        value = None if rating.value is None else int(rating.value == 1)  # Chainlit stores a thumbs down as 0
+        if rating.value is None and rating.choice is None:
+            raise ApiError(
+                400, "Send a `value` (1 or -1), a comparison (`compared_with` and `choice`), or both.", "empty_feedback"
+            )
         if unknown := [reason for reason in rating.reasons if reason not in reasons_for(value, settings)]:
-            offered = ", ".join(reasons_for(value, settings))
+            offered = ", ".join(reasons_for(value, settings)) or "none without a value"
             raise ApiError(400, f"Unknown reasons {unknown} for this thumb; offered: {offered}.", "invalid_reason")
         for written in (rating.comment, rating.correction):
             if written is not None and len(written) > settings.max_message_chars:
                 raise ApiError(400, f"At most {settings.max_message_chars} characters.", "message_too_long")
+        if (rating.choice is None) != (rating.compared_with is None):
+            raise ApiError(400, "A comparison needs both `compared_with` and `choice`.", "invalid_comparison")
         try:
             answer = await runtime.preferences.answer(user, rating.id)
+            if rating.choice is not None:
+                await runtime.preferences.compare(user, rating.compared_with, answer.id, rating.choice)
         except NotYours:
-            raise ApiError(404, f"No completion '{rating.id}' of yours.", "not_found") from None
-        step = await runtime.data_layer.get_step(rating.id)
-        init_http_context(thread_id=step["threadId"], user=await runtime.data_layer.get_user(user))
-        await runtime.data_layer.upsert_feedback(
-            ChainlitFeedback(forId=step["parentId"], value=value, comment=rating.comment)
-        )
-        await runtime.preferences.set_reasons(user, answer.id, rating.reasons)
+            raise ApiError(
+                404, f"No completion '{rating.id}' of yours to compare with that one.", "not_found"
+            ) from None
+        if value is not None:
+            step = await runtime.data_layer.get_step(answer.id)
+            init_http_context(thread_id=step["threadId"], user=await runtime.data_layer.get_user(user))
+            await runtime.data_layer.upsert_feedback(
+                ChainlitFeedback(forId=step["parentId"], value=value, comment=rating.comment)
+            )
+            await runtime.preferences.set_reasons(user, answer.id, rating.reasons)
         if rating.correction and rating.correction.strip():
             await runtime.preferences.correct(user, answer.id, rating.correction.strip())
-        return {"id": rating.id, "object": "loupe.feedback", "stored": True}
+        return {"id": answer.id, "object": "loupe.feedback", "stored": True}
 
     app.include_router(router)
 
@@ -299,14 +319,31 @@ def checked_images(data: list[bytes], runtime: Runtime) -> list[Image.Image]:
     return images
 
 
-async def conversation(call: ChatRequest, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage]]:
-    """The conversation the call goes into (a new one, or the user's stored one it names) and its history."""
-    if call.loupe.conversation is None:
+async def conversation(named: str | None, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage]]:
+    """The conversation a call goes into (a new one, or the user's stored one it names) and its history."""
+    if named is None:
         return str(uuid.uuid4()), []
-    thread = await runtime.data_layer.get_thread(call.loupe.conversation)
+    thread = await runtime.data_layer.get_thread(named)
     if thread is None or thread.get("userIdentifier") != user:
-        raise ApiError(404, f"No conversation '{call.loupe.conversation}' of yours.", "not_found")
+        raise ApiError(404, f"No conversation '{named}' of yours.", "not_found")
     return thread["id"], await stored_history(thread)
+
+
+async def asked_again(answer_id: str, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage], HumanMessage, list]:
+    """The conversation, history and message a completion answered, and the pages it was shown: what another
+    answer to that message is asked with (chat/ui/siblings.py does the same for the page's Regenerate)."""
+    step = await runtime.data_layer.get_step(answer_id)
+    missing = ApiError(404, f"No completion '{answer_id}' of yours to answer again.", "not_found")
+    if step is None or not (record := (step.get("metadata") or {}).get("generation")):
+        raise missing
+    thread_id, history = await conversation(step["threadId"], user, runtime)
+    at = next(
+        (i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == record["prompt_id"]), None
+    )
+    if at is None:  # an answer on a side branch: its conversation went on from another
+        raise ApiError(400, f"'{answer_id}' answers a message the conversation did not go on from.", "not_regenerable")
+    pages = await runtime.answering.pages_again(user, record.get("sources", []))
+    return thread_id, history[:at], history[at], pages
 
 
 def choose_model(model: str, runtime: Runtime) -> tuple[Any, str]:
@@ -337,6 +374,7 @@ def sampling_of(call: ChatRequest, defaults: SamplingSettings) -> SamplingSettin
         top_p=defaults.top_p if call.top_p is None else call.top_p,
         max_new_tokens=int(wanted["max_new_tokens"] or defaults.max_new_tokens),
         repetition_penalty=defaults.repetition_penalty,
+        seed=call.seed,
     )
 
 
@@ -378,10 +416,9 @@ async def store_question(
 class Exchange:
     """One answer of the API, streamed and stored: the run and the answer's steps, as the page keeps them."""
 
-    def __init__(
-        self, runtime: Runtime, answer: Answer, thread_id: str, prompt_id: str, model: str, stops: list[str]
-    ) -> None:
-        self.runtime, self.answer, self.thread_id, self.prompt_id = runtime, answer, thread_id, prompt_id
+    def __init__(self, runtime: Runtime, answer: Answer, thread_id: str, model: str, stops: list[str]) -> None:
+        self.runtime, self.answer, self.thread_id = runtime, answer, thread_id
+        self.prompt_id = answer.question.turn.id
         self.model, self.stops = model, [stop for stop in stops if stop]
         self.run_id, self.id, self.created = str(uuid.uuid4()), str(uuid.uuid4()), int(time.time())
         self.text = ""

@@ -1,4 +1,5 @@
-"""HTTP routes Loupe adds to Chainlit's server, and guards in front of some of Chainlit's own.
+"""Loupe's HTTP routes, and guards in front of some of Chainlit's own (Chainlit is mounted behind them:
+chat/server.py, so a route here of the same path as one of Chainlit's takes its requests).
 
 Chainlit checks the thread's author on its thread routes but not on `/feedback`, has no route
 for files kept by a storage client, no login throttling, and takes uploads without a per-user
@@ -299,7 +300,6 @@ def add_routes(
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
-    ours = {model_status, stored_file, rate, unrate, login, upload, update_element, delete_element, click}
     if not chainlit_config.features.allow_thread_sharing:
 
         @server.put("/project/thread/share")
@@ -307,10 +307,6 @@ def add_routes(
         async def sharing_is_off() -> Response:
             """Thread sharing is off (.chainlit/config.toml); a shared thread is readable without login."""
             raise HTTPException(status_code=404, detail="Not found")
-
-        ours.add(sharing_is_off)
-    # Chainlit matches routes in order and ends with a catch-all for its frontend: ours go first.
-    server.router.routes.sort(key=lambda route: getattr(route, "endpoint", None) not in ours)
 
 
 def stored_file_url(content: bytes | str) -> str:
