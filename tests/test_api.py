@@ -3,39 +3,76 @@ page stores them, feedback that reaches the export, keys that read and write onl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
-import time
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from langchain_core.messages import HumanMessage
+from langchain_openai import ChatOpenAI
 from PIL import Image
+from sqlalchemy import text
 
-from tests.helpers.server import Server, add_account, chat, export_rows, rows, start_server, stop_server
+from tests.helpers.server import REPO, Running, add_account, serve
 
 PASSWORD = "api-test-password"
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    process, running = start_server(tmp_path_factory.mktemp("api"), LOUPE_MESSAGES_PER_MINUTE="1000")
-    for name in ("ada", "bob"):
-        add_account(running, name, PASSWORD + "\n")
-    yield running
-    stop_server(process)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    """A server of its own (its message rate is the test's; a call over 4 images of 2 MB is too large), on each
+    database, with users ada and bob."""
+    async with AsyncExitStack() as stack:
+        running = await serve(
+            stack,
+            request.param,
+            tmp_path_factory.mktemp("api"),
+            LOUPE_MESSAGES_PER_MINUTE="1000",
+            LOUPE_MAX_UPLOAD_MB="2",
+        )
+        for name in ("ada", "bob"):
+            add_account(running.server, name, PASSWORD + "\n")
+        yield running
 
 
-def new_key(server: Server, user: str, *options: str) -> str:
+def loupe(app: Running, *args: str) -> str:
+    """`python -m chat ...` on the server's database: what it printed."""
+    server = app.server
+    environment = {**os.environ, "LOUPE_DATA_DIR": str(server.data_dir), **server.env}
+    done = subprocess.run(
+        [sys.executable, "-m", "chat", *args], capture_output=True, text=True, cwd=REPO, env=environment
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def new_key(app: Running, user: str, *options: str) -> str:
     """`python -m chat keys add USER`: the key is its output's last line."""
-    return chat(server, server.data_dir / "adapters", "keys", "add", user, *options).splitlines()[-1]
+    return loupe(app, "keys", "add", user, *options).splitlines()[-1]
 
 
-def client(server: Server, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+def exported(app: Running, out: Path, format: str) -> list[dict[str, Any]]:
+    loupe(app, "export", "--format", format, "--out", str(out))
+    return [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+async def rows(app: Running, query: str, **parameters: Any) -> list[tuple]:
+    async with app.sessions() as session:
+        return [tuple(row) for row in await session.execute(text(query), parameters)]
+
+
+def client(app: Running, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{app.server.url}/v1", api_key=key, max_retries=0)
 
 
 def png_data_url(color: str = "red") -> str:
@@ -44,8 +81,13 @@ def png_data_url(color: str = "red") -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def test_a_script_streams_an_answer_about_an_image_rates_it_and_the_export_holds_it(
-    app: Server, tmp_path: Path
+def as_json(value: Any) -> Any:
+    """A JSON column as read by raw SQL: text on SQLite (and asyncpg), already decoded elsewhere."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def test_a_script_streams_an_answer_about_an_image_rates_it_and_the_export_holds_it(
+    app: Running, tmp_path: Path
 ) -> None:
     ada, bob = new_key(app, "ada", "--name", "script"), new_key(app, "bob")
     question = [
@@ -62,17 +104,18 @@ def test_a_script_streams_an_answer_about_an_image_rates_it_and_the_export_holds
     )
     chunks = list(stream)
     completion_id = chunks[0].id
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-    assert text and chunks[-1].usage.completion_tokens == 12 and chunks[-1].choices == []
-    stored = rows(
+    answer = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert answer and chunks[-1].usage.completion_tokens == 12 and chunks[-1].choices == []
+    stored = await rows(
         app,
-        "SELECT g.completion, g.prompt_id, t.metadata FROM generations g JOIN threads t ON t.id = g.thread_id "
-        "WHERE g.step_id = ?",
-        completion_id,
+        "SELECT g.completion, g.prompt_id, t.metadata, u.identifier FROM generations g "
+        "JOIN threads t ON t.id = g.thread_id JOIN users u ON u.id = t.user_id WHERE g.step_id = :id",
+        id=completion_id,
     )
-    assert len(stored) == 1 and stored[0][0] == text, "the answer is stored under the completion's id"
-    assert json.loads(stored[0][2])["source"] == "api"
-    assert rows(app, "SELECT type FROM elements WHERE for_id = ?", stored[0][1]) == [("image",)], "with its image"
+    assert len(stored) == 1 and stored[0][0] == answer, "the answer is stored under the completion's id"
+    assert as_json(stored[0][2])["source"] == "api" and stored[0][3] == "ada", "in a conversation of the key's owner"
+    images = await rows(app, "SELECT type FROM elements WHERE for_id = :id", id=stored[0][1])
+    assert images == [("image",)], "with its image"
 
     # Another user's key finds nothing there; the owner's rating is stored.
     with pytest.raises(openai.NotFoundError):
@@ -82,23 +125,42 @@ def test_a_script_streams_an_answer_about_an_image_rates_it_and_the_export_holds
         body={"id": completion_id, "value": 1, "reasons": ["correct"], "comment": "good"},
         cast_to=httpx.Response,
     )
-    assert rows(app, "SELECT value, reasons, comment FROM feedbacks") == [(1, '["correct"]', "good")]
-    exported = export_rows(app, tmp_path / "kto", "trl-kto")
-    assert [(row["completion"][0]["content"][0]["text"], row["label"]) for row in exported] == [(text, True)]
-    assert len(exported[0]["images"]) == 1
+    ratings = await rows(app, "SELECT value, reasons, comment FROM feedbacks")
+    assert [(value, as_json(reasons), comment) for value, reasons, comment in ratings] == [(1, ["correct"], "good")]
+    kto = exported(app, tmp_path / "kto", "trl-kto")
+    assert [(row["completion"][0]["content"][0]["text"], row["label"]) for row in kto] == [(answer, True)]
+    assert len(kto[0]["images"]) == 1
 
     # A revoked key is refused at once.
-    chat(app, app.data_dir / "adapters", "keys", "revoke", "ada", "script")
+    loupe(app, "keys", "revoke", "ada", "script")
     with pytest.raises(openai.AuthenticationError):
         client(app, ada).models.list()
 
 
-def test_models_list_the_base_model_as_the_default(app: Server) -> None:
-    listed = client(app, new_key(app, "ada")).models.list()
+async def test_the_async_sdk_and_langchain_get_answers_and_models_list_the_default(app: Running) -> None:
+    key = new_key(app, "ada")
+    async_client = openai.AsyncOpenAI(base_url=f"{app.server.url}/v1", api_key=key, max_retries=0)
+    listed = await async_client.models.list()
     assert [(model.id, model.loupe["default"]) for model in listed.data] == [("base", True)]
+    pieces = [
+        chunk.choices[0].delta.content or ""
+        async for chunk in await async_client.chat.completions.create(
+            model="base", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, stream=True
+        )
+    ]
+    assert "".join(pieces)
+    model = ChatOpenAI(base_url=f"{app.server.url}/v1", api_key=key, model="base", max_tokens=6, max_retries=0)
+    said = await model.ainvoke([HumanMessage("What does a diode do?")])
+    assert (
+        said.content
+        and said.id
+        and (await rows(app, "SELECT 1 FROM generations WHERE completion = :c", c=said.content))
+    )
+    streamed = "".join(chunk.content for chunk in model.stream("And a transistor?"))
+    assert streamed
 
 
-def test_a_whole_answer_names_its_conversation_which_a_follow_up_continues(app: Server) -> None:
+async def test_a_whole_answer_names_its_conversation_which_a_follow_up_continues(app: Running) -> None:
     ada = client(app, new_key(app, "ada"))
     first = ada.chat.completions.create(model="base", messages=[{"role": "user", "content": "Hello"}], max_tokens=8)
     assert first.choices[0].message.content and first.usage.completion_tokens == 8
@@ -109,101 +171,65 @@ def test_a_whole_answer_names_its_conversation_which_a_follow_up_continues(app: 
         max_tokens=8,
         extra_body={"loupe": {"conversation": conversation}},
     )
-    record = rows(app, "SELECT context, thread_id FROM generations WHERE step_id = ?", follow_up.id)
-    assert record == [(json.dumps([first.id]), conversation)], "the follow-up saw the first answer"
+    record = await rows(app, "SELECT context, thread_id FROM generations WHERE step_id = :id", id=follow_up.id)
+    assert [(as_json(context), thread) for context, thread in record] == [([first.id], conversation)], (
+        "the follow-up saw the first answer"
+    )
     bob = client(app, new_key(app, "bob"))
-    with pytest.raises(openai.NotFoundError):
-        bob.chat.completions.create(
-            model="base",
-            messages=[{"role": "user", "content": "Hi"}],
-            extra_body={"loupe": {"conversation": conversation}},
-        )
+    for extension in ({"conversation": conversation}, {"regenerate_of": first.id}):
+        with pytest.raises(openai.NotFoundError):
+            bob.chat.completions.create(
+                model="base", messages=[{"role": "user", "content": "Hi"}], extra_body={"loupe": extension}
+            )
+    assert len(await rows(app, "SELECT 1 FROM steps WHERE thread_id = :id", id=conversation)) == 6, "bob wrote nothing"
 
 
 @pytest.mark.parametrize(
-    ("body", "status", "code"),
+    ("content", "status", "code"),
     [
-        ({"model": "nope", "messages": [{"role": "user", "content": "Hi"}]}, 404, "model_not_found"),
-        (
-            {
-                "model": "base",
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
-                    }
-                ],
-            },
-            400,
-            "invalid_image_url",
-        ),
-        (
-            {
-                "model": "base",
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": "data:text/html;base64,PGgxPg=="}}],
-                    }
-                ],
-            },
-            400,
-            "invalid_image_url",
-        ),
-        (
-            {
-                "model": "base",
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}
-                        ],
-                    }
-                ],
-            },
-            400,
-            "invalid_image",
-        ),
-        (
-            {
-                "model": "base",
-                "messages": [
-                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url()}}] * 9}
-                ],
-            },
-            400,
-            "invalid_image",
-        ),
-        ({"model": "base", "messages": [{"role": "user", "content": "x" * 40_000}]}, 400, "message_too_long"),
-        ({"model": "base", "messages": [{"role": "user", "content": "Hi"}], "temperature": 9}, 400, "invalid_value"),
-        ({"model": "base", "messages": []}, 400, "invalid_request"),
-        ({"model": "base"}, 400, "invalid_request"),
+        ("Hi", 404, "model_not_found"),
+        ([{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}], 400, "invalid_image_url"),
+        ([{"type": "image_url", "image_url": {"url": "data:text/html;base64,PGgxPg=="}}], 400, "invalid_image_url"),
+        ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}], 400, "invalid_image"),
+        ([{"type": "image_url", "image_url": {"url": png_data_url()}}] * 9, 400, "invalid_image"),
+        ("x" * 40_000, 400, "message_too_long"),
+        ([{"type": "input_audio", "input_audio": {}}], 400, "invalid_content"),
     ],
 )
-def test_bad_calls_get_openai_shaped_errors(app: Server, body: dict, status: int, code: str) -> None:
+async def test_bad_messages_get_openai_shaped_errors(app: Running, content: Any, status: int, code: str) -> None:
     key = new_key(app, "ada")
+    body = {
+        "model": "nope" if code == "model_not_found" else "base",
+        "messages": [{"role": "user", "content": content}],
+    }
     answer = httpx.post(
-        f"{app.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        f"{app.server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
     )
     assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), answer.text
     assert answer.json()["error"]["message"]
 
 
-def test_malformed_json_and_missing_or_unknown_keys(app: Server) -> None:
+async def test_malformed_calls_and_missing_or_unknown_keys(app: Running) -> None:
     key = new_key(app, "ada")
-    garbled = httpx.post(
-        f"{app.url}/v1/chat/completions",
-        content=b"{not json",
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    url, headers = f"{app.server.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}
+    for body in (
+        b"{not json",
+        b"{}",
+        b'{"model": "base", "messages": []}',
+        b'{"model": "base", "messages": [{"role": "user", "content": "Hi"}], "temperature": 9}',
+    ):
+        refused = httpx.post(url, content=body, headers={**headers, "Content-Type": "application/json"})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] in ("invalid_request", "invalid_value")
+    too_big = httpx.post(
+        url, content=b"x" * (14 * 1024 * 1024), headers={**headers, "Content-Type": "application/json"}
     )
-    assert garbled.status_code == 400 and garbled.json()["error"]["code"] == "invalid_request"
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
     for headers in ({}, {"Authorization": "Bearer loupe-forged"}, {"Authorization": key}):
-        refused = httpx.get(f"{app.url}/v1/models", headers=headers)
+        refused = httpx.get(f"{app.server.url}/v1/models", headers=headers)
         assert refused.status_code == 401 and refused.json()["error"]["code"] in ("missing_api_key", "invalid_api_key")
 
 
-def test_a_seed_samples_the_same_answer_and_a_stop_sequence_ends_it(app: Server) -> None:
+async def test_a_seed_samples_the_same_answer_and_a_stop_sequence_ends_it(app: Running) -> None:
     ada = client(app, new_key(app, "ada"))
 
     def ask(**options: object) -> str:
@@ -216,28 +242,30 @@ def test_a_seed_samples_the_same_answer_and_a_stop_sequence_ends_it(app: Server)
     stop = whole[len(whole) // 2 : len(whole) // 2 + 2]
     cut = ask(seed=7, stop=[stop])
     assert cut == whole[: whole.index(stop)]
-    assert rows(app, "SELECT completion FROM generations WHERE completion = ?", cut), "stored as returned"
+    assert await rows(app, "SELECT 1 FROM generations WHERE completion = :c", c=cut), "stored as returned"
 
 
-def test_a_regenerated_answer_and_its_comparison_reach_the_dpo_export(app: Server, tmp_path: Path) -> None:
-    ada = client(app, new_key(app, "bob"))
+async def test_a_regenerated_answer_and_its_comparison_reach_the_dpo_export(app: Running, tmp_path: Path) -> None:
+    bob = client(app, new_key(app, "bob"))
     asked = [{"role": "user", "content": "Which capacitor for a 5 V rail?"}]
-    first = ada.chat.completions.create(model="base", messages=asked, max_tokens=8)
-    again = ada.chat.completions.create(
+    first = bob.chat.completions.create(model="base", messages=asked, max_tokens=8)
+    again = bob.chat.completions.create(
         model="base", messages=asked, max_tokens=8, extra_body={"loupe": {"regenerate_of": first.id}}
     )
-    prompts = rows(app, "SELECT DISTINCT prompt_id FROM generations WHERE step_id IN (?, ?)", first.id, again.id)
+    prompts = await rows(
+        app, "SELECT DISTINCT prompt_id FROM generations WHERE step_id IN (:a, :b)", a=first.id, b=again.id
+    )
     assert len(prompts) == 1, "both answer the one stored message"
-    ada.post("/feedback", body={"id": again.id, "compared_with": first.id, "choice": "b"}, cast_to=httpx.Response)
+    bob.post("/feedback", body={"id": again.id, "compared_with": first.id, "choice": "b"}, cast_to=httpx.Response)
     pairs = [
         (row["chosen"][0]["content"][0]["text"], row["rejected"][0]["content"][0]["text"])
-        for row in export_rows(app, tmp_path / "dpo", "trl-dpo")
+        for row in exported(app, tmp_path / "dpo", "trl-dpo")
         if row["prompt"][-1]["content"][-1]["text"] == asked[0]["content"]
     ]
     assert pairs == [(again.choices[0].message.content, first.choices[0].message.content)]
 
 
-def test_a_stream_the_client_drops_stops_the_answer_and_stores_it_as_stopped(app: Server) -> None:
+async def test_a_stream_the_client_drops_stops_the_answer_and_stores_it_as_stopped(app: Running) -> None:
     key = new_key(app, "ada")
     body = {
         "model": "base",
@@ -245,13 +273,12 @@ def test_a_stream_the_client_drops_stops_the_answer_and_stores_it_as_stopped(app
         "max_tokens": 2000,
         "stream": True,
     }
-    with httpx.stream(
-        "POST", f"{app.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-    ) as events:
-        lines = events.iter_lines()
-        first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+    url, headers = f"{app.server.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}
+    with httpx.stream("POST", url, json=body, headers=headers) as events:
+        first = json.loads(next(line for line in events.iter_lines() if line.startswith("data: "))[6:])
     for _ in range(100):
-        if stored := rows(app, "SELECT ended, completion_tokens FROM generations WHERE step_id = ?", first["id"]):
+        query = "SELECT ended, completion_tokens FROM generations WHERE step_id = :id"
+        if stored := await rows(app, query, id=first["id"]):
             break
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     assert stored and stored[0][0] == "stopped" and stored[0][1] < 2000
