@@ -282,3 +282,21 @@ async def test_a_stream_the_client_drops_stops_the_answer_and_stores_it_as_stopp
             break
         await asyncio.sleep(0.2)
     assert stored and stored[0][0] == "stopped" and stored[0][1] < 2000
+
+
+async def test_the_readmes_example_runs_as_written(app: Running) -> None:
+    """README's "Using the API": its Python, run against this server with a key of ada's, streams an answer about
+    the screenshot and rates it."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Using the API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    example = example.replace("http://localhost:8000", app.server.url)
+    environment = {**os.environ, "LOUPE_API_KEY": new_key(app, "ada")}
+    done = subprocess.run([sys.executable, "-c", example], capture_output=True, cwd=REPO, env=environment)
+    printed = done.stdout.decode()  # as printed: the demo model's noise holds \r, which text mode would translate
+    assert done.returncode == 0 and printed, done.stderr.decode()
+    rated = await rows(
+        app,
+        "SELECT g.completion FROM feedbacks f JOIN steps s ON s.parent_id = f.for_id "
+        "JOIN generations g ON g.step_id = s.id WHERE f.comment IS NULL AND f.value = 1",
+    )
+    assert rated == [(printed,)]
