@@ -24,7 +24,7 @@ from chat.store.last_chat import last_chat, remember
 from chat.store.logins import claims, revoke
 from chat.store.outages import Unavailable
 from chat.store.rows import NotYours
-from chat.ui import answers, arena, dashboard, documents, feedback, siblings
+from chat.ui import answers, arena, dashboard, documents, feedback, keys, siblings
 from chat.ui.answers import model_turn, respond, stored_history
 from chat.ui.chainlit_fixes import failure_notice, failure_reference, without_thumbs
 from chat.ui.choices import (
@@ -39,7 +39,7 @@ from chat.ui.choices import (
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.limits import DATABASE_ERRORS
 from chat.ui.panel import chat_settings, offer_commands, show_panel, take_settings
-from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, StartFailed, serving
+from chat.ui.runtime import DASHBOARD_COMMAND, KEYS_COMMAND, LIBRARY_COMMAND, StartFailed, serving
 from chat.ui.side_by_side import reopen_stored
 from chat.ui.signin import signed_in
 from chat.ui.texts import demo_cause, describe_profile, language_of, leaderboard_words, profile_label, text
@@ -192,6 +192,9 @@ async def answer_message(message: cl.Message) -> None:
     if message.command == DASHBOARD_COMMAND:
         await dashboard.show_dashboard(current_user(), language)
         return
+    if message.command == KEYS_COMMAND:
+        await keys.show_keys(current_user(), language)
+        return
     across_library = message.command == LIBRARY_COMMAND
     if across_library and not message.content.strip() and not message.elements:
         await documents.show_library(current_user(), language)
@@ -261,6 +264,18 @@ async def vote(action: cl.Action) -> None:
 async def remove_document(action: cl.Action) -> None:
     """A Library list's button: that document out of the user's library (as the button issued it)."""
     await documents.remove_from_library(action, current_user(), session_language())
+
+
+@cl.action_callback(keys.NEW_KEY)
+async def new_api_key(action: cl.Action) -> None:
+    """The API keys list's button: a new key, shown once."""
+    await keys.make_key(current_user(), session_language())
+
+
+@cl.action_callback(keys.REVOKE_KEY)
+async def revoke_api_key(action: cl.Action) -> None:
+    """An API keys list's button: that key ended (as the button issued it)."""
+    await keys.revoke(action, current_user(), session_language())
 
 
 @cl.action_callback(dashboard.FILTER)

@@ -23,6 +23,7 @@ from langchain_openai import ChatOpenAI
 from PIL import Image
 from sqlalchemy import text
 
+from tests.helpers.client import ChatClient
 from tests.helpers.server import REPO, Running, add_account, serve
 
 PASSWORD = "api-test-password"
@@ -300,3 +301,20 @@ async def test_the_readmes_example_runs_as_written(app: Running) -> None:
         "JOIN generations g ON g.step_id = s.id WHERE f.comment IS NULL AND f.value = 1",
     )
     assert rated == [(printed,)]
+
+
+async def test_a_user_makes_and_revokes_a_key_from_the_page_and_the_key_is_never_stored(app: Running) -> None:
+    async with ChatClient(app.server.url, username="bob", password=PASSWORD) as page:
+        [listing] = (await page.ask("", command="API keys")).messages
+        [new] = page.actions_for(listing["id"], "new_api_key")
+        (await page.click(new)).raise_for_status()
+        shown = next(message["output"] for message in page.seen_messages if "`loupe-" in message["output"])
+        key = shown.split("`")[1]
+        assert client(app, key).models.list().data, "the key shown works"
+        [relisted] = [m for m in page.seen_messages if m["output"].startswith("**Your API keys** (")][-1:]
+        [revoke] = page.actions_for(relisted["id"], "revoke_api_key")
+        (await page.click(revoke)).raise_for_status()
+    with pytest.raises(openai.AuthenticationError):
+        client(app, key).models.list()
+    assert not await rows(app, "SELECT id FROM steps WHERE output LIKE :key", key=f"%{key}%"), "never stored"
+    assert revoke["payload"] == {"name": relisted["output"].split("**")[3]}

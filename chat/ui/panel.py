@@ -15,7 +15,7 @@ from chainlit.input_widget import Select, Slider
 
 from chat.prompts import DEFAULT_PROMPT, system_prompts
 from chat.settings import SLIDERS, Settings, checked_chat_settings
-from chat.ui.runtime import DASHBOARD_COMMAND, LIBRARY_COMMAND, command_label, serving
+from chat.ui.runtime import DASHBOARD_COMMAND, KEYS_COMMAND, LIBRARY_COMMAND, command_label, serving
 from chat.ui.texts import text
 from models.backend import SamplingSettings
 
@@ -31,7 +31,7 @@ async def show_panel(language: str, chosen: object = None) -> None:
 
 
 async def offer_commands(language: str) -> None:
-    """The composer's commands: Library (ask across all of one's documents, or list them) and Dashboard."""
+    """The composer's commands: Library (ask across all of one's documents, or list them), Dashboard and API keys."""
     commands = [
         {
             "id": command_label(LIBRARY_COMMAND, language),
@@ -42,6 +42,11 @@ async def offer_commands(language: str) -> None:
             "id": command_label(DASHBOARD_COMMAND, language),
             "icon": "chart-bar",
             "description": text("dashboard_command", language),
+        },
+        {
+            "id": command_label(KEYS_COMMAND, language),
+            "icon": "key-round",
+            "description": text("keys_command", language),
         },
     ]
     await cl.context.emitter.set_commands([command | {"button": True, "persistent": False} for command in commands])

@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 # of one's documents, or, sent empty, list them (chat/ui/documents.py).
 LIBRARY_COMMAND = "Library"
 DASHBOARD_COMMAND = "Dashboard"  # the leaderboard, feedback, battles and dataset charts (chat/ui/dashboard.py)
-COMMANDS = (LIBRARY_COMMAND, DASHBOARD_COMMAND)
+KEYS_COMMAND = "Keys"  # the user's API keys: list, make, revoke (chat/ui/keys.py)
+COMMANDS = (LIBRARY_COMMAND, DASHBOARD_COMMAND, KEYS_COMMAND)
 
 
 def command_label(command: str, language: str) -> str:
