@@ -318,3 +318,32 @@ async def test_a_user_makes_and_revokes_a_key_from_the_page_and_the_key_is_never
         client(app, key).models.list()
     assert not await rows(app, "SELECT id FROM steps WHERE output LIKE :key", key=f"%{key}%"), "never stored"
     assert revoke["payload"] == {"name": relisted["output"].split("**")[3]}
+
+
+async def test_a_document_put_in_the_library_through_the_api_is_cited_in_its_conversation(app: Running) -> None:
+    ada, bob = client(app, new_key(app, "ada")), client(app, new_key(app, "bob"))
+    notes = b"The relay K4 switches the 24 V heater.\n"
+    uploaded = ada.files.create(file=("bench-notes.txt", notes), purpose="assistants")
+    assert (uploaded.filename, uploaded.bytes) == ("bench-notes.txt", len(notes))
+    asked = [{"role": "user", "content": "What does K4 switch?"}]
+    answer = ada.chat.completions.create(
+        model="base", messages=asked, max_tokens=8, extra_body={"loupe": {"files": [uploaded.id]}}
+    )
+    cited = [(source["name"], source["page"]) for source in answer.model_extra["loupe"]["sources"]]
+    assert cited == [("bench-notes.txt", 1)]
+    conversation = answer.model_extra["loupe"]["conversation"]
+    follow_up = ada.chat.completions.create(
+        model="base",
+        messages=[{"role": "user", "content": "And at what voltage?"}],
+        max_tokens=8,
+        extra_body={"loupe": {"conversation": conversation}},
+    )
+    assert [source["name"] for source in follow_up.model_extra["loupe"]["sources"]] == ["bench-notes.txt"], (
+        "the conversation keeps its documents"
+    )
+    record = await rows(app, "SELECT sources FROM generations WHERE step_id = :id", id=answer.id)
+    assert [source["sha256"] for source in as_json(record[0][0])] == [uploaded.id], "the record names what was shown"
+    with pytest.raises(openai.NotFoundError):
+        bob.chat.completions.create(model="base", messages=asked, extra_body={"loupe": {"files": [uploaded.id]}})
+    with pytest.raises(openai.BadRequestError, match="Only PDFs and UTF-8 text files"):
+        ada.files.create(file=("figure.png", base64.b64decode(png_data_url().split(",")[1])), purpose="assistants")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chainlit.context import init_http_context
+from chainlit.element import File as ChainlitFile
 from chainlit.element import Image as ChainlitImage
 from chainlit.types import Feedback as ChainlitFeedback
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -38,12 +40,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import BaseMessage, HumanMessage
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
 
 from chat.answering import Answer, Question
 from chat.arena.profiles import UnknownAdapter
 from chat.conversation import PromptTooLong, user_turn
+from chat.documents.library import read_into_library
+from chat.documents.reading import DocumentFile, Kind, kind_of
 from chat.prompts import DEFAULT_PROMPT
 from chat.settings import SLIDERS
+from chat.store.documents import LibraryEntry
 from chat.store.generations import BASE
 from chat.store.keys import key_owner
 from chat.store.preferences import CHOICES
@@ -53,6 +59,7 @@ from chat.ui.choices import reasons_for
 from chat.ui.runtime import Runtime
 from chat.ui.texts import shown_answer
 from chat.ui.uploads import Upload, UploadsRejected, read_attachments
+from chat.ui.web import MB
 from models.backend import Ended, SamplingSettings
 
 log = logging.getLogger("loupe.api")
@@ -85,6 +92,8 @@ class LoupeOptions(BaseModel):
 
     conversation: str | None = None  # a conversation's id, as every response gives it under `loupe`
     regenerate_of: str | None = None  # a completion's id: another answer to its message, beside it
+    files: list[str] = Field(default_factory=list)  # documents of the caller's library (/v1/files ids)
+    library: bool = False  # answer from all of the caller's documents (the page's Library command)
 
 
 class ChatRequest(BaseModel):
@@ -165,8 +174,11 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
             sent: tuple[str, list[bytes]] | None = None
         else:
             text, images, data = await parse_turn(call, runtime)
-            thread_id, earlier = await conversation(call.loupe.conversation, user, runtime)
-            turn, pages, sent = user_turn(text, images, str(uuid.uuid4())), [], (text, data)
+            thread_id, earlier, attached = await conversation(call.loupe.conversation, user, runtime)
+            files = await owned_documents(call.loupe.files, user, runtime)
+            turn, sent = user_turn(text, images, str(uuid.uuid4())), (text, data, files)
+            within = None if call.loupe.library else list(dict.fromkeys(attached + [entry.sha256 for entry in files]))
+            pages = await runtime.answering.pages(user, earlier, turn, within)
         if (wait := await runtime.message_rate.admit(user)) is not None:  # the page's limit, shared with it
             message = f"Too many messages: try again in {wait:.0f} s."
             raise ApiError(429, message, "rate_limit_exceeded", "rate_limit_error")
@@ -221,6 +233,34 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
         if rating.correction and rating.correction.strip():
             await runtime.preferences.correct(user, answer.id, rating.correction.strip())
         return {"id": answer.id, "object": "loupe.feedback", "stored": True}
+
+    @router.post("/files")
+    async def upload(request: Request, user: str = Depends(caller)) -> dict[str, Any]:
+        """A PDF or text file into the caller's library (`purpose` is read and ignored); its `id` attaches it to a
+        chat call (`loupe.files`). Read as the page reads an attachment: by content, within the same limits."""
+        async with request.form(max_files=1, max_fields=8) as form:
+            file, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(file, UploadFile):
+                raise ApiError(400, "Send the document as the multipart field `file`.", "invalid_request")
+            data, name = await file.read(), file.filename or "document"
+        if len(data) > settings.max_upload_mb * MB:
+            raise ApiError(413, f"The file is larger than {settings.max_upload_mb:g} MB.", "file_too_large")
+        if (kind := kind_of(data)) == Kind.IMAGE:
+            message = "Only PDFs and UTF-8 text files go into the library; send images in a message, as data URLs."
+            raise ApiError(400, message, "unsupported_file")
+        document = DocumentFile(name, kind, data, hashlib.sha256(data).hexdigest())
+        library = runtime.documents, runtime.store, runtime.pdfs, settings.max_pdf_pages
+        if problems := await read_into_library([document], user, *library):
+            raise ApiError(400, str(UploadsRejected.naming(problems, LANGUAGE)), "unreadable_file")
+        return {
+            "id": document.sha256,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": name,
+            "purpose": purpose if isinstance(purpose, str) else "assistants",
+            "status": "processed",
+        }
 
     app.include_router(router)
 
@@ -319,14 +359,24 @@ def checked_images(data: list[bytes], runtime: Runtime) -> list[Image.Image]:
     return images
 
 
-async def conversation(named: str | None, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage]]:
-    """The conversation a call goes into (a new one, or the user's stored one it names) and its history."""
+async def conversation(named: str | None, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage], list[str]]:
+    """The conversation a call goes into (a new one, or the user's stored one it names), its history, and the
+    documents attached to it so far (by sha256)."""
     if named is None:
-        return str(uuid.uuid4()), []
+        return str(uuid.uuid4()), [], []
     thread = await runtime.data_layer.get_thread(named)
     if thread is None or thread.get("userIdentifier") != user:
         raise ApiError(404, f"No conversation '{named}' of yours.", "not_found")
-    return thread["id"], await stored_history(thread)
+    keys = [element["objectKey"] for element in thread.get("elements") or [] if element.get("objectKey")]
+    return thread["id"], await stored_history(thread), keys
+
+
+async def owned_documents(ids: list[str], user: str, runtime: Runtime) -> list[LibraryEntry]:
+    """The caller's library entries of these /v1/files ids; 404 for one that is not in their library."""
+    library = {entry.sha256: entry for entry in await runtime.documents.library(user)}
+    if missing := [sha256 for sha256 in ids if sha256 not in library]:
+        raise ApiError(404, f"No file {missing[0]!r} in your library (upload it with /v1/files).", "not_found")
+    return [library[sha256] for sha256 in dict.fromkeys(ids)]
 
 
 async def asked_again(answer_id: str, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage], HumanMessage, list]:
@@ -336,7 +386,7 @@ async def asked_again(answer_id: str, user: str, runtime: Runtime) -> tuple[str,
     missing = ApiError(404, f"No completion '{answer_id}' of yours to answer again.", "not_found")
     if step is None or not (record := (step.get("metadata") or {}).get("generation")):
         raise missing
-    thread_id, history = await conversation(step["threadId"], user, runtime)
+    thread_id, history, _ = await conversation(step["threadId"], user, runtime)
     at = next(
         (i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == record["prompt_id"]), None
     )
@@ -385,10 +435,12 @@ async def store_question(
     prompt_id: str,
     text: str,
     images: list[bytes],
+    documents: list[LibraryEntry],
     profile: str,
     new: bool,
 ) -> None:
-    """The user's message, with its images, in their conversation, as the page stores one."""
+    """The user's message, with its images and the documents it attached, in their conversation, as the page
+    stores one (a resumed chat then asks about those documents too)."""
     data_layer = runtime.data_layer
     if new:
         metadata = {"source": API_SOURCE, "chat_profile": profile}
@@ -411,6 +463,11 @@ async def store_question(
         element = ChainlitImage(name=f"image-{number}", content=content, display="inline", for_id=prompt_id)
         element.thread_id = thread_id
         await data_layer.create_element(element)
+    for entry in documents:
+        content = await asyncio.to_thread(runtime.store.path(entry.sha256).read_bytes)
+        attached = ChainlitFile(name=entry.name, content=content, display="inline", for_id=prompt_id)
+        attached.thread_id = thread_id
+        await data_layer.create_element(attached)
 
 
 class Exchange:

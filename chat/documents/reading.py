@@ -9,6 +9,7 @@ breaks, so a long log is retrieved and cited by the part that matters ("server.l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -26,6 +27,16 @@ class Kind(StrEnum):
     IMAGE = "image"
     PDF = "pdf"
     TEXT = "text"
+
+
+@dataclass
+class DocumentFile:
+    """A PDF or text file attached to a message, not read yet."""
+
+    name: str
+    kind: Kind
+    data: bytes
+    sha256: str
 
 
 def kind_of(head: bytes) -> Kind:

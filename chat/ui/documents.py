@@ -1,31 +1,26 @@
-"""Documents in the chat: attached PDFs and text files read into the user's library, the pages each
-question is answered from, and the citations under the answer (chat/documents/ holds the rules).
-
-A document is read once per content: one already in the database (anyone's upload of the same
-bytes) only joins this user's library. A PDF is read by the document workers (models/pdf_pool.py)
-as the user's jobs, a long one in parts, with a progress line in the chat. A message with a file
-that cannot be read is refused whole, and none of its files is stored.
+"""Documents in the chat: attached PDFs and text files read into the user's library (chat/documents/library.py),
+with a long PDF's progress line in the chat, the pages each question is answered from, and the citations under
+the answer (chat/documents/ holds the rules).
 The conversation's documents are kept in the session; ownership is the library's, checked by
 every query (chat/store/documents.py), so a document id from anywhere else finds nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 
 import chainlit as cl
 from langchain_core.messages import BaseMessage, HumanMessage
 from PIL import Image
 
-from chat.documents.reading import Kind, text_pages
+from chat.documents.library import read_into_library
+from chat.documents.reading import DocumentFile
 from chat.documents.retrieval import ShownPage
 from chat.ui.chainlit_fixes import without_thumbs
 from chat.ui.routes import file_url, stored_file_url
 from chat.ui.runtime import serving
 from chat.ui.texts import text
-from chat.ui.uploads import DocumentFile, UploadsRejected
-from models.pdf import DocumentRejected, PageText
+from chat.ui.uploads import UploadsRejected
 
 PROGRESS_FROM_PAGES = 20  # a shorter document is read before a progress line could be read
 SESSION_KEY = "documents"  # the sha256 of each document of this conversation, in the order attached
@@ -33,57 +28,34 @@ REMOVE_DOCUMENT = "remove_document"  # the Library list's button that takes a do
 
 
 async def add_to_library(files: list[DocumentFile], user: str, language: str) -> None:
-    """Read each new document and put every one into the user's library and this conversation.
+    """Read each new document into the user's library (chat/documents/library.py), showing a long PDF's progress,
+    and add every one to this conversation. Raises UploadsRejected, naming each file that cannot be read; then
+    none of them is stored."""
+    runtime = serving()
+    shown: dict[str, tuple[cl.Message, int]] = {}  # a long PDF's progress line and its pages
 
-    Raises UploadsRejected, naming each file that cannot be read; then none of them is stored.
-    """
-    documents, max_pages = serving().documents, serving().settings.max_pdf_pages
-    read: list[tuple[DocumentFile, list[PageText] | None]] = []
-    problems = []
-    for file in files:
-        try:
-            known = await documents.known(file.sha256)
-            pages = None if known else await read_document(file, max_pages, user, language)
-        except DocumentRejected as rejected:
-            problems.append((file.name, rejected))
-            continue
-        read.append((file, pages))
-    if problems:
+    async def progress(file: DocumentFile, first: int, total: int) -> None:
+        if total < PROGRESS_FROM_PAGES:
+            return
+        content = text("reading_document", language, name=file.name, done=first, total=total)
+        if file.sha256 not in shown:
+            shown[file.sha256] = (cl.Message(content=content), total)  # in the answer's run: before the answer
+            await shown[file.sha256][0].send()
+        else:
+            shown[file.sha256][0].content = content
+            await shown[file.sha256][0].update()
+
+    library = runtime.documents, runtime.store, runtime.pdfs, runtime.settings.max_pdf_pages
+    if problems := await read_into_library(files, user, *library, progress):
         raise UploadsRejected.naming(problems, language)
+    for file in files:
+        if file.sha256 in shown:
+            message, total = shown[file.sha256]
+            message.content = text("read_document", language, name=file.name, total=total)
+            await message.update()
     attached = conversation_documents()
-    for file, pages in read:
-        # Its pages are rendered from the content store as soon as this message is answered: store the file
-        # now. Chainlit's element write also stores it, but in a background task that can land later.
-        await asyncio.to_thread(serving().store.put, file.data)
-        await documents.ingest(user, file.sha256, file.name, file.kind, pages)
-        if file.sha256 not in attached:
-            attached.append(file.sha256)
-    cl.user_session.set(SESSION_KEY, attached)
-
-
-async def read_document(file: DocumentFile, max_pages: int, user: str, language: str) -> list[PageText]:
-    """The pages of a PDF, read by the document workers as `user`'s jobs (a long one in parts, showing its
-    progress), or of a text file, off the event loop."""
-    if file.kind != Kind.PDF:
-        return await asyncio.to_thread(text_pages, file.data, max_pages)
-    progress: cl.Message | None = None
-
-    async def show(first: int, total: int) -> None:
-        nonlocal progress
-        if total >= PROGRESS_FROM_PAGES:
-            content = text("reading_document", language, name=file.name, done=first, total=total)
-            if progress is None:
-                progress = cl.Message(content=content)  # in the answer's run: shown before the answer it leads to
-                await progress.send()
-            else:
-                progress.content = content
-                await progress.update()
-
-    pages = await serving().pdfs.read(user, file.data, max_pages, show)
-    if progress is not None:
-        progress.content = text("read_document", language, name=file.name, total=len(pages))
-        await progress.update()
-    return pages
+    attached += [file.sha256 for file in files if file.sha256 not in attached]
+    cl.user_session.set(SESSION_KEY, list(dict.fromkeys(attached)))
 
 
 def conversation_documents() -> list[str]:

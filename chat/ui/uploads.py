@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from chat.documents.reading import Kind, file_kind
+from chat.documents.reading import DocumentFile, Kind, file_kind
 from chat.ui.texts import text
 from models.images import ImageRejected, fit_to_budget, open_image
 from models.pdf import DocumentRejected
@@ -35,16 +35,6 @@ class ImageLimits:
     max_megapixels: float
     min_pixels: int
     max_pixels: int
-
-
-@dataclass
-class DocumentFile:
-    """A PDF or text file attached to a message, not read yet."""
-
-    name: str
-    kind: Kind
-    data: bytes
-    sha256: str
 
 
 class UploadsRejected(ValueError):
