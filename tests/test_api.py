@@ -309,15 +309,15 @@ async def test_a_user_makes_and_revokes_a_key_from_the_page_and_the_key_is_never
         [new] = page.actions_for(listing["id"], "new_api_key")
         (await page.click(new)).raise_for_status()
         shown = next(message["output"] for message in page.seen_messages if "`loupe-" in message["output"])
-        key = shown.split("`")[1]
+        key, name = shown.split("`")[1], shown.split("**")[1]
         assert client(app, key).models.list().data, "the key shown works"
-        [relisted] = [m for m in page.seen_messages if m["output"].startswith("**Your API keys** (")][-1:]
-        [revoke] = page.actions_for(relisted["id"], "revoke_api_key")
+        relisted = [m for m in page.seen_messages if m["output"].startswith("**Your API keys** (")][-1]
+        assert f"- **{name}**: made " in relisted["output"] and key not in relisted["output"]
+        [revoke] = [b for b in page.actions_for(relisted["id"], "revoke_api_key") if b["payload"] == {"name": name}]
         (await page.click(revoke)).raise_for_status()
     with pytest.raises(openai.AuthenticationError):
         client(app, key).models.list()
     assert not await rows(app, "SELECT id FROM steps WHERE output LIKE :key", key=f"%{key}%"), "never stored"
-    assert revoke["payload"] == {"name": relisted["output"].split("**")[3]}
 
 
 async def test_a_document_put_in_the_library_through_the_api_is_cited_in_its_conversation(app: Running) -> None:

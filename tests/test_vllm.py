@@ -8,6 +8,7 @@ attention needs head_dim >= 32) with Qwen's real processor files, which the app 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from chat.prompts import DEFAULT_PROMPT, system_prompts
@@ -30,7 +32,7 @@ from models.vllm_client import VLLM_PYTHON
 from tests.helpers.client import ChatClient, arena_answers, listed_profiles, only_answer, png
 from tests.helpers.datasets import save_adapter, write_export
 from tests.helpers.hostile import FORGED
-from tests.helpers.server import REPO, Server, start_server, stop_server, stored
+from tests.helpers.server import REPO, Server, chat, start_server, stop_server, stored
 from tests.helpers.vllm import CONTEXT_TOKENS, VllmServer
 
 SERVED_NAME = "tiny"
@@ -107,6 +109,40 @@ async def test_an_image_question_streams_from_the_server(app: Server) -> None:
     # The usage the server reported: the image's visual tokens are in the prompt.
     assert record["prompt_tokens"] > 64 and 0 < record["completion_tokens"] <= 48
     assert record["time_to_first_token"] is not None and record["duration"] >= record["time_to_first_token"]
+
+
+async def test_the_api_streams_an_answer_about_an_image_from_the_server(app: Server, adapters_dir: Path) -> None:
+    """Loupe's /v1 in front of vLLM: an image question streamed, stored with the server's usage, and a seed that
+    the server honours (the same answer twice at temperature 1)."""
+    key = chat(app, adapters_dir, "keys", "add", "admin").splitlines()[-1]
+    api = openai.OpenAI(base_url=f"{app.url}/v1", api_key=key, max_retries=0)
+    figure = "data:image/png;base64," + base64.b64encode(png()).decode()
+    question = [
+        {"type": "text", "text": "What does the gauge read?"},
+        {"type": "image_url", "image_url": {"url": figure}},
+    ]
+    chunks = list(
+        api.chat.completions.create(
+            model="base",
+            messages=[{"role": "user", "content": question}],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=24,
+            temperature=0,
+        )
+    )
+    answer = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    [stored_record] = await stored(
+        app, "SELECT backend, completion, prompt_tokens FROM generations WHERE step_id = ?", chunks[0].id, count=1
+    )
+    assert stored_record[:2] == ("vllm", answer) and stored_record[2] == chunks[-1].usage.prompt_tokens > 64
+
+    def sampled(seed: int) -> str:
+        asked = [{"role": "user", "content": "Name a resistor colour."}]
+        reply = api.chat.completions.create(model="base", messages=asked, temperature=1, max_tokens=12, seed=seed)
+        return reply.choices[0].message.content
+
+    assert sampled(3) == sampled(3)
 
 
 async def test_the_server_reads_a_question_carrying_control_tokens_as_plain_text(app: Server, checkpoint: Path) -> None:

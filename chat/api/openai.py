@@ -25,7 +25,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Literal
@@ -188,11 +188,13 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
             raise ApiError(400, str(too_long), "context_length_exceeded") from None
         persisted = await runtime.data_layer.get_user(user)
         init_http_context(thread_id=thread_id, user=persisted)  # the data layer writes as this user, into their own
+        question_stored = None  # stored while the model writes: its writes cost the first token nothing
         if sent is not None:
             new = call.loupe.conversation is None
-            await store_question(runtime, thread_id, persisted.id, turn.id, *sent, profile_name, new)
+            stored = store_question(runtime, thread_id, persisted.id, turn.id, *sent, profile_name, new)
+            question_stored = in_background(runtime, stored)
         stops = [call.stop] if isinstance(call.stop, str) else list(call.stop or [])
-        exchange = Exchange(runtime, answer, thread_id, profile_name, stops)
+        exchange = Exchange(runtime, answer, thread_id, profile_name, stops, question_stored)
         if call.stream:
             include_usage = bool((call.stream_options or {}).get("include_usage"))
             return StreamingResponse(exchange.events(include_usage), media_type="text/event-stream")
@@ -470,11 +472,27 @@ async def store_question(
         await data_layer.create_element(attached)
 
 
+def in_background(runtime: Runtime, write: Coroutine[Any, Any, None]) -> asyncio.Task:
+    """`write` as a task of its own, which the request's end (a client gone) does not cancel."""
+    task = asyncio.create_task(write)
+    runtime.background.add(task)
+    task.add_done_callback(runtime.background.discard)
+    return task
+
+
 class Exchange:
     """One answer of the API, streamed and stored: the run and the answer's steps, as the page keeps them."""
 
-    def __init__(self, runtime: Runtime, answer: Answer, thread_id: str, model: str, stops: list[str]) -> None:
-        self.runtime, self.answer, self.thread_id = runtime, answer, thread_id
+    def __init__(
+        self,
+        runtime: Runtime,
+        answer: Answer,
+        thread_id: str,
+        model: str,
+        stops: list[str],
+        question_stored: asyncio.Task | None,
+    ) -> None:
+        self.runtime, self.answer, self.thread_id, self.question_stored = runtime, answer, thread_id, question_stored
         self.prompt_id = answer.question.turn.id
         self.model, self.stops = model, [stop for stop in stops if stop]
         self.run_id, self.id, self.created = str(uuid.uuid4()), str(uuid.uuid4()), int(time.time())
@@ -503,13 +521,13 @@ class Exchange:
             usage.ended = Ended.STOPPED  # the client went away: what was written is kept, marked stopped
             raise
         finally:
-            # In a task of its own: a client that went away cancels this request's task, not the write.
-            store = asyncio.create_task(self.store(usage.ended))
-            self.runtime.background.add(store)
-            store.add_done_callback(self.runtime.background.discard)
-            await asyncio.shield(store)
+            # In a task of its own: a client that went away cancels this request's task, not the write. The end
+            # of the stream waits for it, so that an answer a client has is stored (and can be rated at once).
+            await asyncio.shield(in_background(self.runtime, self.store(usage.ended)))
 
     async def store(self, ended: Ended) -> None:
+        if self.question_stored is not None:  # the answer's steps follow its question's
+            await self.question_stored
         now = iso(utcnow())
         metadata = {"ended": ended, "generation": self.answer.record(self.text, ended)}
         shown = shown_answer(self.text, ended, LANGUAGE, None, self.answer.sources)
