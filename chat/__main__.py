@@ -55,6 +55,10 @@ def serve() -> None:
     from chat.server import create_app
     from chat.store.accounts import SecretUnavailable
 
+    # Loupe's log, with its time and source, on standard output (as Chainlit's own command line set it up).
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s"
+    )
     # What can stop the build: a setting out of range (pydantic's ValueError), a database URL SQLAlchemy cannot
     # read, the login secret, a folder this user may not write. Each message says which.
     try:
