@@ -347,3 +347,33 @@ async def test_a_document_put_in_the_library_through_the_api_is_cited_in_its_con
         bob.chat.completions.create(model="base", messages=asked, extra_body={"loupe": {"files": [uploaded.id]}})
     with pytest.raises(openai.BadRequestError, match="Only PDFs and UTF-8 text files"):
         ada.files.create(file=("figure.png", base64.b64decode(png_data_url().split(",")[1])), purpose="assistants")
+
+
+async def test_a_conversation_started_through_the_api_is_listed_and_resumed_in_the_browser(app: Running) -> None:
+    ada = client(app, new_key(app, "ada"))
+    first = ada.chat.completions.create(
+        model="base", messages=[{"role": "user", "content": "Size a fuse."}], max_tokens=8
+    )
+    conversation = first.model_extra["loupe"]["conversation"]
+    async with ChatClient(app.server.url, username="ada", password=PASSWORD, thread_id=conversation) as page:
+        async with httpx.AsyncClient(base_url=app.server.url, cookies=page.cookies) as http:
+            listed = await http.post("/project/threads", json={"pagination": {"first": 50}, "filter": {}})
+        names = {thread["id"]: thread["name"] for thread in listed.json()["data"]}
+        assert names[conversation] == "API · Size a fuse."
+        await page.change_settings({"max_new_tokens": 8})
+        follow_up = (await page.ask("And for 5 A?")).messages[-1]
+    context = await rows(app, "SELECT context FROM generations WHERE step_id = :id", id=follow_up["id"])
+    assert as_json(context[0][0]) == [first.id], "the browser went on from the API's answer"
+
+
+async def test_a_key_shares_its_users_message_rate_with_the_page(tmp_path: Path) -> None:
+    """LOUPE_MESSAGES_PER_MINUTE is the user's, whatever they send through: a page message and an API call."""
+    async with AsyncExitStack() as stack:
+        limited = await serve(stack, "sqlite", tmp_path, LOUPE_MESSAGES_PER_MINUTE="2")
+        ada = client(limited, new_key(limited, "admin"))
+        async with ChatClient(limited.server.url) as page:
+            await page.change_settings({"max_new_tokens": 4})
+            assert (await page.ask("One.")).messages
+        ada.chat.completions.create(model="base", messages=[{"role": "user", "content": "Two."}], max_tokens=4)
+        with pytest.raises(openai.RateLimitError, match="Too many messages"):
+            ada.chat.completions.create(model="base", messages=[{"role": "user", "content": "Three."}], max_tokens=4)

@@ -65,7 +65,8 @@ from models.backend import Ended, SamplingSettings
 log = logging.getLogger("loupe.api")
 PREFIX = "/v1"
 LANGUAGE = "en"  # of the messages a program is told (a refused upload's reasons); the page speaks the user's
-API_SOURCE = "api"  # a conversation's metadata "source": where it was started, which the history can show
+API_SOURCE = "api"  # a conversation's metadata "source": where it was started
+API_MARK = "API · "  # before a conversation's name in the history's list
 
 
 class ApiError(Exception):
@@ -446,7 +447,8 @@ async def store_question(
     data_layer = runtime.data_layer
     if new:
         metadata = {"source": API_SOURCE, "chat_profile": profile}
-        await data_layer.update_thread(thread_id, name=text or "Image", user_id=user_id, metadata=metadata)
+        name = f"{API_MARK}{text.strip() or 'Image'}"  # the history's list shows where it was asked
+        await data_layer.update_thread(thread_id, name=name, user_id=user_id, metadata=metadata)
     now = iso(utcnow())
     await data_layer.create_step(
         {
