@@ -24,7 +24,8 @@ Scenarios: `honest` (the oracle as is); `hostile` (a fifth of the members, each 
 oracle, and trying other members' answers and battles by their ids); `reversed` (everyone prefers less Han: the
 control).
 
-    .venv/bin/python -m bench.bench_flywheel --quick --json out.json --plot bench/flywheel.png
+    .venv/bin/python -m bench.bench_flywheel --quick --json out.json --plot out.png
+    .venv/bin/python -m bench.bench_flywheel --json full.json --plot bench/flywheel.png   # the full run
     .venv/bin/python -m bench.bench_flywheel --scenarios honest --rounds 2
 
 The demo model learns only because its vocabulary is grouped by writing system (models/checkpoint.py,
