@@ -172,7 +172,7 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
         sampling = sampling_of(call, runtime.backend.default_sampling)
         if call.loupe.regenerate_of is not None:
             thread_id, earlier, turn, pages = await asked_again(call.loupe.regenerate_of, user, runtime)
-            sent: tuple[str, list[bytes]] | None = None
+            sent: tuple[str, list[bytes], list[LibraryEntry]] | None = None
         else:
             text, images, data = await parse_turn(call, runtime)
             thread_id, earlier, attached = await conversation(call.loupe.conversation, user, runtime)
