@@ -53,7 +53,7 @@ from tests.helpers.server import stop_server
 # Fifty users at once are what exposes races; five answers each (250 in all) keep the suite within its time
 # (bench/bench_feedback.py runs the full 50 x 10).
 USERS, MESSAGES = 50, 5
-CRASH_USERS, CRASH_MESSAGES = 12, 8  # enough to kill with ratings in flight, after KILL_AFTER of them
+CRASH_USERS, CRASH_MESSAGES = 20, 10
 KILL_AFTER = CRASH_USERS * CRASH_MESSAGES // 3  # acknowledged ratings before the server is killed
 
 
