@@ -73,6 +73,11 @@ def history_from_thread(
     return history
 
 
+def turn_index(history: list[BaseMessage], prompt_id: str) -> int | None:
+    """Where the user message `prompt_id` is in `history`; None if the conversation did not go on from it."""
+    return next((i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == prompt_id), None)
+
+
 def generation_of(step: dict[str, Any]) -> dict[str, Any]:
     return (step.get("metadata") or {}).get("generation") or {}
 

@@ -44,7 +44,7 @@ from starlette.datastructures import UploadFile
 
 from chat.answering import Answer, Question
 from chat.arena.profiles import UnknownAdapter
-from chat.conversation import PromptTooLong, user_turn
+from chat.conversation import PromptTooLong, turn_index, user_turn
 from chat.documents.library import read_into_library
 from chat.documents.reading import DocumentFile, Kind, kind_of
 from chat.prompts import DEFAULT_PROMPT
@@ -56,6 +56,7 @@ from chat.store.preferences import CHOICES
 from chat.store.rows import NotYours, iso, utcnow
 from chat.ui.answers import stored_history
 from chat.ui.choices import reasons_for
+from chat.ui.documents import thread_documents
 from chat.ui.runtime import Runtime
 from chat.ui.texts import shown_answer
 from chat.ui.uploads import Upload, UploadsRejected, read_attachments
@@ -370,8 +371,7 @@ async def conversation(named: str | None, user: str, runtime: Runtime) -> tuple[
     thread = await runtime.data_layer.get_thread(named)
     if thread is None or thread.get("userIdentifier") != user:
         raise ApiError(404, f"No conversation '{named}' of yours.", "not_found")
-    keys = [element["objectKey"] for element in thread.get("elements") or [] if element.get("objectKey")]
-    return thread["id"], await stored_history(thread), keys
+    return thread["id"], await stored_history(thread), thread_documents(thread)
 
 
 async def owned_documents(ids: list[str], user: str, runtime: Runtime) -> list[LibraryEntry]:
@@ -390,9 +390,7 @@ async def asked_again(answer_id: str, user: str, runtime: Runtime) -> tuple[str,
     if step is None or not (record := (step.get("metadata") or {}).get("generation")):
         raise missing
     thread_id, history, _ = await conversation(step["threadId"], user, runtime)
-    at = next(
-        (i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == record["prompt_id"]), None
-    )
+    at = turn_index(history, record["prompt_id"])
     if at is None:  # an answer on a side branch: its conversation went on from another
         raise ApiError(400, f"'{answer_id}' answers a message the conversation did not go on from.", "not_regenerable")
     pages = await runtime.answering.pages_again(user, record.get("sources", []))

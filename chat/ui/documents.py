@@ -63,9 +63,15 @@ def conversation_documents() -> list[str]:
 
 
 def restore_documents(thread: dict) -> None:
-    """On resume: the thread's attachments are its documents (those in the user's library count)."""
-    keys = [element["objectKey"] for element in thread.get("elements") or [] if element.get("objectKey")]
-    cl.user_session.set(SESSION_KEY, list(dict.fromkeys(keys)))
+    """On resume: the thread's attachments are its documents."""
+    cl.user_session.set(SESSION_KEY, thread_documents(thread))
+
+
+def thread_documents(thread: dict) -> list[str]:
+    """A stored thread's attachments, by sha256, in the order attached (those in the user's library count)."""
+    return list(
+        dict.fromkeys(element["objectKey"] for element in thread.get("elements") or [] if element.get("objectKey"))
+    )
 
 
 async def show_library(user: str, language: str) -> None:

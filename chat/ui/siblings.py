@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import chainlit as cl
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage
 
+from chat.conversation import turn_index
 from chat.store.generations import GenerationRecord
 from chat.store.preferences import AnswerFeedback
 from chat.ui.answers import as_stoppable_task, model_turn, respond
@@ -34,7 +35,7 @@ async def regenerate(
     If that message is the last turn, the conversation continues from the new answer. False if
     `prompt_id` is no user message of this chat's history.
     """
-    at = next((i for i, turn in enumerate(history) if isinstance(turn, HumanMessage) and turn.id == prompt_id), None)
+    at = turn_index(history, prompt_id)
     if at is None:
         return False
     siblings = [a for a in await serving().preferences.answers_to(user, prompt_id) if a.ended != Ended.ERROR]
