@@ -495,6 +495,7 @@ class Exchange:
         self.runtime, self.answer, self.thread_id, self.question_stored = runtime, answer, thread_id, question_stored
         self.prompt_id = answer.question.turn.id
         self.model, self.stops = model, [stop for stop in stops if stop]
+        self.held = max((len(stop) - 1 for stop in self.stops), default=0)  # what could still begin a stop sequence
         self.run_id, self.id, self.created = str(uuid.uuid4()), str(uuid.uuid4()), int(time.time())
         self.text = ""
 
@@ -510,11 +511,9 @@ class Exchange:
                     if cut >= 0:
                         self.text = self.text[:cut]
                         break
-                    # What could still begin a stop sequence waits for the next piece.
-                    held = max((len(stop) - 1 for stop in self.stops), default=0)
-                    if len(self.text) - held > sent:
-                        yield self.text[sent : len(self.text) - held]
-                        sent = len(self.text) - held
+                    if len(self.text) - self.held > sent:  # the held end waits for the next piece
+                        yield self.text[sent : len(self.text) - self.held]
+                        sent = len(self.text) - self.held
             if sent < len(self.text):
                 yield self.text[sent:]
         except asyncio.CancelledError:
