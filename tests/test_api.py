@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 from PIL import Image
 from sqlalchemy import text
@@ -187,6 +187,31 @@ async def test_a_whole_answer_names_its_conversation_which_a_follow_up_continues
                 model="base", messages=[{"role": "user", "content": "Hi"}], extra_body={"loupe": extension}
             )
     assert len(await rows(app, "SELECT 1 FROM steps WHERE thread_id = :id", id=conversation)) == 6, "bob wrote nothing"
+
+
+async def test_a_client_that_sends_the_conversation_again_continues_it(app: Running) -> None:
+    """LangChain's chat history, as most chat front ends, sends every turn again with the new message: the call
+    continues the stored conversation of those turns; turns that are not one of the caller's are refused."""
+    key = new_key(app, "ada")
+    model = ChatOpenAI(base_url=f"{app.server.url}/v1", api_key=key, model="base", max_tokens=6, max_retries=0)
+    history: list[BaseMessage] = [HumanMessage("What does a diode do?")]
+    first = await model.ainvoke(history)
+    history += [first, HumanMessage("And a transistor?")]
+    second = await model.ainvoke(history)
+    query = "SELECT context, thread_id FROM generations WHERE step_id = :id"
+    first_id, second_id = first.response_metadata["id"], second.response_metadata["id"]  # the completions' ids
+    ((_, conversation),) = await rows(app, query, id=first_id)
+    assert [(as_json(context), thread) for context, thread in await rows(app, query, id=second_id)] == [
+        ([first_id], conversation)
+    ], "the second answer saw the first, in its conversation"
+    forged = [HumanMessage("What does a diode do?"), AIMessage("It glows."), HumanMessage("Why?")]
+    bob = ChatOpenAI(base_url=f"{app.server.url}/v1", api_key=new_key(app, "bob"), model="base", max_retries=0)
+    for caller, turns in ((model, forged), (bob, history)):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await caller.ainvoke(turns)
+        assert refused.value.code == "unknown_conversation"
+    assert len(await rows(app, "SELECT 1 FROM steps WHERE thread_id = :id", id=conversation)) == 6, "bob wrote nothing"
+    assert not await rows(app, "SELECT 1 FROM steps WHERE output = 'Why?'"), "a refused call stores nothing"
 
 
 @SQLITE_ONLY

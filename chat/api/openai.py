@@ -6,7 +6,9 @@ page stores one: a conversation in their history (marked as from the API, resuma
 images as attachments, the answer with its generation record. So its feedback (`POST /v1/feedback`, as the
 page's thumbs, reasons and corrections) reaches the exports and the next adapter. The completion's `id` is
 the stored answer's id. A call continues a stored conversation when it names it (`loupe.conversation`, as
-every response says it); otherwise it starts one.
+every response says it) or sends its turns again before the new message (as clients that keep their own
+history do); otherwise it starts one. Only what Loupe stored reaches the model and the training data: turns a
+client sends again only find their conversation, and turns Loupe did not store are refused.
 
 What a client sends is checked as an upload is: images only as data URLs (a remote URL is refused, not
 fetched), within the same count, size and pixel limits; a key reads and writes only its user's data (404
@@ -28,7 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from chainlit.context import init_http_context
 from chainlit.element import File as ChainlitFile
@@ -37,14 +39,14 @@ from chainlit.types import Feedback as ChainlitFeedback
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from chat.answering import Answer, Question
 from chat.arena.profiles import UnknownAdapter
-from chat.conversation import PromptTooLong, turn_index, user_turn
+from chat.conversation import PromptTooLong, turn_index, turn_text, user_turn
 from chat.documents.library import read_into_library
 from chat.documents.reading import DocumentFile, Kind, kind_of
 from chat.prompts import DEFAULT_PROMPT
@@ -68,6 +70,9 @@ PREFIX = "/v1"
 LANGUAGE = "en"  # of the messages a program is told (a refused upload's reasons); the page speaks the user's
 API_SOURCE = "api"  # a conversation's metadata "source": where it was started
 API_MARK = "API · "  # before a conversation's name in the history's list
+# The conversations ending in a resent history's last answer that are read to find it, newest first: a client
+# resends the one it is in, and a short answer ("Yes.") may end many.
+RESENT_CANDIDATES = 20
 
 
 class ApiError(Exception):
@@ -176,10 +181,12 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
             sent: tuple[str, list[bytes], list[LibraryEntry]] | None = None
         else:
             text, images, data = await parse_turn(call, runtime)
-            thread_id, earlier, attached = await conversation(call.loupe.conversation, user, runtime)
+            continued = await conversation(call, user, runtime)
+            thread_id, earlier = continued.id, continued.earlier
             files = await owned_documents(call.loupe.files, user, runtime)
             turn, sent = user_turn(text, images, str(uuid.uuid4())), (text, data, files)
-            within = None if call.loupe.library else list(dict.fromkeys(attached + [entry.sha256 for entry in files]))
+            attached = continued.documents + [entry.sha256 for entry in files]
+            within = None if call.loupe.library else list(dict.fromkeys(attached))
             pages = await runtime.answering.pages(user, earlier, turn, within)
         if (wait := await runtime.message_rate.admit(user)) is not None:  # the page's limit, shared with it
             message = f"Too many messages: try again in {wait:.0f} s."
@@ -192,8 +199,7 @@ def api_routes(app: FastAPI, runtime: Runtime) -> None:
         init_http_context(thread_id=thread_id, user=persisted)  # the data layer writes as this user, into their own
         question_stored = None  # stored while the model writes: its writes cost the first token nothing
         if sent is not None:
-            new = call.loupe.conversation is None
-            stored = store_question(runtime, thread_id, persisted.id, turn.id, *sent, profile_name, new)
+            stored = store_question(runtime, thread_id, persisted.id, turn.id, *sent, profile_name, continued.new)
             question_stored = in_background(runtime, stored)
         stops = [call.stop] if isinstance(call.stop, str) else list(call.stop or [])
         exchange = Exchange(runtime, answer, thread_id, profile_name, stops, question_stored)
@@ -294,27 +300,8 @@ async def parse_turn(call: ChatRequest, runtime: Runtime) -> tuple[str, list[Ima
             "Loupe answers with its own system prompt; send user and assistant messages only.",
             "unsupported_role",
         )
-    if len(call.messages) > 1 and call.loupe.conversation is None:
-        raise ApiError(
-            400,
-            "Loupe keeps the conversation: send only the new user message, and name the conversation to continue "
-            "in `loupe.conversation` (every response gives it).",
-            "conversation_required",
-        )
-    content = last.get("content")
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-    if not isinstance(parts, list):
-        raise ApiError(400, "A message's content is a string or a list of parts.", "invalid_content")
-    texts, data = [], []
-    for part in parts:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "image_url":
-            data.append(image_data((part.get("image_url") or {}).get("url")))
-        else:
-            raise ApiError(400, f"Unsupported content part: {str(part)[:80]}.", "invalid_content")
-    text = "\n".join(texts)
+    text, urls = content_of(last)
+    data = [image_data(url) for url in urls]
     if len(text) > runtime.settings.max_message_chars:
         raise ApiError(
             400, f"The message is longer than {runtime.settings.max_message_chars} characters.", "message_too_long"
@@ -323,6 +310,25 @@ async def parse_turn(call: ChatRequest, runtime: Runtime) -> tuple[str, list[Ima
         raise ApiError(400, "The message is empty.", "empty_message")
     images = await asyncio.to_thread(checked_images, data, runtime)
     return text, images, data
+
+
+def content_of(message: dict[str, Any]) -> tuple[str, list[object]]:
+    """A message's text (its text parts, a line each) and the URLs of its image parts."""
+    content = message.get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise ApiError(400, "A message's content is a string or a list of parts.", "invalid_content")
+    texts, urls = [], []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            image_url = part.get("image_url")
+            urls.append(image_url.get("url") if isinstance(image_url, dict) else None)
+        else:
+            raise ApiError(400, f"Unsupported content part: {str(part)[:80]}.", "invalid_content")
+    return "\n".join(texts), urls
 
 
 def image_data(url: object) -> bytes:
@@ -363,15 +369,56 @@ def checked_images(data: list[bytes], runtime: Runtime) -> list[Image.Image]:
     return images
 
 
-async def conversation(named: str | None, user: str, runtime: Runtime) -> tuple[str, list[BaseMessage], list[str]]:
-    """The conversation a call goes into (a new one, or the user's stored one it names), its history, and the
-    documents attached to it so far (by sha256)."""
-    if named is None:
-        return str(uuid.uuid4()), [], []
-    thread = await runtime.data_layer.get_thread(named)
+class Conversation(NamedTuple):
+    """Where a call's message goes: a conversation, its history so far and the documents attached to it."""
+
+    id: str
+    earlier: list[BaseMessage]
+    documents: list[str]  # by sha256
+    new: bool
+
+
+async def conversation(call: ChatRequest, user: str, runtime: Runtime) -> Conversation:
+    """The conversation a call goes into: the user's stored one it names, or the one whose turns it sends again
+    before its message, or a new one."""
+    if call.loupe.conversation is not None:
+        return await stored_conversation(call.loupe.conversation, user, runtime)
+    if len(call.messages) > 1:
+        return await resent_conversation(call.messages[:-1], user, runtime)
+    return Conversation(str(uuid.uuid4()), [], [], new=True)
+
+
+async def stored_conversation(thread_id: str, user: str, runtime: Runtime) -> Conversation:
+    """The user's conversation `thread_id`; 404 for another user's or none."""
+    thread = await runtime.data_layer.get_thread(thread_id)
     if thread is None or thread.get("userIdentifier") != user:
-        raise ApiError(404, f"No conversation '{named}' of yours.", "not_found")
-    return thread["id"], await stored_history(thread), thread_documents(thread)
+        raise ApiError(404, f"No conversation '{thread_id}' of yours.", "not_found")
+    return Conversation(thread["id"], await stored_history(thread), thread_documents(thread), new=False)
+
+
+async def resent_conversation(turns: list[dict[str, Any]], user: str, runtime: Runtime) -> Conversation:
+    """The user's stored conversation whose history `turns` are, turn by turn (their texts and Loupe's answers,
+    as a client that keeps its own history sends them again). The model is given the stored turns, images
+    included: the sent ones only find them. Turns that are not a stored conversation of the user's are refused,
+    so an answer Loupe did not write never reaches the training data as Loupe's."""
+    sent = [(turn.get("role"), content_of(turn)[0]) for turn in turns]
+    answers = [text for role, text in sent if role == "assistant"]
+    found = await runtime.preferences.conversations_answered(user, answers[-1], RESENT_CANDIDATES) if answers else []
+    for thread_id in found:
+        stored = await stored_conversation(thread_id, user, runtime)
+        if [(role_of(turn), turn_text(turn)) for turn in stored.earlier] == sent:
+            return stored
+    raise ApiError(
+        400,
+        "These messages are not a conversation of yours as Loupe stored it (Loupe answers with its own system "
+        "prompt and keeps its own answers). Send only the new user message to start a conversation, or name one "
+        "to continue in `loupe.conversation` (every response gives it).",
+        "unknown_conversation",
+    )
+
+
+def role_of(turn: BaseMessage) -> str:
+    return "assistant" if isinstance(turn, AIMessage) else "user"
 
 
 async def owned_documents(ids: list[str], user: str, runtime: Runtime) -> list[LibraryEntry]:
@@ -389,7 +436,7 @@ async def asked_again(answer_id: str, user: str, runtime: Runtime) -> tuple[str,
     missing = ApiError(404, f"No completion '{answer_id}' of yours to answer again.", "not_found")
     if step is None or not (record := (step.get("metadata") or {}).get("generation")):
         raise missing
-    thread_id, history, _ = await conversation(step["threadId"], user, runtime)
+    thread_id, history, _, _ = await stored_conversation(step["threadId"], user, runtime)
     at = turn_index(history, record["prompt_id"])
     if at is None:  # an answer on a side branch: its conversation went on from another
         raise ApiError(400, f"'{answer_id}' answers a message the conversation did not go on from.", "not_regenerable")

@@ -74,6 +74,18 @@ class Preferences:
             raise NotYours(f"{answer_id} is not an answer")
         return answers[0]
 
+    async def conversations_answered(self, user: str, completion: str, limit: int) -> list[str]:
+        """The user's conversations holding the newest `limit` answers that read `completion`, newest first: where
+        a client that sends a whole conversation again (as most chat front ends do) may have got that answer."""
+        async with self.sessions() as session:
+            found = await session.scalars(
+                select(Generation.thread_id)
+                .where(Generation.thread_id.in_(owned_by(user)), Generation.completion == completion)
+                .order_by(Generation.created_at.desc())
+                .limit(limit)
+            )
+        return list(dict.fromkeys(found))
+
     async def in_thread(self, user: str, thread_id: str) -> InThread:
         """Every answer in a thread of `user`'s, oldest first, its comparisons and its battles."""
         async with self.sessions() as session:
