@@ -56,7 +56,7 @@ from chat.store.generations import BASE
 from chat.store.keys import key_owner
 from chat.store.preferences import CHOICES
 from chat.store.rows import NotYours, iso, utcnow
-from chat.ui.answers import stored_history
+from chat.ui.answers import STREAM_INTERVAL_S, stored_history
 from chat.ui.choices import reasons_for
 from chat.ui.documents import thread_documents
 from chat.ui.runtime import Runtime
@@ -646,13 +646,21 @@ class Exchange:
             return [{"index": 0, "delta": content, "finish_reason": finish}]
 
         yield event(delta({"role": "assistant", "content": ""}))
+        # At most one event per STREAM_INTERVAL_S, the first piece at once, as the page streams: an event a token
+        # costs the server and its client about as much CPU as the demo model spends writing the token.
+        pending, sent_at = "", 0.0
         try:
             async for piece in self.pieces():
-                yield event(delta({"content": piece}))
+                pending += piece
+                if time.monotonic() - sent_at >= STREAM_INTERVAL_S:
+                    yield event(delta({"content": pending}))
+                    pending, sent_at = "", time.monotonic()
         except Exception:  # the response has begun: the error is the stream's last event
             log.exception("The model failed while answering through the API (answer %s)", self.id)
             yield f"data: {json.dumps(MODEL_FAILED.body())}\n\n"
             return
+        if pending:
+            yield event(delta({"content": pending}))
         yield event(delta({}, self.finish_reason()), loupe=self.loupe())
         if include_usage:  # OpenAI's last chunk: no choices, the usage
             yield event([], usage=self.usage())
