@@ -157,7 +157,10 @@ def train_variant(variant: str, base: str, device: str, data: Path, bench: Bench
             gradient_checkpointing=variant != "loupe-no-gc",
         )
         data = load_training_data(settings)
-        trainer = baseline_trainer(settings, data.train) if variant == "trl-defaults" else build_trainer(settings, data)
+        if variant == "trl-defaults":
+            trainer = baseline_trainer(settings, data.train)
+        else:
+            trainer = build_trainer(settings, data, resuming=False)
         clock = StepClock()
         trainer.add_callback(clock)
         trainer.train()

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from PIL import Image
@@ -49,6 +50,7 @@ from models.checkpoint import DEMO, LoadedModel, ModelLoadError, load_model, pic
 from models.control_tokens import control_tokens
 from models.doubts import Plan, end_warnings, plan_warnings
 from models.images import ImageRejected, fit_to_budget, open_image
+from models.prompt_key import prompt_key
 from models.report import write_report
 from models.settings import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
 
@@ -268,15 +270,18 @@ def check_plain_text(row: dict[str, Any], where: str) -> None:
 
 def split_held_out(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out whole prompts: one question can give several rows, and none of its rows may be trained on."""
-    prompts = sorted({prompt_key(row) for row in rows})
+    prompts = sorted({row_prompt(row) for row in rows})
     random.Random(seed).shuffle(prompts)
     held_out = set(prompts[: math.floor(len(prompts) * fraction)])
-    train = [row for row in rows if prompt_key(row) not in held_out]
-    return train, [row for row in rows if prompt_key(row) in held_out]
+    train = [row for row in rows if row_prompt(row) not in held_out]
+    return train, [row for row in rows if row_prompt(row) in held_out]
 
 
-def prompt_key(row: dict[str, Any]) -> str:
-    return json.dumps([row["images"], row["prompt"]], sort_keys=True, ensure_ascii=False)
+def row_prompt(row: dict[str, Any]) -> str:
+    """The row's prompt as the export's rule 8 tells prompts apart: its texts, and its images by content (an
+    export names each image file by its sha256)."""
+    texts = [part["text"] for message in row["prompt"] for part in message["content"] if part.get("type") == "text"]
+    return prompt_key(texts, [Path(image).stem for image in row["images"]])
 
 
 def image_dataset(rows: list[dict[str, Any]], folder: Path, min_pixels: int, max_pixels: int) -> Dataset:
@@ -396,7 +401,9 @@ trl_utils._use_triton = scores_only_completions  # read by add_fused_lm_head alo
 TRAINERS = {"dpo": (DPOTrainer, DPOConfig), "kto": (KTOTrainer, KTOConfig), "sft": (SFTTrainer, SFTConfig)}
 
 
-def trainer_arguments(settings: TrainSettings, model: torch.nn.Module) -> TrainingArguments:
+def trainer_arguments(settings: TrainSettings, model: torch.nn.Module, measure_before: bool) -> TrainingArguments:
+    """TRL's config for the run. `measure_before`: evaluate the held-out rows as training begins, on the model
+    as the run prepared it (wrapped for data-parallel training where it runs on several processes)."""
     config_class = TRAINERS[settings.method][1]
     method_arguments = {"beta": settings.beta} if settings.method in ("dpo", "kto") else {}
     return config_class(
@@ -415,6 +422,9 @@ def trainer_arguments(settings: TrainSettings, model: torch.nn.Module) -> Traini
         logging_first_step=True,
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
+        eval_on_start=measure_before,
+        # Every LoRA weight has a gradient at every step: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
         # Image tokens must never be cut: TRL's default max_length (1024) would, and then fails.
         max_length=None,
         # Mixed precision only where the model runs in bf16 (CUDA); on CPU, autocast to bf16 is slow and lossy.
@@ -434,14 +444,15 @@ def data_workers(settings: TrainSettings, model: torch.nn.Module) -> int:
     return 4 if model.device.type == "cuda" else 0
 
 
-def build_trainer(settings: TrainSettings, data: TrainingData) -> DPOTrainer | KTOTrainer | SFTTrainer:
-    """TRL's trainer for the method, on the base model with a new LoRA adapter or the one to continue."""
+def build_trainer(settings: TrainSettings, data: TrainingData, resuming: bool) -> DPOTrainer | KTOTrainer | SFTTrainer:
+    """TRL's trainer for the method, on the base model with a new LoRA adapter or the one to continue. A resumed
+    run measured its held-out rows when it first began: its checkpoint's log keeps them."""
     log.info("Loading %s...", settings.base)
     model, processor, lora = load_policy(settings)
     trainer_class, _ = TRAINERS[settings.method]
     return trainer_class(
         model=model,
-        args=trainer_arguments(settings, model),
+        args=trainer_arguments(settings, model, measure_before=data.held_out is not None and not resuming),
         train_dataset=data.train,
         eval_dataset=data.held_out,
         processing_class=processor,
@@ -450,34 +461,44 @@ def build_trainer(settings: TrainSettings, data: TrainingData) -> DPOTrainer | K
 
 
 def train(settings: TrainSettings) -> dict[str, Any]:
-    """Train, then write the adapter, loupe.json and the report into OUT. Returns loupe.json's content."""
+    """Train, then write the adapter, loupe.json and the report into OUT. Returns loupe.json's content.
+
+    Launched on several processes (`torchrun`, `accelerate launch`), each process trains on its share of every
+    step's rows and the gradients are averaged, so every process holds the same adapter; the first process
+    alone writes OUT, and the others wait for it."""
     settings = replace(settings, base=served_base(settings.base))
+    processes = launched_processes(settings.device)
     checkpoint = prepare_output_folder(settings)
     data = load_training_data(settings)
     run = {"base": settings.base, "method": settings.method, "data_sha256": data.fingerprint["sha256"]}
     with removed_on_failure(settings.out):
-        check_same_run(settings.out / CHECKPOINTS, run, checkpoint)
-        trainer = build_trainer(settings, data)
+        check_same_run(settings.out / CHECKPOINTS, run, checkpoint, write=processes.is_main_process)
+        trainer = build_trainer(settings, data, resuming=checkpoint is not None)
         log.info(
-            "%s on %d rows (%d held out), on %s",
+            "%s on %d rows (%d held out), on %s (%d process%s)",
             settings.method.upper(),
             data.fingerprint["train_rows"],
             data.fingerprint["held_out_rows"],
             trainer.args.device,
+            processes.num_processes,
+            "" if processes.num_processes == 1 else "es",
         )
         doubts = plan_warnings(run_plan(trainer, data))
         for _, message in doubts:
             log.warning("This run cannot learn much: %s.", message)
-        before = held_out_metrics(trainer) if data.held_out else None
         if checkpoint:
             log.info("Resuming from %s", checkpoint)
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    after = held_out_metrics(trainer) if data.held_out else None
+    after = held_out_metrics(trainer.evaluate()) if data.held_out else None
+    before = held_out_before(trainer.state.log_history) if data.held_out else None
     last_logged = next((entry for entry in reversed(trainer.state.log_history) if "loss" in entry), {})
     doubts += end_warnings(settings.method, last_logged.get("loss"))
 
     lora_config = trainer.model.peft_config["default"]
-    trainer.model.save_pretrained(settings.out, selected_adapters=["default"])  # not TRL's frozen "ref" copy
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # every process: FSDP gathers its shards
+    if processes.is_main_process:  # the adapter alone, not TRL's frozen "ref" copy
+        trainer.model.save_pretrained(settings.out, selected_adapters=["default"], state_dict=weights)
+    processes.wait_for_everyone()  # the adapter's version is its weights' digest
     metadata = {
         "base": settings.base,
         "method": settings.method,
@@ -489,6 +510,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         "lora": {key: getattr(lora_config, key) for key in ("r", "lora_alpha", "lora_dropout", "target_modules")},
         "training": {
             "steps": trainer.state.global_step,
+            "processes": processes.num_processes,
             "resumed_from_step": int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
             **result.metrics,
             "last_logged": last_logged,
@@ -497,10 +519,19 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         "warnings": [{"code": code, "message": message} for code, message in doubts],
         "versions": {library: version(library) for library in ("torch", "transformers", "trl", "peft", "datasets")},
     }
-    # default=sorted: peft keeps lists of target modules as sets.
-    (settings.out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False, default=sorted) + "\n")
-    write_report(settings.out, metadata, trainer.state.log_history)
+    if processes.is_main_process:
+        # default=sorted: peft keeps lists of target modules as sets.
+        text = json.dumps(metadata, indent=2, ensure_ascii=False, default=sorted) + "\n"
+        (settings.out / METADATA_FILE).write_text(text)
+        write_report(settings.out, metadata, trainer.state.log_history)
+    processes.wait_for_everyone()
     return metadata
+
+
+def launched_processes(device: str) -> PartialState:
+    """This process among those a launcher started (torchrun, accelerate launch), or alone, as the trainer counts
+    them: on a CPU they meet over gloo."""
+    return PartialState(cpu=pick_device(device).type == "cpu")
 
 
 def run_plan(trainer: DPOTrainer | KTOTrainer | SFTTrainer, data: TrainingData) -> Plan:
@@ -553,23 +584,31 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
 
 
-def check_same_run(checkpoints: Path, run: dict[str, str], checkpoint: Path | None) -> None:
-    """Resuming on other data, another method or base would silently mix two runs: refuse it."""
+def check_same_run(checkpoints: Path, run: dict[str, str], checkpoint: Path | None, write: bool) -> None:
+    """Resuming on other data, another method or base would silently mix two runs: refuse it. `write`: record
+    this run for a later --resume (the first process does)."""
     run_file = checkpoints / RUN_FILE
     if checkpoint and run_file.is_file() and (earlier := json.loads(run_file.read_text())) != run:
         changed = ", ".join(f"{key} {earlier.get(key)} -> {now}" for key, now in run.items() if earlier.get(key) != now)
         raise TrainingError(f"--resume: the checkpoints in {checkpoints} are of another run ({changed}).")
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(run, indent=2) + "\n")
+    if write:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps(run, indent=2) + "\n")
 
 
-def held_out_metrics(trainer: DPOTrainer | KTOTrainer | SFTTrainer) -> dict[str, float]:
-    """TRL's metrics on the held-out rows; for DPO also the policy's log-probability margin, mean over batches:
-    log p(chosen) - log p(rejected), each summed over the answer's tokens."""
-    metrics = {name.removeprefix("eval_"): value for name, value in trainer.evaluate().items()}
-    if isinstance(trainer, DPOTrainer):
+def held_out_metrics(evaluated: dict[str, float]) -> dict[str, float]:
+    """TRL's metrics on the held-out rows (an evaluation's, "eval_..."); for DPO also the policy's log-probability
+    margin, mean over batches: log p(chosen) - log p(rejected), each summed over the answer's tokens."""
+    metrics = {name.removeprefix("eval_"): value for name, value in evaluated.items() if name.startswith("eval_")}
+    if "logps/chosen" in metrics:
         metrics["logp_margin"] = metrics["logps/chosen"] - metrics["logps/rejected"]
     return metrics
+
+
+def held_out_before(log_history: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The held-out metrics measured as training began (the log's first evaluation; a resumed run's log is its
+    first start's)."""
+    return next((held_out_metrics(entry) for entry in log_history if "eval_loss" in entry), None)
 
 
 def lineage(from_adapter: str | None) -> dict[str, str] | None:
@@ -584,7 +623,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
     parser = HfArgumentParser(TrainSettings, prog="python -m models train", description=__doc__.split("\n\n")[0])
     (settings,) = parser.parse_args_into_dataclasses(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # On several processes the first speaks for all: the others' lines would repeat its own.
+    level = logging.INFO if launched_processes(settings.device).is_main_process else logging.ERROR
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         metadata = train(settings)
     except TrainingError as error:
@@ -595,6 +636,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(
             f"Interrupted. To continue from the last checkpoint in {settings.out}, run the same command with --resume."
         )
+    if not launched_processes(settings.device).is_main_process:  # the first process wrote OUT, and says so
+        return
     print(f"Wrote the adapter, {METADATA_FILE} and report.md to {settings.out} (version {metadata['version']}).")
     for doubt in metadata["warnings"]:  # again at the end: a long run's first lines have scrolled away
         print(f"Warning: {doubt['message']}.")

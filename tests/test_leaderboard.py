@@ -264,7 +264,7 @@ def test_one_vote_per_user_per_prompt_and_a_daily_cap_count() -> None:
     day = START
     votes = [
         Outcome("v1", "base", "a", user="ann", prompt="Which pull-up?", voted_at=day),
-        Outcome("v1", "base", "a", user="ann", prompt="  which PULL-UP? ", voted_at=day + timedelta(minutes=1)),
+        Outcome("v1", "base", "a", user="ann", prompt="  which PULL-UP ", voted_at=day + timedelta(minutes=1)),
         Outcome("v1", "base", "a", user="bob", prompt="Which pull-up?", voted_at=day + timedelta(minutes=2)),
         *(
             Outcome("base", "v1", "b", user="ann", prompt=f"question {i}", voted_at=day + timedelta(minutes=10 + i))

@@ -16,10 +16,10 @@ from chat.dataset.pairing import (
     Rating,
     Response,
     judge,
-    prompt_key,
 )
 from chat.dataset.quality import PromptCap
 from chat.fair_share import user_cap
+from models.prompt_key import prompt_key
 
 START = datetime(2026, 11, 21, 10, 0)
 SYSTEM = "Answer like an engineer."

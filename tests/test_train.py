@@ -415,6 +415,26 @@ def test_an_interrupted_run_resumes_from_its_last_complete_checkpoint(tmp_path: 
         train(settings(other_data, out, max_steps=6, resume=True))
 
 
+def test_a_question_asked_again_in_other_words_is_held_out_whole_or_not_at_all() -> None:
+    """The split compares prompts as the export's rule 8 does (models/prompt_key.py): case, spacing and
+    punctuation aside, with the same images."""
+
+    def row(question: str, image: str) -> dict[str, Any]:
+        content = [{"type": "image"}, {"type": "text", "text": question}]
+        completion = [{"role": "assistant", "content": [{"type": "text", "text": "It divides the voltage."}]}]
+        prompt = [{"role": "user", "content": content}]
+        return {"images": [f"images/{image}.png"], "prompt": prompt, "chosen": completion, "rejected": completion}
+
+    asked = [row(f"What does circuit {n} do?", f"{n:064x}") for n in range(20)]
+    again = [row(f"  what does CIRCUIT {n} do", f"{n:064x}") for n in range(20)]
+    other_image = [row(f"What does circuit {n} do?", f"{n + 100:064x}") for n in range(20)]
+    train_rows, held_out = split_held_out(asked + again + other_image, 0.5, seed=0)
+    held = {json.dumps(row) for row in held_out}
+    for first, second in zip(asked, again, strict=True):
+        assert (json.dumps(first) in held) == (json.dumps(second) in held), first["prompt"]
+    assert held_out and train_rows
+
+
 # KTO and SFT --------------------------------------------------------------------------------------
 
 
@@ -493,6 +513,62 @@ def test_the_readme_example_trains_on_the_demo_model_the_app_serves_and_says_it_
         "Lower --warmup, or train more steps."
     )
     assert "This run cannot learn much: no rows are held out" in result.stderr, "said before it trains"
+
+
+# Several processes ---------------------------------------------------------------------------------
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "models/accelerate/ddp.yaml"]
+
+
+def launch(launcher: list[str], data: Path, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`python -m models train` on two CPU processes, as the launcher starts it: one row a process and step,
+    then each process's trainable weights in OUT/rank-N.pt (tests/helpers/ddp_train.py)."""
+    command = [*launcher, "-m", "tests.helpers.ddp_train", "--method", "dpo", "--data", str(data), "--out", str(out)]
+    command += ["--base", "demo", "--batch-size", "1", "--gradient-accumulation", "1", "--learning-rate", "5e-3"]
+    command += ["--warmup", "0", "--eval-fraction", "0.25", "--seed", "0", *options]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result
+
+
+def agreed_weights(out: Path) -> dict[str, torch.Tensor]:
+    """The processes' trainable weights after training, which must be one adapter's; as its file names them."""
+    first, second = (torch.load(out / f"rank-{rank}.pt") for rank in (0, 1))
+    assert first.keys() == second.keys() and first
+    assert [name for name in first if not torch.equal(first[name], second[name])] == [], "the processes diverged"
+    return {name.replace(".default.", "."): weights for name, weights in first.items()}
+
+
+@pytest.mark.slow
+def test_two_processes_launched_by_accelerate_train_one_adapter_on_which_they_agree(tmp_path: Path) -> None:
+    """The shipped DDP config, on the CPU over gloo: gradients are averaged across the processes, so both hold
+    the same weights; the first process alone writes the adapter, loupe.json and the report."""
+    data = write_export(tmp_path / "export", "dpo", prompts=8, seed=5)
+    result = launch(ACCELERATE, data, tmp_path / "adapter", "--max-steps", "2")
+    weights = agreed_weights(tmp_path / "adapter")
+    assert lora_weights(tmp_path / "adapter").keys() == weights.keys()
+    assert all(torch.equal(lora_weights(tmp_path / "adapter")[name], weights[name]) for name in weights)
+    assert any(name.endswith("lora_B.weight") and weights[name].any() for name in weights), "it trained"
+    metadata = json.loads((tmp_path / "adapter" / METADATA_FILE).read_text())
+    assert metadata["training"]["processes"] == 2 and metadata["training"]["steps"] == 2
+    held_out = metadata["held_out"]
+    assert held_out["before"]["logp_margin"] != held_out["after"]["logp_margin"]
+    assert result.stdout.count("Wrote the adapter") == 1 and result.stderr.count("Loading demo...") == 1
+
+
+@pytest.mark.slow
+def test_a_run_on_two_processes_launched_by_torchrun_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    data = write_export(tmp_path / "export", "dpo", prompts=8, seed=6)
+    out = tmp_path / "adapter"
+    launch(TORCHRUN, data, out, "--max-steps", "1", "--save-steps", "1")
+    first = json.loads((out / METADATA_FILE).read_text())
+    (out / "adapter_config.json").unlink()  # as if killed after its first checkpoint
+    launch(TORCHRUN, data, out, "--max-steps", "2", "--save-steps", "1", "--resume")
+    agreed_weights(out)
+    metadata = json.loads((out / METADATA_FILE).read_text())
+    assert metadata["training"]["resumed_from_step"] == 1 and metadata["training"]["steps"] == 2
+    assert metadata["held_out"]["before"] == first["held_out"]["before"], "measured once, before the first step"
 
 
 # Clear errors -------------------------------------------------------------------------------------

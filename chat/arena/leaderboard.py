@@ -45,6 +45,7 @@ from chat.settings import Settings
 from chat.store.generations import BASE
 from chat.store.schema import Battle, Generation, Step
 from models.adapters import Adapter, AdapterDirectory
+from models.prompt_key import prompt_key
 
 BOOTSTRAP_ROUNDS = 1000
 SEED = 0  # the same battles always give the same intervals
@@ -273,11 +274,6 @@ def current_contenders(adapters: AdapterDirectory) -> set[str]:
 # Vote hygiene -------------------------------------------------------------------------------------
 
 
-def same_prompt(text: str) -> str:
-    """A prompt as hygiene compares them: case and spacing do not make a new prompt."""
-    return " ".join(text.casefold().split())
-
-
 def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Counter[str]]:
     """The battles that count, and why the others do not.
 
@@ -296,7 +292,7 @@ def counted(battles: list[Outcome], daily_cap: int) -> tuple[list[Outcome], Coun
         if battle.flagged:
             dropped[battle.flagged] += 1
             continue
-        prompt = (battle.user, same_prompt(battle.prompt))
+        prompt = (battle.user, prompt_key([battle.prompt], []))
         day = (battle.user, battle.voted_at.date() if battle.voted_at else None)
         if prompt in seen:
             dropped[REPEATED_PROMPT] += 1

@@ -54,7 +54,6 @@ from chat.dataset.pairing import (
     Rating,
     Response,
     judge,
-    prompt_key,
 )
 from chat.dataset.quality import Measures, PromptCap, Said
 from chat.fair_share import UserCap
@@ -64,6 +63,7 @@ from chat.store.atomic import kept_secret
 from chat.store.generations import BASE, Source
 from models.backend import Ended
 from models.control_tokens import plain_text
+from models.prompt_key import prompt_key
 
 log = logging.getLogger(__name__)
 

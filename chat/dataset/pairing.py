@@ -4,16 +4,13 @@ Pure functions over plain records, with no database: chat/dataset/export.py and 
 records, and tests/test_pairing.py states each rule directly. RULES is the rule book in words;
 docs/preference-data.md and every exported dataset card print it verbatim. The two quality rules that are not about
 one user message, identical answers and near-duplicate prompts, are defined here too (what counts as
-the same text, the same prompt, and how many rows one prompt may give), so that the export and
-`python -m chat stats` apply one definition.
+the same text, and how many rows one prompt may give; the same prompt is models/prompt_key.py, which the
+training split and the leaderboard share), so that the export and `python -m chat stats` apply one definition.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import unicodedata
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import combinations
@@ -162,18 +159,6 @@ class Judgement:
 def normal_text(text: str) -> str:
     """The text as rule 5 compares answers: each run of whitespace one space, the ends stripped."""
     return " ".join(text.split())
-
-
-def normal_prompt_text(text: str) -> str:
-    """The text as rule 8 compares prompts: NFKC, casefolded, without punctuation, whitespace as normal_text."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return normal_text("".join(c for c in folded if not unicodedata.category(c).startswith("P")))
-
-
-def prompt_key(texts: Iterable[str], images: Iterable[str]) -> str:
-    """What near-duplicate prompts share (rule 8): a digest of their texts as normal_prompt_text reads them, in
-    order, and their images' content keys, in order."""
-    return hashlib.sha256(json.dumps([[normal_prompt_text(t) for t in texts], list(images)]).encode()).hexdigest()
 
 
 def judge(

@@ -25,7 +25,7 @@ from chat.dataset.pairing import MAX_ROWS_PER_PROMPT, normal_text
 
 
 class PromptCap:
-    """Rule 8: admits the first MAX_ROWS_PER_PROMPT rows of each prompt (by its pairing.prompt_key), in order."""
+    """Rule 8: admits the first MAX_ROWS_PER_PROMPT rows of each prompt (by its models.prompt_key), in order."""
 
     def __init__(self) -> None:
         self.rows: Counter[str] = Counter()
@@ -71,7 +71,7 @@ class Measures:
         self.judged: dict[bytes, Verdicts] = {}  # digest of (prompt, answer texts) -> what users said
 
     def pair(self, user: str | None, prompt: str, chosen: Said, rejected: Said) -> None:
-        """A pair written: its user, its pairing.prompt_key, and its two answers."""
+        """A pair written: its user, its models.prompt_key, and its two answers."""
         chosen_side, rejected_side = self.sides.values()
         chosen_side.add(*chosen)
         rejected_side.add(*rejected)
@@ -81,7 +81,7 @@ class Measures:
         self._judgement(user, prompt, texts, verdict=texts[0] == normal_text(chosen[0]))
 
     def label(self, user: str | None, prompt: str, completion: Said, desirable: bool) -> None:
-        """A KTO row written: its user, its pairing.prompt_key, its completion and its label."""
+        """A KTO row written: its user, its models.prompt_key, its completion and its label."""
         desirable_side, undesirable_side = self.sides.values()
         (desirable_side if desirable else undesirable_side).add(*completion)
         self._judgement(user, prompt, [normal_text(completion[0])], verdict=desirable)
