@@ -6,10 +6,10 @@
         --from-adapter engineering-v2
     python -m models train ... --resume      # continue an interrupted run from its last checkpoint
 
-DATA is a folder written by `python -m chat export --format trl-dpo` (or `trl-kto`): one JSONL file of
-rows in TRL's conversational vision format, and the images the rows name, relative to the folder.
-SFT trains on the answers users preferred: the `chosen` answer of DPO pairs, or the completions of KTO
-rows labelled desirable.
+DATA is a folder written by `python -m chat export --format trl-dpo` (or `trl-kto`, `trl-sft`): one JSONL
+file of rows in TRL's conversational vision format, and the images the rows name, relative to the folder.
+SFT trains on the answers users preferred: a `trl-sft` export's, the `chosen` answer of DPO pairs, or the
+completions of KTO rows labelled desirable.
 
 LoRA goes on the language model's attention and MLP projections only, at a rank vLLM can serve, so the
 adapter trained here is the adapter vLLM serves; the vision tower stays frozen. OUT receives the adapter
@@ -64,10 +64,23 @@ LANGUAGE_MODEL_PROJECTIONS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gat
 # LoRA learning rates: TRL's recommendations for LoRA preference tuning (DPO, KTO) and LoRA SFT.
 DEFAULT_LEARNING_RATES = {"dpo": 5e-6, "kto": 5e-6, "sft": 2e-4}
 # Columns of a row in TRL's format, by the kind of row; everything else (rule, thread, user...) is dropped.
-COLUMNS = {"dpo": ("images", "prompt", "chosen", "rejected"), "kto": ("images", "prompt", "completion", "label")}
-ROW_KINDS = {"dpo": "a DPO pair (chosen, rejected)", "kto": "a KTO row (completion, label)"}
+# A KTO row is told from an SFT row by its label: the kinds are tried in this order.
+COLUMNS = {
+    "dpo": ("images", "prompt", "chosen", "rejected"),
+    "kto": ("images", "prompt", "completion", "label"),
+    "sft": ("images", "prompt", "completion"),
+}
+ROW_KINDS = {
+    "dpo": "a DPO pair (chosen, rejected)",
+    "kto": "a KTO row (completion, label)",
+    "sft": "an SFT row (completion)",
+}
 # What each method reads, in order of preference, when DATA holds several JSONL files.
-DATA_FILES = {"dpo": ("trl-dpo.jsonl",), "kto": ("trl-kto.jsonl",), "sft": ("trl-dpo.jsonl", "trl-kto.jsonl")}
+DATA_FILES = {
+    "dpo": ("trl-dpo.jsonl",),
+    "kto": ("trl-kto.jsonl",),
+    "sft": ("trl-sft.jsonl", "trl-dpo.jsonl", "trl-kto.jsonl"),
+}
 CHECKPOINTS = "checkpoints"
 RUN_FILE = "run.json"  # in CHECKPOINTS: what the interrupted run trained on, checked on --resume
 BASE_HELP = (
@@ -85,7 +98,7 @@ class RowKindError(TrainingError):
     """A row of the other kind (a KTO row where DPO pairs are read, or the reverse): the export is of the
     wrong format. `where` (file and line) and `kind` let a command that reads rows say what it needs instead."""
 
-    def __init__(self, message: str, where: str, kind: Literal["dpo", "kto"]) -> None:
+    def __init__(self, message: str, where: str, kind: Method) -> None:
         super().__init__(message)
         self.where, self.kind = where, kind
 
@@ -179,8 +192,6 @@ def data_fingerprint(path: Path, rows: list[dict], train_rows: list[dict], held_
 def find_data_file(folder: Path, method: Method, data_file: str | None) -> Path:
     """The JSONL file in `folder` that `method` reads: `data_file` (--data-file), else by name, else the only one."""
     export_hint = f"Export one with `python -m chat export --format trl-{method} --out DIR`."
-    if method == "sft":
-        export_hint = "Export one with `python -m chat export --format trl-dpo --out DIR` (or trl-kto)."
     if not folder.is_dir():
         raise TrainingError(f"--data {folder} is not a folder. {export_hint}")
     if data_file:
@@ -223,7 +234,8 @@ def read_rows(path: Path, method: Method, folder: Path) -> list[dict[str, Any]]:
 def as_training_row(row: Any, method: Method, where: str) -> dict[str, Any] | None:
     """The columns `method` needs; None for a KTO row that SFT leaves out (an undesirable answer)."""
     kind = row_kind(row, where)
-    if method == "sft":  # the answers users preferred: a pair's chosen one, or a KTO answer labelled desirable
+    # SFT: the answers users preferred; an SFT row's, a pair's chosen one, or a KTO answer labelled desirable.
+    if method == "sft":
         if kind == "kto" and not row["label"]:
             return None
         completion = row["chosen"] if kind == "dpo" else row["completion"]
@@ -238,13 +250,14 @@ def as_training_row(row: Any, method: Method, where: str) -> dict[str, Any] | No
     return {column: row[column] for column in COLUMNS[kind]}
 
 
-def row_kind(row: Any, where: str) -> Literal["dpo", "kto"]:
+def row_kind(row: Any, where: str) -> Method:
     if isinstance(row, dict):
         if kind := next((kind for kind, columns in COLUMNS.items() if set(columns) <= row.keys()), None):
             return kind
         if "conversations" in row:
             raise TrainingError(f"{where} is in LLaMA-Factory's format. Export with --format trl-dpo or trl-kto.")
-    raise TrainingError(f"{where} is not a TRL row: it needs the columns {COLUMNS['dpo']} or {COLUMNS['kto']}.")
+    needs = " or ".join(map(str, COLUMNS.values()))
+    raise TrainingError(f"{where} is not a TRL row: it needs the columns {needs}.")
 
 
 def check_images(row: dict[str, Any], folder: Path, where: str) -> None:

@@ -38,6 +38,7 @@ from chat.store.preferences import Preferences
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.texts import mark_unfinished
 from models.control_tokens import control_tokens, plain_text
+from models.train import TrainSettings, train
 from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO
 from tests.helpers.shown import with_label
@@ -480,6 +481,35 @@ async def test_llamafactory_rows(migrated: str, layer: LoupeDataLayer, data: Dat
         assert len(load_dataset("json", data_files=str(tmp_path / name / "train.jsonl"), split="train")) > 0
 
 
+async def test_the_sft_formats_hold_the_answers_users_preferred_which_sft_trains_on(
+    migrated: str, layer: LoupeDataLayer, data: Data, tmp_path: Path
+) -> None:
+    """trl-sft and llamafactory-sft: the KTO export's desirable rows (rated up, preferred in a comparison, a
+    correction) without their label. TRL's SFTTrainer reads TRL's as prompt and completion; LLaMA-Factory's
+    sharegpt converter reads a row of even length that ends on the answer, with no kto_tag and no ranking, as a
+    prompt and its one response (src/llamafactory/data/converter.py, SharegptDatasetConverter.__call__, the
+    "normal example" branch, at commit 02e2fb34bf8a)."""
+    for kto_format, sft_format in (("trl-kto", "trl-sft"), ("llamafactory-kto", "llamafactory-sft")):
+        kto = await run_export(migrated, layer, tmp_path / kto_format, kto_format)
+        sft = await run_export(migrated, layer, tmp_path / sft_format, sft_format)
+        assert sft == [{key: value for key, value in row.items() if key != "label"} for row in kto if row["label"]]
+        assert {row["rule"] for row in sft} == {"thumbs", "comparison", "correction"}
+    for row in sft:
+        check_sharegpt(row, tmp_path / "llamafactory-sft", ranking=False)
+    assert json.loads((tmp_path / "llamafactory-sft" / "dataset_info.json").read_text()) == {
+        "loupe_sft": {
+            "file_name": "train.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "images": "images", "system": "system"},
+        }
+    }
+    assert "the answers users preferred" in (tmp_path / "trl-sft" / "README.md").read_text()
+    if migrated.startswith("sqlite"):  # the trainer reads the same rows whichever database they came from
+        settings = {"base": "demo", "max_steps": 1, "batch_size": 2, "gradient_accumulation": 1, "eval_fraction": 0}
+        trained = train(TrainSettings(method="sft", data=tmp_path / "trl-sft", out=tmp_path / "adapter", **settings))
+        assert trained["data"]["rows"] == len(sft) and trained["training"]["steps"] == 1
+
+
 async def test_text_llamafactory_would_read_as_an_image_is_left_out_there(
     migrated: str, layer: LoupeDataLayer, tmp_path: Path
 ) -> None:
@@ -628,7 +658,7 @@ async def test_what_each_filter_leaves_out_is_counted(
 
 def summary(**counts: Any) -> ExportSummary:
     """What an export of nothing counted: `counts` of a database with some answers or feedback."""
-    nothing = {"rows": 0, "answers": 0, "feedback": 0, "images": 0, "threads": 0, "users": 0}
+    nothing = {"format": "trl-dpo", "rows": 0, "answers": 0, "feedback": 0, "images": 0, "threads": 0, "users": 0}
     counters = {"by_rule": Counter(), "left_out": Counter(), "unselected": Counter()}
     return ExportSummary(**nothing | counters | counts, measures=Measures(pairs=True))
 

@@ -24,7 +24,9 @@ import torch
 from huggingface_hub import constants
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from PIL import Image
 from safetensors import safe_open
+from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import DPOTrainer
 from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
@@ -433,6 +435,33 @@ def test_a_question_asked_again_in_other_words_is_held_out_whole_or_not_at_all()
     for first, second in zip(asked, again, strict=True):
         assert (json.dumps(first) in held) == (json.dumps(second) in held), first["prompt"]
     assert held_out and train_rows
+
+
+# Merged checkpoints -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_merged_checkpoint_loads_without_peft_and_answers_as_base_and_adapter_did(
+    dpo_run: Run, tmp_path: Path
+) -> None:
+    out = tmp_path / "merged"
+    command = [sys.executable, "-m", "models", "merge", "--adapter", str(dpo_run.out), "--out", str(out)]
+    result = subprocess.run([*command, "--dtype", "float32"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    merged = AutoModelForImageTextToText.from_pretrained(out)
+    assert not [name for name, _ in merged.named_parameters() if "lora" in name] and not hasattr(merged, "peft_config")
+    processor = AutoProcessor.from_pretrained(out)
+    question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What does it show?"}]}]
+    prompt = processor.apply_chat_template(question, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[Image.new("RGB", (56, 84), "red")], return_tensors="pt")
+
+    def greedy(model: torch.nn.Module) -> list[int]:
+        return model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, inputs["input_ids"].shape[1] :].tolist()
+
+    adapted = greedy(PeftModel.from_pretrained(demo_model(), dpo_run.out))
+    assert greedy(merged) == adapted != greedy(demo_model()), "the adapter's answer, which is not the base model's"
+    card = (out / "README.md").read_text()
+    assert f"`demo` with the LoRA adapter `adapter` (version {dpo_run.metadata['version']}, DPO)" in card
 
 
 # KTO and SFT --------------------------------------------------------------------------------------

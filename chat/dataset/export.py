@@ -430,6 +430,21 @@ def llamafactory_kto(conversation: Conversation, images: list[str], completion: 
     }
 
 
+def trl_sft(conversation: Conversation, images: list[str], completion: str) -> dict[str, Any]:
+    """TRL's conversational prompt-completion row: SFTTrainer learns the completion alone, not the prompt."""
+    return {
+        "images": images,
+        "prompt": _trl_prompt(conversation),
+        "completion": [_trl_message("assistant", completion)],
+    }
+
+
+def llamafactory_sft(conversation: Conversation, images: list[str], completion: str) -> dict[str, Any]:
+    """sharegpt, ending on the answer: LLaMA-Factory's "normal example" (prompt, then one response)."""
+    system, messages = _sharegpt(conversation, completion)
+    return {"system": system, "conversations": [*messages, {"from": "gpt", "value": completion}], "images": images}
+
+
 PAIR_FORMATS: dict[str, Callable[[Conversation, list[str], str, str], dict[str, Any]]] = {
     "trl-dpo": trl_dpo,
     "llamafactory-dpo": llamafactory_dpo,
@@ -438,7 +453,13 @@ LABEL_FORMATS: dict[str, Callable[[Conversation, list[str], str, bool], dict[str
     "trl-kto": trl_kto,
     "llamafactory-kto": llamafactory_kto,
 }
-FORMATS = (*PAIR_FORMATS, *LABEL_FORMATS)
+# The answers users preferred (KTO's desirable rows: rated up, preferred in a comparison, or a correction), to
+# fine-tune on as they are.
+SFT_FORMATS: dict[str, Callable[[Conversation, list[str], str], dict[str, Any]]] = {
+    "trl-sft": trl_sft,
+    "llamafactory-sft": llamafactory_sft,
+}
+FORMATS = (*PAIR_FORMATS, *LABEL_FORMATS, *SFT_FORMATS)
 
 # LLaMA-Factory's dataset_info.json entries (sharegpt formatting, default from/value/human/gpt tags).
 DATASET_INFO = {
@@ -461,6 +482,13 @@ DATASET_INFO = {
             "file_name": DATA_FILE,
             "formatting": "sharegpt",
             "columns": {"messages": "conversations", "kto_tag": "label", "images": "images", "system": "system"},
+        }
+    },
+    "llamafactory-sft": {
+        "loupe_sft": {
+            "file_name": DATA_FILE,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "images": "images", "system": "system"},
         }
     },
 }
@@ -519,6 +547,7 @@ def pseudonym(identifier: str, salt: str) -> str:
 
 @dataclass
 class ExportSummary:
+    format: str  # the request's
     rows: int
     by_rule: Counter[str]  # "comparison", "thumbs", ... for pairs; "thumbs, desirable", ... for KTO rows
     left_out: Counter[str]  # rows left out, by reason
@@ -544,6 +573,8 @@ def admitted(
     for judged in thread.judged():
         judgement = judged.judgement
         items: list[Pair] | list[Label] = judgement.pairs if pairs else judgement.labels
+        if request.format in SFT_FORMATS:
+            items = [label for label in judgement.labels if label.desirable]
         if outside := request.outside(judged.first_answer_at):
             unselected[outside] += len(items)
             continue
@@ -639,9 +670,12 @@ class Exporter:
         if None in images:
             self.left_out["an image file is missing or unreadable"] += 1
             return
-        build = PAIR_FORMATS.get(self.request.format) or LABEL_FORMATS[self.request.format]
         try:
-            row = build(conversation.plain(), images, *outcome)
+            if self.request.format in SFT_FORMATS:
+                row = SFT_FORMATS[self.request.format](conversation.plain(), images, outcome[0])
+            else:
+                build = PAIR_FORMATS.get(self.request.format) or LABEL_FORMATS[self.request.format]
+                row = build(conversation.plain(), images, *outcome)
         except Unrepresentable as reason:
             self.left_out[str(reason)] += 1
             return
@@ -675,6 +709,7 @@ class Exporter:
     def finish(self) -> ExportSummary:
         """Count what was written, and write the card (and LLaMA-Factory's dataset_info.json) beside it."""
         summary = ExportSummary(
+            format=self.request.format,
             rows=sum(self.by_rule.values()),
             by_rule=self.by_rule,
             left_out=self.left_out,
@@ -727,10 +762,15 @@ def why_nothing(summary: ExportSummary) -> str | None:
     answers = f"{summary.answers} answer{'s' * (summary.answers != 1)}"
     if not summary.feedback:
         return f"Nothing to export yet: of {answers}, none has been rated, compared or corrected. Rate them first."
-    if summary.measures.pairs:
+    if summary.format in PAIR_FORMATS:
         need = (
             "a DPO pair needs a comparison that prefers one answer, a correction, or two answers to one question "
             "(regenerate it) rated one up and one down; --format trl-kto exports single ratings"
+        )
+    elif summary.format in SFT_FORMATS:
+        need = (
+            "an SFT row needs an answer rated up, preferred in a comparison, or corrected, in a conversation whose "
+            "answers all finished"
         )
     else:
         need = "a KTO row needs a judged answer that finished, in a conversation whose earlier answers all finished"
@@ -766,7 +806,11 @@ maps the columns, and image paths resolve against the folder. Other columns are 
 def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
     """The README.md of an export: only facts of the data and the request, so it is the same every run."""
     family, trainer = request.format.split("-")
-    kind = "pairs (chosen, rejected)" if request.format in PAIR_FORMATS else "KTO rows (completion, label)"
+    kind = "KTO rows (completion, label)"
+    if request.format in PAIR_FORMATS:
+        kind = "pairs (chosen, rejected)"
+    elif request.format in SFT_FORMATS:
+        kind = "the answers users preferred (prompt, completion)"
     filters = [
         f"first answer at or after {request.since:%Y-%m-%d %H:%M:%S} UTC" if request.since else None,
         f"first answer before {request.until:%Y-%m-%d %H:%M:%S} UTC" if request.until else None,
