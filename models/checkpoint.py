@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
@@ -23,6 +24,7 @@ from transformers import (
     AutoConfig,
     AutoProcessor,
     AutoTokenizer,
+    BitsAndBytesConfig,
     GenerationConfig,
     ProcessorMixin,
     Qwen2VLConfig,
@@ -107,8 +109,11 @@ def pick_dtype(dtype: str, device: torch.device, flags: frozenset[str] | None = 
     return torch.float32, "this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16)"
 
 
-def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load `model` (hub id, local folder, or "demo").
+def load_model(
+    model: str, device: str = "auto", dtype: str = "auto", quantization: BitsAndBytesConfig | None = None
+) -> LoadedModel:
+    """Load `model` (hub id, local folder, or "demo"), its linear layers quantized as `quantization` says
+    (bitsandbytes, for QLoRA training; models/train.py).
 
     Falls back to the demo model only when the model is not on disk, not in the local hub
     cache, and the hub cannot be reached. Every other failure raises ModelLoadError.
@@ -119,8 +124,13 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
     torch_dtype, why = pick_dtype(dtype, torch_device)
     precision = f"{str(torch_dtype).removeprefix('torch.')}, {why}"
 
+    placed = {"quantization_config": quantization, "device_map": str(torch_device)} if quantization else {}
     if demo_reason := why_demo(model):
         qwen, processor = build_demo_model(), load_processor(QWEN2_VL_FILES)
+        if quantization:  # bitsandbytes quantizes a checkpoint as it loads it
+            with tempfile.TemporaryDirectory(prefix="loupe-demo-") as folder:
+                qwen.save_pretrained(folder)
+                qwen = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch_dtype, **placed)
         name = "demo"
     else:
         log.info("Loading %s on %s...", model, torch_device)
@@ -129,7 +139,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
             if model_type != "qwen2_vl":
                 raise ValueError(f"it is a '{model_type}' model, not Qwen2-VL")
             processor = load_processor(model)
-            qwen = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype)
+            qwen = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype, **placed)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(
                 f"Could not load the Qwen2-VL model '{model}': {error}. Check that LOUPE_MODEL names a "
@@ -138,7 +148,8 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto") -> LoadedM
             ) from error
         name = model
 
-    qwen = qwen.to(device=torch_device, dtype=torch_dtype)
+    if not quantization:  # a quantized model was placed as it loaded; its 4-bit weights keep their type
+        qwen = qwen.to(device=torch_device, dtype=torch_dtype)
     qwen.eval()
     log.info("%s runs on %s in %s", name, torch_device, precision)
     return LoadedModel(

@@ -43,6 +43,7 @@ from models.train import (
     TrainSettings,
     image_dataset,
     main,
+    quantized_layers,
     read_rows,
     split_held_out,
     train,
@@ -435,6 +436,23 @@ def test_a_question_asked_again_in_other_words_is_held_out_whole_or_not_at_all()
     for first, second in zip(asked, again, strict=True):
         assert (json.dumps(first) in held) == (json.dumps(second) in held), first["prompt"]
     assert held_out and train_rows
+
+
+# QLoRA --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_qlora_trains_on_a_4bit_base_an_adapter_that_serves_on_the_unquantized_one(tmp_path: Path) -> None:
+    data = write_export(tmp_path / "export", "dpo", prompts=4, seed=7)
+    metadata = train(settings(data, tmp_path / "adapter", quantization="4bit"))
+    assert metadata["training"]["quantized_layers"] == 2 * len(PROJECTIONS), "the language model's, in 4 bits"
+    weights = lora_weights(tmp_path / "adapter")
+    assert {LORA_WEIGHT.fullmatch(name)["projection"] for name in weights} == PROJECTIONS
+    assert any(name.endswith("lora_B.weight") and tensor.any() for name, tensor in weights.items()), "it trained"
+    served = PeftModel.from_pretrained(demo_model(), tmp_path / "adapter")  # the app's base: not quantized
+    assert quantized_layers(served) == 0
+    plain = train(settings(data, tmp_path / "lora"))
+    assert plain["training"]["quantized_layers"] == 0
 
 
 # Merged checkpoints -------------------------------------------------------------------------------
