@@ -6,6 +6,8 @@ per optimizer step; the first step (lazy set-up, allocator growth) is left out o
   loupe           the trainer `python -m models train` builds: LoRA r=16 on the language model's
                   projections, gradient checkpointing, fp32 on CPU and bf16 on CUDA.
   loupe-no-gc     the same without gradient checkpointing: the speed it costs, the memory it saves.
+  loupe-qlora     the same on a 4-bit NF4 base (--quantization 4bit, QLoRA): the memory the base's weights
+                  no longer take, and what dequantizing them at every step costs.
   loupe-every-position
                   the same, scoring every position's 151,657 logits as TRL does where Triton is missing (a
                   CPU); Loupe scores only the answer's positions there (models/train.scores_only_completions).
@@ -52,7 +54,7 @@ from models.train import TrainSettings, build_trainer, load_training_data, train
 from tests.helpers.datasets import write_export
 
 PARTS = ("demo", "full")
-VARIANTS = ("loupe", "loupe-no-gc", "loupe-every-position", "trl-defaults")
+VARIANTS = ("loupe", "loupe-no-gc", "loupe-qlora", "loupe-every-position", "trl-defaults")
 
 
 @dataclass
@@ -155,6 +157,7 @@ def train_variant(variant: str, base: str, device: str, data: Path, bench: Bench
             save_steps=10**9,  # a checkpoint is written after the last step only, untimed
             logging_steps=10**9,
             gradient_checkpointing=variant != "loupe-no-gc",
+            quantization="4bit" if variant == "loupe-qlora" else "none",
         )
         data = load_training_data(settings)
         if variant == "trl-defaults":
