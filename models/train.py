@@ -20,6 +20,7 @@ it did), `report.md` with plots, and `checkpoints/` to resume from.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -381,6 +382,11 @@ def served_base(base: str | None) -> str:
 def load_base(base: str, device: str, dtype: str, quantization: str = "none") -> LoadedModel:
     """The base model (--base) in the precision training uses, quantized for QLoRA (--quantization 4bit); never
     the demo model in place of another."""
+    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingError(
+            f"--quantization {quantization} needs bitsandbytes, which the app's environment leaves out (importing it "
+            "costs every process seconds): run `make qlora`, then this command with PYTHONPATH=.venv-qlora."
+        )
     try:
         loaded = load_model(base, device=device, dtype=training_dtype(device, dtype), quantization=QLORA[quantization])
     except ModelLoadError as error:

@@ -443,16 +443,24 @@ def test_a_question_asked_again_in_other_words_is_held_out_whole_or_not_at_all()
 
 @pytest.mark.slow
 def test_qlora_trains_on_a_4bit_base_an_adapter_that_serves_on_the_unquantized_one(tmp_path: Path) -> None:
+    """`python -m models train --quantization 4bit` with bitsandbytes as `make qlora` installs it, beside the
+    environment; without it, the run stops before loading anything and says what to do."""
     data = write_export(tmp_path / "export", "dpo", prompts=4, seed=7)
-    metadata = train(settings(data, tmp_path / "adapter", quantization="4bit"))
+    with pytest.raises(TrainingError, match=r"make qlora`, then this command with PYTHONPATH=\.venv-qlora"):
+        train(settings(data, tmp_path / "refused", quantization="4bit"))
+    command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(data), "--base", "demo"]
+    command += ["--out", str(tmp_path / "adapter"), "--max-steps", "2", "--batch-size", "2", "--eval-fraction", "0"]
+    command += ["--gradient-accumulation", "1", "--learning-rate", "5e-3", "--warmup", "0", "--quantization", "4bit"]
+    environment = {**os.environ, "PYTHONPATH": str(REPO / ".venv-qlora")}
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    metadata = json.loads((tmp_path / "adapter" / METADATA_FILE).read_text())
     assert metadata["training"]["quantized_layers"] == 2 * len(PROJECTIONS), "the language model's, in 4 bits"
     weights = lora_weights(tmp_path / "adapter")
     assert {LORA_WEIGHT.fullmatch(name)["projection"] for name in weights} == PROJECTIONS
     assert any(name.endswith("lora_B.weight") and tensor.any() for name, tensor in weights.items()), "it trained"
     served = PeftModel.from_pretrained(demo_model(), tmp_path / "adapter")  # the app's base: not quantized
     assert quantized_layers(served) == 0
-    plain = train(settings(data, tmp_path / "lora"))
-    assert plain["training"]["quantized_layers"] == 0
 
 
 # Merged checkpoints -------------------------------------------------------------------------------
