@@ -25,7 +25,6 @@ from huggingface_hub import constants
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from PIL import Image
-from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import DPOTrainer
 from trl.trainer import utils as trl_utils
@@ -49,7 +48,7 @@ from models.train import (
     train,
 )
 from tests.helpers.battles import battles
-from tests.helpers.datasets import MARKER, write_export
+from tests.helpers.datasets import MARKER, lora_weights, write_export
 from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO
 
@@ -89,11 +88,6 @@ def dpo_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def demo_model() -> torch.nn.Module:
     """A fresh demo model as training loads it (all float32); peft changes the model it adapts."""
     return load_model("demo", device="cpu", dtype="float32").model
-
-
-def lora_weights(folder: Path) -> dict[str, torch.Tensor]:
-    with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
-        return {key: weights.get_tensor(key) for key in weights.keys()}
 
 
 # DPO ----------------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from models.adapters import METADATA_FILE
-from tests.helpers.datasets import write_export
+from tests.helpers.datasets import lora_weights, write_export
 from tests.helpers.server import REPO
-from tests.test_train import lora_weights
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "models/accelerate/ddp.yaml"]

@@ -6,6 +6,8 @@ language is the browser's (Accept-Language), as Chainlit picks it.
 
 from __future__ import annotations
 
+import re
+
 from chat.arena.leaderboard import TABLE_WORDS
 from chat.arena.profiles import Profile
 from chat.store.generations import Source
@@ -405,10 +407,36 @@ def leaderboard_words(language: str) -> dict[str, str]:
     return {key: TEXTS[language][f"board_{key}"] for key in TABLE_WORDS}
 
 
+# A line that opens or closes a fenced block, as the page's Markdown reads it (CommonMark's code fences, and
+# remark-math's display math, which .chainlit/config.toml's `latex` turns on): up to 3 spaces, then 3+ backticks
+# or tildes, or 2+ dollar signs, then the rest of the line.
+FENCE = re.compile(r" {0,3}(`{3,}|~{3,}|\${2,})(.*)")
+
+
+def open_block(answer: str) -> str | None:
+    """The fence of the code or display-math block `answer` leaves open, if it does.
+
+    A block closes on a line of its own fence character, at least as long, and nothing else; a backtick or
+    dollar fence followed by its own character on the line is inline code or math, not a block.
+    """
+    opened = None
+    for line in answer.split("\n"):
+        if not (match := FENCE.fullmatch(line)):
+            continue
+        fence, rest = match.groups()
+        if opened is None and not (fence[0] in "`$" and fence[0] in rest):
+            opened = fence
+        elif opened and fence[0] == opened[0] and len(fence) >= len(opened) and not rest.strip():
+            opened = None
+    return opened
+
+
 def mark_unfinished(answer: str, marker: str, language: str) -> str:
-    """Append the marker of an unfinished answer (`stopped`, `interrupted`) outside any code block it left open."""
-    fence = "\n```" if answer.count("```") % 2 else ""
-    return f"{answer}{fence}\n\n{text(marker, language)}"
+    """Append the marker of an unfinished answer (`stopped`, `interrupted`) outside any block it left open: a
+    stopped answer ends anywhere, in a code block or a formula too, and the marker must read as Loupe's."""
+    fence = open_block(answer)
+    closing = f"\n{fence}" if fence else ""
+    return f"{answer}{closing}\n\n{text(marker, language)}"
 
 
 def shown_answer(

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model
 from PIL import Image
+from safetensors import safe_open
 
 from models.checkpoint import DEMO_SIZE, TinySize, build_demo_model
 
@@ -102,3 +103,9 @@ def save_adapter(folder: Path, seed: int, size: TinySize = DEMO_SIZE, rank: int 
     lora = LoraConfig(r=rank, lora_alpha=8 * rank, target_modules=LM_PROJECTIONS, init_lora_weights=False)
     get_peft_model(build_demo_model(size), lora).save_pretrained(folder)
     return folder
+
+
+def lora_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """An adapter folder's LoRA weights, by the names its file gives them."""
+    with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
+        return {key: weights.get_tensor(key) for key in weights.keys()}
