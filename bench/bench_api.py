@@ -33,7 +33,7 @@ from chat.prompts import DEFAULT_PROMPT, system_prompts
 from models.backend import ChatTemplateTokens
 from models.checkpoint import load_model
 from models.generation import Generator, SamplingSettings, Usage
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from tests.helpers.budgets import CPU_BUDGET
 from tests.helpers.server import chat, start_server, stop_server
 
 TTFT_GOAL_MS = 20.0
@@ -87,7 +87,7 @@ async def api_answer(http: httpx.AsyncClient, sampling: SamplingSettings) -> Run
 
 async def measure(url: str, key: str, generator: Generator, sampling: SamplingSettings, clients: int, repeats: int):
     """`repeats` rounds, each `clients` raw answers at once, then as many through the API at once."""
-    messages = PromptBuilder(ChatTemplateTokens(generator.loaded.processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS).build(
+    messages = PromptBuilder(ChatTemplateTokens(generator.loaded.processor), CPU_BUDGET).build(
         system_prompts()[DEFAULT_PROMPT], [user_turn(PROMPT, [])], CONTEXT_TOKENS - sampling.max_new_tokens
     )
     headers = {"Authorization": f"Bearer {key}"}

@@ -48,8 +48,8 @@ from chat.prompts import DEFAULT_PROMPT, system_prompts
 from models.backend import ChatTemplateTokens
 from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
 from models.generation import Generator, SamplingSettings, Usage
-from models.images import fit_to_budget, open_image, visual_tokens
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
+from models.images import ImageBudget, fit_to_budget, open_image
+from tests.helpers.budgets import CPU_BUDGET, GPU_BUDGET
 from tests.helpers.client import ChatClient
 from tests.helpers.server import start_server
 
@@ -58,7 +58,7 @@ PROMPT = "Explain how a gearbox works in detail."
 CONTEXT_TOKENS = 8192  # the app's default LOUPE_CONTEXT_TOKENS
 MAX_MEGAPIXELS = 50.0  # the app's default LOUPE_MAX_IMAGE_MEGAPIXELS
 IMAGE_SIZES = ((640, 480), (1920, 1080), (4000, 3000))
-BUDGETS = {"CPU": CPU_MAX_PIXELS, "GPU": GPU_MAX_PIXELS}
+BUDGETS = {"CPU": CPU_BUDGET, "GPU": GPU_BUDGET}
 FULL_IMAGE_SIZE = (1024, 768)
 FILL_BLOCK = (1 << 24) + 17  # not a power of two, so consecutive layers get different values
 GiB = 1024**3
@@ -242,7 +242,7 @@ def bench_streaming(settings: BenchSettings, report: Report) -> None:
     generator = Generator(loaded)
     sampling = SamplingSettings(temperature=0.0, top_p=0.8, max_new_tokens=settings.new_tokens, repetition_penalty=1.05)
     # The prompt exactly as the app builds it for a fresh chat: default system prompt, CPU budget.
-    builder = PromptBuilder(ChatTemplateTokens(loaded.processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    builder = PromptBuilder(ChatTemplateTokens(loaded.processor), CPU_BUDGET)
 
     def build() -> list[dict[str, Any]]:
         budget = CONTEXT_TOKENS - sampling.max_new_tokens
@@ -316,15 +316,16 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
 
-def preprocess_once(generator: Generator, path: Path, max_pixels: int) -> tuple[dict[str, Any], list[float]]:
+def preprocess_once(generator: Generator, path: Path, budget: ImageBudget) -> tuple[dict[str, Any], list[float]]:
     """The app's path for one upload: decode (chat.ui.uploads), fit to the budget, then the processor."""
     start = time.perf_counter()
     image = open_image(path, MAX_MEGAPIXELS)
     decoded = time.perf_counter()
-    fitted = fit_to_budget(image, DEFAULT_MIN_PIXELS, max_pixels)
+    fitted = fit_to_budget(image, budget)
     fit = time.perf_counter()
     message = user_turn("What does this image show?", [fitted])
-    inputs = generator.prepare_inputs([to_qwen(message, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=max_pixels)])
+    pixels = {"min_pixels": budget.min_pixels, "max_pixels": budget.max_pixels}
+    inputs = generator.prepare_inputs([to_qwen(message, **pixels)])
     done = time.perf_counter()
     return inputs, [done - start, decoded - start, fit - decoded, done - fit]
 
@@ -338,14 +339,14 @@ def bench_images(settings: BenchSettings, report: Report) -> None:
         for width, height in IMAGE_SIZES:
             paths[width, height] = Path(folder) / f"photo_{width}x{height}.jpg"
             photo_like(width, height).save(paths[width, height], "JPEG", quality=90)
-        for budget_name, max_pixels in BUDGETS.items():
+        for budget_name, budget in BUDGETS.items():
             for (width, height), path in paths.items():
-                preprocess_once(generator, path, max_pixels)  # warm-up: first calls pay lazy set-up
-                runs = [preprocess_once(generator, path, max_pixels) for _ in range(settings.image_repeats)]
+                preprocess_once(generator, path, budget)  # warm-up: first calls pay lazy set-up
+                runs = [preprocess_once(generator, path, budget) for _ in range(settings.image_repeats)]
                 inputs = runs[0][0]
                 _, grid_height, grid_width = inputs["image_grid_thw"][0].tolist()
                 tokens = grid_height * grid_width // 4  # 2 x 2 patches merge into one visual token
-                expected = visual_tokens(width, height, DEFAULT_MIN_PIXELS, max_pixels)
+                expected = budget.tokens(width, height)
                 total, decode, fit, process = (median([run[1][i] * 1000 for run in runs]) for i in range(4))
                 report.add(
                     part,
@@ -441,8 +442,8 @@ def full_model_run(device: str, dtype_name: str, new_tokens: int) -> FullResult:
     model, build_s = timed(lambda: build_random_qwen2_vl_2b(device, dtype))
     processor = load_processor(QWEN2_VL_FILES)
     generator = Generator(LoadedModel(model, processor, "random Qwen2-VL-2B", is_demo=True))
-    builder = PromptBuilder(ChatTemplateTokens(processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
-    image = fit_to_budget(photo_like(*FULL_IMAGE_SIZE), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    builder = PromptBuilder(ChatTemplateTokens(processor), CPU_BUDGET)
+    image = fit_to_budget(photo_like(*FULL_IMAGE_SIZE), CPU_BUDGET)
     messages = builder.build(
         system_prompts()[DEFAULT_PROMPT], [user_turn("What does this image show?", [image])], CONTEXT_TOKENS
     )

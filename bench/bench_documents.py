@@ -40,8 +40,8 @@ from chat.store.accounts import add_user
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.documents import Documents
 from models.pdf_pool import PdfPool
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from tests.helpers import pdfs
+from tests.helpers.budgets import CPU_BUDGET
 from tests.helpers.databases import postgres_database
 from tests.helpers.pdfs import LIBRARY, PAGES_PER_DOCUMENT, library
 
@@ -70,7 +70,7 @@ async def bench_ingest(documents: Documents, workers: PdfPool, report: Report, b
     renders = []
     for _ in range(5):
         render_at = time.perf_counter()
-        await workers.render_page(USER, data, 1, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+        await workers.render_page(USER, data, 1, CPU_BUDGET)
         renders.append(time.perf_counter() - render_at)
     report.add(
         backend,

@@ -124,7 +124,7 @@ async def measure_stall(report: Report, url: str) -> None:
     from chat.prompts import DEFAULT_PROMPT, system_prompt
     from models.backend import ChatTemplateTokens
     from models.checkpoint import QWEN2_VL_FILES, load_processor
-    from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+    from tests.helpers.budgets import CPU_BUDGET
 
     async with ChatClient(url) as client:
         await client.change_settings({"max_new_tokens": 16})
@@ -146,7 +146,7 @@ async def measure_stall(report: Report, url: str) -> None:
                 f"worst request while idle: {idle * 1000:.0f} ms; goal under 50 ms",
             )
 
-    builder = PromptBuilder(ChatTemplateTokens(load_processor(QWEN2_VL_FILES)), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    builder = PromptBuilder(ChatTemplateTokens(load_processor(QWEN2_VL_FILES)), CPU_BUDGET)
     turn = user_turn(MAXIMAL_MESSAGE, [], "bench")
     started = time.perf_counter()
     try:

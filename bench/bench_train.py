@@ -50,8 +50,8 @@ from trl import DPOConfig, DPOTrainer
 from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, print_machine
 from models import train
 from models.checkpoint import QWEN2_VL_FILES, load_model, load_processor
-from models.images import visual_tokens
 from models.train import TrainSettings, build_trainer, load_training_data, training_dtype
+from tests.helpers.budgets import GPU_BUDGET
 from tests.helpers.datasets import write_export
 
 PARTS = ("demo", "full")
@@ -210,7 +210,7 @@ def write_bench_export(folder: Path, bench: BenchSettings) -> Path:
     data = write_export(
         folder, "dpo", bench.steps * bench.batch_size, 0, bench.image_size, answer_words=bench.answer_words
     )
-    tokens = visual_tokens(*bench.image_size, TrainSettings.min_pixels, TrainSettings.max_pixels)
+    tokens = GPU_BUDGET.tokens(*bench.image_size)  # training's budget, the demo model's geometry
     print(f"  data: {bench.steps * bench.batch_size} pairs, {bench.image_size} images ({tokens} visual tokens)")
     return data
 

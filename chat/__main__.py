@@ -87,21 +87,22 @@ def could_not_start(reason: str) -> NoReturn:
 
 def serve_vllm() -> None:
     """Replace this process with a vLLM server for LOUPE_BACKEND=vllm, with flags from Loupe's settings."""
-    from models.checkpoint import pick_device
+    from models.checkpoint import load_processor, pick_device
+    from models.images import ImageBudget
     from models.vllm_client import VLLM_PYTHON, server_command
 
     settings = get_settings()
     if not VLLM_PYTHON.exists():
         raise SystemExit(f"Error: no vLLM environment at {VLLM_PYTHON.parent.parent}; `make vllm` installs it.")
     device = pick_device(settings.device).type
+    budget = ImageBudget.of(load_processor(settings.model), device, settings.min_pixels, settings.max_pixels)
     command, environment = server_command(
         settings.model,
         settings.vllm_model,
         settings.vllm_url,
         max_model_len=settings.context_tokens,
         max_images=settings.images_per_prompt,
-        min_pixels=settings.min_pixels,
-        max_pixels=settings.image_max_pixels(device),
+        budget=budget,
         api_key=settings.vllm_api_key,
         on_gpu=device == "cuda",
     )

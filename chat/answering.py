@@ -26,6 +26,7 @@ from chat.store.files import ContentStore
 from chat.store.generations import GenerationRecord
 from models.adapters import Adapter
 from models.backend import Backend, Ended, SamplingSettings, Usage
+from models.images import ImageBudget
 from models.pdf_pool import PdfPool
 
 
@@ -91,8 +92,7 @@ class Answering:
     store: ContentStore
     pdfs: PdfPool
     document_pages: int  # at most this many pages shown with a question
-    min_pixels: int
-    max_pixels: int
+    budget: ImageBudget  # of each page shown
 
     async def pages(
         self, user: str, earlier: list[BaseMessage], turn: HumanMessage, within: list[str] | None
@@ -104,12 +104,12 @@ class Answering:
         asked_before = [turn_text(message) for message in earlier if isinstance(message, HumanMessage)][-1:]
         question = " ".join([*asked_before, turn_text(turn)])
         hits = await pages_for(self.documents, user, question, within, self.document_pages)
-        return await shown_pages(hits, user, self.store, self.pdfs, self.min_pixels, self.max_pixels)
+        return await shown_pages(hits, user, self.store, self.pdfs, self.budget)
 
     async def pages_again(self, user: str, sources: list[dict[str, Any]]) -> list[ShownPage]:
         """The pages an earlier answer was shown (its record's sources), for another answer to the same question."""
         hits = await self.documents.pages(user, [(source["sha256"], source["page"]) for source in sources])
-        return await shown_pages(hits, user, self.store, self.pdfs, self.min_pixels, self.max_pixels)
+        return await shown_pages(hits, user, self.store, self.pdfs, self.budget)
 
     async def prepare(self, question: Question) -> Answer:
         """The answer's prompt, within the context: the least relevant page gives way first. Raises PromptTooLong

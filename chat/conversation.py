@@ -20,7 +20,7 @@ from PIL import Image
 
 from models.backend import Ended, TokenCounter
 from models.control_tokens import plain_text
-from models.images import visual_tokens
+from models.images import ImageBudget
 
 
 class PromptTooLong(ValueError):
@@ -95,7 +95,7 @@ def turn_images(message: BaseMessage) -> list[Image.Image]:
 
 
 def to_qwen(message: BaseMessage, **pixel_budget: int) -> dict[str, Any]:
-    """A LangChain message in the message format of Qwen2-VL's chat template and qwen-vl-utils.
+    """A LangChain message in the message format of Qwen-VL's chat template and qwen-vl-utils.
 
     `pixel_budget` (min_pixels, max_pixels) goes on each image, where qwen-vl-utils reads it. The text is
     plain text: what both backends send the model is built here, so no text can reach it as control tokens.
@@ -109,9 +109,9 @@ def to_qwen(message: BaseMessage, **pixel_budget: int) -> dict[str, Any]:
 class PromptBuilder:
     """Builds the prompt for the next answer and keeps it within the token budget."""
 
-    def __init__(self, tokens: TokenCounter, min_pixels: int, max_pixels: int, max_images: int | None = None) -> None:
+    def __init__(self, tokens: TokenCounter, budget: ImageBudget, max_images: int | None = None) -> None:
         self.tokens = tokens
-        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.budget = budget  # of each image, in the model's tokens
         self.max_images = max_images  # per prompt: a serving engine refuses more (vLLM's --limit-mm-per-prompt)
         # The template adds a default system prompt before a conversation without one, so a
         # lone message is rendered behind an empty system turn whose tokens are then taken off.
@@ -130,7 +130,7 @@ class PromptBuilder:
             tokens = self.tokens.count_tokens([self._empty_system, qwen]) - self._empty_system_tokens
         for image in turn_images(message):
             # The template writes one <|image_pad|> per image; the processor expands it.
-            tokens += visual_tokens(image.width, image.height, self.min_pixels, self.max_pixels) - 1
+            tokens += self.budget.tokens(image.width, image.height) - 1
         return tokens
 
     def build(self, system_prompt: str, history: list[BaseMessage], budget: int) -> list[dict[str, Any]]:
@@ -160,4 +160,5 @@ class PromptBuilder:
             del kept[1]  # the oldest turn goes, question and answer together
             while len(kept) > 2 and not isinstance(kept[1], HumanMessage):
                 del kept[1]
-        return [to_qwen(message, min_pixels=self.min_pixels, max_pixels=self.max_pixels) for message in kept]
+        pixels = {"min_pixels": self.budget.min_pixels, "max_pixels": self.budget.max_pixels}
+        return [to_qwen(message, **pixels) for message in kept]

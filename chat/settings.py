@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
+from models.settings import ModelSettings
 
 ASYNC_DRIVERS = {
     "sqlite://": "sqlite+aiosqlite://",
@@ -32,8 +32,10 @@ ARENA_MIN_BATTLES = 50
 
 class Settings(ModelSettings):
     adapter: str | None = Field(None, description="Adapter new chats use; `python -m chat promote` overrides.")
-    max_pixels: int | None = Field(None, description="Per-image pixel budget; default depends on the device.")
-    min_pixels: int = Field(DEFAULT_MIN_PIXELS, description="Small images are upscaled to at least this.")
+    max_pixels: int | None = Field(
+        None, description="Per-image pixel budget; default 256 visual tokens' worth, 1280 on CUDA (models/images.py)."
+    )
+    min_pixels: int | None = Field(None, description="Small images are upscaled to at least this; default the model's.")
     context_tokens: int = Field(8192, description="Prompt plus answer budget; oldest turns are dropped first.")
     max_images_per_message: int = Field(4, ge=1)
     max_upload_mb: float = Field(20, gt=0, description="Largest accepted upload per file.")
@@ -124,11 +126,6 @@ class Settings(ModelSettings):
         """The most images one prompt holds: a message's own and the document pages shown with it
         (older turns' images give way, chat/conversation.py); a vLLM server is started to accept them."""
         return self.max_images_per_message + self.document_pages
-
-    def image_max_pixels(self, device_type: str) -> int:
-        if self.max_pixels is not None:
-            return self.max_pixels
-        return GPU_MAX_PIXELS if device_type == "cuda" else CPU_MAX_PIXELS
 
 
 @cache

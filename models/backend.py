@@ -110,6 +110,7 @@ class Backend(TokenCounter, Protocol):
     context_length: int  # prompt plus answer, in tokens
     default_sampling: SamplingSettings  # the model's own generation defaults
     queues: bool  # whether requests wait in line for their turn (the chat then shows their place)
+    processor: ProcessorMixin  # the checkpoint's tokenizer, chat template and image processor
 
     def stream(
         self,

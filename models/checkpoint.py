@@ -1,4 +1,5 @@
-"""Load Qwen2-VL, or the built-in demo model when no weights exist. (LoRA adapters: models/adapters.py.)
+"""Load a Qwen-VL model (SUPPORTED), or the built-in demo model when no weights exist. (LoRA adapters:
+models/adapters.py.)
 
 The demo model is Qwen2-VL's real architecture at a tiny size with deterministic random weights,
 driven by Qwen2-VL-2B-Instruct's genuine processor files vendored in `qwen2_vl_2b_instruct/`.
@@ -22,20 +23,31 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from transformers import (
     AutoConfig,
+    AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
     BitsAndBytesConfig,
     GenerationConfig,
+    PreTrainedModel,
     ProcessorMixin,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
 )
 
 from models.backend import DemoReason
 
 log = logging.getLogger(__name__)
 
+# The Qwen-VL architectures Loupe serves and trains, by their config's model_type. Each loads as transformers'
+# image-text-to-text model with its own processor; their language models share the projections LoRA adapts
+# (models/train.py), and their images differ only in geometry (models/images.py, ImageBudget).
+SUPPORTED = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
 QWEN2_VL_FILES = Path(__file__).parent / "qwen2_vl_2b_instruct"
+# Each family's real config and processor files (no weights), vendored with their provenance: the demo model is
+# Qwen2-VL's config shrunk, and tests build tiny models of the others the same way (build_tiny_model).
+FAMILY_FILES = {
+    "qwen2_vl": QWEN2_VL_FILES,
+    "qwen2_5_vl": Path(__file__).parent / "qwen2_5_vl_7b_instruct",
+    "qwen3_vl": Path(__file__).parent / "qwen3_vl_4b_instruct",
+}
 DEMO = "demo"
 DEMO_SEED = 0
 # The demo's answers are noise: the chat asks for this many new tokens unless the user asks for more, so a
@@ -126,25 +138,25 @@ def load_model(
 
     placed = {"quantization_config": quantization, "device_map": str(torch_device)} if quantization else {}
     if demo_reason := why_demo(model):
-        qwen, processor = build_demo_model(), load_processor(QWEN2_VL_FILES)
+        qwen, processor = build_demo_model(), load_processor(processor_source(DEMO))
         if quantization:  # bitsandbytes quantizes a checkpoint as it loads it
             with tempfile.TemporaryDirectory(prefix="loupe-demo-") as folder:
                 qwen.save_pretrained(folder)
-                qwen = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch_dtype, **placed)
+                qwen = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype, **placed)
         name = "demo"
     else:
         log.info("Loading %s on %s...", model, torch_device)
         try:
             model_type = AutoConfig.from_pretrained(model).model_type
-            if model_type != "qwen2_vl":
-                raise ValueError(f"it is a '{model_type}' model, not Qwen2-VL")
+            if model_type not in SUPPORTED:
+                raise ValueError(f"it is a '{model_type}' model; Loupe serves {', '.join(SUPPORTED.values())}")
             processor = load_processor(model)
-            qwen = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype, **placed)
+            qwen = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, **placed)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(
-                f"Could not load the Qwen2-VL model '{model}': {error}. Check that LOUPE_MODEL names a "
-                "complete Qwen2-VL checkpoint (config.json, weights, tokenizer and processor files), "
-                "or set LOUPE_MODEL=demo to try the app without weights."
+                f"Could not load the model '{model}': {error}. Check that LOUPE_MODEL names a complete "
+                f"{', '.join(SUPPORTED.values())} checkpoint (config.json, weights, tokenizer and processor "
+                "files), or set LOUPE_MODEL=demo to try the app without weights."
             ) from error
         name = model
 
@@ -173,6 +185,11 @@ def why_demo(model: str) -> DemoReason | None:
     return None
 
 
+def processor_source(model: str) -> str | Path:
+    """Where `model`'s processor files are: the demo model's are Qwen2-VL-2B-Instruct's, vendored."""
+    return QWEN2_VL_FILES if model == DEMO else model
+
+
 def load_processor(source: str | Path) -> ProcessorMixin:
     """Qwen's processor as shipped. Images arrive already sized to Loupe's pixel budget
     (models.images.fit_to_budget, and per image in qwen-vl-utils), so its own limits never bind."""
@@ -181,40 +198,59 @@ def load_processor(source: str | Path) -> ProcessorMixin:
 
 @dataclass(frozen=True)
 class TinySize:
-    """The sizes that shrink Qwen2-VL-2B's real config to a tiny model; the vocabulary stays Qwen's."""
+    """The sizes that shrink a Qwen-VL model's real config to a tiny model; the vocabulary stays Qwen's."""
 
     hidden: int
     intermediate: int
-    mrope_section: tuple[int, int, int]  # splits each head's rotary half (head_dim / 2) over time, height, width
     vision_embed: int
     heads: int = 4
     kv_heads: int = 2
     layers: int = 2
 
 
-DEMO_SIZE = TinySize(hidden=64, intermediate=128, mrope_section=(2, 3, 3), vision_embed=32)  # head_dim 16: fast
+DEMO_SIZE = TinySize(hidden=64, intermediate=128, vision_embed=32)  # head_dim 16: fast
 # vLLM's CPU attention needs head_dim >= 32 (../shared/notes/vllm-cpu.md): the smallest size it was seen serving.
-SERVABLE_SIZE = TinySize(hidden=256, intermediate=512, mrope_section=(8, 12, 12), vision_embed=64)
+SERVABLE_SIZE = TinySize(hidden=256, intermediate=512, vision_embed=64)
 
 
-def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGeneration:
+def build_demo_model(size: TinySize = DEMO_SIZE) -> PreTrainedModel:
     """Qwen2-VL with the real vocabulary, special tokens and rope layout, shrunk to ~10M parameters
     (~40M at SERVABLE_SIZE), with deterministic random weights."""
-    config = Qwen2VLConfig.from_pretrained(QWEN2_VL_FILES)
+    return build_tiny_model(QWEN2_VL_FILES, size)
+
+
+def build_tiny_model(files: Path, size: TinySize = DEMO_SIZE) -> PreTrainedModel:
+    """The model whose real config.json is in `files` (one of FAMILY_FILES), shrunk to `size` with deterministic
+    random weights: its architecture, vocabulary, special tokens and rope layout, at a size tests can run."""
+    config = AutoConfig.from_pretrained(files)
     text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     text.hidden_size, text.intermediate_size = size.hidden, size.intermediate
     text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads = size.layers, size.heads, size.kv_heads
-    text.layer_types = text.layer_types[: size.layers]
-    text.rope_parameters["mrope_section"] = list(size.mrope_section)
+    if hasattr(text, "layer_types"):  # Qwen2-VL and Qwen2.5-VL list each layer's attention
+        text.layer_types = text.layer_types[: size.layers]
+    if getattr(text, "head_dim", None):  # Qwen3-VL states it; the others derive it
+        text.head_dim = size.hidden // size.heads
+    rope = text.rope_parameters
+    rope["mrope_section"] = shrunk_sections(rope["mrope_section"], head_dim // 2, size.hidden // size.heads // 2)
     vision = config.vision_config
-    vision.depth, vision.embed_dim, vision.num_heads, vision.hidden_size = 2, size.vision_embed, 2, size.hidden
+    vision.depth, vision.num_heads = 2, 2
+    if config.model_type == "qwen2_vl":  # its merger's output is `hidden_size`; the others name it `out_hidden_size`
+        vision.embed_dim, vision.hidden_size = size.vision_embed, size.hidden
+    else:
+        vision.hidden_size, vision.intermediate_size = size.vision_embed, 2 * size.vision_embed
+        vision.out_hidden_size = size.hidden
+    if config.model_type == "qwen2_5_vl":
+        vision.fullatt_block_indexes = [1]  # one windowed block, one with full attention
+    if config.model_type == "qwen3_vl":
+        vision.deepstack_visual_indexes = [0]  # one block's features go straight to the language model
     config.dtype = config.text_config.dtype = "float32"
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)
-        demo = Qwen2VLForConditionalGeneration(config)
-        group_by_script(demo)
-    demo.generation_config = GenerationConfig(
+        model = AutoModelForImageTextToText.from_config(config)
+        group_by_script(model)
+    model.generation_config = GenerationConfig(
         bos_token_id=151643,
         eos_token_id=[151645, 151643],
         pad_token_id=151643,
@@ -224,7 +260,14 @@ def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGenerat
         repetition_penalty=1.05,
         max_new_tokens=1024,  # a served copy's cap (vLLM takes it as the most a request may ask for)
     )
-    return demo
+    return model
+
+
+def shrunk_sections(sections: list[int], half: int, tiny_half: int) -> list[int]:
+    """The multimodal rope's split of each head's rotary half (time, height, width), scaled from `half` to
+    `tiny_half` in the real proportions, time taking what rounding leaves: [16, 24, 24] of 64 is [2, 3, 3] of 8."""
+    height, width = (round(section * tiny_half / half) for section in sections[1:])
+    return [tiny_half - height - width, height, width]
 
 
 # The norm of the component that the tokens of one writing system share; a token's own random part has norm
@@ -233,7 +276,7 @@ def build_demo_model(size: TinySize = DEMO_SIZE) -> Qwen2VLForConditionalGenerat
 SCRIPT_SPREAD = 0.6
 
 
-def group_by_script(model: Qwen2VLForConditionalGeneration) -> None:
+def group_by_script(model: PreTrainedModel) -> None:
     """Give the tokens of each writing system (Latin, Han, Hangul, Cyrillic...) a shared random component in the
     model's (tied) token embeddings, as a trained model's embeddings cluster by language.
 
@@ -259,13 +302,23 @@ def vocabulary_scripts() -> tuple[torch.Tensor, tuple[str, ...]]:
     return torch.tensor([names.index(script) for script in scripts]), names
 
 
-def write_checkpoint(model: Qwen2VLForConditionalGeneration, folder: Path) -> Path:
-    """`model` as a checkpoint folder any Qwen2-VL loader reads (transformers, vLLM): weights, config,
-    generation config, and Qwen's real processor files with their license."""
+def write_checkpoint(model: PreTrainedModel, folder: Path) -> Path:
+    """A tiny `model` (build_tiny_model) as a checkpoint folder its architecture's loaders read (transformers,
+    vLLM): weights, config, generation config, and Qwen's real processor files with their license."""
+    files = FAMILY_FILES[model.config.model_type]
     model.save_pretrained(folder)
-    load_processor(QWEN2_VL_FILES).save_pretrained(folder)
-    shutil.copy(QWEN2_VL_FILES / "LICENSE", folder / "LICENSE")
+    vendored_processor(files).save_pretrained(folder)
+    shutil.copy(files / "LICENSE", folder / "LICENSE")
     return folder
+
+
+def vendored_processor(files: Path) -> ProcessorMixin:
+    """The processor of a vendored family's files, with the vocabulary and merges the whole family shares
+    (vendored once, with Qwen2-VL's)."""
+    with tempfile.TemporaryDirectory(prefix="loupe-processor-") as staging:
+        for path in [*files.glob("*.json"), QWEN2_VL_FILES / "vocab.json", QWEN2_VL_FILES / "merges.txt"]:
+            shutil.copy(path, staging)
+        return load_processor(staging)
 
 
 def _in_hub_cache(model: str) -> bool:

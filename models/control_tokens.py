@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 
-# Every control token of Qwen2-VL's tokenizer is `<|name|>` (tests/test_control_tokens.py checks each one of
-# the vendored tokenizer's added tokens); a name has no space, bar or angle bracket, so `<|>`, `a <| b |> c`
-# and Markdown tables stay as they are. A checkpoint whose tokenizer adds tokens of another shape needs them here.
-CONTROL_TOKEN = re.compile(r"<\|[^\s<>|]+\|>")
+# Every control token of Qwen2-VL's tokenizer is `<|name|>`; a name has no space, bar or angle bracket, so `<|>`,
+# `a <| b |> c` and Markdown tables stay as they are. Qwen2.5-VL adds <tool_call> and </tool_call>, Qwen3-VL
+# <tool_response> and <think> too, with their closing tags. tests/test_control_tokens.py checks each added token of
+# each family's tokenizer; a checkpoint whose tokenizer adds tokens of another shape needs them here.
+CONTROL_TOKEN = re.compile(r"<\|[^\s<>|]+\|>|</?(?:tool_call|tool_response|think)>")
 # Put after the token's `<`: the exact string is gone, the text looks the same, and it is one character that
 # Qwen's byte-level BPE encodes as ordinary bytes. The result no longer matches CONTROL_TOKEN, so applying
 # plain_text twice changes nothing.

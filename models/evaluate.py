@@ -38,6 +38,7 @@ from models.train import (
     TrainSettings,
     data_fingerprint,
     find_data_file,
+    image_budget,
     image_dataset,
     load_base,
     read_rows,
@@ -83,8 +84,10 @@ class EvaluateSettings:
         metadata={"help": f"Seed of the split. Default: as for --eval-fraction (training's: {TrainSettings.seed})."},
     )
     batch_size: int = field(default=2, metadata={"help": "Pairs per forward pass."})
-    max_pixels: int = field(default=TrainSettings.max_pixels, metadata={"help": "Per-image pixel budget, as training."})
-    min_pixels: int = TrainSettings.min_pixels
+    max_pixels: int | None = field(default=None, metadata={"help": "Per-image pixel budget. Default: training's."})
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "Smaller images are scaled up. Default: the model's."}
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), or a device such as cuda:1."})
     dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on CUDA, float32 elsewhere, as training."})
     json: bool = field(default=False, metadata={"help": "Print the result as JSON (progress goes to stderr)."})
@@ -224,7 +227,8 @@ def score_contenders(settings: EvaluateSettings, adapters: list[Adapter], pairs:
     switch = AdapterSwitch(scoring_model(loaded.model))
     contenders: dict[str, Adapter | None] = {BASE: None} | {adapter.name: adapter for adapter in adapters}
     margins: dict[str, list[float]] = {name: [] for name in contenders}
-    dataset = image_dataset(pairs, settings.data, settings.min_pixels, settings.max_pixels)
+    budget = image_budget(loaded.processor, settings.min_pixels, settings.max_pixels)
+    dataset = image_dataset(pairs, settings.data, budget)
     for start in range(0, len(pairs), settings.batch_size):
         batch = [dataset[index] for index in range(start, min(start + settings.batch_size, len(pairs)))]
         for name, adapter in contenders.items():

@@ -1,4 +1,4 @@
-"""Stream answers from a loaded Qwen2-VL, one request at a time, stoppable mid-answer.
+"""Stream answers from a loaded Qwen-VL model, one request at a time, stoppable mid-answer.
 
 `model.generate` runs in a worker thread and hands text to the event loop through
 `AsyncTextIteratorStreamer`. Requests wait in arrival order (`ArrivalQueue`) because one model
@@ -156,9 +156,10 @@ class Generator(ChatTemplateTokens):
             raise
 
     def prepare_inputs(self, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Chat template plus vision inputs, exactly as Qwen2-VL's model card prepares them."""
+        """Chat template plus vision inputs, exactly as the Qwen-VL model cards prepare them (each model's own
+        patch size: 14 pixels, 16 on Qwen3-VL)."""
         processor = self.loaded.processor
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        images, _videos = process_vision_info(messages)
+        images, _videos = process_vision_info(messages, image_patch_size=processor.image_processor.patch_size)
         inputs = processor(text=[text], images=images, padding=True, return_tensors="pt")
         return inputs.to(self.loaded.device)

@@ -3,21 +3,76 @@
 Every image is decoded in full here, so a file that is not really an image, is cut short, or
 would blow up memory is refused with a reason (a code the chat puts into words) before any
 model work.
-The visual-token budget is Qwen2-VL's own: an image of W x H pixels costs
-(W/28) x (H/28) tokens after `smart_resize`, so bounding pixels bounds tokens.
+The visual-token budget is the model's own (ImageBudget): an image of W x H pixels costs
+(W/28) x (H/28) tokens on Qwen2-VL and Qwen2.5-VL, (W/32) x (H/32) on Qwen3-VL, after `smart_resize`, so
+bounding pixels bounds tokens.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize
 
-# One visual token covers a 28 x 28 pixel square (14-pixel patches, merged 2 x 2).
-PIXELS_PER_TOKEN_SIDE = 28
+# Visual tokens per image by default (docs/images-and-documents.md, "Image budget", gives the reasoning).
+CPU_MAX_TOKENS = 256  # prefill dominates a CPU's time to first token
+GPU_MAX_TOKENS = 1280  # Qwen's suggested ceiling: legible 1080p screenshots
+
+
+@dataclass(frozen=True)
+class ImageBudget:
+    """The pixels an image may have when the model sees it, and how the model counts them.
+
+    A Qwen-VL vision tower cuts an image into `patch` x `patch` squares and merges `merge` x `merge` of them into
+    one visual token, so one token covers a square of `token_side` pixels: 28 on Qwen2-VL and Qwen2.5-VL
+    (14-pixel patches), 32 on Qwen3-VL (16). Images are sized here, before the model's processor sees them,
+    within the processor's own limits, so that it never resizes them again and every count here is exact.
+    """
+
+    min_pixels: int
+    max_pixels: int
+    patch: int
+    merge: int
+
+    @classmethod
+    def of(
+        cls, processor: Any, device_type: str, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> ImageBudget:
+        """The budget for `processor`'s model: `max_pixels`, or by default CPU_MAX_TOKENS (GPU_MAX_TOKENS on CUDA)
+        tokens; `min_pixels`, or by default the model's own floor (4 tokens on Qwen2-VL, 64 on Qwen3-VL). Both stay
+        within the processor's limits, which would otherwise resize the image again."""
+        images = processor.image_processor
+        side = images.patch_size * images.merge_size
+        floor, ceiling = images.size["shortest_edge"], images.size["longest_edge"]
+        tokens = GPU_MAX_TOKENS if device_type == "cuda" else CPU_MAX_TOKENS
+        return cls(
+            min_pixels=min(max(min_pixels or floor, floor), ceiling),
+            max_pixels=min(max(max_pixels or tokens * side**2, floor), ceiling),
+            patch=images.patch_size,
+            merge=images.merge_size,
+        )
+
+    @property
+    def token_side(self) -> int:
+        return self.patch * self.merge
+
+    def fitted_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of an image of this size as the model sees it: whole tokens, within the budget."""
+        fitted_height, fitted_width = smart_resize(
+            height, width, self.token_side, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        return fitted_width, fitted_height
+
+    def tokens(self, width: int, height: int) -> int:
+        """Tokens the language model sees for an image of this size."""
+        fitted_width, fitted_height = self.fitted_size(width, height)
+        return (fitted_width // self.token_side) * (fitted_height // self.token_side)
+
 
 # Pillow format names we accept; MPO is how Pillow names the JPEGs many phones write.
 SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"}
@@ -32,12 +87,12 @@ class ImageRejected(ValueError):
         self.reason, self.details = reason, details
 
 
-def open_image(path: Path, max_megapixels: float, max_pixels: int | None = None) -> Image.Image:
+def open_image(path: Path, max_megapixels: float, budget: ImageBudget | None = None) -> Image.Image:
     """Decode the image at `path` fully and return it upright, in RGB.
 
     Raises ImageRejected for empty, unreadable, unsupported, truncated, oversized or
     extremely elongated files. GIFs and multi-page TIFFs use their first frame.
-    With `max_pixels` (the budget fit_to_budget will size it to), a JPEG is decoded reduced
+    With `budget` (the one fit_to_budget will size it to), a JPEG is decoded reduced
     (1/2, 1/4 or 1/8, Pillow's draft mode) as far as that still covers the budget: a tiny file
     declaring 7000 x 7000 pixels then costs a few MB to decode instead of hundreds.
     """
@@ -48,11 +103,8 @@ def open_image(path: Path, max_megapixels: float, max_pixels: int | None = None)
             raise ImageRejected("too_large", megapixels=round(width * height / 1e6, 1), limit=max_megapixels)
         if max(width, height) / min(width, height) > MAX_RATIO:
             raise ImageRejected("elongated", width=width, height=height, limit=MAX_RATIO)
-        if max_pixels is not None and image.format in ("JPEG", "MPO"):
-            fitted_height, fitted_width = smart_resize(
-                height, width, PIXELS_PER_TOKEN_SIDE, min_pixels=PIXELS_PER_TOKEN_SIDE**2, max_pixels=max_pixels
-            )
-            image.draft("RGB", (fitted_width, fitted_height))
+        if budget is not None and image.format in ("JPEG", "MPO"):
+            image.draft("RGB", budget.fitted_size(width, height))
         try:
             image.seek(0)
             image.load()
@@ -107,20 +159,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def fit_to_budget(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
-    """Resize to the size Qwen2-VL would use, so the stored image costs what it will cost."""
-    height, width = smart_resize(
-        image.height, image.width, PIXELS_PER_TOKEN_SIDE, min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    if (width, height) == image.size:
+def fit_to_budget(image: Image.Image, budget: ImageBudget) -> Image.Image:
+    """Resize to the size the model would use, so the stored image costs what it will cost."""
+    size = budget.fitted_size(image.width, image.height)
+    if size == image.size:
         return image
     # reducing_gap shrinks in two steps (box filter, then bicubic): 2x faster on photos, same look.
-    return image.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=2.0)
-
-
-def visual_tokens(width: int, height: int, min_pixels: int, max_pixels: int) -> int:
-    """Tokens the language model sees for an image of this size under the given budget."""
-    fitted_height, fitted_width = smart_resize(
-        height, width, PIXELS_PER_TOKEN_SIDE, min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    return (fitted_height // PIXELS_PER_TOKEN_SIDE) * (fitted_width // PIXELS_PER_TOKEN_SIDE)
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)

@@ -34,7 +34,7 @@ from pathlib import Path
 from PIL import Image
 from qwen_vl_utils.vision_process import MAX_RATIO
 
-from models.images import fit_to_budget
+from models.images import ImageBudget, fit_to_budget
 from models.pdf import DocumentRejected, PageText
 from models.pdf_worker import MB, frame
 
@@ -184,10 +184,10 @@ class PdfPool:
             pages += part
         return pages
 
-    async def render_page(self, owner: str, data: bytes, number: int, min_pixels: int, max_pixels: int) -> Image.Image:
+    async def render_page(self, owner: str, data: bytes, number: int, budget: ImageBudget) -> Image.Image:
         """Page `number` (1-based) of a document read before, as the model will see it: RGB, within the
         pixel budget. Raises DocumentRejected if drawing it passes a limit."""
-        job = {"job": "render", "number": number, "max_pixels": max_pixels, "max_ratio": MAX_RATIO}
+        job = {"job": "render", "number": number, "max_pixels": budget.max_pixels, "max_ratio": MAX_RATIO}
         async with self._worker(owner) as worker:
             await worker.send({**job, "seconds": self.page_seconds}, data)
             slow = DocumentRejected("pdf_page_too_slow", page=number, limit=self.page_seconds)
@@ -196,7 +196,7 @@ class PdfPool:
         if len(pixels) != size[0] * size[1] * 3:  # not what a worker draws (and MAX_REPLY_BYTES bounds what it can)
             raise DocumentRejected("pdf_damaged")
         image = Image.frombytes("RGB", size, pixels)
-        return await asyncio.to_thread(fit_to_budget, image, min_pixels, max_pixels)
+        return await asyncio.to_thread(fit_to_budget, image, budget)
 
     async def close(self) -> None:
         """End the workers, and start no more: the idle ones now, a busy one when its job ends."""

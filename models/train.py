@@ -47,13 +47,22 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 from trl.trainer import utils as trl_utils
 
 from models.adapters import METADATA_FILE, adapter_version
-from models.checkpoint import DEMO, LoadedModel, ModelLoadError, load_model, pick_device, why_demo
+from models.checkpoint import (
+    DEMO,
+    LoadedModel,
+    ModelLoadError,
+    load_model,
+    load_processor,
+    pick_device,
+    processor_source,
+    why_demo,
+)
 from models.control_tokens import control_tokens
 from models.doubts import Plan, end_warnings, plan_warnings
-from models.images import ImageRejected, fit_to_budget, open_image
+from models.images import ImageBudget, ImageRejected, fit_to_budget, open_image
 from models.prompt_key import prompt_key
 from models.report import write_report
-from models.settings import DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS, ModelSettings
+from models.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +153,13 @@ class TrainSettings:
     lora_rank: VllmRank = 16
     lora_alpha: int = 32
     lora_dropout: float = field(default=0.05, metadata={"help": "SFT only: TRL turns dropout off for DPO and KTO."})
-    max_pixels: int = field(
-        default=GPU_MAX_PIXELS,
-        metadata={"help": "Per-image pixel budget (28x28 pixels per visual token); the app's CUDA default."},
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Per-image pixel budget. Default: the app's on CUDA, 1280 visual tokens of the base model."},
     )
-    min_pixels: int = DEFAULT_MIN_PIXELS
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "Smaller images are scaled up. Default: the model's."}
+    )
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Less memory, slower steps."})
     quantization: Literal["none", "4bit"] = field(
         default="none",
@@ -179,11 +190,12 @@ class TrainSettings:
 class TrainingData:
     train: Dataset
     held_out: Dataset | None
+    budget: ImageBudget  # the rows' images are fitted to it as they are read
     # sha256 of the data file, and counts: which data an adapter was trained on, in loupe.json.
     fingerprint: dict[str, Any]
 
 
-def load_training_data(settings: TrainSettings) -> TrainingData:
+def load_training_data(settings: TrainSettings, budget: ImageBudget) -> TrainingData:
     path = find_data_file(settings.data, settings.method, settings.data_file)
     rows = read_rows(path, settings.method, settings.data)
     train_rows, held_out_rows = split_held_out(rows, settings.eval_fraction, settings.seed)
@@ -192,10 +204,9 @@ def load_training_data(settings: TrainSettings) -> TrainingData:
     fingerprint = data_fingerprint(path, rows, train_rows, held_out_rows)
     if settings.method == "kto":
         fingerprint["desirable_rows"] = sum(row["label"] for row in rows)
-    open_images = partial(
-        image_dataset, folder=settings.data, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels
-    )
-    return TrainingData(open_images(train_rows), open_images(held_out_rows) if held_out_rows else None, fingerprint)
+    open_images = partial(image_dataset, folder=settings.data, budget=budget)
+    held_out = open_images(held_out_rows) if held_out_rows else None
+    return TrainingData(open_images(train_rows), held_out, budget, fingerprint)
 
 
 def data_fingerprint(path: Path, rows: list[dict], train_rows: list[dict], held_out_rows: list[dict]) -> dict[str, Any]:
@@ -318,23 +329,38 @@ def row_prompt(row: dict[str, Any]) -> str:
     return prompt_key(texts, [Path(image).stem for image in row["images"]])
 
 
-def image_dataset(rows: list[dict[str, Any]], folder: Path, min_pixels: int, max_pixels: int) -> Dataset:
+def image_budget(processor: ProcessorMixin, min_pixels: int | None, max_pixels: int | None) -> ImageBudget:
+    """Training's (and evaluation's) image budget: the app's on CUDA, whatever device trains, so that an adapter
+    learns on images as a GPU server shows them (1280 visual tokens by default)."""
+    return ImageBudget.of(processor, "cuda", min_pixels, max_pixels)
+
+
+def base_budget(settings: TrainSettings) -> ImageBudget:
+    """The image budget of --base, from its processor files alone: the data is read before the model loads."""
+    try:
+        processor = load_processor(processor_source(settings.base))
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"--base {settings.base}: its processor files cannot be read ({error}).") from None
+    return image_budget(processor, settings.min_pixels, settings.max_pixels)
+
+
+def image_dataset(rows: list[dict[str, Any]], folder: Path, budget: ImageBudget) -> Dataset:
     """The rows as a dataset whose images open, fitted to the budget, only when a batch is read (fit_images)."""
-    open_images = partial(fit_images, folder=folder, min_pixels=min_pixels, max_pixels=max_pixels)
+    open_images = partial(fit_images, folder=folder, budget=budget)
     return Dataset.from_list(rows).with_transform(open_images)
 
 
-def fit_images(batch: dict[str, list], folder: Path, min_pixels: int, max_pixels: int) -> dict[str, list]:
+def fit_images(batch: dict[str, list], folder: Path, budget: ImageBudget) -> dict[str, list]:
     """Open a batch's images when they are used, as the app opens uploads: the export holds them as uploaded,
     and a dataset's worth of decoded images would not fit in memory."""
-    batch["images"] = [[fit_image(folder / image, min_pixels, max_pixels) for image in row] for row in batch["images"]]
+    batch["images"] = [[fit_image(folder / image, budget) for image in row] for row in batch["images"]]
     return batch
 
 
-def fit_image(path: Path, min_pixels: int, max_pixels: int) -> Image.Image:
+def fit_image(path: Path, budget: ImageBudget) -> Image.Image:
     """Upright, RGB and fitted to the pixel budget, like the images the model saw in the chat."""
     try:
-        return fit_to_budget(open_image(path, max_megapixels=math.inf, max_pixels=max_pixels), min_pixels, max_pixels)
+        return fit_to_budget(open_image(path, max_megapixels=math.inf, budget=budget), budget)
     except ImageRejected as error:
         raise TrainingError(f"{path} cannot be used as an image ({error}). Remove its rows, or export again.") from None
 
@@ -516,7 +542,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     settings = replace(settings, base=served_base(settings.base))
     processes = launched_processes(settings.device)
     checkpoint = prepare_output_folder(settings)
-    data = load_training_data(settings)
+    data = load_training_data(settings, base_budget(settings))
     run = {"base": settings.base, "method": settings.method, "data_sha256": data.fingerprint["sha256"]}
     with removed_on_failure(settings.out):
         check_same_run(settings.out / CHECKPOINTS, run, checkpoint, write=processes.is_main_process)
@@ -553,6 +579,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "from_adapter": lineage(settings.from_adapter),
         "data": data.fingerprint,
+        "images": asdict(data.budget),
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
         "lora": {key: getattr(lora_config, key) for key in ("r", "lora_alpha", "lora_dropout", "target_modules")},
         "training": {

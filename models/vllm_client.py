@@ -29,6 +29,7 @@ from transformers import GenerationConfig, ProcessorMixin
 
 from models.adapters import Adapter
 from models.backend import AdapterRefused, BackendUnavailable, ChatTemplateTokens, Ended, SamplingSettings, Usage
+from models.images import ImageBudget
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +204,7 @@ def server_command(
     url: str,
     max_model_len: int,
     max_images: int,
-    min_pixels: int,
-    max_pixels: int,
+    budget: ImageBudget,
     api_key: str | None = None,
     on_gpu: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
@@ -219,7 +219,7 @@ def server_command(
     command += ["--port", str(address.port or 8000), "--max-model-len", str(max_model_len)]
     command += ["--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK), "--max-loras", str(MAX_LORAS)]
     command += ["--limit-mm-per-prompt", json.dumps({"image": max_images})]
-    command += ["--mm-processor-kwargs", json.dumps({"min_pixels": min_pixels, "max_pixels": max_pixels})]
+    command += ["--mm-processor-kwargs", json.dumps({"min_pixels": budget.min_pixels, "max_pixels": budget.max_pixels})]
     if api_key:
         command += ["--api-key", api_key]
     environment = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}  # /v1/load_lora_adapter, for newly trained adapters

@@ -13,7 +13,7 @@ from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.files import ContentStore
 from chat.store.schema import Base
 from chat.ui.datalayer import LoupeDataLayer
-from models.checkpoint import QWEN2_VL_FILES, LoadedModel, load_model, load_processor
+from models.checkpoint import FAMILY_FILES, QWEN2_VL_FILES, LoadedModel, load_model, load_processor, vendored_processor
 from tests.helpers.databases import postgres_database
 from tests.helpers.server import REPO, Server, start_server, stop_server
 
@@ -23,6 +23,12 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="session")
 def processor():
     return load_processor(QWEN2_VL_FILES)
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILY_FILES))
+def family_processor(request: pytest.FixtureRequest):
+    """The real processor of each supported Qwen-VL family (models/checkpoint.py, FAMILY_FILES)."""
+    return vendored_processor(FAMILY_FILES[request.param])
 
 
 @pytest.fixture(scope="session")

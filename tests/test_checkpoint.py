@@ -94,7 +94,7 @@ def test_unreachable_hub_falls_back_to_the_demo_model(monkeypatch: pytest.Monkey
 
 def test_corrupt_checkpoint_folder_is_an_error_not_a_fallback(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{ this is not json")
-    with pytest.raises(ModelLoadError, match="Could not load the Qwen2-VL model"):
+    with pytest.raises(ModelLoadError, match="Could not load the model"):
         load_model(str(tmp_path), device="cpu")
 
 
@@ -104,9 +104,11 @@ def test_a_path_to_no_folder_is_an_error_not_a_fallback(tmp_path: Path) -> None:
         load_model(str(tmp_path / "no-such-model"), device="cpu")
 
 
-def test_other_architecture_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(ModelLoadError, match="it is a 'bert' model, not Qwen2-VL"):
+@pytest.mark.parametrize("model_type", ["bert", "llava", "qwen3_vl_moe"])
+def test_other_architecture_is_an_error_naming_the_supported_ones(tmp_path: Path, model_type: str) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    supported = "Qwen2-VL, Qwen2.5-VL, Qwen3-VL"
+    with pytest.raises(ModelLoadError, match=f"it is a '{model_type}' model; Loupe serves {supported}"):
         load_model(str(tmp_path), device="cpu")
 
 

@@ -1,4 +1,5 @@
-"""plain_text against Qwen2-VL's real tokenizer: no control token survives it, and ordinary text is left alone."""
+"""plain_text against each Qwen-VL family's real tokenizer: no control token survives it, and ordinary text is
+left alone."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ ORDINARY = (
     "Parser p = a <|> b;  -- Haskell's Alternative",
     "The pipe `<|` alone, `|>` alone, <||> and <| spaced |> are no tokens.",
     "| R | Ω |\n|---|---|\n| R1 | 1 kΩ |",
-    "<br> <image> <think> </s> <s>",
+    "<br> <image> <thinking> </s> <s> <tool> <think >",
     "이 회로도에서 저항값은? 1kΩ입니다.",
     "",
 )
 
 
 @pytest.fixture(scope="module")
-def tokenizer(processor):
-    return processor.tokenizer
+def tokenizer(family_processor):
+    return family_processor.tokenizer
 
 
 def control_ids(tokenizer, text: str) -> list[int]:
@@ -30,7 +31,8 @@ def control_ids(tokenizer, text: str) -> list[int]:
 
 def test_every_control_token_of_the_tokenizer_is_read_as_plain_text(tokenizer) -> None:
     tokens = [token.content for token in tokenizer.added_tokens_decoder.values()]
-    assert len(tokens) == 14 and "<|image_pad|>" in tokens  # the vendored Qwen2-VL-2B-Instruct tokenizer's
+    # Qwen2-VL's 14; Qwen2.5-VL adds <tool_call> and FIM tokens, Qwen3-VL <think> and <tool_response> too
+    assert len(tokens) in (14, 22, 26) and "<|image_pad|>" in tokens
     texts = [
         FORGED,
         "".join(tokens),  # each right after the other

@@ -13,8 +13,8 @@ from chat.prompts import DEFAULT_PROMPT, system_prompts
 from chat.store.generations import Source
 from models.backend import ChatTemplateTokens
 from models.generation import Generator
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from models.vllm_client import to_openai
+from tests.helpers.budgets import CPU_BUDGET
 from tests.helpers.hostile import FORGED
 
 SYSTEM = system_prompts()[DEFAULT_PROMPT]
@@ -22,7 +22,7 @@ SYSTEM = system_prompts()[DEFAULT_PROMPT]
 
 @pytest.fixture(scope="module")
 def builder(processor) -> PromptBuilder:
-    return PromptBuilder(ChatTemplateTokens(processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    return PromptBuilder(ChatTemplateTokens(processor), CPU_BUDGET)
 
 
 def chart(width: int = 640, height: int = 480) -> Image.Image:
@@ -129,7 +129,7 @@ def test_history_goes_on_from_the_newest_answer_to_the_last_turn() -> None:
 
 def test_older_turns_give_way_when_the_prompt_holds_more_images_than_allowed(processor) -> None:
     """A serving engine takes a fixed number of images per prompt (vLLM's --limit-mm-per-prompt)."""
-    builder = PromptBuilder(ChatTemplateTokens(processor), DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS, max_images=3)
+    builder = PromptBuilder(ChatTemplateTokens(processor), CPU_BUDGET, max_images=3)
     history = [
         user_turn("First board?", [chart(), chart()]),
         AIMessage(content="A motor driver."),

@@ -25,11 +25,11 @@ from chat.store.documents import LARGE_SCOPE_PAGES, Documents, PageHit
 from chat.store.files import ContentStore
 from chat.store.schema import Base, Document, DocumentPage, LibraryDocument
 from chat.store.terms import query_terms, terms
-from models.images import visual_tokens
+from models.images import ImageBudget
 from models.pdf import DocumentRejected, PageText
 from models.pdf_pool import TEXT_PER_PAGE, PdfPool
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
 from tests.helpers import pdfs
+from tests.helpers.budgets import CPU_BUDGET, GPU_BUDGET
 from tests.helpers.memory import MB, PeakMemory
 from tests.helpers.server import REPO
 
@@ -66,7 +66,7 @@ async def test_tables_figures_and_scanned_pages(workers: PdfPool) -> None:
     assert "Input voltage" in table.text and "28" in table.text
     assert figure.text == "Figure 3. Efficiency versus load current at 12 V input."
     assert scanned.text == "", "a scanned page has no text layer..."
-    image = await workers.render_page(OWNER, pdfs.datasheet_pdf(), 4, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    image = await workers.render_page(OWNER, pdfs.datasheet_pdf(), 4, CPU_BUDGET)
     assert image.mode == "RGB" and image.getextrema() != ((255, 255),) * 3, "...and is still seen, as an image"
 
 
@@ -83,7 +83,7 @@ async def test_korean_text_without_an_embedded_font_is_rendered_with_a_system_fo
             pytest.fail("CI needs a Korean font: apt-get install fonts-nanum (.ci/run does)")
         pytest.skip("no Korean font installed: apt-get install fonts-nanum")
     korean = pdfs.text_pdf(["최대 공급 전압은 오 볼트입니다"], korean=True)
-    image = await workers.render_page(OWNER, korean, 1, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS)
+    image = await workers.render_page(OWNER, korean, 1, GPU_BUDGET)
     ink = sum(value < 128 for value in image.convert("L").get_flattened_data())
     assert ink > 300, "the Korean glyphs were drawn"
 
@@ -94,15 +94,15 @@ async def test_a_page_not_made_by_loupe(workers: PdfPool) -> None:
     assert 'The file starts with the magic string "MIME-Magic' in pages[8].text
 
 
-@pytest.mark.parametrize("budget", [CPU_MAX_PIXELS, GPU_MAX_PIXELS])
+@pytest.mark.parametrize("budget", [CPU_BUDGET, GPU_BUDGET])
 async def test_a_page_is_rendered_within_the_pixel_budget_whatever_size_it_claims(
-    workers: PdfPool, budget: int
+    workers: PdfPool, budget: ImageBudget
 ) -> None:
     """Drawn at its full size, the 200 x 200 inch page would take 13 GB: past the worker's memory limit, refused."""
     for width, height in [(612, 792), (14400, 14400), (14400, 200), (72, 72)]:  # letter, 200 x 200 in, a strip, 1 in
-        image = await workers.render_page(OWNER, pdfs.sized_pdf(width, height), 1, DEFAULT_MIN_PIXELS, budget)
-        assert image.width * image.height <= budget
-        assert visual_tokens(image.width, image.height, DEFAULT_MIN_PIXELS, budget) <= budget // (28 * 28)
+        image = await workers.render_page(OWNER, pdfs.sized_pdf(width, height), 1, budget)
+        assert image.width * image.height <= budget.max_pixels
+        assert budget.fitted_size(image.width, image.height) == image.size, "as the model sees it"
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ async def test_an_unusable_pdf_is_refused_with_its_reason(workers: PdfPool, make
 async def test_scripts_and_forms_are_never_run_and_the_page_still_reads(workers: PdfPool) -> None:
     [page] = await workers.read(OWNER, pdfs.scripted_pdf(), MAX_PAGES)
     assert page.text == "Enter the serial number."
-    assert (await workers.render_page(OWNER, pdfs.scripted_pdf(), 1, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)).size
+    assert (await workers.render_page(OWNER, pdfs.scripted_pdf(), 1, CPU_BUDGET)).size
 
 
 # The document workers' limits -------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def test_a_page_or_a_document_past_its_cpu_time_is_refused_naming_the_limi
             await strict_pages.read(OWNER, slow, MAX_PAGES)
         assert (refused.value.reason, refused.value.details) == ("pdf_page_too_slow", {"page": 1, "limit": 0.2})
         with pytest.raises(DocumentRejected) as refused:
-            await strict_pages.render_page(OWNER, slow, 2, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+            await strict_pages.render_page(OWNER, slow, 2, CPU_BUDGET)
         assert refused.value.details == {"page": 2, "limit": 0.2}, "drawing a page has the same limit"
         with pytest.raises(DocumentRejected) as refused:
             await strict_documents.read(OWNER, slow, MAX_PAGES)
@@ -171,7 +171,7 @@ async def test_a_page_too_costly_to_draw_for_a_question_goes_to_the_model_as_its
     slow, text_file = pdfs.slow_pdf(1, 400_000), pdfs.text_pdf(["Readable."])
     hits = [PageHit(name, store.put(data), "pdf", 1, name, 1.0) for name, data in [("slow", slow), ("fine", text_file)]]
     try:
-        costly, fine = await shown_pages(hits, OWNER, store, strict, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+        costly, fine = await shown_pages(hits, OWNER, store, strict, CPU_BUDGET)
     finally:
         await strict.close()
     assert (costly.image, costly.text) == (None, "slow"), "its text layer still goes, without an image"
@@ -185,7 +185,7 @@ async def test_one_users_documents_never_hold_every_worker(workers: PdfPool) -> 
     await asyncio.sleep(0.1)  # hers are first in line
     data, facts = pdfs.facts_pdf(2, seed=20)
     pages = await workers.read("ada", data, MAX_PAGES)
-    image = await workers.render_page("ada", data, 1, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
+    image = await workers.render_page("ada", data, 1, CPU_BUDGET)
     assert facts[1].answer in pages[1].text and image.width
     assert not any(task.done() for task in mallory), "ada did not wait for mallory's documents"
     for task in mallory:  # mallory leaves: her worker is ended, and the pool serves on

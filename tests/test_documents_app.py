@@ -16,8 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from models.settings import CPU_MAX_PIXELS
 from tests.helpers import pdfs
+from tests.helpers.budgets import CPU_BUDGET
 from tests.helpers.client import GREEDY, ChatClient, only_answer, png
 from tests.helpers.databases import postgres_database
 from tests.helpers.memory import PeakMemory
@@ -282,7 +282,7 @@ async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_
     assert facts[5].answer in asked, "the page's text layer is in the prompt"
     for image in row["images"]:
         with Image.open(tmp_path / "export" / image) as page:
-            assert page.width * page.height <= CPU_MAX_PIXELS, "the page as the model saw it, within the budget"
+            assert page.width * page.height <= CPU_BUDGET.max_pixels, "the page as the model saw it, within the budget"
 
     # TRL trains on it: `python -m models train`, one DPO step on the demo model.
     command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(tmp_path / "export")]

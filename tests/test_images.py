@@ -9,13 +9,15 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from models.images import (
+    CPU_MAX_TOKENS,
+    GPU_MAX_TOKENS,
+    ImageBudget,
     ImageRejected,
     fit_to_budget,
     image_mime,
     open_image,
-    visual_tokens,
 )
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS, GPU_MAX_PIXELS
+from tests.helpers.budgets import CPU_BUDGET
 from tests.helpers.client import png_header_only
 
 LIMIT_MEGAPIXELS = 50
@@ -101,24 +103,41 @@ def test_transparency_is_flattened_onto_white(tmp_path: Path) -> None:
     assert open_image(path, LIMIT_MEGAPIXELS).getpixel((10, 10)) == (255, 255, 255)
 
 
-@pytest.mark.parametrize("max_pixels", [CPU_MAX_PIXELS, GPU_MAX_PIXELS])
+@pytest.mark.parametrize(("device", "tokens"), [("cpu", CPU_MAX_TOKENS), ("cuda", GPU_MAX_TOKENS)])
 @pytest.mark.parametrize("size", [(640, 480), (1920, 1080), (4000, 3000), (12000, 4000)])
-def test_large_images_never_exceed_the_token_budget(size: tuple[int, int], max_pixels: int) -> None:
-    tokens = visual_tokens(*size, DEFAULT_MIN_PIXELS, max_pixels)
-    assert 0 < tokens <= max_pixels // (28 * 28)
+def test_large_images_never_exceed_the_token_budget(
+    family_processor, size: tuple[int, int], device: str, tokens: int
+) -> None:
+    budget = ImageBudget.of(family_processor, device)
+    assert budget.max_pixels == tokens * budget.token_side**2
+    assert 0 < budget.tokens(*size) <= tokens
 
 
-def test_tiny_images_are_raised_to_the_minimum() -> None:
-    assert visual_tokens(20, 20, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS) == DEFAULT_MIN_PIXELS // (28 * 28)
+def test_each_family_counts_its_own_token_size(family_processor) -> None:
+    """28 x 28 pixels a token on Qwen2-VL and Qwen2.5-VL (14-pixel patches), 32 x 32 on Qwen3-VL (16)."""
+    budget = ImageBudget.of(family_processor, "cpu")
+    side = {"Qwen3VLProcessor": 32}.get(type(family_processor).__name__, 28)
+    assert budget.token_side == side
+    assert budget.fitted_size(1000, 1000) == (16 * side, 16 * side)  # 256 tokens, a square of 16 x 16
 
 
-def test_fitted_image_costs_what_the_processor_charges(processor) -> None:
-    """Our token count must agree with Qwen's image processor on the same 4000x3000 photo."""
-    photo = Image.new("RGB", (4000, 3000), (90, 90, 90))
-    fitted = fit_to_budget(photo, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS)
-    grid = processor.image_processor(images=[fitted], return_tensors="pt")["image_grid_thw"][0]
-    merged_tokens = int(grid.prod()) // 4  # 2 x 2 patches merge into one token
-    assert merged_tokens == visual_tokens(4000, 3000, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS) <= 256
+def test_tiny_images_are_raised_to_the_models_floor(family_processor) -> None:
+    """Qwen2-VL's processor raises an image to 4 tokens' worth of pixels, Qwen3-VL's to 65,536 (64 tokens); a lower
+    LOUPE_MIN_PIXELS could not go below it, as the processor would raise the image again."""
+    floor = {"Qwen3VLProcessor": 64}.get(type(family_processor).__name__, 4)
+    assert ImageBudget.of(family_processor, "cpu").tokens(20, 20) == floor
+    assert ImageBudget.of(family_processor, "cpu", min_pixels=1).tokens(20, 20) == floor
+
+
+def test_fitted_image_costs_what_the_processor_charges(family_processor) -> None:
+    """Our token count must agree with the model's own image processor, for every size, on every family."""
+    budget = ImageBudget.of(family_processor, "cpu")
+    for size in [(4000, 3000), (640, 480), (20, 20), (3000, 200)]:
+        fitted = fit_to_budget(Image.new("RGB", size, (90, 90, 90)), budget)
+        grid = family_processor.image_processor(images=[fitted], return_tensors="pt")["image_grid_thw"][0]
+        assert tuple(int(side) for side in grid[1:] * budget.patch) == fitted.size[::-1], "resized again"
+        merged_tokens = int(grid.prod()) // budget.merge**2
+        assert merged_tokens == budget.tokens(*size) <= CPU_MAX_TOKENS
 
 
 def test_a_huge_jpeg_is_decoded_reduced_to_what_the_budget_needs(tmp_path: Path) -> None:
@@ -126,9 +145,9 @@ def test_a_huge_jpeg_is_decoded_reduced_to_what_the_budget_needs(tmp_path: Path)
     covers the 448 x 448 the CPU budget sizes it to."""
     path = tmp_path / "huge.jpg"
     Image.new("RGB", (6000, 6000), (200, 30, 30)).save(path, "JPEG")
-    reduced = open_image(path, LIMIT_MEGAPIXELS, CPU_MAX_PIXELS)
+    reduced = open_image(path, LIMIT_MEGAPIXELS, CPU_BUDGET)
     assert reduced.size == (750, 750)
-    assert fit_to_budget(reduced, DEFAULT_MIN_PIXELS, CPU_MAX_PIXELS).size == (448, 448)
+    assert fit_to_budget(reduced, CPU_BUDGET).size == (448, 448)
 
 
 def test_a_files_type_comes_from_its_decoded_bytes(tmp_path: Path) -> None:

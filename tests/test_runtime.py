@@ -50,9 +50,9 @@ async def test_a_runtime_is_built_in_process_from_its_own_settings(
     )
     runtime = build_runtime(settings)
     assert not (tmp_path / "loupe.db").exists(), "building connects to nothing"
-    assert runtime.image_limits.max_pixels == 64 * 28 * 28
     await runtime.start()
     try:
+        assert runtime.image_limits.budget.max_pixels == 64 * 28 * 28
         assert await runtime.password_checks.check("admin", ADMIN_PASSWORD), "migrated, first admin created"
         assert runtime.backend.demo_reason is not None
         assert "Serving the DEMO model (random weights, answers are noise) because LOUPE_MODEL is set to 'demo'" in (

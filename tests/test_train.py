@@ -48,11 +48,11 @@ from models.train import (
     train,
 )
 from tests.helpers.battles import battles
+from tests.helpers.budgets import GPU_BUDGET
 from tests.helpers.datasets import MARKER, lora_weights, write_export
 from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO
 
-MIN_PIXELS, MAX_PIXELS = TrainSettings.min_pixels, TrainSettings.max_pixels  # training's image budget
 PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 LORA_WEIGHT = re.compile(
     r"base_model\.model\.model\.language_model\.layers\.\d+\.(self_attn|mlp)\.(?P<projection>\w+_proj)\.lora_[AB]\.weight"
@@ -159,7 +159,7 @@ def test_dpo_raises_the_margin_of_marked_answers_on_held_out_pairs(dpo_run: Run,
 
     # The same, measured here on pairs the run never saw, with the saved adapter against the base model.
     fresh = write_export(tmp_path / "fresh", "dpo", prompts=8, seed=1)
-    dataset = image_dataset(read_rows(fresh / "train.jsonl", "dpo", fresh), fresh, MIN_PIXELS, MAX_PIXELS)
+    dataset = image_dataset(read_rows(fresh / "train.jsonl", "dpo", fresh), fresh, GPU_BUDGET)
     pairs = [dataset[index] for index in range(len(dataset))]
     base_margins = torch.tensor(logp_margins(scoring_model(demo_model()), processor, pairs))
     adapted = PeftModel.from_pretrained(scoring_model(demo_model()), dpo_run.out).eval()
@@ -217,7 +217,7 @@ def test_evaluation_finds_that_the_adapter_prefers_the_chosen_answers_more_than_
     # The pairs training held out, scored as TRL scored them before training. Its logp_margin is the mean of
     # its evaluation batches' means (batches of 2), which weighs 3 pairs unequally; the evaluation's is per pair.
     rows = read_rows(dpo_run.data / "train.jsonl", "dpo", dpo_run.data)
-    dataset = image_dataset(split_held_out(rows, 0.25, 0)[1], dpo_run.data, MIN_PIXELS, MAX_PIXELS)
+    dataset = image_dataset(split_held_out(rows, 0.25, 0)[1], dpo_run.data, GPU_BUDGET)  # training's budget
     margins = logp_margins(scoring_model(demo_model()), processor, [dataset[index] for index in range(len(dataset))])
     assert statistics.fmean(margins) == pytest.approx(base["mean_margin"], abs=1e-4)
     batch_means = [statistics.fmean(margins[start : start + 2]) for start in range(0, len(margins), 2)]

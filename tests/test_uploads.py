@@ -10,13 +10,11 @@ from PIL import Image
 
 from chat.documents.reading import Kind
 from chat.ui.uploads import ImageLimits, Upload, UploadsRejected, read_attachments
-from models.settings import CPU_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from tests.helpers.budgets import CPU_BUDGET
 from tests.helpers.client import png
 from tests.helpers.pdfs import text_pdf
 
-LIMITS = ImageLimits(
-    max_files=3, max_file_mb=1, max_megapixels=50, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=CPU_MAX_PIXELS
-)
+LIMITS = ImageLimits(max_files=3, max_file_mb=1, max_megapixels=50, budget=CPU_BUDGET)
 
 
 def upload(tmp_path: Path, name: str, content: bytes | None = None) -> Upload:
@@ -31,7 +29,7 @@ def upload(tmp_path: Path, name: str, content: bytes | None = None) -> Upload:
 def test_good_images_come_back_in_order_within_budget(tmp_path: Path) -> None:
     images, documents = read_attachments([upload(tmp_path, "a.png"), upload(tmp_path, "b.jpg")], LIMITS, "en")
     assert len(images) == 2 and documents == []
-    assert all(image.width * image.height <= CPU_MAX_PIXELS for image in images)
+    assert all(image.width * image.height <= CPU_BUDGET.max_pixels for image in images)
 
 
 def test_files_are_told_apart_by_their_content_not_their_name(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from chat.prompts import pages_prompt
 from chat.store.documents import Documents, PageHit
 from chat.store.files import ContentStore
 from chat.store.generations import Source
+from models.images import ImageBudget
 from models.pdf import DocumentRejected
 from models.pdf_pool import PdfPool
 
@@ -53,7 +54,7 @@ async def pages_for(
 
 
 async def shown_pages(
-    hits: list[PageHit], user: str, store: ContentStore, pdfs: PdfPool, min_pixels: int, max_pixels: int
+    hits: list[PageHit], user: str, store: ContentStore, pdfs: PdfPool, budget: ImageBudget
 ) -> list[ShownPage]:
     """The pages as the model sees them: PDF pages rendered within the pixel budget, as `user`'s jobs."""
 
@@ -62,7 +63,7 @@ async def shown_pages(
             return None
         data = await asyncio.to_thread(store.path(hit.sha256).read_bytes)
         try:
-            return await pdfs.render_page(user, data, hit.number, min_pixels, max_pixels)
+            return await pdfs.render_page(user, data, hit.number, budget)
         except DocumentRejected as refused:  # read once within the limits, but too costly to draw
             log.warning("%s, p. %d (%s) is shown as its text: %s", hit.name, hit.number, hit.sha256, refused)
             return None

@@ -57,6 +57,7 @@ from models.adapters import AdapterDirectory
 from models.backend import Backend
 from models.checkpoint import load_model, load_processor, pick_device
 from models.generation import Generator
+from models.images import ImageBudget
 from models.pdf_pool import PdfPool
 from models.vllm_client import VllmBackend
 
@@ -93,7 +94,6 @@ class Runtime:
     documents: Documents
     pdfs: PdfPool  # every PDFium call goes to its worker processes
     profiles: Profiles
-    image_limits: ImageLimits
     password_checks: PasswordChecks
     # Limits counted in the database, by every process on it (chat/ui/limits.py).
     message_rate: RateLimit
@@ -102,8 +102,10 @@ class Runtime:
     secret: str  # Chainlit signs login tokens with it
     background: set[asyncio.Task] = field(default_factory=set)  # writes that outlive their request (chat/api/)
     arena_draw: random.Random = field(default_factory=random.Random)  # which two contenders answer, in which order
-    # Set by start(): the model behind the chat, and the answering (chat/answering.py) that prompts it.
+    # Set by start(): the model behind the chat, the limits of images for it, and the answering
+    # (chat/answering.py) that prompts it.
     backend: Backend = field(init=False)
+    image_limits: ImageLimits = field(init=False)
     answering: Answering = field(init=False)
     started: bool = False
     failure: str | None = None  # why start() failed: `python -m chat serve` exits with it
@@ -116,17 +118,25 @@ class Runtime:
         self.backend = await start_backend(self.settings)
         precision = f", in {self.backend.precision}" if self.backend.precision else ""
         print(f"Loupe: answering with {self.backend.name} ({self.backend.kind} backend{precision})", flush=True)
-        settings, max_pixels = self.settings, self.image_limits.max_pixels
+        settings = self.settings
+        # Every image the model is shown: LOUPE_MIN_PIXELS and LOUPE_MAX_PIXELS, or the model's defaults.
+        device = pick_device(settings.device).type
+        budget = ImageBudget.of(self.backend.processor, device, settings.min_pixels, settings.max_pixels)
+        self.image_limits = ImageLimits(
+            max_files=settings.max_images_per_message,
+            max_file_mb=settings.max_upload_mb,
+            max_megapixels=settings.max_image_megapixels,
+            budget=budget,
+        )
         self.answering = Answering(
             backend=self.backend,
-            prompts=PromptBuilder(self.backend, settings.min_pixels, max_pixels, settings.images_per_prompt),
+            prompts=PromptBuilder(self.backend, budget, settings.images_per_prompt),
             context_tokens=min(settings.context_tokens, self.backend.context_length),  # within the model's context
             documents=self.documents,
             store=self.store,
             pdfs=self.pdfs,
             document_pages=settings.document_pages,
-            min_pixels=settings.min_pixels,
-            max_pixels=max_pixels,
+            budget=budget,
         )
         self.started = True
 
@@ -195,13 +205,6 @@ def build_runtime(settings: Settings) -> Runtime:
         documents=Documents(sessions),
         pdfs=pdf_workers(settings),
         profiles=Profiles(AdapterDirectory(settings.adapters_dir), settings.data_dir, settings.adapter),
-        image_limits=ImageLimits(
-            max_files=settings.max_images_per_message,
-            max_file_mb=settings.max_upload_mb,
-            max_megapixels=settings.max_image_megapixels,
-            min_pixels=settings.min_pixels,
-            max_pixels=settings.image_max_pixels(pick_device(settings.device).type),
-        ),
         password_checks=PasswordChecks(sessions, settings.password_checks_at_once),
         message_rate=RateLimit(limits, settings.messages_per_minute, MESSAGE_WINDOW_S),
         throttle=LoginThrottle(limits),

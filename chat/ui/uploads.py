@@ -18,7 +18,7 @@ from PIL import Image
 
 from chat.documents.reading import DocumentFile, Kind, file_kind
 from chat.ui.texts import text
-from models.images import ImageRejected, fit_to_budget, open_image
+from models.images import ImageBudget, ImageRejected, fit_to_budget, open_image
 from models.pdf import DocumentRejected
 
 
@@ -33,8 +33,7 @@ class ImageLimits:
     max_files: int
     max_file_mb: float
     max_megapixels: float
-    min_pixels: int
-    max_pixels: int
+    budget: ImageBudget  # the model's (models/images.py)
 
 
 class UploadsRejected(ValueError):
@@ -73,8 +72,8 @@ def read_attachments(
 
 def load_fitted_image(path: Path, limits: ImageLimits) -> Image.Image:
     """Decode, check and size an image file for the model."""
-    image = open_image(path, limits.max_megapixels, limits.max_pixels)
-    return fit_to_budget(image, limits.min_pixels, limits.max_pixels)
+    image = open_image(path, limits.max_megapixels, limits.budget)
+    return fit_to_budget(image, limits.budget)
 
 
 def _check_size(upload: Upload, limits: ImageLimits) -> None:
