@@ -1,1 +1,1 @@
-"""Loading Qwen2-VL, preparing images, and generating answers. Never imports Chainlit."""
+"""Loading Qwen-VL models, preparing images, and generating answers. Never imports Chainlit."""

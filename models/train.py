@@ -1,4 +1,4 @@
-"""Train a LoRA adapter for Qwen2-VL on Loupe's preference exports, with TRL (DPO, KTO or SFT).
+"""Train a LoRA adapter for a Qwen-VL model on Loupe's preference exports, with TRL (DPO, KTO or SFT).
 
     python -m models train --method dpo --data exports/2026-11 --out models/adapters/engineering-v2
     python -m models train --method kto --data exports/kto --out models/adapters/kto-v1 --max-steps 200

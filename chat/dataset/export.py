@@ -819,7 +819,7 @@ def dataset_card(request: ExportRequest, summary: ExportSummary) -> str:
     lines = [
         "# Loupe preference data",
         "",
-        f"Format **{request.format}**: {kind} from Loupe users' feedback on Qwen2-VL answers.",
+        f"Format **{request.format}**: {kind} from Loupe users' feedback on Qwen-VL answers.",
         f"Selection: {'; '.join(f for f in filters if f) or 'everything'}.",
         "",
         "| | |",

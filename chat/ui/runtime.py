@@ -183,7 +183,7 @@ async def start_backend(settings: Settings) -> Backend:
     if generator.demo_reason is not None:
         log.warning(
             "Serving the DEMO model (random weights, answers are noise) because %s. "
-            "Point LOUPE_MODEL at a Qwen2-VL checkpoint folder or hub id for real answers.",
+            "Point LOUPE_MODEL at a Qwen-VL checkpoint folder or hub id for real answers.",
             generator.demo_reason,
         )
     return generator

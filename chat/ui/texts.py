@@ -17,7 +17,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "demo_notice": (
             "**Demo model.** Answers come from a tiny Qwen2-VL with random weights, so they are noise. "
-            "Why: {reason}. For real answers, set `LOUPE_MODEL` to a Qwen2-VL checkpoint "
+            "Why: {reason}. For real answers, set `LOUPE_MODEL` to a Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint "
             "(a local folder or a hub id such as `Qwen/Qwen2-VL-2B-Instruct`) and restart."
         ),
         "queued": "⏳ Waiting for the model: {ahead} request(s) ahead of you.",
@@ -78,7 +78,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "choice_question": "Which answer is better?",
         "side_by_side_close": "Show one under the other",
         "base_model": "the base model",
-        "profile_base": "Qwen2-VL without an adapter.",
+        "profile_base": "The base model, without an adapter.",
         "profile_adapter": "LoRA adapter `{name}` (version {version}){details}.",
         "profile_arena": "Blind A/B: two models answer each question; you pick the better one.",
         "regenerate": "Regenerate",
@@ -202,8 +202,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "ko": {
         "demo_notice": (
             "**데모 모델입니다.** 답변은 무작위 가중치를 가진 작은 Qwen2-VL이 만든 것이라 의미가 없습니다. "
-            "이유: {reason}. 실제 답변을 받으려면 `LOUPE_MODEL`을 Qwen2-VL 체크포인트(로컬 폴더 또는 "
-            "`Qwen/Qwen2-VL-2B-Instruct` 같은 허브 ID)로 설정하고 다시 시작하세요."
+            "이유: {reason}. 실제 답변을 받으려면 `LOUPE_MODEL`을 Qwen2-VL, Qwen2.5-VL 또는 Qwen3-VL "
+            "체크포인트(로컬 폴더 또는 `Qwen/Qwen2-VL-2B-Instruct` 같은 허브 ID)로 설정하고 다시 시작하세요."
         ),
         "queued": "⏳ 모델을 기다리는 중: 앞에 요청 {ahead}개가 있습니다.",
         "stopped": "■ *중지됨.*",
@@ -262,7 +262,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "choice_question": "어느 답변이 더 나은가요?",
         "side_by_side_close": "위아래로 보기",
         "base_model": "기본 모델",
-        "profile_base": "어댑터 없는 Qwen2-VL.",
+        "profile_base": "어댑터 없는 기본 모델.",
         "profile_adapter": "LoRA 어댑터 `{name}` (버전 {version}){details}.",
         "profile_arena": "블라인드 A/B: 두 모델이 질문마다 답하고 더 나은 쪽을 고릅니다.",
         "regenerate": "다시 생성",
