@@ -543,7 +543,13 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     processes = launched_processes(settings.device)
     checkpoint = prepare_output_folder(settings)
     data = load_training_data(settings, base_budget(settings))
-    run = {"base": settings.base, "method": settings.method, "data_sha256": data.fingerprint["sha256"]}
+    run = {
+        "base": settings.base,
+        "method": settings.method,
+        "data_sha256": data.fingerprint["sha256"],
+        "quantization": settings.quantization,
+        "images": asdict(data.budget),
+    }
     with removed_on_failure(settings.out):
         check_same_run(settings.out / CHECKPOINTS, run, checkpoint, write=processes.is_main_process)
         trainer = build_trainer(settings, data, resuming=checkpoint is not None)
@@ -659,9 +665,9 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
 
 
-def check_same_run(checkpoints: Path, run: dict[str, str], checkpoint: Path | None, write: bool) -> None:
-    """Resuming on other data, another method or base would silently mix two runs: refuse it. `write`: record
-    this run for a later --resume (the first process does)."""
+def check_same_run(checkpoints: Path, run: dict[str, Any], checkpoint: Path | None, write: bool) -> None:
+    """Resuming on other data, another method, base, quantization or image budget would silently mix two runs:
+    refuse it. `write`: record this run for a later --resume (the first process does)."""
     run_file = checkpoints / RUN_FILE
     if checkpoint and run_file.is_file() and (earlier := json.loads(run_file.read_text())) != run:
         changed = ", ".join(f"{key} {earlier.get(key)} -> {now}" for key, now in run.items() if earlier.get(key) != now)
