@@ -410,9 +410,9 @@ def test_an_interrupted_run_resumes_from_its_last_complete_checkpoint(tmp_path: 
     other_data = write_export(tmp_path / "other", "dpo", prompts=4, seed=3)
     with pytest.raises(TrainingError, match="are of another run"):
         train(settings(other_data, out, max_steps=6, resume=True))
-    with pytest.raises(TrainingError, match="another run .*quantization none -> 4bit"):
+    with pytest.raises(TrainingError, match=r"another run .*quantization none -> 4bit"):
         train(settings(data, out, max_steps=6, resume=True, quantization="4bit"))
-    with pytest.raises(TrainingError, match="another run .*images .*'max_pixels': 50176"):
+    with pytest.raises(TrainingError, match=r"another run .*images .*'max_pixels': 50176"):
         train(settings(data, out, max_steps=6, resume=True, max_pixels=64 * 28 * 28))
 
 
