@@ -336,11 +336,13 @@ def image_budget(processor: ProcessorMixin, min_pixels: int | None, max_pixels: 
 
 
 def base_budget(settings: TrainSettings) -> ImageBudget:
-    """The image budget of --base, from its processor files alone: the data is read before the model loads."""
+    """The image budget of --base, from its processor files alone: the data is read, and checked, before the
+    model loads."""
+    check_loadable(settings.base)
     try:
         processor = load_processor(processor_source(settings.base))
-    except (OSError, ValueError) as error:
-        raise TrainingError(f"--base {settings.base}: its processor files cannot be read ({error}).") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise TrainingError(f"--base {settings.base}: Could not load the model's processor files: {error}") from None
     return image_budget(processor, settings.min_pixels, settings.max_pixels)
 
 
@@ -413,18 +415,28 @@ def load_base(base: str, device: str, dtype: str, quantization: str = "none") ->
             f"--quantization {quantization} needs bitsandbytes, which the app's environment leaves out (importing it "
             "costs every process seconds): run `make qlora`, then this command with PYTHONPATH=.venv-qlora."
         )
+    check_loadable(base)
     try:
         loaded = load_model(base, device=device, dtype=training_dtype(device, dtype), quantization=QLORA[quantization])
     except ModelLoadError as error:
         raise TrainingError(f"--base {base}: {error}") from None
-    if loaded.is_demo and base != DEMO:
-        raise TrainingError(
-            f"--base {base} cannot be loaded: {loaded.demo_reason}. Download it first "
-            "(`huggingface-cli download <id>` or a local folder), or use the demo model with --base demo."
-        )
     if loaded.is_demo:
         log.warning("The base model is the DEMO model (random weights): adapters trained on it fit only it.")
     return loaded
+
+
+def check_loadable(base: str) -> None:
+    """A --base other than the demo model is on this machine or on a reachable hub: never the demo model in its
+    place."""
+    try:
+        reason = None if base == DEMO else why_demo(base)
+    except ModelLoadError as error:
+        raise TrainingError(f"--base {base}: {error}") from None
+    if reason is not None:
+        raise TrainingError(
+            f"--base {base} cannot be loaded: {reason}. Download it first "
+            "(`huggingface-cli download <id>` or a local folder), or use the demo model with --base demo."
+        )
 
 
 def quantized_layers(model: torch.nn.Module) -> int:

@@ -618,7 +618,7 @@ def test_a_base_model_that_cannot_be_loaded_is_named_with_what_to_do(tmp_path: P
     broken = tmp_path / "broken-checkpoint"
     broken.mkdir()
     (broken / "config.json").write_text("{ not json")
-    with pytest.raises(TrainingError, match=rf"--base {broken}: Could not load the Qwen2-VL model"):
+    with pytest.raises(TrainingError, match=rf"--base {broken}: Could not load the model"):
         train(settings(data, tmp_path / "adapter", base=str(broken)))
     assert not (tmp_path / "adapter").exists(), "a failed run leaves no empty folder behind"
 
