@@ -50,7 +50,7 @@ from trl import DPOConfig, DPOTrainer
 from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, print_machine
 from models import train
 from models.checkpoint import QWEN2_VL_FILES, load_model, load_processor
-from models.train import TrainSettings, build_trainer, load_training_data, training_dtype
+from models.train import TrainSettings, base_budget, build_trainer, load_training_data, training_dtype
 from tests.helpers.budgets import GPU_BUDGET
 from tests.helpers.datasets import write_export
 
@@ -162,7 +162,7 @@ def train_variant(variant: str, base: str, device: str, data: Path, bench: Bench
             gradient_checkpointing=variant != "loupe-no-gc",
             quantization="4bit" if variant == "loupe-qlora" else "none",
         )
-        data = load_training_data(settings)
+        data = load_training_data(settings, base_budget(settings))
         if variant == "trl-defaults":
             trainer = baseline_trainer(settings, data.train)
         else:
