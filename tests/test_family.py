@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -20,10 +21,13 @@ from PIL import Image
 
 from chat.conversation import PromptBuilder, user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompt
+from chat.store.generations import BASE
 from models.backend import ChatTemplateTokens
 from models.checkpoint import FAMILY_FILES, build_tiny_model, load_model, vendored_processor, write_checkpoint
+from models.evaluate import EvaluateSettings, evaluate
 from models.generation import Generator
 from models.images import ImageBudget, fit_to_budget
+from tests.helpers.datasets import write_export
 from tests.helpers.server import REPO, Server, add_account, chat, start_server, stop_server
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl"]  # Qwen2-VL is the demo model, which every other test runs on
@@ -65,6 +69,16 @@ def test_the_prompt_is_counted_as_the_model_reads_it(checkpoint: Path, budget: I
     assert sum(map(builder.count_tokens, turns)) + builder.generation_prompt_tokens == inputs["input_ids"].shape[1]
     visual = int((inputs["input_ids"] == generator.loaded.model.config.image_token_id).sum())
     assert visual == budget.tokens(*PHOTO) == (image.width // budget.token_side) * (image.height // budget.token_side)
+
+
+def test_models_evaluate_scores_pairs_on_the_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    """`python -m models evaluate` loads the family's checkpoint and gives each held-out pair, with its image, a
+    margin."""
+    data = write_export(tmp_path / "export", "dpo", prompts=4, seed=5, image_size=PHOTO)
+    result = evaluate(EvaluateSettings(data=data, base=str(checkpoint), eval_fraction=0.5, device="cpu"))
+    scores = result["scores"][BASE]
+    assert result["base"] == str(checkpoint) and scores["pairs"] == 2
+    assert math.isfinite(scores["mean_margin"]) and scores["mean_margin"] != 0
 
 
 @pytest.fixture(scope="module")
