@@ -78,8 +78,11 @@ def merge(settings: MergeSettings) -> dict[str, Any]:
     settings.out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(settings.out)
     loaded.processor.save_pretrained(settings.out)
-    if loaded.is_demo:  # the processor's files are Qwen's, under its license
-        (settings.out / "LICENSE").write_bytes((QWEN2_VL_FILES / "LICENSE").read_bytes())
+    # The base's license goes with its weights: the demo's processor files are Qwen's, and a local base folder
+    # has its own (a hub id's stays in the hub's cache, which its model card names).
+    license = (QWEN2_VL_FILES if loaded.is_demo else Path(base)) / "LICENSE"
+    if license.is_file():
+        (settings.out / "LICENSE").write_bytes(license.read_bytes())
     metadata = {
         "base": base,
         "adapter": {"name": folder.name, "version": adapter_version(folder), "method": trained.get("method")},

@@ -27,6 +27,7 @@ from models.checkpoint import FAMILY_FILES, build_tiny_model, load_model, vendor
 from models.evaluate import EvaluateSettings, evaluate
 from models.generation import Generator
 from models.images import ImageBudget, fit_to_budget
+from models.merge import MergeSettings, merge
 from tests.helpers.datasets import write_export
 from tests.helpers.server import REPO, Server, add_account, chat, start_server, stop_server
 
@@ -34,6 +35,7 @@ FAMILIES = ["qwen2_5_vl", "qwen3_vl"]  # Qwen2-VL is the demo model, which every
 PHOTO = (640, 480)  # over the CPU budget (256 tokens) of either geometry: fitted down
 PASSWORD = "family-test-password"
 QUESTION = "What does this figure show?"
+ARCHITECTURES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -149,6 +151,11 @@ def test_the_app_answers_about_an_image_and_serves_the_adapter_its_feedback_trai
     assert trained.returncode == 0, trained.stderr[-3000:]
     metadata = json.loads((out / "loupe.json").read_text())
     assert metadata["base"] == str(checkpoint) and metadata["images"]["patch"] == budget.patch
+    # Merged into the checkpoint (`python -m models merge`): the same architecture, with the base's license.
+    merged = merge(MergeSettings(adapter=str(out), out=tmp_path / "merged", dtype="float32"))
+    assert merged["base"] == str(checkpoint), "the base the adapter was trained on (its loupe.json)"
+    assert (tmp_path / "merged/LICENSE").read_bytes() == (checkpoint / "LICENSE").read_bytes()
+    assert type(load_model(str(tmp_path / "merged"), device="cpu").model).__name__ == ARCHITECTURES[family]
     adapted_id, adapted = ask(server, key, "family-v1")
     assert adapted
     assert stored(server, "SELECT adapter, adapter_version FROM generations WHERE step_id = ?", adapted_id) == [
