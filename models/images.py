@@ -14,10 +14,13 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 # Visual tokens per image by default (docs/images-and-documents.md, "Image budget", gives the reasoning).
 CPU_MAX_TOKENS = 256  # prefill dominates a CPU's time to first token
@@ -41,7 +44,7 @@ class ImageBudget:
 
     @classmethod
     def of(
-        cls, processor: Any, device_type: str, min_pixels: int | None = None, max_pixels: int | None = None
+        cls, processor: ProcessorMixin, device_type: str, min_pixels: int | None = None, max_pixels: int | None = None
     ) -> ImageBudget:
         """The budget for `processor`'s model: `max_pixels`, or by default CPU_MAX_TOKENS (GPU_MAX_TOKENS on CUDA)
         tokens; `min_pixels`, or by default the model's own floor (4 tokens on Qwen2-VL, 64 on Qwen3-VL). Both stay
