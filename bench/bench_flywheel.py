@@ -507,7 +507,8 @@ async def one_round(
     adapter = Path(env["LOUPE_ADAPTERS_DIR"]) / result.adapter
     train = ["train", "--method", "dpo", "--data", str(folder / "dpo"), "--out", str(adapter), "--base", DEMO,
              "--learning-rate", str(team.settings.learning_rate), "--max-steps", str(team.settings.steps),
-             "--batch-size", "4", "--gradient-accumulation", "1", "--eval-fraction", str(EVAL_FRACTION)]  # fmt: skip
+             "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "1",
+             "--eval-fraction", str(EVAL_FRACTION)]  # fmt: skip
     if result.trained_from != BASE:
         train += ["--from-adapter", result.trained_from]
     done, result.stages["train"] = command("models", train, env)

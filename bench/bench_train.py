@@ -49,8 +49,9 @@ from trl import DPOConfig, DPOTrainer
 
 from bench.bench_chat import GiB, Report, build_random_qwen2_vl_2b, print_machine
 from models import train
+from models.arguments import TrainArguments
 from models.checkpoint import QWEN2_VL_FILES, load_model, load_processor
-from models.train import TrainSettings, base_budget, build_trainer, load_training_data, training_dtype
+from models.train import base_budget, build_trainer, load_training_data, parse_arguments, training_dtype
 from tests.helpers.budgets import GPU_BUDGET
 from tests.helpers.datasets import write_export
 
@@ -124,13 +125,14 @@ class TrainResult:
         return self.samples_per_step / statistics.median(self.seconds_per_step)
 
 
-def baseline_trainer(settings: TrainSettings, train_dataset: Dataset) -> DPOTrainer:
+def baseline_trainer(arguments: TrainArguments, steps: int, batch_size: int, train_dataset: Dataset) -> DPOTrainer:
     """TRL's DPOTrainer as its documentation sets one up for a vision-language model."""
-    loaded = load_model(settings.base, device=settings.device, dtype=training_dtype(settings.device, settings.dtype))
-    arguments = DPOConfig(
-        output_dir=str(settings.out),
-        per_device_train_batch_size=settings.batch_size,
-        max_steps=settings.max_steps,
+    dtype = training_dtype(arguments.device, arguments.dtype)
+    loaded = load_model(arguments.base, device=arguments.device, dtype=dtype)
+    config = DPOConfig(
+        output_dir=str(arguments.out),
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
         max_length=None,  # the one default no VLM can keep: 1024 tokens would cut image tokens
         use_cpu=loaded.device.type == "cpu",
         save_strategy="no",
@@ -138,7 +140,7 @@ def baseline_trainer(settings: TrainSettings, train_dataset: Dataset) -> DPOTrai
     )
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     return DPOTrainer(
-        loaded.model, args=arguments, train_dataset=train_dataset, processing_class=loaded.processor, peft_config=lora
+        loaded.model, args=config, train_dataset=train_dataset, processing_class=loaded.processor, peft_config=lora
     )
 
 
@@ -147,26 +149,18 @@ def train_variant(variant: str, base: str, device: str, data: Path, bench: Bench
     if variant == "loupe-every-position":
         train.trl_utils._use_triton = train.TRITON_DECIDES
     with tempfile.TemporaryDirectory(prefix="loupe-bench-train-") as out:
-        settings = TrainSettings(
-            method="dpo",
-            data=data,
-            out=Path(out),
-            base=base,
-            device=device,
-            batch_size=bench.batch_size,
-            gradient_accumulation=1,
-            max_steps=bench.steps,
-            eval_fraction=0,
-            save_steps=10**9,  # a checkpoint is written after the last step only, untimed
-            logging_steps=10**9,
-            gradient_checkpointing=variant != "loupe-no-gc",
-            quantization="4bit" if variant == "loupe-qlora" else "none",
-        )
-        data = load_training_data(settings, base_budget(settings))
+        command = ["--method", "dpo", "--data", str(data), "--out", out, "--base", base, "--device", device]
+        command += ["--per-device-train-batch-size", str(bench.batch_size), "--gradient-accumulation-steps", "1"]
+        command += ["--max-steps", str(bench.steps), "--eval-fraction", "0"]
+        command += ["--save-steps", str(10**9), "--logging-steps", str(10**9)]  # a checkpoint after the last step only
+        command += ["--activation-checkpointing", str(variant != "loupe-no-gc")]
+        command += ["--quantization", "4bit" if variant == "loupe-qlora" else "none"]
+        arguments, config = parse_arguments(command)
+        data = load_training_data(arguments, config.seed, base_budget(arguments))
         if variant == "trl-defaults":
-            trainer = baseline_trainer(settings, data.train)
+            trainer = baseline_trainer(arguments, bench.steps, bench.batch_size, data.train)
         else:
-            trainer = build_trainer(settings, data, resuming=False)
+            trainer = build_trainer(arguments, config, data, resuming=False)
         clock = StepClock()
         trainer.add_callback(clock)
         trainer.train()

@@ -18,24 +18,23 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, ProcessorMixin
+from transformers import ProcessorMixin, TrainingArguments
+from trl import TrlParser
 from trl.trainer import add_fused_lm_head
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from models.adapters import EVALUATIONS, METADATA_FILE, Adapter, AdapterDirectory, AdapterError, AdapterSwitch
+from models.arguments import DEFAULT_EVAL_FRACTION, EvaluateArguments
 from models.settings import ModelSettings
 from models.train import (
-    BASE_HELP,
     ROW_KINDS,
     RowKindError,
     TrainingError,
-    TrainSettings,
     data_fingerprint,
     find_data_file,
     image_budget,
@@ -58,39 +57,6 @@ BOOTSTRAP_SEED = 0  # fixed, so the same margins always give the same intervals
 
 class EvaluationError(Exception):
     """Evaluation cannot start; the message says what is wrong and what to do."""
-
-
-@dataclass
-class EvaluateSettings:
-    data: Path = field(metadata={"help": "Export folder (python -m chat export --format trl-dpo)."})
-    adapter: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Adapters to measure beside the base model: folder names in LOUPE_ADAPTERS_DIR."},
-    )
-    base: str | None = field(
-        default=None,
-        metadata={"help": BASE_HELP},
-    )
-    data_file: str | None = field(default=None, metadata={"help": "JSONL file in DATA, when it holds several."})
-    eval_fraction: float | None = field(
-        default=None,
-        metadata={
-            "help": "Share of prompts held out. Default: what the adapters trained on DATA held out, else "
-            f"training's default ({TrainSettings.eval_fraction})."
-        },
-    )
-    seed: int | None = field(
-        default=None,
-        metadata={"help": f"Seed of the split. Default: as for --eval-fraction (training's: {TrainSettings.seed})."},
-    )
-    batch_size: int = field(default=2, metadata={"help": "Pairs per forward pass."})
-    max_pixels: int | None = field(default=None, metadata={"help": "Per-image pixel budget. Default: training's."})
-    min_pixels: int | None = field(
-        default=None, metadata={"help": "Smaller images are scaled up. Default: the model's."}
-    )
-    device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), or a device such as cuda:1."})
-    dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on CUDA, float32 elsewhere, as training."})
-    json: bool = field(default=False, metadata={"help": "Print the result as JSON (progress goes to stderr)."})
 
 
 # Scores ----------------------------------------------------------------------------------------------
@@ -175,19 +141,19 @@ def find_adapters(names: list[str], base: str) -> list[Adapter]:
     return adapters
 
 
-def held_out_split(settings: EvaluateSettings, adapters: list[Adapter], sha256: str) -> tuple[float, int]:
+def held_out_split(arguments: EvaluateArguments, adapters: list[Adapter], sha256: str) -> tuple[float, int]:
     """The share of prompts held out and the seed. An adapter trained on this very file must be measured
     on the split it was trained with, or the held-out pairs would include pairs it learned: that split is
     the default, and another is refused."""
     trained_here = {
-        adapter.name: (metadata["settings"]["eval_fraction"], metadata["settings"]["seed"])
+        adapter.name: trained_split(metadata)
         for adapter in adapters
         if (metadata := adapter.metadata()).get("data", {}).get("sha256") == sha256
     }
-    training_default = (TrainSettings.eval_fraction, TrainSettings.seed)
+    training_default = (DEFAULT_EVAL_FRACTION, TrainingArguments.seed)
     default_fraction, default_seed = min(trained_here.values(), default=training_default)
-    fraction = default_fraction if settings.eval_fraction is None else settings.eval_fraction
-    seed = default_seed if settings.seed is None else settings.seed
+    fraction = default_fraction if arguments.eval_fraction is None else arguments.eval_fraction
+    seed = default_seed if arguments.seed is None else arguments.seed
     for name, (trained_fraction, trained_seed) in trained_here.items():
         if (trained_fraction, trained_seed) != (fraction, seed):
             raise EvaluationError(
@@ -198,18 +164,25 @@ def held_out_split(settings: EvaluateSettings, adapters: list[Adapter], sha256: 
     return fraction, seed
 
 
-def read_held_out_pairs(settings: EvaluateSettings, adapters: list[Adapter]) -> tuple[list[dict], dict[str, Any]]:
+def trained_split(metadata: dict[str, Any]) -> tuple[float, int]:
+    """The held-out share and seed an adapter's training split its data with: in loupe.json's "data" (in its
+    "settings" for adapters trained before TRL's config held the seed)."""
+    split = metadata["data"] if "seed" in metadata["data"] else metadata["settings"]
+    return split["eval_fraction"], split["seed"]
+
+
+def read_held_out_pairs(arguments: EvaluateArguments, adapters: list[Adapter]) -> tuple[list[dict], dict[str, Any]]:
     """The held-out pairs, read and split as training reads and splits them, and the data's fingerprint."""
-    path = find_data_file(settings.data, "dpo", settings.data_file)
+    path = find_data_file(arguments.data, "dpo", arguments.data_file)
     try:
-        rows = read_rows(path, "dpo", settings.data)
+        rows = read_rows(path, "dpo", arguments.data)
     except RowKindError as error:
         raise EvaluationError(
             f"{error.where} is {ROW_KINDS[error.kind]}: evaluation measures DPO pairs (chosen, rejected). "
             "Export them with `python -m chat export --format trl-dpo --out DIR`."
         ) from None
     fingerprint = data_fingerprint(path, rows, [], [])
-    fraction, seed = held_out_split(settings, adapters, fingerprint["sha256"])
+    fraction, seed = held_out_split(arguments, adapters, fingerprint["sha256"])
     train_rows, held_out = split_held_out(rows, fraction, seed)
     if not held_out:
         raise EvaluationError(
@@ -219,18 +192,20 @@ def read_held_out_pairs(settings: EvaluateSettings, adapters: list[Adapter]) -> 
     return held_out, data_fingerprint(path, rows, train_rows, held_out) | {"eval_fraction": fraction, "seed": seed}
 
 
-def score_contenders(settings: EvaluateSettings, adapters: list[Adapter], pairs: list[dict]) -> dict[str, list[float]]:
+def score_contenders(
+    arguments: EvaluateArguments, adapters: list[Adapter], pairs: list[dict]
+) -> dict[str, list[float]]:
     """Each contender's margins: the base model first, then each adapter, switched in per batch (so the
     images of a batch are opened once) with the app's AdapterSwitch."""
-    log.info("Loading %s...", settings.base)
-    loaded = load_base(settings.base, settings.device, settings.dtype)
+    log.info("Loading %s...", arguments.base)
+    loaded = load_base(arguments.base, arguments.device, arguments.dtype)
     switch = AdapterSwitch(scoring_model(loaded.model))
     contenders: dict[str, Adapter | None] = {BASE: None} | {adapter.name: adapter for adapter in adapters}
     margins: dict[str, list[float]] = {name: [] for name in contenders}
-    budget = image_budget(loaded.processor, settings.min_pixels, settings.max_pixels)
-    dataset = image_dataset(pairs, settings.data, budget)
-    for start in range(0, len(pairs), settings.batch_size):
-        batch = [dataset[index] for index in range(start, min(start + settings.batch_size, len(pairs)))]
+    budget = image_budget(loaded.processor, arguments.min_pixels, arguments.max_pixels)
+    dataset = image_dataset(pairs, arguments.data, budget)
+    for start in range(0, len(pairs), arguments.batch_size):
+        batch = [dataset[index] for index in range(start, min(start + arguments.batch_size, len(pairs)))]
         for name, adapter in contenders.items():
             try:
                 with switch.use(adapter) as model:
@@ -241,17 +216,17 @@ def score_contenders(settings: EvaluateSettings, adapters: list[Adapter], pairs:
     return margins
 
 
-def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
+def evaluate(arguments: EvaluateArguments) -> dict[str, Any]:
     """Score the contenders on the held-out pairs and store each adapter's result in its loupe.json.
     Returns the result: when, on what (data, base model), and each contender's PreferenceScores."""
-    settings = replace(settings, base=served_base(settings.base))
-    adapters = find_adapters(settings.adapter, settings.base)
-    pairs, data = read_held_out_pairs(settings, adapters)
-    log.info("%d held-out pairs of %s", len(pairs), settings.data / data["file"])
-    margins = score_contenders(settings, adapters, pairs)
+    arguments = replace(arguments, base=served_base(arguments.base))
+    adapters = find_adapters(arguments.adapter, arguments.base)
+    pairs, data = read_held_out_pairs(arguments, adapters)
+    log.info("%d held-out pairs of %s", len(pairs), arguments.data / data["file"])
+    margins = score_contenders(arguments, adapters, pairs)
     result = {
         "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base": settings.base,
+        "base": arguments.base,
         "data": data,
         "bootstrap": {"confidence": CONFIDENCE, "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
         "scores": {name: asdict(preference_scores(values)) for name, values in margins.items()},
@@ -299,16 +274,16 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser(EvaluateSettings, prog="python -m models evaluate", description=__doc__.split("\n\n")[0])
-    (settings,) = parser.parse_args_into_dataclasses(argv)
+    parser = TrlParser(EvaluateArguments, prog="python -m models evaluate", description=__doc__.split("\n\n")[0])
+    (arguments,) = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        result = evaluate(settings)
+        result = evaluate(arguments)
     except (EvaluationError, TrainingError) as error:
         sys.exit(f"Error: {error}")
-    if settings.json:
+    if arguments.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return
     print(table(result))
-    if settings.adapter:
-        print(f"\nStored in {METADATA_FILE} ({EVALUATIONS}) of: {', '.join(settings.adapter)}.")
+    if arguments.adapter:
+        print(f"\nStored in {METADATA_FILE} ({EVALUATIONS}) of: {', '.join(arguments.adapter)}.")

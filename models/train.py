@@ -21,32 +21,36 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+import yaml
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from PIL import Image
-from transformers import BitsAndBytesConfig, HfArgumentParser, ProcessorMixin, TrainingArguments
-from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+from transformers import BitsAndBytesConfig, ProcessorMixin, TrainingArguments
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer import utils as trl_utils
 
 from models.adapters import METADATA_FILE, adapter_version
+from models.arguments import Method, TrainArguments
 from models.checkpoint import (
     DEMO,
     LoadedModel,
@@ -66,9 +70,6 @@ from models.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
-Method = Literal["dpo", "kto", "sft"]
-# vLLM serves LoRA ranks up to --max-lora-rank, which takes only these values (vllm/config/lora.py).
-VllmRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
 # The language model's projections; `visual` excludes the vision tower and merger, which vLLM cannot adapt.
 LANGUAGE_MODEL_PROJECTIONS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 # QLoRA's base model (Dettmers et al. 2023): 4-bit NormalFloat weights, their quantization constants quantized
@@ -84,8 +85,32 @@ QLORA = {
         llm_int8_skip_modules=["model.visual", "lm_head"],  # module paths, from the start (Qwen-VL's)
     ),
 }
+PROG = "python -m models train"
 # LoRA learning rates: TRL's recommendations for LoRA preference tuning (DPO, KTO) and LoRA SFT.
 DEFAULT_LEARNING_RATES = {"dpo": 5e-6, "kto": 5e-6, "sft": 2e-4}
+# Loupe's defaults for TRL's options (trainer_defaults), where TRL's suit full fine-tuning on a big dataset. A team
+# rates hundreds of answers, not hundreds of thousands: one epoch, small batches of large image prompts (2 rows a
+# device, 4 accumulated: 8 a step), a tenth of the steps warming up, and a log and a checkpoint often enough to
+# be seen in a run of a few hundred steps, the last two kept.
+LOUPE_DEFAULTS = {
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 2,
+    "gradient_accumulation_steps": 4,
+    "num_train_epochs": 1.0,
+    "warmup_steps": 0.1,
+    "logging_steps": 5,
+    "logging_first_step": True,
+    "save_steps": 50,
+    "save_total_limit": 2,
+    # Every LoRA weight has a gradient at every step: DDP need not search the graph for unused ones.
+    "ddp_find_unused_parameters": False,
+}
+# Options of Loupe's before TRL's names replaced them, named in the error a command line or config using them gets.
+RENAMED_HINT = (
+    "Training options are TRL's own (--help lists them); these were renamed: --batch-size is "
+    "--per-device-train-batch-size, --gradient-accumulation --gradient-accumulation-steps, --epochs "
+    "--num-train-epochs, --warmup --warmup-steps, --data-workers --dataloader-num-workers."
+)
 # Columns of a row in TRL's format, by the kind of row; everything else (rule, thread, user...) is dropped.
 # A KTO row is told from an SFT row by its label: the kinds are tried in this order.
 COLUMNS = {
@@ -106,10 +131,6 @@ DATA_FILES = {
 }
 CHECKPOINTS = "checkpoints"
 RUN_FILE = "run.json"  # in CHECKPOINTS: what the interrupted run trained on, checked on --resume
-BASE_HELP = (
-    "Base model: hub id, local folder or 'demo'. Default: the model the app serves, LOUPE_MODEL, or the demo "
-    "model where the app falls back to it."
-)
 TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint, so only complete checkpoints have it
 
 
@@ -126,63 +147,6 @@ class RowKindError(TrainingError):
         self.where, self.kind = where, kind
 
 
-@dataclass
-class TrainSettings:
-    method: Method = field(metadata={"help": "dpo: chosen/rejected pairs; kto: labelled answers; sft: good answers."})
-    data: Path = field(metadata={"help": "Export folder (python -m chat export): a JSONL file and its images."})
-    out: Path = field(metadata={"help": "Adapter folder to write, e.g. models/adapters/engineering-v2."})
-    base: str | None = field(
-        default=None,
-        metadata={"help": BASE_HELP},
-    )
-    data_file: str | None = field(default=None, metadata={"help": "JSONL file in DATA, when it holds several."})
-    eval_fraction: float = field(
-        default=0.1, metadata={"help": "Share of prompts held out to measure the adapter before and after."}
-    )
-    from_adapter: str | None = field(
-        default=None, metadata={"help": "Continue training this adapter (a folder, or a name in LOUPE_ADAPTERS_DIR)."}
-    )
-    resume: bool = field(default=False, metadata={"help": "Continue from OUT's last checkpoint, if it has one."})
-    learning_rate: float | None = field(default=None, metadata={"help": "Default: 5e-6 for DPO and KTO, 2e-4 for SFT."})
-    beta: float = field(default=0.1, metadata={"help": "DPO/KTO: how far the adapter may move from the reference."})
-    batch_size: int = field(default=2, metadata={"help": "Rows per device and step (KTO needs at least 2)."})
-    gradient_accumulation: int = field(default=4, metadata={"help": "Batches per optimizer step."})
-    epochs: float = 1.0
-    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides --epochs when positive."})
-    warmup: float = field(default=0.1, metadata={"help": "Warm-up: a share of the steps (below 1) or steps."})
-    lora_rank: VllmRank = 16
-    lora_alpha: int = 32
-    lora_dropout: float = field(default=0.05, metadata={"help": "SFT only: TRL turns dropout off for DPO and KTO."})
-    max_pixels: int | None = field(
-        default=None,
-        metadata={"help": "Per-image pixel budget. Default: the app's on CUDA, 1280 visual tokens of the base model."},
-    )
-    min_pixels: int | None = field(
-        default=None, metadata={"help": "Smaller images are scaled up. Default: the model's."}
-    )
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "Less memory, slower steps."})
-    quantization: Literal["none", "4bit"] = field(
-        default="none",
-        metadata={
-            "help": "4bit: QLoRA, the base model's language model in 4-bit NF4 (bitsandbytes, double quantization, "
-            "bf16 compute), about a third of bf16's memory for its weights. The adapter serves on the unquantized base."
-        },
-    )
-    data_workers: int | None = field(
-        default=None,
-        metadata={
-            "help": "Processes decoding images and building batches ahead of the model. Default: 4 on CUDA, "
-            "where the GPU would otherwise wait for them, else 0."
-        },
-    )
-    seed: int = 42
-    logging_steps: int = 5
-    save_steps: int = 50
-    save_total_limit: int = 2
-    device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), or a device such as cuda:1."})
-    dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on CUDA, float32 elsewhere."})
-
-
 # Data ----------------------------------------------------------------------------------------------
 
 
@@ -195,16 +159,18 @@ class TrainingData:
     fingerprint: dict[str, Any]
 
 
-def load_training_data(settings: TrainSettings, budget: ImageBudget) -> TrainingData:
-    path = find_data_file(settings.data, settings.method, settings.data_file)
-    rows = read_rows(path, settings.method, settings.data)
-    train_rows, held_out_rows = split_held_out(rows, settings.eval_fraction, settings.seed)
+def load_training_data(arguments: TrainArguments, seed: int, budget: ImageBudget) -> TrainingData:
+    """The export's rows, checked, and split into training and held-out prompts by `seed` (--seed)."""
+    path = find_data_file(arguments.data, arguments.method, arguments.data_file)
+    rows = read_rows(path, arguments.method, arguments.data)
+    train_rows, held_out_rows = split_held_out(rows, arguments.eval_fraction, seed)
     if not train_rows:
-        raise TrainingError(f"{path}: every row was held out; lower --eval-fraction (now {settings.eval_fraction}).")
+        raise TrainingError(f"{path}: every row was held out; lower --eval-fraction (now {arguments.eval_fraction}).")
     fingerprint = data_fingerprint(path, rows, train_rows, held_out_rows)
-    if settings.method == "kto":
+    fingerprint |= {"eval_fraction": arguments.eval_fraction, "seed": seed}
+    if arguments.method == "kto":
         fingerprint["desirable_rows"] = sum(row["label"] for row in rows)
-    open_images = partial(image_dataset, folder=settings.data, budget=budget)
+    open_images = partial(image_dataset, folder=arguments.data, budget=budget)
     held_out = open_images(held_out_rows) if held_out_rows else None
     return TrainingData(open_images(train_rows), held_out, budget, fingerprint)
 
@@ -335,15 +301,15 @@ def image_budget(processor: ProcessorMixin, min_pixels: int | None, max_pixels: 
     return ImageBudget.of(processor, "cuda", min_pixels, max_pixels)
 
 
-def base_budget(settings: TrainSettings) -> ImageBudget:
+def base_budget(arguments: TrainArguments) -> ImageBudget:
     """The image budget of --base, from its processor files alone: the data is read, and checked, before the
     model loads."""
-    check_loadable(settings.base)
+    check_loadable(arguments.base)
     try:
-        processor = load_processor(processor_source(settings.base))
+        processor = load_processor(processor_source(arguments.base))
     except (OSError, ValueError, KeyError) as error:
-        raise TrainingError(f"--base {settings.base}: Could not load the model's processor files: {error}") from None
-    return image_budget(processor, settings.min_pixels, settings.max_pixels)
+        raise TrainingError(f"--base {arguments.base}: Could not load the model's processor files: {error}") from None
+    return image_budget(processor, arguments.min_pixels, arguments.max_pixels)
 
 
 def image_dataset(rows: list[dict[str, Any]], folder: Path, budget: ImageBudget) -> Dataset:
@@ -370,22 +336,22 @@ def fit_image(path: Path, budget: ImageBudget) -> Image.Image:
 # Model ---------------------------------------------------------------------------------------------
 
 
-def load_policy(settings: TrainSettings) -> tuple[torch.nn.Module, ProcessorMixin, LoraConfig | None]:
+def load_policy(arguments: TrainArguments) -> tuple[torch.nn.Module, ProcessorMixin, LoraConfig | None]:
     """The base model, with the adapter to continue or the config of a new one (TRL creates it)."""
-    loaded = load_base(settings.base, settings.device, settings.dtype, settings.quantization)
-    if settings.from_adapter is None:
+    loaded = load_base(arguments.base, arguments.device, arguments.dtype, arguments.quantization)
+    if arguments.from_adapter is None:
         lora = LoraConfig(
-            r=settings.lora_rank,
-            lora_alpha=settings.lora_alpha,
-            lora_dropout=settings.lora_dropout,
+            r=arguments.lora_rank,
+            lora_alpha=arguments.lora_alpha,
+            lora_dropout=arguments.lora_dropout,
             target_modules=LANGUAGE_MODEL_PROJECTIONS,
             task_type="CAUSAL_LM",
         )
         return loaded.model, loaded.processor, lora
-    adapter = adapter_folder(settings.from_adapter)
-    trained_on = read_metadata(adapter).get("base", settings.base)
-    if trained_on != settings.base:
-        raise TrainingError(f"--from-adapter {adapter} was trained on {trained_on}, not on --base {settings.base}.")
+    adapter = adapter_folder(arguments.from_adapter)
+    trained_on = read_metadata(adapter).get("base", arguments.base)
+    if trained_on != arguments.base:
+        raise TrainingError(f"--from-adapter {adapter} was trained on {trained_on}, not on --base {arguments.base}.")
     # TRL copies the loaded adapter to a frozen "ref" adapter: DPO and KTO measure against where it started.
     return PeftModel.from_pretrained(loaded.model, adapter, is_trainable=True), loaded.processor, None
 
@@ -486,58 +452,36 @@ trl_utils._use_triton = scores_only_completions  # read by add_fused_lm_head alo
 TRAINERS = {"dpo": (DPOTrainer, DPOConfig), "kto": (KTOTrainer, KTOConfig), "sft": (SFTTrainer, SFTConfig)}
 
 
-def trainer_arguments(settings: TrainSettings, model: torch.nn.Module, measure_before: bool) -> TrainingArguments:
-    """TRL's config for the run. `measure_before`: evaluate the held-out rows as training begins, on the model
-    as the run prepared it (wrapped for data-parallel training where it runs on several processes)."""
-    config_class = TRAINERS[settings.method][1]
-    method_arguments = {"beta": settings.beta} if settings.method in ("dpo", "kto") else {}
-    return config_class(
-        output_dir=str(settings.out / CHECKPOINTS),
-        learning_rate=settings.learning_rate or DEFAULT_LEARNING_RATES[settings.method],
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        warmup_steps=settings.warmup,
-        activation_checkpointing=settings.gradient_checkpointing,  # transformers' new name for it
-        dataloader_num_workers=data_workers(settings, model),
-        seed=settings.seed,
-        logging_steps=settings.logging_steps,
-        logging_first_step=True,
-        save_steps=settings.save_steps,
-        save_total_limit=settings.save_total_limit,
+def trainer_config(
+    config: TrainingArguments, arguments: TrainArguments, model: torch.nn.Module, measure_before: bool
+) -> TrainingArguments:
+    """TRL's config as parsed, with what Loupe decides whatever it says. `measure_before`: evaluate the held-out
+    rows as training begins, on the model as the run prepared it (wrapped for data-parallel training where it runs
+    on several processes)."""
+    return replace(
+        config,
+        output_dir=str(arguments.out / CHECKPOINTS),  # OUT holds the adapter; its checkpoints go beside it
         eval_on_start=measure_before,
-        # Every LoRA weight has a gradient at every step: DDP need not search the graph for unused ones.
-        ddp_find_unused_parameters=False,
         # Image tokens must never be cut: TRL's default max_length (1024) would, and then fails.
         max_length=None,
-        # Mixed precision only where the model runs in bf16 (CUDA); on CPU, autocast to bf16 is slow and lossy.
+        # Mixed precision where the model runs in bf16 (CUDA); on CPU, autocast to bf16 is slow and lossy.
         bf16=model.dtype == torch.bfloat16,
         use_cpu=model.device.type == "cpu",
         remove_unused_columns=False,  # the rows hold exactly the trainer's columns; images load lazily
-        report_to="none",
-        **method_arguments,
     )
 
 
-def data_workers(settings: TrainSettings, model: torch.nn.Module) -> int:
-    """By default 4 on CUDA, where the GPU steps faster than one core decodes and fits a batch of photos;
-    none on a CPU, whose cores are all training."""
-    if settings.data_workers is not None:
-        return settings.data_workers
-    return 4 if model.device.type == "cuda" else 0
-
-
-def build_trainer(settings: TrainSettings, data: TrainingData, resuming: bool) -> DPOTrainer | KTOTrainer | SFTTrainer:
+def build_trainer(
+    arguments: TrainArguments, config: TrainingArguments, data: TrainingData, resuming: bool
+) -> DPOTrainer | KTOTrainer | SFTTrainer:
     """TRL's trainer for the method, on the base model with a new LoRA adapter or the one to continue. A resumed
     run measured its held-out rows when it first began: its checkpoint's log keeps them."""
-    log.info("Loading %s...", settings.base)
-    model, processor, lora = load_policy(settings)
-    trainer_class, _ = TRAINERS[settings.method]
+    log.info("Loading %s...", arguments.base)
+    model, processor, lora = load_policy(arguments)
+    trainer_class, _ = TRAINERS[arguments.method]
     return trainer_class(
         model=model,
-        args=trainer_arguments(settings, model, measure_before=data.held_out is not None and not resuming),
+        args=trainer_config(config, arguments, model, measure_before=data.held_out is not None and not resuming),
         train_dataset=data.train,
         eval_dataset=data.held_out,
         processing_class=processor,
@@ -545,29 +489,29 @@ def build_trainer(settings: TrainSettings, data: TrainingData, resuming: bool) -
     )
 
 
-def train(settings: TrainSettings) -> dict[str, Any]:
+def train(arguments: TrainArguments, config: TrainingArguments) -> dict[str, Any]:
     """Train, then write the adapter, loupe.json and the report into OUT. Returns loupe.json's content.
 
     Launched on several processes (`torchrun`, `accelerate launch`), each process trains on its share of every
     step's rows and the gradients are averaged, so every process holds the same adapter; the first process
     alone writes OUT, and the others wait for it."""
-    settings = replace(settings, base=served_base(settings.base))
-    processes = launched_processes(settings.device)
-    checkpoint = prepare_output_folder(settings)
-    data = load_training_data(settings, base_budget(settings))
+    arguments = replace(arguments, base=served_base(arguments.base))
+    processes = launched_processes(arguments.device)
+    checkpoint = prepare_output_folder(arguments)
+    data = load_training_data(arguments, config.seed, base_budget(arguments))
     run = {
-        "base": settings.base,
-        "method": settings.method,
+        "base": arguments.base,
+        "method": arguments.method,
         "data_sha256": data.fingerprint["sha256"],
-        "quantization": settings.quantization,
+        "quantization": arguments.quantization,
         "images": asdict(data.budget),
     }
-    with removed_on_failure(settings.out):
-        check_same_run(settings.out / CHECKPOINTS, run, checkpoint, write=processes.is_main_process)
-        trainer = build_trainer(settings, data, resuming=checkpoint is not None)
+    with removed_on_failure(arguments.out):
+        check_same_run(arguments.out / CHECKPOINTS, run, checkpoint, write=processes.is_main_process)
+        trainer = build_trainer(arguments, config, data, resuming=checkpoint is not None)
         log.info(
             "%s on %d rows (%d held out), on %s (%d process%s)",
-            settings.method.upper(),
+            arguments.method.upper(),
             data.fingerprint["train_rows"],
             data.fingerprint["held_out_rows"],
             trainer.args.device,
@@ -583,22 +527,25 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     after = held_out_metrics(trainer.evaluate()) if data.held_out else None
     before = held_out_before(trainer.state.log_history) if data.held_out else None
     last_logged = next((entry for entry in reversed(trainer.state.log_history) if "loss" in entry), {})
-    doubts += end_warnings(settings.method, last_logged.get("loss"))
+    doubts += end_warnings(arguments.method, last_logged.get("loss"))
 
     lora_config = trainer.model.peft_config["default"]
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # every process: FSDP gathers its shards
     if processes.is_main_process:  # the adapter alone, not TRL's frozen "ref" copy
-        trainer.model.save_pretrained(settings.out, selected_adapters=["default"], state_dict=weights)
+        trainer.model.save_pretrained(arguments.out, selected_adapters=["default"], state_dict=weights)
     processes.wait_for_everyone()  # the adapter's version is its weights' digest
     metadata = {
-        "base": settings.base,
-        "method": settings.method,
-        "version": adapter_version(settings.out),
+        "base": arguments.base,
+        "method": arguments.method,
+        "version": adapter_version(arguments.out),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "from_adapter": lineage(settings.from_adapter),
+        "from_adapter": lineage(arguments.from_adapter),
         "data": data.fingerprint,
         "images": asdict(data.budget),
-        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        "settings": {
+            **{key: str(value) if isinstance(value, Path) else value for key, value in asdict(arguments).items()},
+            **chosen_options(trainer.args),
+        },
         "lora": {key: getattr(lora_config, key) for key in ("r", "lora_alpha", "lora_dropout", "target_modules")},
         "training": {
             "steps": trainer.state.global_step,
@@ -615,10 +562,17 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     if processes.is_main_process:
         # default=sorted: peft keeps lists of target modules as sets.
         text = json.dumps(metadata, indent=2, ensure_ascii=False, default=sorted) + "\n"
-        (settings.out / METADATA_FILE).write_text(text)
-        write_report(settings.out, metadata, trainer.state.log_history)
+        (arguments.out / METADATA_FILE).write_text(text)
+        write_report(arguments.out, metadata, trainer.state.log_history)
     processes.wait_for_everyone()
     return metadata
+
+
+def chosen_options(config: TrainingArguments) -> dict[str, Any]:
+    """The trainer's options that differ from TRL's defaults for the method: Loupe's choices and the user's, as
+    loupe.json and the report keep them (all 200 would bury them)."""
+    defaults = type(config)(output_dir=config.output_dir, bf16=config.bf16, use_cpu=config.use_cpu).to_dict()
+    return {key: value for key, value in config.to_dict().items() if value != defaults[key]}
 
 
 def launched_processes(device: str) -> PartialState:
@@ -653,12 +607,12 @@ def removed_on_failure(out: Path) -> Iterator[None]:
         raise
 
 
-def prepare_output_folder(settings: TrainSettings) -> Path | None:
+def prepare_output_folder(arguments: TrainArguments) -> Path | None:
     """The checkpoint to resume from, if any; refuses to overwrite an adapter or an unfinished run by accident."""
-    out, checkpoints = settings.out, settings.out / CHECKPOINTS
+    out, checkpoints = arguments.out, arguments.out / CHECKPOINTS
     checkpoint = last_complete_checkpoint(checkpoints)
     has_adapter = (out / "adapter_config.json").is_file()
-    if settings.resume:
+    if arguments.resume:
         if checkpoint is None and has_adapter:
             raise TrainingError(f"{out} has no checkpoint to resume. Continue it with --from-adapter {out} --out NEW.")
         if checkpoint is None:
@@ -711,26 +665,89 @@ def lineage(from_adapter: str | None) -> dict[str, str] | None:
     return {"name": folder.name, "version": adapter_version(folder), "method": read_metadata(folder).get("method")}
 
 
+def parse_arguments(argv: list[str]) -> tuple[TrainArguments, TrainingArguments]:
+    """Loupe's arguments (models/arguments.py), then TRL's config for their --method: Loupe's defaults, under a
+    --config YAML file's values, under the command line's."""
+    argv = list(argv)
+    file_values = read_config(argv)
+    loupe_parser = TrlParser(TrainArguments, prog=PROG, allow_abbrev=False, add_help=False)
+    loupe_parser.set_defaults_with_config(**file_values)
+    if {"-h", "--help"} & set(argv):  # both parsers' options, TRL's for --method (default dpo) with Loupe's defaults
+        method = next((value for flag, value in itertools.pairwise(argv) if flag == "--method"), "dpo")
+        help_parser = TrlParser((TrainArguments, TRAINERS[method][1]), prog=PROG, description=__doc__.split("\n\n")[0])
+        help_parser.set_defaults(**trainer_defaults(method, "auto"))
+        help_parser.print_help()
+        sys.exit(0)
+    arguments, rest = loupe_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    trainer_parser = TrlParser(TRAINERS[arguments.method][1], prog=PROG, allow_abbrev=False)
+    trainer_parser.set_defaults(**trainer_defaults(arguments.method, arguments.device))
+    trainer_parser.set_defaults_with_config(**file_values)
+    known = {action.dest for parser in (loupe_parser, trainer_parser) for action in parser._actions}
+    if unknown := [key for key in file_values if key not in known]:
+        raise TrainingError(f"--config: unknown keys {', '.join(unknown)}. {RENAMED_HINT}")
+    try:
+        config, unknown = trainer_parser.parse_args_into_dataclasses(rest, return_remaining_strings=True)
+    except ValueError as error:  # TRL's or transformers' own check of its options
+        raise TrainingError(str(error)) from None
+    if unknown:
+        raise TrainingError(f"Unknown arguments: {' '.join(unknown)}. {RENAMED_HINT}")
+    return arguments, config
+
+
+def read_config(argv: list[str]) -> dict[str, Any]:
+    """The values of `--config FILE` (removed from argv), as TRL's scripts read it: a YAML mapping of argument
+    names, whose `env` mapping sets environment variables."""
+    if "--config" not in argv:
+        return {}
+    index = argv.index("--config")
+    path = Path(argv[index + 1]) if index + 1 < len(argv) else None
+    del argv[index : index + 2]
+    if path is None or not path.is_file():
+        raise TrainingError(f"--config {path or ''}: no such file.")
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(values, dict):
+        raise TrainingError(f"--config {path} must hold a YAML mapping of argument names to values.")
+    os.environ.update({key: str(value) for key, value in (values.pop("env", None) or {}).items()})
+    return values
+
+
+def trainer_defaults(method: Method, device_name: str) -> dict[str, Any]:
+    """Loupe's defaults for TRL's options (LOUPE_DEFAULTS), and those that depend on the method and the device."""
+    device = pick_device(device_name).type
+    return LOUPE_DEFAULTS | {
+        "learning_rate": DEFAULT_LEARNING_RATES[method],
+        # bf16 follows the model's dtype, decided once it loads (trainer_config); TRL's default, bf16 everywhere,
+        # is refused at parsing on a machine without a GPU.
+        "bf16": False,
+        "use_cpu": device == "cpu",
+        # 4 on CUDA, where the GPU steps faster than one core decodes and fits a batch of photos; none on a CPU,
+        # whose cores are all training.
+        "dataloader_num_workers": 4 if device == "cuda" else 0,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     # TRL 1.16 calls transformers' gradient-checkpointing methods by their old names on every step.
     warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
-    parser = HfArgumentParser(TrainSettings, prog="python -m models train", description=__doc__.split("\n\n")[0])
-    (settings,) = parser.parse_args_into_dataclasses(argv)
+    try:
+        arguments, config = parse_arguments(sys.argv[1:] if argv is None else argv)
+    except TrainingError as error:
+        sys.exit(f"Error: {error}")
     # On several processes the first speaks for all: the others' lines would repeat its own.
-    level = logging.INFO if launched_processes(settings.device).is_main_process else logging.ERROR
+    level = logging.INFO if launched_processes(arguments.device).is_main_process else logging.ERROR
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        metadata = train(settings)
+        metadata = train(arguments, config)
     except TrainingError as error:
         sys.exit(f"Error: {error}")
     except KeyboardInterrupt:
-        if last_complete_checkpoint(settings.out / CHECKPOINTS) is None:
+        if last_complete_checkpoint(arguments.out / CHECKPOINTS) is None:
             sys.exit("Interrupted before the first checkpoint: nothing was kept.")
         sys.exit(
-            f"Interrupted. To continue from the last checkpoint in {settings.out}, run the same command with --resume."
+            f"Interrupted. To continue from the last checkpoint in {arguments.out}, run the same command with --resume."
         )
-    if not launched_processes(settings.device).is_main_process:  # the first process wrote OUT, and says so
+    if not launched_processes(arguments.device).is_main_process:  # the first process wrote OUT, and says so
         return
-    print(f"Wrote the adapter, {METADATA_FILE} and report.md to {settings.out} (version {metadata['version']}).")
+    print(f"Wrote the adapter, {METADATA_FILE} and report.md to {arguments.out} (version {metadata['version']}).")
     for doubt in metadata["warnings"]:  # again at the end: a long run's first lines have scrolled away
         print(f"Warning: {doubt['message']}.")

@@ -286,8 +286,8 @@ async def test_a_resumed_chat_keeps_its_documents_and_the_export_keeps_what_the_
 
     # TRL trains on it: `python -m models train`, one DPO step on the demo model.
     command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(tmp_path / "export")]
-    command += ["--out", str(tmp_path / "adapter"), "--base", "demo", "--max-steps", "1", "--batch-size", "1"]
-    command += ["--gradient-accumulation", "1", "--eval-fraction", "0"]
+    command += ["--out", str(tmp_path / "adapter"), "--base", "demo", "--max-steps", "1", "--eval-fraction", "0"]
+    command += ["--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

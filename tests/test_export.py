@@ -38,7 +38,7 @@ from chat.store.preferences import Preferences
 from chat.ui.datalayer import LoupeDataLayer
 from chat.ui.texts import mark_unfinished
 from models.control_tokens import control_tokens, plain_text
-from models.train import TrainSettings, train
+from models.train import parse_arguments, train
 from tests.helpers.hostile import FORGED
 from tests.helpers.server import REPO
 from tests.helpers.shown import with_label
@@ -505,8 +505,9 @@ async def test_the_sft_formats_hold_the_answers_users_preferred_which_sft_trains
     }
     assert "the answers users preferred" in (tmp_path / "trl-sft" / "README.md").read_text()
     if migrated.startswith("sqlite"):  # the trainer reads the same rows whichever database they came from
-        settings = {"base": "demo", "max_steps": 1, "batch_size": 2, "gradient_accumulation": 1, "eval_fraction": 0}
-        trained = train(TrainSettings(method="sft", data=tmp_path / "trl-sft", out=tmp_path / "adapter", **settings))
+        command = ["--method", "sft", "--data", str(tmp_path / "trl-sft"), "--out", str(tmp_path / "adapter")]
+        command += ["--base", "demo", "--max-steps", "1", "--per-device-train-batch-size", "2"]
+        trained = train(*parse_arguments([*command, "--gradient-accumulation-steps", "1", "--eval-fraction", "0"]))
         assert trained["data"]["rows"] == len(sft) and trained["training"]["steps"] == 1
 
 
@@ -605,8 +606,9 @@ async def test_a_users_control_tokens_do_not_stop_training_on_everyones_data(
     out = tmp_path / "adapter"
     # Every row in one batch, so each goes through TRL's collator and the model; short rows, so it takes seconds.
     command = ["--method", "dpo", "--data", str(tmp_path / "dpo"), "--out", str(out), "--base", "demo"]
-    command += ["--batch-size", "3", "--gradient-accumulation", "1", "--eval-fraction", "0", "--epochs", "1"]
-    train_command([*command, "--gradient-checkpointing", "false"])
+    command += ["--per-device-train-batch-size", "3", "--gradient-accumulation-steps", "1", "--eval-fraction", "0"]
+    command += ["--num-train-epochs", "1"]
+    train_command([*command, "--activation-checkpointing", "false"])
     metadata = json.loads((out / "loupe.json").read_text())
     assert metadata["data"]["rows"] == 2 + 1 and metadata["training"]["steps"] == 1
     assert (out / "adapter_model.safetensors").is_file()

@@ -22,9 +22,10 @@ from PIL import Image
 from chat.conversation import PromptBuilder, user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompt
 from chat.store.generations import BASE
+from models.arguments import EvaluateArguments
 from models.backend import ChatTemplateTokens
 from models.checkpoint import FAMILY_FILES, build_tiny_model, load_model, vendored_processor, write_checkpoint
-from models.evaluate import EvaluateSettings, evaluate
+from models.evaluate import evaluate
 from models.generation import Generator
 from models.images import ImageBudget, fit_to_budget
 from models.merge import MergeSettings, merge
@@ -77,7 +78,7 @@ def test_models_evaluate_scores_pairs_on_the_checkpoint(checkpoint: Path, tmp_pa
     """`python -m models evaluate` loads the family's checkpoint and gives each held-out pair, with its image, a
     margin."""
     data = write_export(tmp_path / "export", "dpo", prompts=4, seed=5, image_size=PHOTO)
-    result = evaluate(EvaluateSettings(data=data, base=str(checkpoint), eval_fraction=0.5, device="cpu"))
+    result = evaluate(EvaluateArguments(data=data, base=str(checkpoint), eval_fraction=0.5, device="cpu"))
     scores = result["scores"][BASE]
     assert result["base"] == str(checkpoint) and scores["pairs"] == 2
     assert math.isfinite(scores["mean_margin"]) and scores["mean_margin"] != 0
@@ -145,8 +146,8 @@ def test_the_app_answers_about_an_image_and_serves_the_adapter_its_feedback_trai
     # One SFT step on the checkpoint; the adapter is served on it, and its answers are recorded as its.
     out = adapters / "family-v1"
     command = [sys.executable, "-m", "models", "train", "--method", "sft", "--data", str(export), "--out", str(out)]
-    command += ["--base", str(checkpoint), "--max-steps", "1", "--batch-size", "1", "--gradient-accumulation", "1"]
-    command += ["--eval-fraction", "0", "--dtype", "float32"]
+    command += ["--base", str(checkpoint), "--max-steps", "1", "--eval-fraction", "0", "--dtype", "float32"]
+    command += ["--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1"]
     trained = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     metadata = json.loads((out / "loupe.json").read_text())

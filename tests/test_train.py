@@ -25,23 +25,24 @@ from huggingface_hub import constants
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
 from trl import DPOTrainer
 from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
 
 from chat.arena.leaderboard import as_markdown, contender_of, held_out_cell, standings, with_held_out
 from models.adapters import METADATA_FILE, AdapterDirectory, adapter_version
+from models.arguments import EvaluateArguments, TrainArguments
 from models.checkpoint import load_model
 from models.doubts import Plan, end_warnings, plan_warnings
-from models.evaluate import EvaluateSettings, evaluate, logp_margins, preference_scores, scoring_model, table
+from models.evaluate import evaluate, logp_margins, preference_scores, scoring_model, table
 from models.evaluate import main as evaluate_command
 from models.train import (
     TRITON_DECIDES,
     TrainingError,
-    TrainSettings,
     image_dataset,
     main,
+    parse_arguments,
     quantized_layers,
     read_rows,
     split_held_out,
@@ -62,11 +63,17 @@ LORA_WEIGHT = re.compile(
 # An export folder, as `python -m chat export --format trl-dpo / trl-kto` writes it ---------------------
 
 
-def settings(data: Path, out: Path, **changes: Any) -> TrainSettings:
-    """Small, fast runs: two rows a step, and a learning rate at which the random-weight demo model moves."""
-    defaults = {"method": "dpo", "base": "demo", "batch_size": 2, "gradient_accumulation": 1, "max_steps": 2}
-    defaults |= {"learning_rate": 5e-3, "warmup": 0, "logging_steps": 1, "eval_fraction": 0, "seed": 0}
-    return TrainSettings(data=data, out=out, **defaults | changes)
+def settings(data: Path, out: Path, **changes: Any) -> tuple[TrainArguments, TrainingArguments]:
+    """Small, fast runs: two rows a step, and a learning rate at which the random-weight demo model moves; parsed
+    from the command line that asks for them, as `python -m models train` parses it."""
+    options = {"method": "dpo", "base": "demo", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}
+    options |= {"max_steps": 2, "learning_rate": 5e-3, "warmup_steps": 0, "logging_steps": 1, "eval_fraction": 0}
+    options |= {"seed": 0, **changes}
+    return parse_arguments(["--data", str(data), "--out", str(out), *command_line(options)])
+
+
+def command_line(options: dict[str, Any]) -> list[str]:
+    return [item for name, value in options.items() for item in (f"--{name.replace('_', '-')}", str(value))]
 
 
 @dataclass
@@ -82,7 +89,7 @@ def dpo_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     root = tmp_path_factory.mktemp("dpo")
     data = write_export(root / "export", "dpo", prompts=16, seed=0)
     out = root / "adapter"
-    return Run(data, out, train(settings(data, out, max_steps=4, save_steps=2, eval_fraction=0.25)))
+    return Run(data, out, train(*settings(data, out, max_steps=4, save_steps=2, eval_fraction=0.25)))
 
 
 def demo_model() -> torch.nn.Module:
@@ -170,7 +177,7 @@ def test_dpo_raises_the_margin_of_marked_answers_on_held_out_pairs(dpo_run: Run,
 @pytest.mark.slow
 def test_training_continues_from_an_adapter(dpo_run: Run, tmp_path: Path) -> None:
     out = tmp_path / "engineering-v2"
-    metadata = train(settings(dpo_run.data, out, from_adapter=str(dpo_run.out), max_steps=1, eval_fraction=0.25))
+    metadata = train(*settings(dpo_run.data, out, from_adapter=str(dpo_run.out), max_steps=1, eval_fraction=0.25))
     # Same data and seed, so the same held-out rows: the run starts where the first adapter ended.
     first_after = dpo_run.metadata["held_out"]["after"]["logp_margin"]
     assert metadata["held_out"]["before"]["logp_margin"] == pytest.approx(first_after, abs=1e-3)
@@ -198,7 +205,7 @@ def evaluated(dpo_run: Run, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     shutil.copytree(dpo_run.out, adapters_dir / ADAPTER, ignore=shutil.ignore_patterns("checkpoints"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOUPE_ADAPTERS_DIR", str(adapters_dir))
-        yield Evaluation(adapters_dir, evaluate(EvaluateSettings(data=dpo_run.data, adapter=[ADAPTER], base="demo")))
+        yield Evaluation(adapters_dir, evaluate(EvaluateArguments(data=dpo_run.data, adapter=[ADAPTER], base="demo")))
 
 
 @pytest.mark.slow
@@ -390,13 +397,13 @@ def test_the_evaluate_command_reports_errors_without_a_traceback(tmp_path: Path)
 def test_an_interrupted_run_resumes_from_its_last_complete_checkpoint(tmp_path: Path) -> None:
     data = write_export(tmp_path / "export", "dpo", prompts=4, seed=2)
     out = tmp_path / "adapter"
-    train(settings(data, out, max_steps=2, save_steps=1))
+    train(*settings(data, out, max_steps=2, save_steps=1))
     first_run = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())["log_history"]
     # A run killed while saving step 3 leaves a checkpoint folder without its trainer state.
     (out / "checkpoints/checkpoint-3").mkdir()
     (out / "checkpoints/checkpoint-3/adapter_model.safetensors").write_bytes(b"")
 
-    metadata = train(settings(data, out, max_steps=4, save_steps=1, resume=True))
+    metadata = train(*settings(data, out, max_steps=4, save_steps=1, resume=True))
 
     assert metadata["training"]["resumed_from_step"] == 2 and metadata["training"]["steps"] == 4
     history = json.loads((out / "checkpoints/checkpoint-4/trainer_state.json").read_text())["log_history"]
@@ -409,11 +416,11 @@ def test_an_interrupted_run_resumes_from_its_last_complete_checkpoint(tmp_path: 
 
     other_data = write_export(tmp_path / "other", "dpo", prompts=4, seed=3)
     with pytest.raises(TrainingError, match="are of another run"):
-        train(settings(other_data, out, max_steps=6, resume=True))
+        train(*settings(other_data, out, max_steps=6, resume=True))
     with pytest.raises(TrainingError, match=r"another run .*quantization none -> 4bit"):
-        train(settings(data, out, max_steps=6, resume=True, quantization="4bit"))
+        train(*settings(data, out, max_steps=6, resume=True, quantization="4bit"))
     with pytest.raises(TrainingError, match=r"another run .*images .*'max_pixels': 50176"):
-        train(settings(data, out, max_steps=6, resume=True, max_pixels=64 * 28 * 28))
+        train(*settings(data, out, max_steps=6, resume=True, max_pixels=64 * 28 * 28))
 
 
 def test_a_question_asked_again_in_other_words_is_held_out_whole_or_not_at_all() -> None:
@@ -445,10 +452,11 @@ def test_qlora_trains_on_a_4bit_base_an_adapter_that_serves_on_the_unquantized_o
     environment; without it, the run stops before loading anything and says what to do."""
     data = write_export(tmp_path / "export", "dpo", prompts=4, seed=7)
     with pytest.raises(TrainingError, match=r"make qlora`, then this command with PYTHONPATH=\.venv-qlora"):
-        train(settings(data, tmp_path / "refused", quantization="4bit"))
+        train(*settings(data, tmp_path / "refused", quantization="4bit"))
     command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(data), "--base", "demo"]
-    command += ["--out", str(tmp_path / "adapter"), "--max-steps", "2", "--batch-size", "2", "--eval-fraction", "0"]
-    command += ["--gradient-accumulation", "1", "--learning-rate", "5e-3", "--warmup", "0", "--quantization", "4bit"]
+    command += ["--out", str(tmp_path / "adapter"), "--max-steps", "2", "--eval-fraction", "0"]
+    command += ["--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1"]
+    command += ["--learning-rate", "5e-3", "--warmup-steps", "0", "--quantization", "4bit"]
     environment = {**os.environ, "PYTHONPATH": str(REPO / ".venv-qlora")}
     result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -496,7 +504,7 @@ def test_a_merged_checkpoint_loads_without_peft_and_answers_as_base_and_adapter_
 @pytest.mark.parametrize(("method", "kind", "rows", "workers"), [("kto", "kto", 8, 0), ("sft", "dpo", 4, 2)])
 def test_kto_and_sft_train_a_few_steps(tmp_path: Path, method: str, kind: str, rows: int, workers: int) -> None:
     data = write_export(tmp_path / "export", kind, prompts=4, seed=4)
-    metadata = train(settings(data, tmp_path / "adapter", method=method, data_workers=workers))
+    metadata = train(*settings(data, tmp_path / "adapter", method=method, dataloader_num_workers=workers))
     assert metadata["method"] == method and metadata["training"]["steps"] == 2
     assert metadata["data"]["rows"] == rows
     assert torch.isfinite(torch.tensor(metadata["training"]["last_logged"]["loss"]))
@@ -610,7 +618,7 @@ def test_unusable_data_stops_before_training_with_what_to_do(tmp_path: Path, dam
     data = write_export(tmp_path / "export", "dpo", prompts=2, seed=7)
     spoil(data)
     with pytest.raises(TrainingError, match=expected):
-        train(settings(data, tmp_path / "adapter"))
+        train(*settings(data, tmp_path / "adapter"))
 
 
 def test_a_base_model_that_cannot_be_loaded_is_named_with_what_to_do(tmp_path: Path) -> None:
@@ -619,7 +627,7 @@ def test_a_base_model_that_cannot_be_loaded_is_named_with_what_to_do(tmp_path: P
     broken.mkdir()
     (broken / "config.json").write_text("{ not json")
     with pytest.raises(TrainingError, match=rf"--base {broken}: Could not load the model"):
-        train(settings(data, tmp_path / "adapter", base=str(broken)))
+        train(*settings(data, tmp_path / "adapter", base=str(broken)))
     assert not (tmp_path / "adapter").exists(), "a failed run leaves no empty folder behind"
 
 
@@ -629,7 +637,7 @@ def test_a_base_that_is_named_never_falls_back_to_the_demo_model(tmp_path: Path,
     data = write_export(tmp_path / "export", "dpo", prompts=2, seed=8)
     named = "Qwen/Qwen2-VL-2B-Instruct"
     with pytest.raises(TrainingError, match=rf"--base {named} cannot be loaded: .* or use the demo model with --base"):
-        train(settings(data, tmp_path / "adapter", base=named))
+        train(*settings(data, tmp_path / "adapter", base=named))
     assert not (tmp_path / "adapter").exists(), "a failed run leaves no empty folder behind"
 
 
@@ -651,7 +659,7 @@ def test_an_existing_adapter_is_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter/adapter_config.json").write_text("{}")
     with pytest.raises(TrainingError, match=r"already holds an adapter\. Choose a new --out, or add --resume"):
-        train(settings(data, tmp_path / "adapter"))
+        train(*settings(data, tmp_path / "adapter"))
 
 
 @pytest.mark.slow

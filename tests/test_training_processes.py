@@ -24,8 +24,8 @@ def launch(launcher: list[str], data: Path, out: Path, *options: str) -> subproc
     """`python -m models train` on two CPU processes, as the launcher starts it: one row a process and step,
     then each process's trainable weights in OUT/rank-N.pt (tests/helpers/ddp_train.py)."""
     command = [*launcher, "-m", "tests.helpers.ddp_train", "--method", "dpo", "--data", str(data), "--out", str(out)]
-    command += ["--base", "demo", "--batch-size", "1", "--gradient-accumulation", "1", "--learning-rate", "5e-3"]
-    command += ["--warmup", "0", "--eval-fraction", "0.25", "--seed", "0", *options]
+    command += ["--base", "demo", "--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1"]
+    command += ["--learning-rate", "5e-3", "--warmup-steps", "0", "--eval-fraction", "0.25", "--seed", "0", *options]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     return result

@@ -261,7 +261,8 @@ async def test_an_adapter_trained_by_loupe_is_served_by_vllm_and_battles_the_bas
     data = write_export(tmp_path / "export", "dpo", prompts=4, seed=0)
     trained = adapters_dir / "trained"
     command = [sys.executable, "-m", "models", "train", "--method", "dpo", "--data", str(data), "--out", str(trained)]
-    command += ["--base", str(checkpoint), "--max-steps", "1", "--gradient-accumulation", "1", "--eval-fraction", "0"]
+    command += ["--base", str(checkpoint), "--max-steps", "1", "--eval-fraction", "0"]
+    command += ["--gradient-accumulation-steps", "1"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-5000:]
     assert "trained" in await listed_profiles(app), "a profile without a restart"
