@@ -42,7 +42,7 @@ def plan_warnings(plan: Plan) -> list[Doubt]:
             (
                 "warmup",
                 f"the warm-up takes {steps(plan.warmup_steps)} of {plan.steps}: the learning rate starts at 0 and "
-                "never reaches --learning-rate. Lower --warmup, or train more steps",
+                "never reaches --learning-rate. Lower --warmup-steps, or train more steps",
             )
         )
     if plan.steps < MIN_STEPS:
@@ -50,7 +50,7 @@ def plan_warnings(plan: Plan) -> list[Doubt]:
             (
                 "few_steps",
                 f"{steps(plan.steps)} are too few to learn from (fewer than {MIN_STEPS}): the adapter stays close "
-                "to the base model. Raise --max-steps or --epochs, or export more data",
+                "to the base model. Raise --max-steps or --num-train-epochs, or export more data",
             )
         )
     if plan.steps >= MIN_STEPS and plan.train_rows < MIN_STEPS * plan.rows_per_step:

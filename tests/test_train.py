@@ -26,7 +26,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer, KTOConfig, SFTConfig
 from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
 
@@ -115,6 +115,8 @@ def test_dpo_writes_the_adapter_its_metadata_and_a_report(dpo_run: Run) -> None:
         "train_rows": 13,
         "held_out_rows": 3,
         "images": 2,
+        "eval_fraction": 0.25,  # the split, which `models evaluate` keeps to
+        "seed": 0,
     }
     assert metadata["training"]["steps"] == 4 and metadata["training"]["resumed_from_step"] is None
     assert metadata["lora"] | {"target_modules": None} == {
@@ -254,13 +256,14 @@ def test_the_adapters_metadata_keeps_its_result_beside_the_base_models(dpo_run: 
 
 @pytest.mark.slow
 def test_the_command_prints_the_same_numbers_again_and_replaces_the_stored_result(
-    dpo_run: Run, evaluated: Evaluation
+    dpo_run: Run, evaluated: Evaluation, tmp_path: Path
 ) -> None:
-    command = [sys.executable, "-m", "models", "evaluate", "--data", str(dpo_run.data), "--adapter", ADAPTER]
+    """Its arguments from a YAML file (`--config`, as training takes them), the command line's beside them."""
+    recipe = tmp_path / "evaluate.yaml"
+    recipe.write_text(f"data: {dpo_run.data}\nadapter: [{ADAPTER}]\nbase: demo\n")
+    command = [sys.executable, "-m", "models", "evaluate", "--config", str(recipe), "--json"]
     environment = os.environ | {"LOUPE_ADAPTERS_DIR": str(evaluated.adapters_dir)}
-    result = subprocess.run(
-        [*command, "--base", "demo", "--json"], cwd=REPO, env=environment, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
     assert json.loads(result.stdout)["scores"] == evaluated.result["scores"]  # fixed seed: same pairs, same numbers
     held_out_rows = dpo_run.metadata["data"]["held_out_rows"]
@@ -388,6 +391,78 @@ def test_the_evaluate_command_reports_errors_without_a_traceback(tmp_path: Path)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("Error: --data") and "Traceback" not in result.stderr
+
+
+# Options: Loupe's and TRL's -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "config_class", "learning_rate"),
+    [("dpo", DPOConfig, 5e-6), ("kto", KTOConfig, 5e-6), ("sft", SFTConfig, 2e-4)],
+)
+def test_trls_own_options_take_loupes_defaults_where_none_is_given(
+    tmp_path: Path, method: str, config_class: type, learning_rate: float
+) -> None:
+    """Each method's TRL config, with Loupe's defaults where TRL's suit full fine-tuning on large data."""
+    arguments, config = parse_arguments(["--method", method, "--data", str(tmp_path), "--out", str(tmp_path / "a")])
+    assert type(config) is config_class and arguments.method == method and arguments.eval_fraction == 0.1
+    assert config.learning_rate == learning_rate
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (2, 4)
+    assert (config.num_train_epochs, config.warmup_steps, config.logging_steps) == (1, 0.1, 5)
+    assert (config.save_steps, config.save_total_limit) == (50, 2)
+    assert config.use_cpu and config.dataloader_num_workers == 0  # on this machine, which has no GPU
+    assert config.seed == 42 and config.activation_checkpointing  # TRL's own
+
+
+@pytest.mark.slow
+def test_a_yaml_config_sets_trls_options_and_loupes_and_the_command_line_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--config FILE` as in TRL's scripts: options by name, TRL's (even one Loupe never mirrored: the scheduler)
+    and Loupe's, environment variables under `env`; the command line over the file, Loupe's defaults under it.
+    loupe.json keeps what the trainer was given."""
+    data = write_export(tmp_path / "export", "dpo", prompts=4, seed=14)
+    recipe = tmp_path / "dpo.yaml"
+    recipe.write_text(
+        "method: dpo\nbase: demo\neval_fraction: 0\nmax_steps: 5\nbeta: 0.25\nlr_scheduler_type: cosine\n"
+        "per_device_train_batch_size: 2\ngradient_accumulation_steps: 1\nenv:\n  LOUPE_RECIPE: read\n"
+    )
+    monkeypatch.setenv("LOUPE_RECIPE", "unset")  # restored after the test
+    out = tmp_path / "adapter"
+    main(["--config", str(recipe), "--data", str(data), "--out", str(out), "--max-steps", "1"])
+    metadata = json.loads((out / METADATA_FILE).read_text())
+    assert metadata["training"]["steps"] == 1 and metadata["settings"]["max_steps"] == 1  # the command line's
+    given = metadata["settings"]
+    assert (given["base"], given["eval_fraction"]) == ("demo", 0)
+    assert (given["beta"], given["lr_scheduler_type"]) == (0.25, "cosine")
+    assert given["learning_rate"] == 5e-6 and given["logging_steps"] == 5  # Loupe's defaults under the file's
+    assert given["max_length"] is None  # Loupe's decision: image tokens are never cut
+    assert "weight_decay" not in given  # TRL's defaults are not repeated
+    assert os.environ["LOUPE_RECIPE"] == "read"
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--batch-size", "4"], r"Unknown arguments: --batch-size 4\. .*--batch-size is --per-device-train-batch-size"),
+        (["--warmup", "0"], r"Unknown arguments: --warmup 0\. .*--warmup --warmup-steps"),
+        (["--config", "missing.yaml"], r"--config missing\.yaml: no such file"),
+        (["--config", "{recipe}"], r"--config: unknown keys batch_size\. .*--batch-size is --per-device-train"),
+        (["--lora-rank", "12"], r"invalid choice: '12'"),
+        (["--beta", "much"], r"invalid float value: 'much'"),
+    ],
+)
+def test_an_unknown_or_renamed_option_is_refused_with_its_name_today(
+    tmp_path: Path, capsys: pytest.CaptureFixture, options: list[str], expected: str
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("batch_size: 4\n")
+    options = [option.format(recipe=recipe) for option in options]
+    with pytest.raises(SystemExit) as stopped:
+        main(["--method", "dpo", "--data", str(tmp_path), "--out", str(tmp_path / "adapter"), *options])
+    said = str(stopped.value.code) + capsys.readouterr().err
+    assert re.search(expected, said), said
+    assert not (tmp_path / "adapter").exists()
 
 
 # Resuming -----------------------------------------------------------------------------------------
@@ -571,7 +646,7 @@ def test_the_readme_example_trains_on_the_demo_model_the_app_serves_and_says_it_
     assert warnings == [f"Warning: {doubt['message']}." for doubt in metadata["warnings"]]
     assert warnings[0] == (
         "Warning: the warm-up takes 1 step of 1: the learning rate starts at 0 and never reaches --learning-rate. "
-        "Lower --warmup, or train more steps."
+        "Lower --warmup-steps, or train more steps."
     )
     assert "This run cannot learn much: no rows are held out" in result.stderr, "said before it trains"
 
