@@ -28,8 +28,8 @@ class VllmServer:
     process: subprocess.Popen | None = None
 
     @classmethod
-    def on(cls, checkpoint: Path, served_name: str, log: Path) -> VllmServer:
-        """A server (not started yet) for `checkpoint`, on a free port, on the CPU."""
+    def on(cls, checkpoint: Path, served_name: str, log: Path, device: str = "cpu") -> VllmServer:
+        """A server (not started yet) for `checkpoint`, on a free port, on `device` (cuda: vLLM's CUDA build)."""
         url = f"http://127.0.0.1:{free_port()}/v1"
         environment = {
             **os.environ,
@@ -37,7 +37,7 @@ class VllmServer:
             "LOUPE_VLLM_URL": url,
             "LOUPE_VLLM_MODEL": served_name,
             "LOUPE_CONTEXT_TOKENS": str(CONTEXT_TOKENS),
-            "LOUPE_DEVICE": "cpu",
+            "LOUPE_DEVICE": device,
             "HF_HUB_OFFLINE": "1",
         }
         return cls(url, environment, log)
