@@ -12,9 +12,12 @@ the command line overrides them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import yaml
 
 Method = Literal["dpo", "kto", "sft"]
 # vLLM serves LoRA ranks up to --max-lora-rank, which takes only these values (vllm/config/lora.py).
@@ -90,3 +93,27 @@ class EvaluateArguments(SharedArguments):
     )
     batch_size: int = field(default=2, metadata={"help": "Pairs per forward pass."})
     json: bool = field(default=False, metadata={"help": "Print the result as JSON (progress goes to stderr)."})
+
+
+class ConfigError(Exception):
+    """A --config file that cannot be read; the message says why."""
+
+
+def read_config(argv: list[str]) -> dict[str, Any]:
+    """The values of `--config FILE`, which is removed from argv, as TRL's scripts read it: a YAML mapping of
+    argument names, whose `env` mapping sets environment variables."""
+    if "--config" not in argv:
+        return {}
+    index = argv.index("--config")
+    path = Path(argv[index + 1]) if index + 1 < len(argv) else None
+    del argv[index : index + 2]
+    if path is None or not path.is_file():
+        raise ConfigError(f"--config {path or ''}: no such file.")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config {path} is not YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path} must hold a YAML mapping of argument names to values.")
+    os.environ.update({key: str(value) for key, value in (values.pop("env", None) or {}).items()})
+    return values

@@ -29,7 +29,7 @@ from trl.trainer import add_fused_lm_head
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from models.adapters import EVALUATIONS, METADATA_FILE, Adapter, AdapterDirectory, AdapterError, AdapterSwitch
-from models.arguments import DEFAULT_EVAL_FRACTION, EvaluateArguments
+from models.arguments import DEFAULT_EVAL_FRACTION, ConfigError, EvaluateArguments, read_config
 from models.settings import ModelSettings
 from models.train import (
     ROW_KINDS,
@@ -274,8 +274,15 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(EvaluateArguments, prog="python -m models evaluate", description=__doc__.split("\n\n")[0])
-    (arguments,) = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
+    try:
+        unknown = parser.set_defaults_with_config(**read_config(argv))[::2]  # its strings: --name, value, ...
+    except ConfigError as error:
+        sys.exit(f"Error: {error}")
+    if unknown:
+        sys.exit(f"Error: --config: unknown keys {', '.join(name.removeprefix('--') for name in unknown)}.")
+    (arguments,) = parser.parse_args_into_dataclasses(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = evaluate(arguments)

@@ -5,6 +5,10 @@
     python -m models train --method dpo --data exports/2026-12 --out models/adapters/engineering-v3 \
         --from-adapter engineering-v2
     python -m models train ... --resume      # continue an interrupted run from its last checkpoint
+    python -m models train --config dpo.yaml --data exports/2026-12 --out models/adapters/v4 --max-steps 300
+
+Options are Loupe's own (models/arguments.py) and TRL's, by TRL's names, for the method's config (DPOConfig,
+KTOConfig, SFTConfig): `--help` lists both. A `--config` YAML file sets any of them, and the command line wins.
 
 DATA is a folder written by `python -m chat export --format trl-dpo` (or `trl-kto`, `trl-sft`): one JSONL
 file of rows in TRL's conversational vision format, and the images the rows name, relative to the folder.
@@ -25,7 +29,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import sys
@@ -40,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
@@ -50,7 +52,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 from trl.trainer import utils as trl_utils
 
 from models.adapters import METADATA_FILE, adapter_version
-from models.arguments import Method, TrainArguments
+from models.arguments import ConfigError, Method, TrainArguments, read_config
 from models.checkpoint import (
     DEMO,
     LoadedModel,
@@ -669,11 +671,15 @@ def parse_arguments(argv: list[str]) -> tuple[TrainArguments, TrainingArguments]
     """Loupe's arguments (models/arguments.py), then TRL's config for their --method: Loupe's defaults, under a
     --config YAML file's values, under the command line's."""
     argv = list(argv)
-    file_values = read_config(argv)
+    try:
+        file_values = read_config(argv)
+    except ConfigError as error:
+        raise TrainingError(str(error)) from None
     loupe_parser = TrlParser(TrainArguments, prog=PROG, allow_abbrev=False, add_help=False)
     loupe_parser.set_defaults_with_config(**file_values)
     if {"-h", "--help"} & set(argv):  # both parsers' options, TRL's for --method (default dpo) with Loupe's defaults
         method = next((value for flag, value in itertools.pairwise(argv) if flag == "--method"), "dpo")
+        method = method if method in TRAINERS else "dpo"
         help_parser = TrlParser((TrainArguments, TRAINERS[method][1]), prog=PROG, description=__doc__.split("\n\n")[0])
         help_parser.set_defaults(**trainer_defaults(method, "auto"))
         help_parser.print_help()
@@ -692,23 +698,6 @@ def parse_arguments(argv: list[str]) -> tuple[TrainArguments, TrainingArguments]
     if unknown:
         raise TrainingError(f"Unknown arguments: {' '.join(unknown)}. {RENAMED_HINT}")
     return arguments, config
-
-
-def read_config(argv: list[str]) -> dict[str, Any]:
-    """The values of `--config FILE` (removed from argv), as TRL's scripts read it: a YAML mapping of argument
-    names, whose `env` mapping sets environment variables."""
-    if "--config" not in argv:
-        return {}
-    index = argv.index("--config")
-    path = Path(argv[index + 1]) if index + 1 < len(argv) else None
-    del argv[index : index + 2]
-    if path is None or not path.is_file():
-        raise TrainingError(f"--config {path or ''}: no such file.")
-    values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(values, dict):
-        raise TrainingError(f"--config {path} must hold a YAML mapping of argument names to values.")
-    os.environ.update({key: str(value) for key, value in (values.pop("env", None) or {}).items()})
-    return values
 
 
 def trainer_defaults(method: Method, device_name: str) -> dict[str, Any]:

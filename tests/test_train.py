@@ -448,6 +448,7 @@ def test_a_yaml_config_sets_trls_options_and_loupes_and_the_command_line_overrid
         (["--warmup", "0"], r"Unknown arguments: --warmup 0\. .*--warmup --warmup-steps"),
         (["--config", "missing.yaml"], r"--config missing\.yaml: no such file"),
         (["--config", "{recipe}"], r"--config: unknown keys batch_size\. .*--batch-size is --per-device-train"),
+        (["--config", "{broken}"], r"--config .*broken\.yaml is not YAML"),
         (["--lora-rank", "12"], r"invalid choice: '12'"),
         (["--beta", "much"], r"invalid float value: 'much'"),
     ],
@@ -457,7 +458,9 @@ def test_an_unknown_or_renamed_option_is_refused_with_its_name_today(
 ) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("batch_size: 4\n")
-    options = [option.format(recipe=recipe) for option in options]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("beta: [0.1\n")
+    options = [option.format(recipe=recipe, broken=broken) for option in options]
     with pytest.raises(SystemExit) as stopped:
         main(["--method", "dpo", "--data", str(tmp_path), "--out", str(tmp_path / "adapter"), *options])
     said = str(stopped.value.code) + capsys.readouterr().err
