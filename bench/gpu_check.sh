@@ -39,7 +39,7 @@ part() {
   if timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"; then
     outcome[$name]="done in $((SECONDS - started)) s"
   else
-    outcome[$name]="FAILED or stopped after $((SECONDS - started)) s (limit $limit s): see $out/$name.txt"
+    outcome[$name]="FAILED or stopped after $((SECONDS - started)) s (limit $limit s)"
   fi
 }
 
@@ -60,7 +60,9 @@ part training 180 env PYTHONPATH=.venv-qlora .venv/bin/python -m bench.bench_tra
     echo
     echo "### $name: ${outcome[$name]}"
     echo
-    grep '^|' "$out/$name.txt" || echo "(no table: the part did not finish)"
+    if ! grep '^|' "$out/$name.txt"; then
+      printf 'No table: the part did not finish. Its last lines:\n\n```\n%s\n```\n' "$(tail -n 5 "$out/$name.txt")"
+    fi
   done
 } >> bench/RESULTS.md
 echo "Appended to bench/RESULTS.md; each part's whole output is in $out." >&2
