@@ -315,6 +315,8 @@ def write_checkpoint(model: PreTrainedModel, folder: Path) -> Path:
 def vendored_processor(files: Path) -> ProcessorMixin:
     """The processor of a vendored family's files, with the vocabulary and merges the whole family shares
     (vendored once, with Qwen2-VL's)."""
+    if (files / "vocab.json").is_file():  # Qwen2-VL's own folder holds them
+        return load_processor(files)
     with tempfile.TemporaryDirectory(prefix="loupe-processor-") as staging:
         for path in [*files.glob("*.json"), QWEN2_VL_FILES / "vocab.json", QWEN2_VL_FILES / "merges.txt"]:
             shutil.copy(path, staging)
