@@ -48,6 +48,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from PIL import Image
 from transformers import BitsAndBytesConfig, ProcessorMixin, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer import utils as trl_utils
 
@@ -384,6 +385,11 @@ def load_base(base: str, device: str, dtype: str, quantization: str = "none") ->
             "costs every process seconds): run `make qlora`, then this command with PYTHONPATH=.venv-qlora."
         )
     check_loadable(base)
+    if base == DEMO and is_deepspeed_zero3_enabled():
+        raise TrainingError(
+            "DeepSpeed ZeRO-3 loads the base model sharded as it reads a checkpoint, and the demo model is built in "
+            "each process, not read: train it with models/accelerate/ddp.yaml or zero2.yaml instead."
+        )
     try:
         loaded = load_model(base, device=device, dtype=training_dtype(device, dtype), quantization=QLORA[quantization])
     except ModelLoadError as error:
