@@ -25,6 +25,7 @@ import chat.store.database
 from chat.store.accounts import AccountError, add_user
 from chat.store.database import create_engine, session_factory, upgrade
 from chat.store.outages import Patience, Unavailable
+from chat.store.rows import utcnow
 from chat.store.schema import User
 from chat.ui.answers import SAVE_INTERVAL_S
 from chat.ui.texts import mark_unfinished, text
@@ -119,6 +120,38 @@ async def test_a_write_waits_out_a_locked_sqlite_file(tmp_path: Path, monkeypatc
         await engine.dispose()
         locker.close()
     assert await users(url) == ["ada"]
+
+
+async def test_sqlite_writes_take_turns_without_holding_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write holds SQLite's one writer across its awaits, for long on a busy event loop (slept here): the
+    process's other writes wait their turn holding no connection, so none fails past the busy timeout
+    (shortened here), more of them than the pool has connections all land, and a read is not kept waiting."""
+    monkeypatch.setattr(chat.store.database, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'loupe.db'}"
+    await asyncio.to_thread(upgrade, url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+
+    async def slow_write(number: int) -> None:
+        async with sessions.begin() as session:
+            session.add(User(id=f"id-{number}", identifier=f"user{number}", metadata_={}, created_at=utcnow()))
+            await session.flush()  # SQLite's writer is this transaction's from here to its commit
+            await asyncio.sleep(0.1)
+
+    try:
+        writes = asyncio.gather(*(slow_write(number) for number in range(20)))  # the pool has 15 connections
+        await asyncio.sleep(0.3)
+        assert engine.pool.checkedout() == 1, "one write at a time holds a connection"
+        started = time.monotonic()
+        async with sessions() as session:
+            await session.scalar(select(User.id).limit(1))
+        assert time.monotonic() - started < 1
+        await writes
+    finally:
+        await engine.dispose()
+    assert len(await users(url)) == 20
 
 
 # The server, with users asking and rating ---------------------------------------------------------

@@ -1,7 +1,13 @@
 """The database connection: an async SQLAlchemy engine for LOUPE_DATABASE_URL, migrated with Alembic.
 
 SQLite (the default, a file in the data directory) runs in WAL mode with a busy timeout, so
-readers never block the writer and concurrent writers wait instead of failing.
+readers never block the writer and concurrent writers wait instead of failing. SQLite has one writer at a
+time, and a transaction holds it across every await between its first write and its commit: on a busy event
+loop (answers streaming), a second or more. So a process's own writes take turns before they take a
+connection (SqliteSessions): one waiting in SQLite's busy timeout held one of the pool's 15 connections
+all along, and with eight users streaming the waiting writes took them all, past the busy timeout
+("database is locked"), while every read (a login's count) waited for a connection until the pool's
+timeout. Writes of other processes on the same file still wait out the busy timeout.
 
 Every process migrates when it starts; a migration that cannot run stops that process, so upgrade() says
 in one sentence what went wrong and what to do about it (MigrationFailed), for the operator's log.
@@ -9,7 +15,11 @@ in one sentence what went wrong and what to do about it (MigrationFailed), for t
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +29,7 @@ from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -69,7 +79,27 @@ def _configure_sqlite(connection, _record) -> None:
     cursor.close()
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+class SqliteSessions(async_sessionmaker[AsyncSession]):
+    """Sessions on a SQLite file: each transaction of `begin()` waits for this process's one at a time (per
+    event loop) before it takes a connection; sessions without `begin()` only read, and never wait."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncSession]:  # type: ignore[override]
+        return self._begin_in_turn()
+
+    @asynccontextmanager
+    async def _begin_in_turn(self) -> AsyncIterator[AsyncSession]:
+        turn = self._turns.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with turn, super().begin() as session:
+            yield session
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    if engine.dialect.name == "sqlite":
+        return SqliteSessions(engine)
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
