@@ -32,6 +32,7 @@ LONGEST_FIRST = (
     "test_login_attacks.py",  # 2.7
     "test_outages.py",  # 2.7
     "test_signin.py",  # 2.5
+    "test_training_processes.py",  # 2.4 with DeepSpeed's two runs
     "test_family.py",  # 2.1
 )
 
