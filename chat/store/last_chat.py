@@ -30,8 +30,8 @@ async def remember(sessions: async_sessionmaker[AsyncSession], identifier: str, 
     """Remember the user's `choices` (settings=..., profile=...); a choice of None forgets that one.
 
     Read, then written in one statement only if it changed: a user's tabs may change their settings at once,
-    and on SQLite a transaction that reads and then writes fails when another wrote in between; the last
-    change wins, as it would have anyway."""
+    and the last change wins, as it would have anyway; the write transaction is that one statement, so it holds
+    SQLite's one writer no longer than it must."""
     if (metadata := await _metadata(sessions, identifier)) is None:
         return
     before = _remembered(metadata)
