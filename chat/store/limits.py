@@ -124,12 +124,16 @@ class LimitStore:
     async def forget_uploads(
         self, *, uploads: Iterable[str] = (), file_ids: Iterable[str] = (), session_ids: Iterable[str] = ()
     ) -> None:
-        """No longer pending: uploads that failed, files sent with a message, every file of ended sessions."""
+        """No longer pending: uploads that failed, files sent with a message, every file of ended sessions. Most
+        messages send no file: they cost no write (SQLite has one writer for every process)."""
+        uploads, file_ids, session_ids = list(uploads), list(file_ids), list(session_ids)
+        if not (uploads or file_ids or session_ids):
+            return
         async with self.sessions.begin() as session:
             await session.execute(
                 delete(PendingUpload).where(
-                    PendingUpload.id.in_(list(uploads))
-                    | PendingUpload.file_id.in_(list(file_ids))
-                    | PendingUpload.session_id.in_(list(session_ids))
+                    PendingUpload.id.in_(uploads)
+                    | PendingUpload.file_id.in_(file_ids)
+                    | PendingUpload.session_id.in_(session_ids)
                 )
             )
