@@ -28,7 +28,7 @@ from peft import LoraConfig, get_peft_model
 from bench.bench_chat import FULL_IMAGE_SIZE, Report, build_random_qwen2_vl_2b, photo_like, print_machine
 from chat.conversation import PromptBuilder, user_turn
 from chat.prompts import DEFAULT_PROMPT, system_prompts
-from models.adapters import AdapterDirectory
+from models.adapters import Adapter, AdapterDirectory
 from models.backend import ChatTemplateTokens, SamplingSettings, Usage
 from models.checkpoint import SERVABLE_SIZE, build_demo_model, load_processor, write_checkpoint
 from models.images import ImageBudget, fit_to_budget
@@ -53,20 +53,17 @@ def write_model_and_adapter(size: str, checkpoint: Path, adapter: Path) -> None:
     get_peft_model(model, lora).save_pretrained(adapter)
 
 
-async def stream_once(backend: VllmBackend, messages: list, adapter_name: str | None, folder: Path) -> Usage:
+async def stream_once(backend: VllmBackend, messages: list, adapter: Adapter | None) -> Usage:
     usage = Usage()
-    adapter = AdapterDirectory(folder).get(adapter_name) if adapter_name else None
     sampling = SamplingSettings(temperature=0, top_p=1, max_new_tokens=MAX_NEW_TOKENS, repetition_penalty=1)
     async for _ in backend.stream(messages, sampling, usage, adapter=adapter):
         pass
     return usage
 
 
-async def measure(
-    backend: VllmBackend, messages: list, adapter_name: str | None, adapters: Path, streams: int, report: Report
-) -> None:
+async def measure(backend: VllmBackend, messages: list, adapter: Adapter | None, streams: int, report: Report) -> None:
     started = time.perf_counter()
-    usages = await asyncio.gather(*(stream_once(backend, messages, adapter_name, adapters) for _ in range(streams)))
+    usages = await asyncio.gather(*(stream_once(backend, messages, adapter) for _ in range(streams)))
     span = time.perf_counter() - started
     ttfts = sorted(usage.time_to_first_token or usage.duration for usage in usages)
     decode = [
@@ -77,7 +74,7 @@ async def measure(
     tokens = sum(usage.completion_tokens for usage in usages)
     p99 = ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]
     report.add(
-        adapter_name or "base",
+        adapter.name if adapter else "base",
         f"{streams} stream{'s' if streams > 1 else ''}",
         f"TTFT p50 {statistics.median(ttfts):.3f} s, p99 {p99:.3f} s",
         f"decode {statistics.median(decode):.1f} tokens/s a stream; {tokens / span:.0f} tokens/s in all "
@@ -93,10 +90,11 @@ async def bench(url: str, checkpoint: Path, adapters: Path, budget: ImageBudget,
     messages = PromptBuilder(ChatTemplateTokens(processor), budget).build(
         system_prompts()[DEFAULT_PROMPT], [turn], CONTEXT_TOKENS
     )
-    for adapter_name in (None, ADAPTER):
-        await stream_once(backend, messages, adapter_name, adapters)  # warm-up: registers the adapter, compiles
+    # Found once: its version is its weights' digest, which the streams must not wait on.
+    for adapter in (None, AdapterDirectory(adapters).get(ADAPTER)):
+        await stream_once(backend, messages, adapter)  # warm-up: registers the adapter, compiles
         for streams in STREAMS:
-            await measure(backend, messages, adapter_name, adapters, streams, report)
+            await measure(backend, messages, adapter, streams, report)
 
 
 def main(argv: list[str] | None = None) -> None:

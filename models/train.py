@@ -682,7 +682,7 @@ def parse_arguments(argv: list[str]) -> tuple[TrainArguments, TrainingArguments]
     except ConfigError as error:
         raise TrainingError(str(error)) from None
     loupe_parser = TrlParser(TrainArguments, prog=PROG, allow_abbrev=False, add_help=False)
-    loupe_parser.set_defaults_with_config(**file_values)
+    loupe_unknown = loupe_parser.set_defaults_with_config(**file_values)[::2]
     if {"-h", "--help"} & set(argv):  # both parsers' options, TRL's for --method (default dpo) with Loupe's defaults
         method = next((value for flag, value in itertools.pairwise(argv) if flag == "--method"), "dpo")
         method = method if method in TRAINERS else "dpo"
@@ -693,9 +693,9 @@ def parse_arguments(argv: list[str]) -> tuple[TrainArguments, TrainingArguments]
     arguments, rest = loupe_parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     trainer_parser = TrlParser(TRAINERS[arguments.method][1], prog=PROG, allow_abbrev=False)
     trainer_parser.set_defaults(**trainer_defaults(arguments.method, arguments.device))
-    trainer_parser.set_defaults_with_config(**file_values)
-    known = {action.dest for parser in (loupe_parser, trainer_parser) for action in parser._actions}
-    if unknown := [key for key in file_values if key not in known]:
+    # Each parser returns the file's values it has no argument for, as `--name value` strings.
+    unknown_to_trainer = trainer_parser.set_defaults_with_config(**file_values)[::2]
+    if unknown := [name.removeprefix("--") for name in loupe_unknown if name in unknown_to_trainer]:
         raise TrainingError(f"--config: unknown keys {', '.join(unknown)}. {RENAMED_HINT}")
     try:
         config, unknown = trainer_parser.parse_args_into_dataclasses(rest, return_remaining_strings=True)
