@@ -476,6 +476,7 @@ async def test_regenerate_compare_reason_and_correction_from_the_page(
     await expect(first).to_be_hidden()  # shown in the view, not a second time
     await wait_until_finished(page)
 
+    await wait_until_side_by_side(page)
     one, two = [await columns[side].bounding_box() for side in "12"]
     assert one and two and one["x"] + one["width"] <= two["x"] and abs(one["y"] - two["y"]) < 2, "side by side"
     await expect(columns["1"]).to_contain_text(first_shown)
@@ -899,6 +900,20 @@ async def wait_until_column_longer(page: Page, side: str, length: int) -> None:
         }""",
         arg=[side, length],
         timeout=FINISH,
+    )
+
+
+async def wait_until_side_by_side(page: Page) -> None:
+    """Wait (a few seconds at most) until columns 1 and 2 are laid out as the test then checks: the page may still
+    be laying out the view just after the run ends, which once failed the check in a full run."""
+    await page.wait_for_function(
+        """() => {
+            const [one, two] = ["1", "2"].map((side) => document.querySelector(`[data-column='${side}']`));
+            if (one === null || two === null) return false;
+            const [a, b] = [one.getBoundingClientRect(), two.getBoundingClientRect()];
+            return a.right <= b.left && Math.abs(a.top - b.top) < 2;
+        }""",
+        timeout=5_000,
     )
 
 
